@@ -1,0 +1,1 @@
+"""The ``nact`` command line: parse, call the neuron_activity library once, render."""

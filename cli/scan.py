@@ -1,0 +1,154 @@
+"""``nact scan``: count fires in activation shards and report dead neurons."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, List, Optional
+
+import typer
+
+from .output import emit, err_console, fail, library_errors
+from .render import FORMATS, render
+
+if TYPE_CHECKING:
+    from neuron_activity import ActivityRow, ScanPlan
+
+
+def scan(
+    paths: List[Path] = typer.Argument(..., help="Shard files or directories (searched recursively).", show_default=False),
+    threshold: Optional[List[str]] = typer.Option(
+        None, "--threshold", "-t", help="Dead threshold, a portion of vectors (repeatable). [default: 0, 1e-5, 1e-6]"
+    ),
+    key: Optional[List[str]] = typer.Option(None, "--key", "-k", help="Only read tensors with this key (repeatable)."),
+    flatten: bool = typer.Option(False, "--flatten", help="Treat every axis before the last as a batch axis."),
+    fire_above: str = typer.Option("0", "--fire-above", help="A neuron fires when its activation is above this."),
+    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, cuda:N or mps."),
+    fmt: str = typer.Option("table", "--format", "-f", help=f"Output format: {', '.join(FORMATS)}."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Write the result to this file (atomically) instead of stdout."
+    ),
+    fail_above: Optional[str] = typer.Option(
+        None, "--fail-above", help="Exit 1 when any dead_fraction shown is above this portion."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing unless --fail-above is breached."),
+    chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", help="Rows read at a time. [default: 32 MiB worth]"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Counting threads. [default: CPU cores, at most 8]"),
+) -> None:
+    """Count how often every neuron fires and report the dead ones, per component and threshold.
+
+    A neuron fires on a vector when its activation is above --fire-above (default 0); it is dead at
+    threshold p when it fired on at most p x (number of vectors) of them.
+
+    Examples:
+
+      nact scan shards/                           # table at thresholds 0, 1e-5, 1e-6
+
+      nact scan shards/ -t 1e-6 --format json | jq '.rows[] | select(.dead > 0)'
+
+      nact scan shards/ --format csv -o dead.csv
+
+      nact scan shards/ --fail-above 0.05 -q      # cron: silent when fine, exit 1 when not
+    """
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="'--format'")
+    with library_errors():
+        from neuron_activity import DEFAULT_THRESHOLDS, Threshold, parse_decimal
+        from neuron_activity import scan as scan_shards
+
+        thresholds = [Threshold.parse(t) for t in (threshold or DEFAULT_THRESHOLDS)]
+        limit = _parse_limit(fail_above)
+        show_progress = not quiet and err_console.is_terminal
+        with _progress(show_progress) as progress:
+            result = scan_shards(
+                paths,
+                keys=key,
+                flatten=flatten,
+                fire_above=parse_decimal(fire_above, "--fire-above"),
+                device=device,
+                chunk_rows=chunk_rows,
+                threads=threads,
+                on_plan=progress.start if progress else None,
+                on_progress=progress.advance if progress else None,
+            )
+        rows = result.activity.rows(thresholds)
+    if not quiet:
+        for warning in result.warnings:
+            err_console.print(f"Warning: {warning}", markup=False)
+        color = output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        width = shutil.get_terminal_size().columns if output is None and sys.stdout.isatty() else 100
+        emit(render(fmt, result, rows, color=color, width=width), output)
+    elif output is not None:
+        emit(render(fmt, result, rows), output)
+    breaches = [r for r in rows if limit is not None and Fraction(r.dead, r.num_features) > limit]
+    for r in breaches:
+        err_console.print(
+            f"Dead neurons above limit: {r.component} at threshold {r.threshold.text}: "
+            f"{r.dead}/{r.num_features} dead ({r.dead_fraction:.2%} > {float(limit):.2%})",
+            markup=False,
+        )
+    if breaches:
+        raise typer.Exit(1)
+
+
+def _parse_limit(text: str | None) -> Fraction | None:
+    from neuron_activity import BadThreshold, parse_decimal
+
+    if text is None:
+        return None
+    limit = parse_decimal(text, "--fail-above")
+    if not 0 <= limit <= 1:
+        raise BadThreshold(f"--fail-above {text!r} is not a portion between 0 and 1")
+    return limit
+
+
+class _ScanProgress:
+    """A rich progress bar of bytes and shards, fed from the counting threads."""
+
+    def __init__(self, progress: object) -> None:
+        self.progress = progress
+        self.lock = threading.Lock()
+        self.task = None
+        self.left: dict[Path, int] = {}
+        self.done = 0
+
+    def start(self, plan: ScanPlan) -> None:
+        self.left = plan.shard_bytes()
+        self.done = sum(1 for n in self.left.values() if n == 0)
+        self.task = self.progress.add_task(  # type: ignore[attr-defined]
+            "scanning", total=sum(self.left.values()), shards=self._shards()
+        )
+
+    def advance(self, path: Path, nbytes: int) -> None:
+        with self.lock:
+            self.left[path] -= nbytes
+            self.done += self.left[path] == 0
+            self.progress.update(self.task, advance=nbytes, shards=self._shards())  # type: ignore[attr-defined]
+
+    def _shards(self) -> str:
+        return f"{self.done}/{len(self.left)} shards"
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[_ScanProgress | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[shards]}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        yield _ScanProgress(progress)

@@ -1,0 +1,191 @@
+"""Element types nact reads, and the exact rule that says which raw bit patterns fire.
+
+Every comparison is made on raw bits viewed as unsigned integers, never by converting the
+threshold to the tensor's dtype (which rounds it: 1e-5 in bf16 is 1.00136e-5). For a float
+format, positive values are ordered like their bit patterns, so ``x > t`` (for ``t >= 0``)
+holds exactly when ``bits(r) < bits(x) <= bits(+inf)``, where ``r`` is the largest value of
+the format that is ``<= t``; negative values and NaNs have larger patterns and fall out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from .errors import BadThreshold
+
+UNSIGNED_VIEW: dict[int, type] = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """A binary floating-point format: sign, exponent and mantissa bits."""
+
+    name: str
+    itemsize: int
+    exponent_bits: int
+    mantissa_bits: int
+    has_infinity: bool = True  # F8_E4M3 (the "fn" variant) has none: S.1111.111 is NaN
+
+    @property
+    def sign_bit(self) -> int:
+        return 1 << (8 * self.itemsize - 1)
+
+    @property
+    def max_bits(self) -> int:
+        """Pattern of the largest non-NaN value: +inf, or the largest finite value without one."""
+        all_ones_exponent = ((1 << self.exponent_bits) - 1) << self.mantissa_bits
+        if self.has_infinity:
+            return all_ones_exponent
+        return all_ones_exponent | ((1 << self.mantissa_bits) - 2)
+
+    def value(self, bits: int) -> Fraction | float:
+        """The exact value of a non-negative, non-NaN pattern (``0 <= bits <= max_bits``)."""
+        if self.has_infinity and bits == self.max_bits:
+            return math.inf
+        exponent = bits >> self.mantissa_bits
+        mantissa = bits & ((1 << self.mantissa_bits) - 1)
+        bias = (1 << (self.exponent_bits - 1)) - 1
+        if exponent == 0:
+            return mantissa * Fraction(2) ** (1 - bias - self.mantissa_bits)
+        significand = (1 << self.mantissa_bits) | mantissa
+        return significand * Fraction(2) ** (exponent - bias - self.mantissa_bits)
+
+    def largest_at_most(self, t: Fraction) -> int:
+        """Pattern of the largest non-negative value ``<= t`` (``t >= 0``)."""
+        lo, hi = 0, self.max_bits  # value(lo) <= t always holds
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.value(mid) <= t:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def smallest_at_least(self, t: Fraction) -> int:
+        """Pattern of the smallest non-negative value ``>= t``, or ``max_bits + 1`` if none."""
+        lo, hi = 0, self.max_bits + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.value(mid) >= t:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+
+# safetensors dtype names; the same names are used for every format nact reads.
+FLOAT_FORMATS: dict[str, FloatFormat] = {
+    f.name: f
+    for f in (
+        FloatFormat("F64", 8, 11, 52),
+        FloatFormat("F32", 4, 8, 23),
+        FloatFormat("F16", 2, 5, 10),
+        FloatFormat("BF16", 2, 8, 7),
+        FloatFormat("F8_E4M3", 1, 4, 3, has_infinity=False),
+        FloatFormat("F8_E5M2", 1, 5, 2),
+    )
+}
+
+INTEGER_FORMATS: dict[str, type] = {
+    "I8": np.int8,
+    "I16": np.int16,
+    "I32": np.int32,
+    "I64": np.int64,
+    "U8": np.uint8,
+    "U16": np.uint16,
+    "U32": np.uint32,
+    "U64": np.uint64,
+    "BOOL": np.bool_,
+}
+
+ITEMSIZE: dict[str, int] = {
+    **{name: f.itemsize for name, f in FLOAT_FORMATS.items()},
+    **{name: np.dtype(t).itemsize for name, t in INTEGER_FORMATS.items()},
+}
+
+# numpy dtypes of the formats numpy holds natively, for readers of numpy-native files.
+NUMPY_NAMES: dict[str, str] = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    **{np.dtype(t).name: name for name, t in INTEGER_FORMATS.items()},
+}
+
+
+def is_float(dtype: str) -> bool:
+    return dtype in FLOAT_FORMATS
+
+
+@dataclass(frozen=True)
+class FireRule:
+    """Which raw bit patterns of one dtype fire, and which are NaN.
+
+    ``fire_ranges`` are inclusive ranges of the unsigned integer that has the element's bits.
+    An element is NaN when its bits without the sign bit exceed ``nan_above`` (floats only).
+    """
+
+    dtype: str
+    fire_above: Fraction
+    fire_ranges: tuple[tuple[int, int], ...]
+    nan_above: int | None
+
+    @property
+    def unsigned(self) -> type:
+        return UNSIGNED_VIEW[ITEMSIZE[self.dtype]]
+
+    @property
+    def bits(self) -> int:
+        return 8 * ITEMSIZE[self.dtype]
+
+    def signed_fire_ranges(self) -> tuple[tuple[int, int], ...]:
+        """``fire_ranges`` on the bits viewed as signed integers (for backends without uints)."""
+        half, full = 1 << (self.bits - 1), 1 << self.bits
+        out: list[tuple[int, int]] = []
+        for a, b in self.fire_ranges:
+            if a < half <= b:
+                out += [(a, half - 1), (half - full, b - full)]
+            elif a >= half:
+                out.append((a - full, b - full))
+            else:
+                out.append((a, b))
+        return tuple(out)
+
+
+def fire_rule(dtype: str, fire_above: Fraction) -> FireRule:
+    """The exact rule for ``x > fire_above`` on elements of ``dtype``."""
+    if dtype in FLOAT_FORMATS:
+        f = FLOAT_FORMATS[dtype]
+        sign = f.sign_bit
+        if fire_above >= 0:
+            r = f.largest_at_most(fire_above)
+            fires = ((r + 1, f.max_bits),) if r < f.max_bits else ()
+        else:
+            # Every non-negative value (and -0) fires, and negatives with |x| < |fire_above|.
+            s = f.smallest_at_least(-fire_above)
+            fires = ((0, f.max_bits), (sign, sign + s - 1))
+        return FireRule(dtype, fire_above, fires, f.max_bits)
+    if dtype in INTEGER_FORMATS:
+        info = np.iinfo(np.uint8) if dtype == "BOOL" else np.iinfo(INTEGER_FORMATS[dtype])
+        lowest_firing = max(math.floor(fire_above) + 1, int(info.min))
+        bits = 8 * ITEMSIZE[dtype]
+        if lowest_firing > info.max:
+            ranges: tuple[tuple[int, int], ...] = ()
+        elif lowest_firing >= 0:
+            ranges = ((lowest_firing, int(info.max)),)
+        else:  # a negative bound on a signed type: negatives wrap to the top half
+            ranges = ((0, int(info.max)), (lowest_firing + (1 << bits), (1 << bits) - 1))
+        return FireRule(dtype, fire_above, ranges, None)
+    raise KeyError(dtype)
+
+
+def parse_decimal(text: str, what: str) -> Fraction:
+    """The exact value of a decimal the user typed (``1e-6``, ``0.05``)."""
+    try:
+        value = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise BadThreshold(f"{what} {text!r} is not a number") from None
+    return value

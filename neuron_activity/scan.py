@@ -1,0 +1,237 @@
+"""The scan: plan the shards, count every chunk, and gather the counts into a NeuronActivity."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .activity import NeuronActivity, Threshold
+from .counting import Counter, make_counter, resolve_device
+from .dtypes import NUMPY_NAMES, fire_rule, parse_decimal
+from .errors import BadInput, NactError
+from .sources import ScanPlan, TensorSlab, component_layout, discover, plan_scan
+
+CHUNK_BYTES = 32 * 1024 * 1024  # default window mapped at a time, per thread
+
+ProgressCallback = Callable[[Path, int], None]
+
+
+@dataclass
+class ScanResult:
+    activity: NeuronActivity
+    plan: ScanPlan
+    device: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def scan(
+    paths: list[Path] | list[str],
+    *,
+    keys: list[str] | None = None,
+    flatten: bool = False,
+    fire_above: str | Fraction | int = 0,
+    device: str = "cpu",
+    chunk_rows: int | None = None,
+    threads: int | None = None,
+    on_plan: Callable[[ScanPlan], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> ScanResult:
+    """Count how often every neuron fires in the shards under ``paths``.
+
+    Reads headers of every shard first (so shape and format errors come before any counting),
+    then maps each tensor chunk by chunk and counts on ``device``. ``on_plan`` sees the plan
+    before counting starts; ``on_progress(path, nbytes)`` is called from the counting threads.
+    """
+    fire_above = parse_decimal(fire_above, "fire-above") if isinstance(fire_above, str) else Fraction(fire_above)
+    if chunk_rows is not None and chunk_rows < 1:
+        raise NactError(f"chunk rows must be at least 1, got {chunk_rows}")
+    if threads is not None and threads < 1:
+        raise NactError(f"threads must be at least 1, got {threads}")
+    device = resolve_device(device)
+    plan = plan_scan(discover([Path(p) for p in paths]), keys=keys, flatten=flatten)
+    if on_plan is not None:
+        on_plan(plan)
+    totals = _count(plan, fire_above, device, chunk_rows, threads, on_progress)
+    activity = NeuronActivity(fire_above)
+    for group in plan.groups.values():
+        fire_counts, nan_counts, num_vectors = totals[group.key]
+        for i, name in enumerate(group.names):
+            part = slice(i * group.num_features, (i + 1) * group.num_features)
+            activity.add(name, fire_counts[part], num_vectors, nan_counts[part])
+    warnings = list(plan.warnings)
+    for c in activity.components.values():
+        if c.nan_count:
+            warnings.append(
+                f"component {c.name!r}: {c.nan_count} NaN value(s) in {int((c.nan_counts > 0).sum())} "
+                "neuron(s), counted as not firing"
+            )
+    return ScanResult(activity, plan, device, warnings)
+
+
+def _chunks(plan: ScanPlan, chunk_rows: int | None) -> Iterator[tuple[TensorSlab, int, int]]:
+    for slab in plan.slabs:
+        step = chunk_rows or max(1, CHUNK_BYTES // max(slab.row_bytes, 1))
+        for start in range(0, slab.num_rows, step):
+            yield slab, start, min(start + step, slab.num_rows)
+
+
+def _count(
+    plan: ScanPlan,
+    fire_above: Fraction,
+    device: str,
+    chunk_rows: int | None,
+    threads: int | None,
+    on_progress: ProgressCallback | None,
+) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """Per key: fire counts, NaN counts (both over ``width`` columns) and number of rows."""
+    if device != "cpu":
+        threads = 1  # one stream of transfers; the device does the counting
+    threads = threads or min(os.cpu_count() or 1, 8)
+    work = _chunks(plan, chunk_rows)
+    lock = threading.Lock()
+    stop = threading.Event()
+    rules = {}
+
+    def next_chunk() -> tuple[TensorSlab, int, int] | None:
+        with lock:
+            return None if stop.is_set() else next(work, None)
+
+    def worker() -> dict[tuple[str, str], Counter]:
+        counters: dict[tuple[str, str], Counter] = {}
+        try:
+            while (item := next_chunk()) is not None:
+                slab, start, end = item
+                key = (slab.key, slab.dtype)
+                if key not in counters:
+                    with lock:
+                        rule = rules.setdefault(slab.dtype, fire_rule(slab.dtype, fire_above))
+                    counters[key] = make_counter(rule, slab.width, device)
+                _count_chunk(slab, start, end, counters[key])
+                if on_progress is not None:
+                    on_progress(slab.path, (end - start) * slab.row_bytes)
+        except BaseException:
+            stop.set()
+            raise
+        return counters
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nact-count") as pool:
+        futures = [pool.submit(worker) for _ in range(threads)]
+        try:
+            results = [f.result() for f in futures]
+        except BaseException:
+            stop.set()
+            raise
+    totals: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+    for group in plan.groups.values():
+        width = len(group.names) * group.num_features
+        totals[group.key] = (np.zeros(width, np.int64), np.zeros(width, np.int64), 0)
+    for slab in plan.slabs:
+        fire_counts, nan_counts, rows = totals[slab.key]
+        totals[slab.key] = (fire_counts, nan_counts, rows + slab.num_rows)
+    for counters in results:
+        for (key, _dtype), counter in counters.items():
+            fires, nans = counter.result()
+            totals[key][0][:] += fires
+            totals[key][1][:] += nans
+    return totals
+
+
+def _count_chunk(slab: TensorSlab, start: int, end: int, counter: Counter) -> None:
+    """Map rows ``[start, end)`` of ``slab`` read-only and count them; the mapping is dropped after."""
+    rule_view = np.dtype(f"u{slab.row_bytes // slab.width}") if slab.width else np.dtype(np.uint8)
+    begin = slab.offset + start * slab.row_bytes
+    stop = slab.offset + end * slab.row_bytes
+    base = begin - begin % mmap.ALLOCATIONGRANULARITY
+    try:
+        fd = os.open(slab.path, os.O_RDONLY)
+    except OSError as e:
+        raise BadInput(slab.path, f"cannot open: {e.strerror or e}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size < stop:
+            raise BadInput(slab.path, f"changed during the scan: now {size} bytes, tensor {slab.key!r} needs {stop}")
+        mapped = mmap.mmap(fd, stop - base, access=mmap.ACCESS_READ, offset=base)
+    finally:
+        os.close(fd)
+    try:
+        rows = np.frombuffer(mapped, dtype=rule_view, count=(end - start) * slab.width, offset=begin - base)
+        counter.update(rows.reshape(end - start, slab.width))
+        del rows
+    finally:
+        mapped.close()
+
+
+def count_array(
+    array: object,
+    name: str = "activations",
+    *,
+    fire_above: str | Fraction | int = 0,
+    flatten: bool = False,
+    device: str = "cpu",
+) -> NeuronActivity:
+    """Count fires in an in-memory array (numpy, or torch of any floating dtype).
+
+    >>> import numpy as np
+    >>> count_array(np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])).rows([Threshold.parse("0")])[0].dead
+    1
+    """
+    fire_above = parse_decimal(fire_above, "fire-above") if isinstance(fire_above, str) else Fraction(fire_above)
+    dtype, bits = raw_bits(array)
+    if bits.ndim < 2:
+        raise NactError(f"array of shape {list(bits.shape)} has no batch axis: need [N, F] or [..., C, F]")
+    names, num_rows, num_features = component_layout(name, tuple(bits.shape), flatten)
+    rows = np.ascontiguousarray(bits).reshape(num_rows, len(names) * num_features)
+    counter = make_counter(fire_rule(dtype, fire_above), rows.shape[1], resolve_device(device))
+    counter.update(rows)
+    fire_counts, nan_counts = counter.result()
+    activity = NeuronActivity(fire_above)
+    for i, component in enumerate(names):
+        part = slice(i * num_features, (i + 1) * num_features)
+        activity.add(component, fire_counts[part], num_rows, nan_counts[part])
+    return activity
+
+
+TORCH_NAMES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
+def raw_bits(array: object) -> tuple[str, np.ndarray]:
+    """The dtype name and the raw bits (as unsigned integers) of a numpy array or torch tensor."""
+    if isinstance(array, np.ndarray):
+        dtype = NUMPY_NAMES.get(array.dtype.name)
+        if dtype is None:
+            raise NactError(f"arrays of dtype {array.dtype} cannot be counted")
+        return dtype, np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
+    module = type(array).__module__
+    if module.startswith("torch"):
+        import torch
+
+        assert isinstance(array, torch.Tensor)
+        dtype = TORCH_NAMES.get(str(array.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise NactError(f"tensors of dtype {array.dtype} cannot be counted")
+        size = array.element_size()
+        signed = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[size]
+        bits = array.detach().cpu().contiguous().view(signed).numpy()
+        return dtype, bits.view(f"u{size}")
+    raise NactError(f"cannot count an object of type {type(array).__name__}: pass a numpy array or torch tensor")
