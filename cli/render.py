@@ -89,7 +89,7 @@ def render_table(result: ScanResult, rows: list[ActivityRow], color: bool = Fals
     )
     table.add_column("component", overflow="fold")
     for name in HEADERS[1:]:
-        table.add_column(name.replace("num_", ""), justify="right")
+        table.add_column(name, justify="right")
     previous = None
     for r in rows:
         style = "red" if r.dead else None

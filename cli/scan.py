@@ -21,39 +21,53 @@ if TYPE_CHECKING:
 
 
 def scan(
-    paths: List[Path] = typer.Argument(..., help="Shard files or directories (searched recursively).", show_default=False),
-    threshold: Optional[List[str]] = typer.Option(
-        None, "--threshold", "-t", help="Dead threshold, a portion of vectors (repeatable). [default: 0, 1e-5, 1e-6]"
+    paths: List[Path] = typer.Argument(
+        ..., metavar="PATH", help="Shard files or directories (searched recursively).", show_default=False
     ),
-    key: Optional[List[str]] = typer.Option(None, "--key", "-k", help="Only read tensors with this key (repeatable)."),
+    threshold: Optional[List[str]] = typer.Option(
+        None,
+        "--threshold",
+        "-t",
+        metavar="P",
+        help="Dead threshold, a portion of vectors (repeatable).",
+        show_default="0, 1e-5, 1e-6",
+    ),
+    key: Optional[List[str]] = typer.Option(
+        None, "--key", "-k", metavar="KEY", help="Only read tensors with this key (repeatable)."
+    ),
     flatten: bool = typer.Option(False, "--flatten", help="Treat every axis before the last as a batch axis."),
-    fire_above: str = typer.Option("0", "--fire-above", help="A neuron fires when its activation is above this."),
-    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, cuda:N or mps."),
-    fmt: str = typer.Option("table", "--format", "-f", help=f"Output format: {', '.join(FORMATS)}."),
+    fire_above: str = typer.Option(
+        "0", "--fire-above", metavar="X", help="A neuron fires when its activation is above X."
+    ),
+    device: str = typer.Option("auto", "--device", "-d", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
+    fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help=f"One of {', '.join(FORMATS)}."),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Write the result to this file (atomically) instead of stdout."
+        None, "--output", "-o", metavar="FILE", help="Write the result to FILE (atomically) instead of stdout."
     ),
     fail_above: Optional[str] = typer.Option(
-        None, "--fail-above", help="Exit 1 when any dead_fraction shown is above this portion."
+        None, "--fail-above", metavar="FRACTION", help="Exit 1 when any dead_fraction shown is above FRACTION."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing unless --fail-above is breached."),
-    chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", help="Rows read at a time. [default: 32 MiB worth]"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Counting threads. [default: CPU cores, at most 8]"),
+    chunk_rows: Optional[int] = typer.Option(
+        None, "--chunk-rows", metavar="N", help="Rows read at a time.", show_default="32 MiB worth"
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", metavar="N", help="Counting threads.", show_default="CPU cores, at most 8"
+    ),
 ) -> None:
-    """Count how often every neuron fires and report the dead ones, per component and threshold.
+    """Count how often every neuron fires; report the dead ones per component and threshold.
 
-    A neuron fires on a vector when its activation is above --fire-above (default 0); it is dead at
-    threshold p when it fired on at most p x (number of vectors) of them.
+    A neuron fires on a vector when its activation is above --fire-above (default 0). It is dead at threshold p when it fired on at most p x (number of vectors) vectors.
 
     Examples:
 
-      nact scan shards/                           # table at thresholds 0, 1e-5, 1e-6
+      nact scan shards/
 
       nact scan shards/ -t 1e-6 --format json | jq '.rows[] | select(.dead > 0)'
 
       nact scan shards/ --format csv -o dead.csv
 
-      nact scan shards/ --fail-above 0.05 -q      # cron: silent when fine, exit 1 when not
+      nact scan shards/ --fail-above 0.05 -q   # for cron
     """
     if fmt not in FORMATS:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="'--format'")

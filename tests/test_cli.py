@@ -1,0 +1,244 @@
+"""The nact command through Typer's CliRunner: exact outputs, exit codes and error messages."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SAMPLE_DATA
+from reference import write_shard
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+
+SAMPLE_ROWS = [
+    ("blocks.0.hook_sae_acts", 0.0, 2),
+    ("blocks.0.hook_sae_acts", 1e-5, 3),
+    ("blocks.0.hook_sae_acts", 1e-6, 2),
+    ("blocks.1.hook_sae_acts", 0.0, 1),
+    ("blocks.1.hook_sae_acts", 1e-5, 2),
+    ("blocks.1.hook_sae_acts", 1e-6, 1),
+]
+ROW_KEYS = ["component", "threshold", "dead", "alive", "num_features", "num_vectors", "dead_fraction"]
+
+
+def nact(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_json_rows_on_sample_data() -> None:
+    result = nact("scan", SAMPLE_DATA, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema_version"] == 1
+    assert [list(r) for r in doc["rows"]] == [ROW_KEYS] * 6
+    assert [(r["component"], r["threshold"], r["dead"]) for r in doc["rows"]] == SAMPLE_ROWS
+    first = doc["rows"][0]
+    assert (first["alive"], first["num_features"], first["num_vectors"], first["dead_fraction"]) == (6, 8, 100000, 0.25)
+    assert result.stderr == ""
+
+
+def test_csv_has_exactly_the_row_columns() -> None:
+    result = nact("scan", SAMPLE_DATA, "-f", "csv", "-t", "1e-5")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        ",".join(ROW_KEYS),
+        "blocks.0.hook_sae_acts,1e-05,3,5,8,100000,0.375",
+        "blocks.1.hook_sae_acts,1e-05,2,4,6,100000,0.3333333333333333",
+    ]
+
+
+def test_markdown() -> None:
+    result = nact("scan", SAMPLE_DATA, "-f", "markdown", "-t", "0")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        "| component | threshold | dead | alive | num_features | num_vectors | dead_fraction |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| blocks.0.hook_sae_acts | 0 | 2 | 6 | 8 | 100000 | 25.00% |",
+        "| blocks.1.hook_sae_acts | 0 | 1 | 5 | 6 | 100000 | 16.67% |",
+    ]
+
+
+def test_table_is_the_default_and_plain_without_color() -> None:
+    result = nact("scan", SAMPLE_DATA, "-t", "1e-5", "-t", "0")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].strip() == "Dead neurons (fire = activation > 0)"
+    body = [line for line in lines if "hook_sae_acts" in line]
+    assert [[cell.strip() for cell in line.split("│")[1:8]] for line in body] == [
+        ["blocks.0.hook_sae_acts", "1e-5", "3", "5", "8", "100000", "37.50%"],
+        ["blocks.0.hook_sae_acts", "0", "2", "6", "8", "100000", "25.00%"],
+        ["blocks.1.hook_sae_acts", "1e-5", "2", "4", "6", "100000", "33.33%"],
+        ["blocks.1.hook_sae_acts", "0", "1", "5", "6", "100000", "16.67%"],
+    ]
+    assert "\x1b[" not in result.stdout
+
+
+def test_output_file_is_written_and_stdout_is_empty(tmp_path: Path) -> None:
+    out = tmp_path / "dead.csv"
+    result = nact("scan", SAMPLE_DATA, "--format", "csv", "-o", out)
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [(r["component"], float(r["threshold"]), int(r["dead"])) for r in rows] == SAMPLE_ROWS
+    assert [p.name for p in tmp_path.iterdir()] == ["dead.csv"]  # no temporary file left
+
+
+def test_output_to_a_folder_that_does_not_exist(tmp_path: Path) -> None:
+    result = nact("scan", SAMPLE_DATA, "-o", tmp_path / "no" / "such" / "out.json")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: {tmp_path / 'no' / 'such' / 'out.json'}: cannot write:")
+
+
+def test_fail_above_breached_exits_1_and_names_the_rows() -> None:
+    result = nact("scan", SAMPLE_DATA, "--fail-above", "0.3", "-q")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "Dead neurons above limit: blocks.0.hook_sae_acts at threshold 1e-5: 3/8 dead (37.50% > 30.00%)",
+        "Dead neurons above limit: blocks.1.hook_sae_acts at threshold 1e-5: 2/6 dead (33.33% > 30.00%)",
+    ]
+
+
+def test_fail_above_not_breached_is_silent_with_quiet() -> None:
+    result = nact("scan", SAMPLE_DATA, "--fail-above", "0.375", "-q")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_fail_above_only_counts_the_thresholds_shown() -> None:
+    result = nact("scan", SAMPLE_DATA, "--fail-above", "0.3", "-t", "0", "-f", "json")
+    assert result.exit_code == 0
+    assert len(json.loads(result.stdout)["rows"]) == 2
+
+
+def test_fail_above_without_quiet_prints_the_result_too() -> None:
+    result = nact("scan", SAMPLE_DATA, "--fail-above", "0", "-f", "csv", "-t", "0")
+    assert result.exit_code == 1
+    assert len(result.stdout.splitlines()) == 3
+    assert len(result.stderr.splitlines()) == 2
+
+
+def test_key_restricts_components() -> None:
+    result = nact("scan", SAMPLE_DATA, "-k", "blocks.1.hook_sae_acts", "-f", "json")
+    assert result.exit_code == 0
+    assert {r["component"] for r in json.loads(result.stdout)["rows"]} == {"blocks.1.hook_sae_acts"}
+
+
+def test_fire_above_changes_what_fires() -> None:
+    result = nact("scan", SAMPLE_DATA, "--fire-above", "1e-7", "-t", "0", "-f", "json", "-k", "blocks.1.hook_sae_acts")
+    doc = json.loads(result.stdout)
+    assert doc["fire_above"] == 1e-7
+    assert doc["rows"][0]["dead"] == 2  # the neuron that fired once, on 6e-8, no longer fires
+
+
+def test_nan_warning_goes_to_stderr(tmp_path: Path) -> None:
+    write_shard(tmp_path / "a.safetensors", {"acts": torch.tensor([[float("nan"), 1.0]])})
+    result = nact("scan", tmp_path, "-f", "json")
+    assert result.exit_code == 0
+    assert result.stderr == "Warning: component 'acts': 1 NaN value(s) in 1 neuron(s), counted as not firing\n"
+    assert json.loads(result.stdout)["components"][0]["nan_count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-t", "2"], "Error: threshold '2' is not a portion of vectors between 0 and 1"),
+        (["-t", "abc"], "Error: threshold 'abc' is not a number"),
+        (["--fail-above", "1.5"], "Error: --fail-above '1.5' is not a portion between 0 and 1"),
+        (["--fire-above", "nan"], "Error: --fire-above 'nan' is not a number"),
+        (["--device", "tpu"], "Error: unknown device 'tpu': use auto, cpu, cuda, cuda:N or mps"),
+        (["--chunk-rows", "0"], "Error: chunk rows must be at least 1, got 0"),
+        (["--threads", "0"], "Error: threads must be at least 1, got 0"),
+        (["-k", "nope"], "Error: --key 'nope' not found in any shard (keys seen: blocks.0.hook_sae_acts, blocks.1.hook_sae_acts)"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line(args: list[str], message: str) -> None:
+    result = nact("scan", SAMPLE_DATA, *args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == message + "\n"
+
+
+def test_unknown_format_is_a_usage_error() -> None:
+    result = nact("scan", SAMPLE_DATA, "-f", "xml")
+    assert result.exit_code == 2
+    assert "'xml' is not one of table, json, csv, markdown" in result.stderr
+
+
+def test_missing_cuda_is_a_clear_usage_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    result = nact("scan", SAMPLE_DATA, "--device", "cuda")
+    assert result.exit_code == 2
+    assert result.stderr == "Error: device 'cuda' is not available: PyTorch sees no CUDA GPU\n"
+
+
+def bad_inputs(tmp_path: Path) -> list[tuple[Path, str]]:
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00hello")
+    truncated = tmp_path / "truncated.safetensors"
+    write_shard(truncated, {"acts": torch.ones(10, 4)})
+    full = truncated.read_bytes()
+    truncated.write_bytes(full[:-1])
+    ints = tmp_path / "ints.safetensors"
+    write_shard(ints, {"tokens": torch.ones(2, 2, dtype=torch.int64)})
+    empty_rows = tmp_path / "empty_rows.safetensors"
+    write_shard(empty_rows, {"acts": torch.ones(0, 4)})
+    return [
+        (tmp_path / "missing", f"Error: {tmp_path / 'missing'}: no such file or directory"),
+        (empty, f"Error: {empty}: not a safetensors file: 0 bytes, too short for a header"),
+        (garbage, f"Error: {garbage}: corrupt safetensors header: Expecting value: line 1 column 1 (char 0)"),
+        (truncated, (
+            f"Error: {truncated}: truncated: tensor 'acts' ends at byte {len(full)} "
+            f"but the file has {len(full) - 1} bytes"
+        )),
+        (
+            ints,
+            "Error: nothing to count in 1 shard(s): skipped tensor 'tokens' (I64) in 1 shard(s): "
+            "integer and bool tensors are counted only when named with --key",
+        ),
+        (empty_rows, "Error: component 'acts' has no vectors: every tensor read for it is empty"),
+    ]
+
+
+def test_each_bad_input_exits_2_with_a_one_line_message(tmp_path: Path) -> None:
+    for path, message in bad_inputs(tmp_path):
+        result = nact("scan", path)
+        assert (result.exit_code, result.stdout, result.stderr) == (2, "", message + "\n"), path
+
+
+def test_shape_mismatch_message(tmp_path: Path) -> None:
+    write_shard(tmp_path / "a.safetensors", {"acts": torch.zeros(2, 8)})
+    write_shard(tmp_path / "b.safetensors", {"acts": torch.zeros(2, 4, 8)})
+    result = nact("scan", tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"Error: tensor 'acts' has shape [2, 8] in {tmp_path / 'a.safetensors'} but [2, 4, 8] in "
+        f"{tmp_path / 'b.safetensors'}: every shard must give a component the same number of features "
+        "(and components)\n"
+    )
+
+
+def test_every_command_has_help() -> None:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        assert command.help and "Examples" in command.help, name
+        result = nact(name, "--help")
+        assert result.exit_code == 0 and "Usage: nact " + name in result.stdout
+
+
+def test_top_level_help_and_version() -> None:
+    result = nact("--help")
+    assert result.exit_code == 0 and "scan" in result.stdout and "Exit codes" in result.stdout
+    result = nact("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("nact ")

@@ -1,0 +1,74 @@
+"""The installed ``nact`` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_DATA
+
+
+def nact_executable() -> str:
+    beside_python = Path(sys.executable).parent / "nact"
+    found = str(beside_python) if beside_python.exists() else shutil.which("nact")
+    if found is None:
+        pytest.fail("the nact command is not installed: pip install -e '.[test]'")
+    return found
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1"}
+    return subprocess.run([nact_executable(), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def test_scan_sample_data_json() -> None:
+    done = run("scan", str(SAMPLE_DATA), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["rows"]
+    assert [(r["component"], r["threshold"], r["dead"]) for r in rows] == [
+        ("blocks.0.hook_sae_acts", 0.0, 2),
+        ("blocks.0.hook_sae_acts", 1e-5, 3),
+        ("blocks.0.hook_sae_acts", 1e-6, 2),
+        ("blocks.1.hook_sae_acts", 0.0, 1),
+        ("blocks.1.hook_sae_acts", 1e-5, 2),
+        ("blocks.1.hook_sae_acts", 1e-6, 1),
+    ]
+    assert done.stderr == ""  # no progress bar off a terminal
+
+
+def test_readme_table_is_what_scan_prints() -> None:
+    root = SAMPLE_DATA.parent
+    done = run("scan", "sample_data", cwd=root)
+    assert done.returncode == 0
+    readme = [line.rstrip() for line in (root / "README.md").read_text().splitlines()]
+    table = [line.rstrip() for line in done.stdout.strip().splitlines()]
+    assert any(readme[i : i + len(table)] == table for i in range(len(readme))), "\n".join(table)
+
+
+def test_cron_exit_codes() -> None:
+    assert run("scan", str(SAMPLE_DATA), "--fail-above", "0.5", "-q").returncode == 0
+    breached = run("scan", str(SAMPLE_DATA), "--fail-above", "0.05", "-q")
+    assert (breached.returncode, breached.stdout) == (1, "")
+    bad = run("scan", str(SAMPLE_DATA / "nope.safetensors"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_help_does_not_import_torch_or_numpy() -> None:
+    code = "import sys; from cli.main import app; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
+
+
+def test_cpu_scan_does_not_import_torch() -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from cli.main import app; "
+        f"r = CliRunner().invoke(app, ['scan', {str(SAMPLE_DATA)!r}, '-f', 'csv']); "
+        "print(r.exit_code, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0", "False"]

@@ -1,0 +1,54 @@
+"""For random arrays, dtypes, chunk sizes and thresholds, nact's rows equal a plain numpy count."""
+
+from __future__ import annotations
+
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import TORCH_DTYPES, as_float64, dead_count, fire_counts, random_activations, write_shard
+
+from neuron_activity import Threshold, scan
+
+thresholds = st.sampled_from(["0", "1e-5", "1e-6", "0.001", "0.01", "0.1", "0.25", "0.5", "1"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dtype=st.sampled_from(list(TORCH_DTYPES)),
+    shard_rows=st.lists(st.integers(0, 300), min_size=1, max_size=4).filter(lambda r: sum(r) > 0),
+    num_features=st.integers(1, 40),
+    components=st.sampled_from([None, 1, 3]),
+    chunk_rows=st.one_of(st.none(), st.integers(1, 400)),
+    fire_above=st.sampled_from(["0", "1e-5", "0.5", "-0.25"]),
+    chosen=st.lists(thresholds, min_size=1, max_size=4, unique=True),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_rows_equal_numpy_reference(
+    dtype, shard_rows, num_features, components, chunk_rows, fire_above, chosen, seed
+) -> None:
+    rng = np.random.default_rng(seed)
+    shape_tail = (num_features,) if components is None else (components, num_features)
+    shards = [random_activations(rng, (rows, *shape_tail), dtype) for rows in shard_rows]
+    with tempfile.TemporaryDirectory() as folder:
+        for i, x in enumerate(shards):
+            write_shard(Path(folder) / f"{i:02d}.safetensors", {"acts": x})
+        result = scan([folder], fire_above=fire_above, chunk_rows=chunk_rows)
+    rows = result.activity.rows([Threshold.parse(t) for t in chosen])
+
+    values = np.concatenate([as_float64(x) for x in shards])
+    n = values.shape[0]
+    per_component = (
+        [("acts", values)] if components is None else [(f"acts[{c}]", values[:, c, :]) for c in range(components)]
+    )
+    expected = []
+    for name, v in per_component:
+        counts = fire_counts(v, Fraction(fire_above))
+        for t in chosen:
+            dead = dead_count(counts, n, t)
+            expected.append((name, t, dead, num_features - dead, num_features, n, dead / num_features))
+    got = [(r.component, r.threshold.text, r.dead, r.alive, r.num_features, r.num_vectors, r.dead_fraction) for r in rows]
+    assert got == expected
