@@ -10,14 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def say(line: str) -> None:
+    """One line on stderr: warnings, errors, breaches. stdout carries only the result."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``Error: message`` on stderr; return the Exit to raise."""
-    err_console.print(f"Error: {message}", markup=False)
+    say(f"Error: {message}")
     return typer.Exit(code)
 
 

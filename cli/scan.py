@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import typer
 
-from .output import emit, err_console, fail, library_errors
+from .output import emit, library_errors, say
 from .render import FORMATS, render
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def scan(
 
         thresholds = [Threshold.parse(t) for t in (threshold or DEFAULT_THRESHOLDS)]
         limit = _parse_limit(fail_above)
-        show_progress = not quiet and err_console.is_terminal
+        show_progress = not quiet and sys.stderr.isatty()
         with _progress(show_progress) as progress:
             result = scan_shards(
                 paths,
@@ -93,7 +93,7 @@ def scan(
         rows = result.activity.rows(thresholds)
     if not quiet:
         for warning in result.warnings:
-            err_console.print(f"Warning: {warning}", markup=False)
+            say(f"Warning: {warning}")
         color = output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
         width = shutil.get_terminal_size().columns if output is None and sys.stdout.isatty() else 100
         emit(render(fmt, result, rows, color=color, width=width), output)
@@ -101,10 +101,9 @@ def scan(
         emit(render(fmt, result, rows), output)
     breaches = [r for r in rows if limit is not None and Fraction(r.dead, r.num_features) > limit]
     for r in breaches:
-        err_console.print(
+        say(
             f"Dead neurons above limit: {r.component} at threshold {r.threshold.text}: "
-            f"{r.dead}/{r.num_features} dead ({r.dead_fraction:.2%} > {float(limit):.2%})",
-            markup=False,
+            f"{r.dead}/{r.num_features} dead ({r.dead_fraction:.2%} > {float(limit):.2%})"
         )
     if breaches:
         raise typer.Exit(1)
@@ -153,6 +152,7 @@ def _progress(enabled: bool) -> Iterator[_ScanProgress | None]:
     if not enabled:
         yield None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     with Progress(
@@ -162,7 +162,7 @@ def _progress(enabled: bool) -> Iterator[_ScanProgress | None]:
         TransferSpeedColumn(),
         TextColumn("{task.fields[shards]}"),
         TimeRemainingColumn(),
-        console=err_console,
+        console=Console(stderr=True),
         transient=True,
     ) as progress:
         yield _ScanProgress(progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -96,11 +97,94 @@ class NumpyCounter:
         return fire_counts, self._nan_counts.copy()
 
 
+try:
+    from . import _kernels
+except ImportError:  # built without a C compiler: the numpy kernel counts instead
+    _kernels = None
+
+
+class NativeCounter:
+    """Counts on the CPU with the C kernel: one pass over the data, no temporaries, GIL released."""
+
+    def __init__(self, rule: FireRule, width: int) -> None:
+        if _kernels is None:
+            raise RuntimeError("the C kernel is not built")
+        self.width = width
+        self.itemsize = np.dtype(rule.unsigned).itemsize
+        self.unsigned = rule.unsigned
+        self.ranges = list(rule.fire_ranges)
+        has_nan = rule.nan_above is not None
+        self.nan_mask = (1 << (8 * self.itemsize - 1)) - 1 if has_nan else 0
+        self.nan_above = rule.nan_above if has_nan else 0
+        self._fire_counts = np.zeros(width, np.int64)
+        self._nan_counts = np.zeros(width, np.int64)
+
+    def update(self, bits: np.ndarray) -> None:
+        if bits.ndim != 2 or bits.shape[1] != self.width or bits.dtype != self.unsigned:
+            raise ValueError(f"expected [rows, {self.width}] {self.unsigned}, got {bits.shape} {bits.dtype}")
+        bits = np.ascontiguousarray(bits)
+        _kernels.count(
+            bits, bits.shape[0], self.width, self.itemsize, self.ranges, self.nan_mask, self.nan_above,
+            self._fire_counts, self._nan_counts,
+        )
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._fire_counts.copy(), self._nan_counts.copy()
+
+
 TORCH_SIGNED = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}
 
 
+class _CudaStager:
+    """Moves chunks to one CUDA device through two reused pinned host buffers.
+
+    While the GPU counts chunk i from one buffer, the host fills the other with chunk i+1 and a
+    side stream copies it over (``non_blocking``), so reading, copying and counting overlap.
+    One stager per counting thread; it is shared by every counter of that thread.
+    """
+
+    def __init__(self, torch: object, device: object) -> None:
+        self.torch = torch
+        self.device = device
+        self.copy_stream = torch.cuda.Stream(device=device)  # type: ignore[attr-defined]
+        self.slots: list[dict] = [{}, {}]
+        self.turn = 0
+
+    def to_device(self, host_bits: np.ndarray) -> tuple[object, dict]:
+        """A device tensor holding ``host_bits`` (int8/16/32/64), and its slot to release."""
+        torch = self.torch
+        slot = self.slots[self.turn]
+        self.turn ^= 1
+        nbytes = host_bits.nbytes
+        if slot.get("capacity", 0) < nbytes:
+            torch.cuda.synchronize(self.device)  # nothing may still use the buffers being replaced
+            slot.update(
+                capacity=nbytes,
+                host=torch.empty(nbytes, dtype=torch.uint8, pin_memory=True),
+                dev=torch.empty(nbytes, dtype=torch.uint8, device=self.device),
+                copied=torch.cuda.Event(),
+                consumed=torch.cuda.Event(),
+            )
+        slot["copied"].synchronize()  # the host buffer's previous copy is done: it may be refilled
+        np.copyto(slot["host"].numpy()[:nbytes].view(host_bits.dtype), host_bits.reshape(-1))
+        with torch.cuda.stream(self.copy_stream):
+            self.copy_stream.wait_event(slot["consumed"])  # the device buffer's last chunk is counted
+            slot["dev"][:nbytes].copy_(slot["host"][:nbytes], non_blocking=True)
+            slot["copied"].record(self.copy_stream)
+        torch.cuda.current_stream(self.device).wait_event(slot["copied"])
+        dtype = getattr(torch, TORCH_SIGNED[host_bits.itemsize])
+        return slot["dev"][:nbytes].view(dtype).view(host_bits.shape), slot
+
+    def release(self, slot: dict) -> None:
+        slot["consumed"].record(self.torch.cuda.current_stream(self.device))
+
+
+_stagers = threading.local()
+
+
 class TorchCounter:
-    """Counts with torch on a device (cuda, mps, or cpu for testing); totals stay on the device."""
+    """Counts with torch on a device (cuda, mps, or cpu for testing); totals stay on the device
+    and come back in one transfer at the end."""
 
     def __init__(self, rule: FireRule, width: int, device: str) -> None:
         import torch
@@ -109,18 +193,39 @@ class TorchCounter:
         self.rule = rule
         self.width = width
         self.device = torch.device(device)
-        self.signed = getattr(torch, TORCH_SIGNED[np.dtype(rule.unsigned).itemsize])
-        self._np_signed = np.dtype(f"i{np.dtype(rule.unsigned).itemsize}")
+        itemsize = np.dtype(rule.unsigned).itemsize
+        self._np_signed = np.dtype(f"i{itemsize}")
         self._fire_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
         self._nan_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
         self._ranges = rule.signed_fire_ranges()
-        sign = 1 << (8 * np.dtype(rule.unsigned).itemsize - 1)
-        self._magnitude_mask = sign - 1
+        self._magnitude_mask = (1 << (8 * itemsize - 1)) - 1
+        self._stager = None
+        if self.device.type == "cuda":
+            stagers = getattr(_stagers, "by_device", None)
+            if stagers is None:
+                stagers = _stagers.by_device = {}
+            if self.device not in stagers:
+                stagers[self.device] = _CudaStager(torch, self.device)
+            self._stager = stagers[self.device]
 
     def update(self, bits: np.ndarray) -> None:
+        signed = bits.view(self._np_signed)
+        if self._stager is not None:
+            x, slot = self._stager.to_device(signed)
+            self._count(x)
+            self._stager.release(slot)
+        elif self.device.type == "mps":
+            try:
+                self._count(self.torch.from_numpy(signed.copy()).to(self.device))
+            except (RuntimeError, TypeError) as e:  # int64 sums need a recent macOS
+                raise DeviceUnavailable(
+                    f"device 'mps' cannot count {self.rule.dtype} tensors on this macOS ({e}); use --device cpu"
+                ) from None
+        else:  # a copy: the chunk may be a read-only mapping that is closed after this call
+            self._count(self.torch.from_numpy(signed.copy()).to(self.device))
+
+    def _count(self, x: object) -> None:
         torch = self.torch
-        host = torch.from_numpy(np.ascontiguousarray(bits).view(self._np_signed))
-        x = host.to(self.device, non_blocking=False)
         if self._ranges:
             fires = None
             for a, b in self._ranges:
@@ -135,10 +240,17 @@ class TorchCounter:
         return self._fire_counts.cpu().numpy(), self._nan_counts.cpu().numpy()
 
 
-def make_counter(rule: FireRule, width: int, device: str) -> Counter:
-    if device == "cpu":
-        return NumpyCounter(rule, width)
-    return TorchCounter(rule, width, device)
+CPU_KERNELS = ("native", "numpy") if _kernels is not None else ("numpy",)
+
+
+def make_counter(rule: FireRule, width: int, device: str, kernel: str | None = None) -> Counter:
+    """A counter for ``device``. On the CPU, ``kernel`` picks ``native``, ``numpy`` or ``torch``
+    (default: the first of ``CPU_KERNELS``); other devices always count with torch."""
+    if device != "cpu" or kernel == "torch":
+        return TorchCounter(rule, width, device)
+    if (kernel or CPU_KERNELS[0]) == "native":
+        return NativeCounter(rule, width)
+    return NumpyCounter(rule, width)
 
 
 def _nvidia_present() -> bool:

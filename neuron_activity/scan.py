@@ -41,13 +41,14 @@ def scan(
     device: str = "cpu",
     chunk_rows: int | None = None,
     threads: int | None = None,
+    kernel: str | None = None,
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ScanResult:
     """Count how often every neuron fires in the shards under ``paths``.
 
     Reads headers of every shard first (so shape and format errors come before any counting),
-    then maps each tensor chunk by chunk and counts on ``device``. ``on_plan`` sees the plan
+    then maps each tensor chunk by chunk and counts on ``device`` (``kernel``: see make_counter). ``on_plan`` sees the plan
     before counting starts; ``on_progress(path, nbytes)`` is called from the counting threads.
     """
     fire_above = parse_decimal(fire_above, "fire-above") if isinstance(fire_above, str) else Fraction(fire_above)
@@ -59,7 +60,7 @@ def scan(
     plan = plan_scan(discover([Path(p) for p in paths]), keys=keys, flatten=flatten)
     if on_plan is not None:
         on_plan(plan)
-    totals = _count(plan, fire_above, device, chunk_rows, threads, on_progress)
+    totals = _count(plan, fire_above, device, chunk_rows, threads, kernel, on_progress)
     activity = NeuronActivity(fire_above)
     for group in plan.groups.values():
         fire_counts, nan_counts, num_vectors = totals[group.key]
@@ -89,11 +90,12 @@ def _count(
     device: str,
     chunk_rows: int | None,
     threads: int | None,
+    kernel: str | None,
     on_progress: ProgressCallback | None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """Per key: fire counts, NaN counts (both over ``width`` columns) and number of rows."""
-    if device != "cpu":
-        threads = 1  # one stream of transfers; the device does the counting
+    if device == "mps":
+        threads = 1  # one queue; mps does the counting
     threads = threads or min(os.cpu_count() or 1, 8)
     work = _chunks(plan, chunk_rows)
     lock = threading.Lock()
@@ -113,7 +115,7 @@ def _count(
                 if key not in counters:
                     with lock:
                         rule = rules.setdefault(slab.dtype, fire_rule(slab.dtype, fire_above))
-                    counters[key] = make_counter(rule, slab.width, device)
+                    counters[key] = make_counter(rule, slab.width, device, kernel)
                 _count_chunk(slab, start, end, counters[key])
                 if on_progress is not None:
                     on_progress(slab.path, (end - start) * slab.row_bytes)
@@ -176,6 +178,7 @@ def count_array(
     fire_above: str | Fraction | int = 0,
     flatten: bool = False,
     device: str = "cpu",
+    kernel: str | None = None,
 ) -> NeuronActivity:
     """Count fires in an in-memory array (numpy, or torch of any floating dtype).
 
@@ -189,7 +192,7 @@ def count_array(
         raise NactError(f"array of shape {list(bits.shape)} has no batch axis: need [N, F] or [..., C, F]")
     names, num_rows, num_features = component_layout(name, tuple(bits.shape), flatten)
     rows = np.ascontiguousarray(bits).reshape(num_rows, len(names) * num_features)
-    counter = make_counter(fire_rule(dtype, fire_above), rows.shape[1], resolve_device(device))
+    counter = make_counter(fire_rule(dtype, fire_above), rows.shape[1], resolve_device(device), kernel)
     counter.update(rows)
     fire_counts, nan_counts = counter.result()
     activity = NeuronActivity(fire_above)

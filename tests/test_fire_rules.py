@@ -8,8 +8,16 @@ import torch
 from reference import TORCH_DTYPES, greater_than
 
 from neuron_activity import count_array
-from neuron_activity.counting import NumpyCounter, TorchCounter
+from neuron_activity.counting import CPU_KERNELS, make_counter
 from neuron_activity.dtypes import FLOAT_FORMATS, fire_rule
+
+KERNELS = ["native", "numpy", "torch"]
+
+
+def counter(kernel: str, rule, width: int):
+    if kernel not in (*CPU_KERNELS, "torch"):
+        pytest.fail("the C kernel is not built: install with a C compiler (pip install -e .)")
+    return make_counter(rule, width, "cpu", kernel)
 
 THRESHOLDS = ["0", "1e-5", "1e-6", "0.1", "1", "-0.5", "-1e-6", "448", "500", "65504", "1e30", "-1e30", "6e-8"]
 NARROW = ["F16", "BF16", "F8_E4M3", "F8_E5M2"]
@@ -24,39 +32,31 @@ def every_pattern(dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return unsigned.reshape(-1, 1), values
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", NARROW)
 @pytest.mark.parametrize("threshold", THRESHOLDS)
-def test_every_bit_pattern_fires_exactly_when_above(dtype: str, threshold: str) -> None:
+def test_every_bit_pattern_fires_exactly_when_above(kernel: str, dtype: str, threshold: str) -> None:
     bits, values = every_pattern(dtype)
     t = Fraction(threshold)
-    counter = NumpyCounter(fire_rule(dtype, t), width=1)
-    counter.update(bits)
-    fire_counts, nan_counts = counter.result()
-    assert fire_counts.tolist() == [int(greater_than(values, t).sum())]
-    assert nan_counts.tolist() == [int(np.isnan(values).sum())]
+    for width in (1, 4):  # one column, and the same patterns spread over a few columns
+        c = counter(kernel, fire_rule(dtype, t), width)
+        c.update(bits.reshape(-1, width))
+        fire_counts, nan_counts = c.result()
+        by_column = values.reshape(-1, width)
+        assert fire_counts.tolist() == greater_than(by_column, t).sum(axis=0).tolist()
+        assert nan_counts.tolist() == np.isnan(by_column).sum(axis=0).tolist()
 
 
-@pytest.mark.parametrize("dtype", NARROW)
-@pytest.mark.parametrize("threshold", ["0", "1e-5", "-0.5", "65504"])
-def test_torch_counter_agrees_on_every_bit_pattern(dtype: str, threshold: str) -> None:
-    bits, values = every_pattern(dtype)
-    t = Fraction(threshold)
-    counter = TorchCounter(fire_rule(dtype, t), width=1, device="cpu")
-    counter.update(bits)
-    fire_counts, nan_counts = counter.result()
-    assert fire_counts.tolist() == [int(greater_than(values, t).sum())]
-    assert nan_counts.tolist() == [int(np.isnan(values).sum())]
-
-
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", ["F32", "F64"])
-def test_wide_floats_at_the_edges_of_a_threshold(dtype: str) -> None:
+def test_wide_floats_at_the_edges_of_a_threshold(kernel: str, dtype: str) -> None:
     np_dtype = np.float32 if dtype == "F32" else np.float64
     for threshold in ["0", "1e-5", "1e-6", "0.1", "-1e-5", "3.4e38"]:
         t = np_dtype(float(threshold))
         near = [np.nextafter(t, np_dtype(-np.inf)), t, np.nextafter(t, np_dtype(np.inf))]
         specials = [0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e-45, -1e-45]
         column = np.array(near + specials, dtype=np_dtype).reshape(-1, 1)
-        c = count_array(column, fire_above=threshold).components["activations"]
+        c = count_array(column, fire_above=threshold, kernel=kernel).components["activations"]
         expected = greater_than(column.astype(np.float64), Fraction(threshold)).sum()
         assert int(c.fire_counts[0]) == int(expected), threshold
         assert int(c.nan_counts[0]) == 2
@@ -81,8 +81,29 @@ def test_rounding_the_threshold_to_the_dtype_would_be_wrong() -> None:
         ("U64", [0, 2**64 - 1], "1e30", 0),
     ],
 )
-def test_integer_rules(dtype: str, values: list, fire_above: str, expected: int) -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_integer_rules(kernel: str, dtype: str, values: list, fire_above: str, expected: int) -> None:
     np_type = {"I8": np.int8, "I64": np.int64, "U8": np.uint8, "BOOL": np.bool_, "I32": np.int32, "U64": np.uint64}
     column = np.array(values, dtype=np_type[dtype]).reshape(-1, 1)
-    c = count_array(column, fire_above=fire_above).components["activations"]
+    c = count_array(column, fire_above=fire_above, kernel=kernel).components["activations"]
     assert c.fire_counts.tolist() == [expected]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize(
+    ("dtype", "width", "rows"),
+    [
+        ("F8_E5M2", 1, 300_000),  # narrow rows folded 1024 at a time; 8-bit counters flushed at 255
+        ("F8_E5M2", 2000, 600),
+        ("BF16", 1024, 65_545),  # 16-bit counters flushed before 65,535 fires wrap them
+    ],
+)
+def test_counts_past_the_width_of_the_accumulators(kernel: str, dtype: str, width: int, rows: int) -> None:
+    one = {"F8_E5M2": 0x3C, "BF16": 0x3F80}[dtype]  # 1.0
+    bits = np.full((rows, width), one, dtype=np.uint8 if dtype == "F8_E5M2" else np.uint16)
+    bits[::7, 0] = 0
+    c = counter(kernel, fire_rule(dtype, Fraction(0)), width)
+    c.update(bits)
+    fire_counts, _ = c.result()
+    assert fire_counts[0] == rows - len(range(0, rows, 7))
+    assert (fire_counts[1:] == rows).all()

@@ -26,9 +26,11 @@ thresholds = st.sampled_from(["0", "1e-5", "1e-6", "0.001", "0.01", "0.1", "0.25
     fire_above=st.sampled_from(["0", "1e-5", "0.5", "-0.25"]),
     chosen=st.lists(thresholds, min_size=1, max_size=4, unique=True),
     seed=st.integers(0, 2**32 - 1),
+    kernel=st.sampled_from(["native", "numpy", "torch"]),
+    threads=st.integers(1, 3),
 )
 def test_rows_equal_numpy_reference(
-    dtype, shard_rows, num_features, components, chunk_rows, fire_above, chosen, seed
+    dtype, shard_rows, num_features, components, chunk_rows, fire_above, chosen, seed, kernel, threads
 ) -> None:
     rng = np.random.default_rng(seed)
     shape_tail = (num_features,) if components is None else (components, num_features)
@@ -36,7 +38,7 @@ def test_rows_equal_numpy_reference(
     with tempfile.TemporaryDirectory() as folder:
         for i, x in enumerate(shards):
             write_shard(Path(folder) / f"{i:02d}.safetensors", {"acts": x})
-        result = scan([folder], fire_above=fire_above, chunk_rows=chunk_rows)
+        result = scan([folder], fire_above=fire_above, chunk_rows=chunk_rows, kernel=kernel, threads=threads)
     rows = result.activity.rows([Threshold.parse(t) for t in chosen])
 
     values = np.concatenate([as_float64(x) for x in shards])

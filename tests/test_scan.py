@@ -114,8 +114,9 @@ def test_counts_exact_beyond_float32_range(tmp_path: Path) -> None:
     assert c.dead(p).tolist() == [False, True]
 
 
+@pytest.mark.parametrize("kernel", ["native", "numpy", "torch"])
 @pytest.mark.parametrize("dtype", ALL_FLOATS)
-def test_every_chunk_size_and_dtype_agree_with_reference(tmp_path: Path, dtype: str) -> None:
+def test_every_chunk_size_and_dtype_agree_with_reference(tmp_path: Path, dtype: str, kernel: str) -> None:
     rng = np.random.default_rng(len(dtype))
     shards = [random_activations(rng, (rows, 2, 5), dtype) for rows in (37, 1, 0, 300)]
     for i, x in enumerate(shards):
@@ -125,20 +126,23 @@ def test_every_chunk_size_and_dtype_agree_with_reference(tmp_path: Path, dtype: 
         expected = [fire_counts(values[:, c, :], Fraction(fire_above)).tolist() for c in range(2)]
         for chunk_rows in (1, 2, 3, 7, 64, 255, 256, 299, 1000, None):
             for threads in (1, 2, 3):
-                activity = scan([tmp_path], fire_above=fire_above, chunk_rows=chunk_rows, threads=threads).activity
+                activity = scan(
+                    [tmp_path], fire_above=fire_above, chunk_rows=chunk_rows, threads=threads, kernel=kernel
+                ).activity
                 got = [activity.components[f"acts[{c}]"].fire_counts.tolist() for c in range(2)]
                 assert got == expected, (fire_above, chunk_rows, threads)
                 assert activity.components["acts[0]"].num_vectors == 338
 
 
-@pytest.mark.parametrize("width", [1, 3, 2047, 2049, 5000])
+@pytest.mark.parametrize("kernel", ["native", "numpy"])
+@pytest.mark.parametrize("width", [1, 3, 1023, 1024, 1025, 2047, 2049, 5000])
 @pytest.mark.parametrize("rows", [0, 1, 254, 255, 256, 2000])
-def test_block_and_fold_boundaries(width: int, rows: int) -> None:
+def test_block_and_fold_boundaries(width: int, rows: int, kernel: str) -> None:
     rng = np.random.default_rng(width * 7 + rows)
     x = rng.standard_normal((rows, width)).astype(np.float32)
     x[x < 0.3] = 0
     if rows:
-        c = count_array(x).components["activations"]
+        c = count_array(x, kernel=kernel).components["activations"]
         assert c.fire_counts.tolist() == fire_counts(x.astype(np.float64)).tolist()
 
 

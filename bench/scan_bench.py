@@ -1,0 +1,155 @@
+"""Benchmark of ``nact scan`` against ``cat`` and the naive reference loop, measured in one run.
+
+    python bench/scan_bench.py                       # 4 GiB fp32 and bf16 shards, 3 runs each
+    python bench/scan_bench.py --sizes 1 4 16 --dtypes f32
+    python bench/scan_bench.py --device cuda --device cpu
+
+Generates its own shards in a temporary folder (or --folder), reads each once so it sits in the
+page cache, then times in alternation, several runs each: ``cat FILE > /dev/null``, the naive
+reference loop (safetensors ``get_slice`` in batches, ``torch.gt(x, 0).sum(dim=0, dtype=float)``,
+as ``NeuronActivityMetric`` does) and ``nact scan FILE``. Every time is a whole process, start-up
+included. Prints medians, throughputs, the ratios nact/cat and nact/naive, and nact's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+GIB = 1 << 30
+ROOT = Path(__file__).resolve().parent.parent
+
+NAIVE = r"""
+import sys, time, torch
+from safetensors import safe_open
+path, batch = sys.argv[1], int(sys.argv[2])
+with safe_open(path, framework="pt") as f:
+    for key in f.keys():
+        s = f.get_slice(key)
+        rows = s.get_shape()[0]
+        counts = None
+        for start in range(0, rows, batch):
+            x = s[start:start + batch]
+            c = torch.gt(x, 0).sum(dim=0, dtype=torch.float)
+            counts = c if counts is None else counts + c
+        print(key, int((counts == 0).sum()))
+"""
+
+
+def write_shard(path: Path, size_bytes: int, dtype: str, features: int) -> None:
+    """A safetensors shard of ReLU-like activations (most values zero), written block by block."""
+    itemsize = 4 if dtype == "f32" else 2
+    rows = size_bytes // (features * itemsize)
+    header = json.dumps(
+        {"acts": {"dtype": "F32" if dtype == "f32" else "BF16", "shape": [rows, features],
+                  "data_offsets": [0, rows * features * itemsize]}}
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    rng = np.random.default_rng(0)
+    block_rows = max(1, (64 << 20) // (features * itemsize))
+    values = np.maximum(rng.standard_normal((block_rows, features), dtype=np.float32) - 1.5, 0)
+    values[:, : features // 10] = 0  # some dead neurons
+    raw = values if dtype == "f32" else (values.view(np.uint32) >> 16).astype(np.uint16)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        left = rows
+        while left:
+            n = min(left, block_rows)
+            f.write(raw[:n].tobytes())
+            left -= n
+
+
+def timed(cmd: list[str], shell: bool = False) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd if not shell else " ".join(cmd), shell=shell, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def nact_cmd(path: Path, device: str, extra: list[str]) -> list[str]:
+    exe = shutil.which("nact") or str(Path(sys.executable).parent / "nact")
+    return [exe, "scan", str(path), "--format", "json", "--device", device, *extra]
+
+
+def median_of(cmd: list[str], runs: int, shell: bool = False) -> tuple[float, int]:
+    times, peaks = zip(*(timed(cmd, shell) for _ in range(runs)))
+    return statistics.median(times), max(peaks)
+
+
+def bench_file(path: Path, devices: list[str], runs: int, naive: bool, extra: list[str]) -> None:
+    size = path.stat().st_size
+    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # into the page cache
+    results: dict[str, list[tuple[float, int]]] = {}
+    commands = {"cat": (["cat", str(path), ">", "/dev/null"], True)}
+    if naive:
+        commands["naive"] = ([sys.executable, "-c", NAIVE, str(path), "4096"], False)
+    for d in devices:
+        commands[f"nact[{d}]"] = (nact_cmd(path, d, extra), False)
+    for _ in range(runs):  # alternate, so drift in the machine hits every contender alike
+        for name, (cmd, shell) in commands.items():
+            results.setdefault(name, []).append(timed(cmd, shell))
+    print(f"\n{path.name}: {size / GIB:.2f} GiB, {runs} runs each (median wall time, process start included)")
+    med = {name: statistics.median(t for t, _ in r) for name, r in results.items()}
+    for name, r in results.items():
+        peak = max(p for _, p in r)
+        print(f"  {name:12s} {med[name]:8.3f} s  {size / med[name] / 1e9:7.2f} GB/s  peak RSS {peak / 1e6:8.1f} MB")
+    for d in devices:
+        line = f"  nact[{d}]/cat throughput: {med['cat'] / med[f'nact[{d}]']:.2f}x"
+        if naive:
+            line += f"   nact[{d}]/naive: {med['naive'] / med[f'nact[{d}]']:.2f}x"
+        print(line)
+
+
+def startup(runs: int) -> None:
+    exe = shutil.which("nact") or str(Path(sys.executable).parent / "nact")
+    sample, _ = median_of([exe, "scan", str(ROOT / "sample_data"), "--format", "json"], runs)
+    helps, _ = median_of([exe, "--help"], runs)
+    print(f"\nnact scan sample_data/ --format json: {sample:.3f} s (median of {runs})")
+    print(f"nact --help:                          {helps:.3f} s (median of {runs})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=float, nargs="+", default=[4.0], help="shard sizes in GiB")
+    parser.add_argument("--dtypes", nargs="+", default=["f32", "bf16"], choices=["f32", "bf16"])
+    parser.add_argument("--features", type=int, default=4096)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--device", action="append", help="nact --device (repeatable; default cpu)")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive loop (slow)")
+    parser.add_argument("--folder", type=Path, help="where to write shards (default: a temp folder)")
+    parser.add_argument("--nact-args", default="", help="extra arguments for nact scan, e.g. '--threads 2'")
+    args = parser.parse_args()
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="nact-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"cores: {os.cpu_count()}, python {sys.version.split()[0]}, numpy {np.__version__}, folder {folder}")
+    try:
+        startup(max(args.runs, 5))
+        for size in args.sizes:
+            for dtype in args.dtypes:
+                path = folder / f"bench_{dtype}_{size:g}gib.safetensors"
+                if not path.exists():
+                    write_shard(path, int(size * GIB), dtype, args.features)
+                bench_file(path, args.device or ["cpu"], args.runs, not args.no_naive, args.nact_args.split())
+                if args.folder is None:
+                    path.unlink()
+    finally:
+        if args.folder is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
