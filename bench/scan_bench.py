@@ -69,15 +69,26 @@ def write_shard(path: Path, size_bytes: int, dtype: str, features: int) -> None:
             left -= n
 
 
+GNU_TIME = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
+
+
 def timed(cmd: list[str], shell: bool = False) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd if not shell else " ".join(cmd), shell=shell, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}")
-    return elapsed, usage.ru_maxrss * 1024
+    """Wall seconds and peak RSS (bytes) of one command.
+
+    The peak RSS comes from GNU time where present: the rusage of a child forked from this process
+    would also count pages it shared with this process before exec.
+    """
+    with tempfile.NamedTemporaryFile("r") as rss:
+        wrapped = [GNU_TIME, "-f", "%M", "-o", rss.name] if GNU_TIME else []
+        line = wrapped + (["sh", "-c", " ".join(cmd)] if shell else cmd)
+        start = time.perf_counter()
+        proc = subprocess.Popen(line, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"failed: {' '.join(cmd)}")
+        peak_kb = int(rss.read().split()[-1]) if GNU_TIME else usage.ru_maxrss
+    return elapsed, peak_kb * 1024
 
 
 def nact_cmd(path: Path, device: str, extra: list[str]) -> list[str]:

@@ -72,3 +72,36 @@ def test_cpu_scan_does_not_import_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["0", "False"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_memory_does_not_grow_with_shard_size(tmp_path: Path) -> None:
+    """A 640 MiB shard scans in far less resident memory than its size."""
+    rows, features = 80 * 1024, 4096  # bf16: 640 MiB
+    path = tmp_path / "big.safetensors"
+    header = json.dumps({"acts": {"dtype": "BF16", "shape": [rows, features], "data_offsets": [0, rows * features * 2]}})
+    header_bytes = header.encode() + b" " * (-len(header) % 8)
+    block = bytes.fromhex("803f") * (features * 1024)  # 1024 rows of bf16 1.0
+    with open(path, "wb") as f:
+        f.write(len(header_bytes).to_bytes(8, "little") + header_bytes)
+        for _ in range(rows // 1024):
+            f.write(block)
+    # Resident pages, mapped file pages included, sampled by a thread while the scan runs:
+    # ru_maxrss would miss pages mapped and then unmapped, and so a reader mapping whole shards.
+    code = (
+        "import os, threading, time; from neuron_activity import scan\n"
+        "peak, done = [0], threading.Event()\n"
+        "def sample():\n"
+        "    while not done.is_set():\n"
+        "        rss = int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGESIZE')\n"
+        "        peak[0] = max(peak[0], rss)\n"
+        "        time.sleep(0.001)\n"
+        "sampler = threading.Thread(target=sample); sampler.start()\n"
+        f"c = scan([{str(path)!r}]).activity.components['acts']\n"
+        "done.set(); sampler.join()\n"
+        "print(int(c.fire_counts.min()), peak[0])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    fired, peak = map(int, done.stdout.split())
+    assert fired == rows
+    assert peak < 250 * 2**20, f"peak RSS {peak / 2**20:.0f} MiB for a 640 MiB shard"
