@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from . import inspect as inspect_command
 from . import scan as scan_command
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ def main_callback(
 
 
 app.command("scan")(scan_command.scan)
+app.command("inspect")(inspect_command.inspect)
 
 
 def main() -> None:

@@ -36,6 +36,13 @@ def scan(
         None, "--key", "-k", metavar="KEY", help="Only read tensors with this key (repeatable)."
     ),
     flatten: bool = typer.Option(False, "--flatten", help="Treat every axis before the last as a batch axis."),
+    input_format: Optional[str] = typer.Option(
+        None,
+        "--input-format",
+        metavar="FORMAT",
+        help="Read the shards as safetensors, npy, npz, torch, arrow or delphi.",
+        show_default="detected",
+    ),
     fire_above: str = typer.Option(
         "0", "--fire-above", metavar="X", help="A neuron fires when its activation is above X."
     ),
@@ -85,6 +92,7 @@ def scan(
                 flatten=flatten,
                 fire_above=parse_decimal(fire_above, "--fire-above"),
                 device=device,
+                input_format=input_format,
                 chunk_rows=chunk_rows,
                 threads=threads,
                 on_plan=progress.start if progress else None,

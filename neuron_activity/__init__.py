@@ -10,8 +10,9 @@ from .activity import (
 )
 from .dtypes import parse_decimal
 from .errors import BadInput, BadThreshold, DeviceUnavailable, NactError, NoVectors, ShapeMismatch
+from .inspection import Inspection, inspect
 from .scan import ScanResult, count_array, scan
-from .sources import ScanPlan
+from .sources import INPUT_FORMATS, ScanPlan
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,8 @@ __all__ = [
     "BadThreshold",
     "ComponentActivity",
     "DeviceUnavailable",
+    "INPUT_FORMATS",
+    "Inspection",
     "NactError",
     "NeuronActivity",
     "NoVectors",
@@ -31,6 +34,7 @@ __all__ = [
     "ShapeMismatch",
     "Threshold",
     "count_array",
+    "inspect",
     "parse_decimal",
     "scan",
 ]

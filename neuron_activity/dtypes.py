@@ -115,6 +115,22 @@ NUMPY_NAMES: dict[str, str] = {
     **{np.dtype(t).name: name for name, t in INTEGER_FORMATS.items()},
 }
 
+# torch dtypes (without the "torch." prefix) nact reads, for torch.save files and tensors.
+TORCH_NAMES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
 
 def is_float(dtype: str) -> bool:
     return dtype in FLOAT_FORMATS

@@ -15,9 +15,9 @@ import numpy as np
 
 from .activity import NeuronActivity, Threshold
 from .counting import Counter, make_counter, resolve_device
-from .dtypes import NUMPY_NAMES, fire_rule, parse_decimal
+from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, parse_decimal
 from .errors import BadInput, NactError
-from .sources import ScanPlan, TensorSlab, component_layout, discover, plan_scan
+from .sources import READERS, ScanPlan, TensorSlab, component_layout, discover, plan_scan
 
 CHUNK_BYTES = 32 * 1024 * 1024  # default window mapped at a time, per thread
 
@@ -39,6 +39,7 @@ def scan(
     flatten: bool = False,
     fire_above: str | Fraction | int = 0,
     device: str = "cpu",
+    input_format: str | None = None,
     chunk_rows: int | None = None,
     threads: int | None = None,
     kernel: str | None = None,
@@ -57,7 +58,7 @@ def scan(
     if threads is not None and threads < 1:
         raise NactError(f"threads must be at least 1, got {threads}")
     device = resolve_device(device)
-    plan = plan_scan(discover([Path(p) for p in paths]), keys=keys, flatten=flatten)
+    plan = plan_scan(discover([Path(p) for p in paths], input_format), keys=keys, flatten=flatten)
     if on_plan is not None:
         on_plan(plan)
     totals = _count(plan, fire_above, device, chunk_rows, threads, kernel, on_progress)
@@ -77,11 +78,34 @@ def scan(
     return ScanResult(activity, plan, device, warnings)
 
 
-def _chunks(plan: ScanPlan, chunk_rows: int | None) -> Iterator[tuple[TensorSlab, int, int]]:
+def _work(plan: ScanPlan, chunk_rows: int | None) -> Iterator[tuple[TensorSlab, int, int]]:
+    """Work items: windows of rows of mapped tensors; whole tensors of streamed formats."""
     for slab in plan.slabs:
-        step = chunk_rows or max(1, CHUNK_BYTES // max(slab.row_bytes, 1))
+        if slab.offset is None:
+            yield slab, 0, slab.num_rows
+            continue
+        step = _chunk_rows(slab, chunk_rows)
         for start in range(0, slab.num_rows, step):
             yield slab, start, min(start + step, slab.num_rows)
+
+
+def _chunk_rows(slab: TensorSlab, chunk_rows: int | None) -> int:
+    return chunk_rows or max(1, CHUNK_BYTES // max(slab.row_bytes, 1))
+
+
+class _Sums:
+    """Counts added whole, for sparse caches whose reader counts by itself."""
+
+    def __init__(self, width: int) -> None:
+        self.fire_counts = np.zeros(width, np.int64)
+        self.nan_counts = np.zeros(width, np.int64)
+
+    def add(self, fire_counts: np.ndarray, nan_counts: np.ndarray) -> None:
+        self.fire_counts += fire_counts
+        self.nan_counts += nan_counts
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.fire_counts, self.nan_counts
 
 
 def _count(
@@ -97,28 +121,45 @@ def _count(
     if device == "mps":
         threads = 1  # one queue; mps does the counting
     threads = threads or min(os.cpu_count() or 1, 8)
-    work = _chunks(plan, chunk_rows)
+    work = _work(plan, chunk_rows)
     lock = threading.Lock()
     stop = threading.Event()
     rules = {}
+    progress = on_progress or (lambda path, nbytes: None)
 
-    def next_chunk() -> tuple[TensorSlab, int, int] | None:
+    def next_item() -> tuple[TensorSlab, int, int] | None:
         with lock:
             return None if stop.is_set() else next(work, None)
 
-    def worker() -> dict[tuple[str, str], Counter]:
-        counters: dict[tuple[str, str], Counter] = {}
+    def rule_for(dtype: str) -> FireRule:
+        with lock:
+            return rules.setdefault(dtype, fire_rule(dtype, fire_above))
+
+    def worker() -> dict[tuple[str, str], Counter | _Sums]:
+        counters: dict[tuple[str, str], Counter | _Sums] = {}
         try:
-            while (item := next_chunk()) is not None:
+            while (item := next_item()) is not None:
                 slab, start, end = item
                 key = (slab.key, slab.dtype)
+                reader = READERS[slab.entry.format]
+                if hasattr(reader, "count"):  # a sparse cache: its reader counts
+                    sums = counters.setdefault(key, _Sums(slab.width))
+                    for path, fires, nans, nbytes in reader.count(slab, rule_for(slab.dtype)):
+                        sums.add(fires, nans)  # type: ignore[union-attr]
+                        progress(path, nbytes)
+                    continue
                 if key not in counters:
-                    with lock:
-                        rule = rules.setdefault(slab.dtype, fire_rule(slab.dtype, fire_above))
-                    counters[key] = make_counter(rule, slab.width, device, kernel)
-                _count_chunk(slab, start, end, counters[key])
-                if on_progress is not None:
-                    on_progress(slab.path, (end - start) * slab.row_bytes)
+                    counters[key] = make_counter(rule_for(slab.dtype), slab.width, device, kernel)
+                counter = counters[key]
+                if slab.offset is not None:
+                    _count_chunk(slab, start, end, counter)  # type: ignore[arg-type]
+                    progress(slab.path, (end - start) * slab.row_bytes)
+                    continue
+                for bits in reader.chunks(slab, _chunk_rows(slab, chunk_rows)):
+                    counter.update(bits)  # type: ignore[union-attr]
+                    progress(slab.path, bits.nbytes)
+                    if stop.is_set():
+                        break
         except BaseException:
             stop.set()
             raise
@@ -200,22 +241,6 @@ def count_array(
         part = slice(i * num_features, (i + 1) * num_features)
         activity.add(component, fire_counts[part], num_rows, nan_counts[part])
     return activity
-
-
-TORCH_NAMES = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "float8_e4m3fn": "F8_E4M3",
-    "float8_e5m2": "F8_E5M2",
-    "int8": "I8",
-    "int16": "I16",
-    "int32": "I32",
-    "int64": "I64",
-    "uint8": "U8",
-    "bool": "BOOL",
-}
 
 
 def raw_bits(array: object) -> tuple[str, np.ndarray]:

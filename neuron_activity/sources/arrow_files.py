@@ -1,0 +1,135 @@
+"""SAELens activation caches (v4 and later): Hugging Face ``datasets`` folders of Arrow files.
+
+Each hook column holds one ``[context_size, d_in]`` array per row (a nested list in Arrow), so
+a column is one component of ``rows x context_size`` vectors. ``token_ids`` and other integer
+columns are not components. Files are memory-mapped and read record batch by record batch; the
+values of a batch are counted in place, never copied. Needs pyarrow: ``pip install 'nact[arrow]'``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..dtypes import UNSIGNED_VIEW
+from ..errors import BadInput, NactError
+from .base import TensorEntry, TensorSlab
+
+FORMAT = "arrow"
+SUFFIXES = (".arrow",)
+ARROW_FLOATS = {"double": "F64", "float": "F32", "halffloat": "F16"}
+
+
+def _pyarrow() -> object:
+    try:
+        import pyarrow
+        import pyarrow.ipc  # noqa: F401
+    except ImportError:
+        raise NactError("reading Arrow caches (SAELens) needs pyarrow: pip install 'nact[arrow]'") from None
+    return pyarrow
+
+
+def dataset_files(folder: Path) -> list[Path] | None:
+    """The data files a saved ``datasets`` folder lists in ``state.json``, or None."""
+    state = folder / "state.json"
+    if not state.is_file():
+        return None
+    try:
+        listed = json.loads(state.read_text())["_data_files"]
+        return [folder / item["filename"] for item in listed]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BadInput(state, f"not a valid datasets state.json: {e}") from None
+
+
+def _batches(path: Path) -> Iterator[object]:
+    pa = _pyarrow()
+    try:
+        source = pa.memory_map(str(path))  # type: ignore[attr-defined]
+        try:
+            reader = pa.ipc.open_stream(source)  # type: ignore[attr-defined]
+        except pa.ArrowInvalid:  # type: ignore[attr-defined]
+            source.seek(0)
+            file_reader = pa.ipc.open_file(source)  # type: ignore[attr-defined]
+            reader = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
+        yield from reader
+    except (pa.ArrowException, OSError) as e:  # type: ignore[attr-defined]
+        raise BadInput(path, f"not a readable Arrow file: {e}") from None
+
+
+def _storage(column: object) -> object:
+    return getattr(column, "storage", column)  # extension arrays (datasets' Array2D) wrap lists
+
+
+def _nested_float(arrow_type: object) -> str | None:
+    """The dtype name when ``arrow_type`` is a list of lists of floats."""
+    pa = _pyarrow()
+    t = getattr(arrow_type, "storage_type", arrow_type)
+    for _ in range(2):
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):  # type: ignore[attr-defined]
+            return None
+        t = t.value_type  # type: ignore[attr-defined]
+    return ARROW_FLOATS.get(str(t))
+
+
+def _values(path: Path, name: str, column: object) -> tuple[np.ndarray, int, int]:
+    """The flat values of a batch's column, with its context size and width, checked."""
+    pa = _pyarrow()
+    import pyarrow.compute as pc
+
+    outer = _storage(column)
+    if outer.null_count:  # type: ignore[attr-defined]
+        raise BadInput(path, f"column {name!r} has null rows")
+    inner = outer.flatten()  # type: ignore[attr-defined]
+    if len(outer) == 0:  # type: ignore[arg-type]
+        return np.empty(0), 0, 0
+    lengths = [pc.min_max(pc.list_value_length(a)) for a in (outer, inner)]
+    shape = []
+    for mm in lengths:
+        lo, hi = mm["min"].as_py(), mm["max"].as_py()
+        if lo != hi:
+            raise BadInput(path, f"column {name!r} has rows of different shapes")
+        shape.append(lo)
+    values = inner.flatten()  # type: ignore[attr-defined]
+    if values.null_count:
+        raise BadInput(path, f"column {name!r} has null values")
+    del pa
+    return values.to_numpy(zero_copy_only=True), shape[0], shape[1]
+
+
+def entries(paths: list[Path]) -> list[TensorEntry]:
+    out = []
+    for path in paths:
+        columns: dict[str, list] = {}
+        for batch in _batches(path):
+            for field, column in zip(batch.schema, batch.columns):  # type: ignore[attr-defined]
+                dtype = _nested_float(field.type)
+                if dtype is None:
+                    continue
+                values, context, width = _values(path, field.name, column)
+                seen = columns.setdefault(field.name, [dtype, 0, None])
+                if len(column) and seen[2] is not None and seen[2] != (context, width):
+                    raise BadInput(path, f"column {field.name!r} changes shape between record batches")
+                if len(column):
+                    seen[1] += len(column)
+                    seen[2] = (context, width)
+        for name, (dtype, rows, shape) in columns.items():
+            context, width = shape or (0, 0)
+            out.append(
+                TensorEntry(path, name, dtype, (rows * context, width), FORMAT, member=name,
+                            note=f"{rows} rows x {context} positions")
+            )
+    return out
+
+
+def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
+    """Vectors of one column, a record batch at a time (batches are written bounded)."""
+    width = slab.width
+    unsigned = UNSIGNED_VIEW[slab.row_bytes // width]
+    for batch in _batches(slab.path):
+        column = batch.column(slab.entry.member)  # type: ignore[attr-defined]
+        values, _, _ = _values(slab.path, slab.key, column)
+        if values.size:
+            yield values.view(unsigned).reshape(-1, width)

@@ -1,0 +1,96 @@
+"""What every reader produces: tensor entries described from headers, before any counting."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..dtypes import ITEMSIZE
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor (or sparse cache) as a reader found it, with what is needed to read it again.
+
+    ``offset`` is set when the tensor's rows lie contiguously in ``path`` at that byte offset:
+    the engine then maps them window by window. Otherwise the format's reader streams them.
+    """
+
+    path: Path
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    format: str
+    offset: int | None = None
+    member: str | None = None  # npz member, torch dict path, arrow column
+    files: tuple[Path, ...] = ()  # every file of a multi-file entry (a delphi module)
+    file_bytes: tuple[int, ...] = ()  # bytes read from each of ``files``
+    note: str | None = None  # shown by inspect and in warnings
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a scan reads for this entry."""
+        if self.files:
+            return sum(self.file_bytes)
+        n = ITEMSIZE.get(self.dtype, 0)
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(frozen=True)
+class TensorSlab:
+    """A planned tensor seen as ``[num_rows, width]`` elements: the unit the engine counts."""
+
+    entry: TensorEntry
+    num_rows: int
+    width: int
+
+    @property
+    def path(self) -> Path:
+        return self.entry.path
+
+    @property
+    def key(self) -> str:
+        return self.entry.key
+
+    @property
+    def dtype(self) -> str:
+        return self.entry.dtype
+
+    @property
+    def offset(self) -> int | None:
+        return self.entry.offset
+
+    @property
+    def row_bytes(self) -> int:
+        return self.width * ITEMSIZE[self.dtype]
+
+    @property
+    def nbytes(self) -> int:
+        return self.entry.nbytes if self.entry.files else self.num_rows * self.row_bytes
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(path: Path) -> list[object]:
+    """Sort key that puts ``2.safetensors`` before ``10.safetensors``."""
+    return [int(part) if part.isdigit() else part for part in _DIGITS.split(str(path))]
+
+
+_SHARD_NUMBER = re.compile(r"^(.*?[A-Za-z].*?)[-_.]\d+$")
+
+
+def key_from_filename(path: Path) -> str:
+    """The component key of a single-array file: its stem, less a shard number.
+
+    ``acts_000.npy`` and ``acts_001.npy`` are one component ``acts``; ``layer0.npy`` and
+    ``layer1.npy`` stay two. A name that is only a number gives ``activations``.
+    """
+    stem = path.stem
+    match = _SHARD_NUMBER.match(stem)
+    if match:
+        return match.group(1)
+    return "activations" if stem.isdigit() else stem

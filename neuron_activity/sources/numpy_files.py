@@ -1,0 +1,144 @@
+"""numpy ``.npy`` and ``.npz`` files.
+
+A ``.npy`` file, and a member stored uncompressed in a ``.npz``, hold their rows contiguously at
+a known offset, so the engine maps them like safetensors. A compressed ``.npz`` member is
+decompressed as a stream, chunk by chunk, and never loaded whole.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from ..dtypes import NUMPY_NAMES, UNSIGNED_VIEW
+from ..errors import BadInput
+from .base import TensorEntry, TensorSlab, key_from_filename
+
+NPY, NPZ = "npy", "npz"
+ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then file name and extra field lengths
+
+
+def read_npy_header(f: BinaryIO, path: Path, what: str = "") -> tuple[str, tuple[int, ...], bool]:
+    """dtype name, shape and Fortran order of the ``.npy`` stream ``f``, left at the data."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise BadInput(path, f"{what}not a valid .npy array: {e}") from None
+    if dtype.byteorder == ">" and dtype.itemsize > 1:
+        raise BadInput(path, f"{what}big-endian {dtype} is not supported: save it little-endian")
+    name = NUMPY_NAMES.get(dtype.name)
+    if name is None:
+        raise BadInput(path, f"{what}dtype {dtype} is not supported (floating, integer or bool arrays only)")
+    return name, tuple(int(n) for n in shape), bool(fortran and len(shape) > 1)
+
+
+def npy_entries(path: Path) -> list[TensorEntry]:
+    try:
+        with open(path, "rb") as f:
+            dtype, shape, fortran = read_npy_header(f, path)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise BadInput(path, f"cannot read: {e.strerror or e}") from None
+    entry = TensorEntry(path, key_from_filename(path), dtype, shape, NPY, offset=offset)
+    if offset + entry.nbytes > size:
+        raise BadInput(path, f"truncated: the array needs {offset + entry.nbytes} bytes but the file has {size}")
+    if fortran:  # columns are contiguous, rows are not: gather rows chunk by chunk
+        return [TensorEntry(path, entry.key, dtype, shape, NPY, member="fortran", note="Fortran order")]
+    return [entry]
+
+
+def npz_entries(path: Path) -> list[TensorEntry]:
+    out = []
+    try:
+        with zipfile.ZipFile(path) as z, open(path, "rb") as raw:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                key = info.filename[: -len(".npy")]
+                what = f"member {info.filename!r}: "
+                if info.compress_type == zipfile.ZIP_STORED:
+                    raw.seek(info.header_offset)
+                    signature, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(raw.read(ZIP_LOCAL_HEADER.size))
+                    if signature != b"PK\x03\x04":
+                        raise BadInput(path, f"{what}corrupt zip local header")
+                    start = info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len
+                    raw.seek(start)
+                    dtype, shape, fortran = read_npy_header(raw, path, what)
+                    entry = TensorEntry(path, key, dtype, shape, NPZ, offset=raw.tell(), member=info.filename)
+                    if entry.offset + entry.nbytes > start + info.file_size:
+                        raise BadInput(path, f"{what}truncated: the array is larger than the member")
+                    if fortran:
+                        entry = TensorEntry(path, key, dtype, shape, NPZ, member=info.filename, note="Fortran order")
+                else:
+                    with z.open(info) as member:
+                        dtype, shape, fortran = read_npy_header(member, path, what)
+                    if fortran:
+                        raise BadInput(path, f"{what}a compressed Fortran-ordered array cannot be streamed by rows")
+                    entry = TensorEntry(path, key, dtype, shape, NPZ, member=info.filename, note="compressed")
+                out.append(entry)
+    except (zipfile.BadZipFile, struct.error, EOFError) as e:
+        raise BadInput(path, f"not a valid .npz archive: {e}") from None
+    except OSError as e:
+        raise BadInput(path, f"cannot read: {e.strerror or e}") from None
+    return out
+
+
+def entries(paths: list[Path]) -> list[TensorEntry]:
+    return [e for p in paths for e in (npz_entries(p) if p.suffix == ".npz" else npy_entries(p))]
+
+
+def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
+    """Rows of an entry that is not mapped directly: Fortran order, or a compressed member."""
+    entry = slab.entry
+    unsigned = UNSIGNED_VIEW[slab.row_bytes // slab.width]
+    if entry.note == "Fortran order":
+        yield from _fortran_chunks(slab, chunk_rows, unsigned)
+        return
+    with zipfile.ZipFile(entry.path) as z, z.open(entry.member) as member:
+        read_npy_header(member, entry.path)
+        for start in range(0, slab.num_rows, chunk_rows):
+            rows = min(chunk_rows, slab.num_rows - start)
+            try:
+                data = member.read(rows * slab.row_bytes)
+            except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+                raise BadInput(entry.path, f"member {entry.member!r}: corrupt compressed data: {e}") from None
+            if len(data) < rows * slab.row_bytes:
+                raise BadInput(entry.path, f"member {entry.member!r}: truncated compressed data")
+            yield np.frombuffer(data, dtype=unsigned).reshape(rows, slab.width)
+
+
+def _fortran_chunks(slab: TensorSlab, chunk_rows: int, unsigned: type) -> Iterator[np.ndarray]:
+    entry = slab.entry
+    if entry.format == NPY:
+        with open(entry.path, "rb") as f:
+            read_npy_header(f, entry.path)
+            offset = f.tell()
+    else:
+        with zipfile.ZipFile(entry.path) as z, open(entry.path, "rb") as raw:
+            info = z.getinfo(entry.member)
+            raw.seek(info.header_offset)
+            _, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(raw.read(ZIP_LOCAL_HEADER.size))
+            raw.seek(info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len)
+            read_npy_header(raw, entry.path)
+            offset = raw.tell()
+    # [N, ..., F] in Fortran order is [F, ..., N] in C order: the first axis varies fastest
+    array = np.memmap(entry.path, dtype=unsigned, mode="r", offset=offset, shape=entry.shape, order="F")
+    features = entry.shape[-1]
+    # batch axes merged (a view, in Fortran order); a component axis, if any, kept apart
+    inner = (features,) if slab.width == features else (slab.width // features, features)
+    rows_view = array.reshape((slab.num_rows, *inner), order="F")
+    for start in range(0, slab.num_rows, chunk_rows):
+        block = np.ascontiguousarray(rows_view[start : start + chunk_rows])
+        yield block.reshape(block.shape[0], slab.width)

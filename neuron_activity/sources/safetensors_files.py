@@ -1,0 +1,72 @@
+"""safetensors files, read from their header: every tensor lies contiguously at a known offset."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from ..dtypes import ITEMSIZE
+from ..errors import BadInput
+from .base import TensorEntry
+
+FORMAT = "safetensors"
+SUFFIXES = (".safetensors",)
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+def read_header(path: Path) -> list[TensorEntry]:
+    """The tensors of a safetensors file, each checked against the file's size."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise BadInput(path, f"not a safetensors file: {size} bytes, too short for a header")
+            header_len = int.from_bytes(head, "little")
+            if header_len > min(size - 8, MAX_HEADER_BYTES):
+                raise BadInput(
+                    path,
+                    f"not a safetensors file, or truncated: header length {header_len} "
+                    f"does not fit in a file of {size} bytes",
+                )
+            raw = f.read(header_len)
+    except OSError as e:
+        raise BadInput(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInput(path, f"corrupt safetensors header: {e}") from None
+    if not isinstance(header, dict):
+        raise BadInput(path, "corrupt safetensors header: not a JSON object")
+    data_start = 8 + header_len
+    entries = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype = str(info["dtype"])
+            shape = tuple(int(n) for n in info["shape"])
+            begin, end = (int(n) for n in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise BadInput(path, f"corrupt safetensors header: bad entry for tensor {key!r}") from None
+        if any(n < 0 for n in shape) or not 0 <= begin <= end:
+            raise BadInput(path, f"corrupt safetensors header: bad shape or offsets for tensor {key!r}")
+        if dtype in ITEMSIZE and end - begin != math.prod(shape) * ITEMSIZE[dtype]:
+            raise BadInput(
+                path,
+                f"corrupt safetensors header: tensor {key!r} of shape {list(shape)} {dtype} "
+                f"needs {math.prod(shape) * ITEMSIZE[dtype]} bytes, its offsets give {end - begin}",
+            )
+        if data_start + end > size:
+            raise BadInput(
+                path,
+                f"truncated: tensor {key!r} ends at byte {data_start + end} but the file has {size} bytes",
+            )
+        entries.append(TensorEntry(path, key, dtype, shape, FORMAT, offset=data_start + begin))
+    return entries
+
+
+def entries(paths: list[Path]) -> list[TensorEntry]:
+    return [e for path in paths for e in read_header(path)]

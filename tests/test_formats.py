@@ -1,0 +1,345 @@
+"""Every input format: fixtures made here, scanned, and checked against the numpy reference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from reference import as_float64, fire_counts, random_activations, write_shard
+from typer.testing import CliRunner
+
+from cli.main import app
+from neuron_activity import BadInput, NactError, inspect, scan
+
+runner = CliRunner()
+
+
+def counts(folder_or_files, **kw) -> dict[str, tuple[list[int], int]]:
+    paths = folder_or_files if isinstance(folder_or_files, list) else [folder_or_files]
+    activity = scan(paths, **kw).activity
+    return {name: (c.fire_counts.tolist(), c.num_vectors) for name, c in activity.components.items()}
+
+
+def expected(values: np.ndarray, fire_above: str = "0") -> tuple[list[int], int]:
+    return fire_counts(values.reshape(-1, values.shape[-1]), Fraction(fire_above)).tolist(), len(
+        values.reshape(-1, values.shape[-1])
+    )
+
+
+def nact(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# --- .npy and .npz ---------------------------------------------------------------------------
+
+
+def test_npy_shards_one_component_per_name(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    a = [np.maximum(rng.standard_normal((n, 7)), 0).astype(np.float32) for n in (50, 31)]
+    layer = rng.standard_normal((20, 3)).astype(np.float64)
+    np.save(tmp_path / "acts_000.npy", a[0])
+    np.save(tmp_path / "acts_001.npy", a[1])
+    np.save(tmp_path / "layer0.npy", layer)
+    got = counts(tmp_path, chunk_rows=8)
+    assert got == {"acts": expected(np.concatenate(a)), "layer0": expected(layer)}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_npy_fortran_order_and_component_axis(tmp_path: Path, dtype: type) -> None:
+    rng = np.random.default_rng(2)
+    x = np.asfortranarray(rng.standard_normal((40, 3, 5)).astype(dtype))
+    np.save(tmp_path / "x.npy", x)
+    assert np.load(tmp_path / "x.npy").flags.f_contiguous
+    got = counts(tmp_path / "x.npy", chunk_rows=7, fire_above="0.5")
+    assert got == {f"x[{c}]": expected(x[:, c, :].astype(np.float64), "0.5") for c in range(3)}
+    flat = counts(tmp_path / "x.npy", chunk_rows=7, flatten=True)
+    assert flat == {"x": expected(x.astype(np.float64))}
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_members(tmp_path: Path, compressed: bool) -> None:
+    rng = np.random.default_rng(3)
+    arrays = {"resid": rng.standard_normal((333, 9)).astype(np.float32), "mlp": rng.standard_normal((333, 2, 4))}
+    (np.savez_compressed if compressed else np.savez)(tmp_path / "cache.npz", **arrays)
+    got = counts(tmp_path, chunk_rows=10)
+    want = {"resid": expected(arrays["resid"].astype(np.float64))}
+    want |= {f"mlp[{c}]": expected(arrays["mlp"][:, c, :]) for c in range(2)}
+    assert got == want
+
+
+def test_npz_members_are_mapped_or_streamed(tmp_path: Path) -> None:
+    np.savez(tmp_path / "stored.npz", a=np.ones((4, 2)))
+    np.savez_compressed(tmp_path / "packed.npz", a=np.ones((4, 2)))
+    stored = inspect([tmp_path / "stored.npz"]).tensors[0].entry
+    packed = inspect([tmp_path / "packed.npz"]).tensors[0].entry
+    assert stored.offset is not None and packed.offset is None and packed.note == "compressed"
+
+
+def test_broken_numpy_files(tmp_path: Path) -> None:
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((100, 4), np.float32))
+    truncated = tmp_path / "truncated.npy"
+    truncated.write_bytes(good.read_bytes()[:-5])
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_bytes(b"not numpy at all")
+    big_endian = tmp_path / "big.npy"
+    np.save(big_endian, np.ones((3, 2), dtype=">f4"))
+    bad_zip = tmp_path / "bad.npz"
+    bad_zip.write_bytes(b"PK\x03\x04 this is not a zip")
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([[1 + 2j]]))
+    cases = {
+        truncated: f"Error: {truncated}: truncated: the array needs 1728 bytes but the file has 1723",
+        garbage: f"Error: {garbage}: not a valid .npy array: the magic string is not correct; expected b'\\x93NUMPY', got b'not nu'",
+        big_endian: f"Error: {big_endian}: big-endian >f4 is not supported: save it little-endian",
+        bad_zip: f"Error: {bad_zip}: not a valid .npz archive: File is not a zip file",
+        objects: f"Error: {objects}: dtype complex128 is not supported (floating, integer or bool arrays only)",
+    }
+    for path, message in cases.items():
+        result = nact("scan", path)
+        assert (result.exit_code, result.stderr) == (2, message + "\n"), path
+
+
+def test_corrupt_compressed_member(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, a=np.random.default_rng(0).standard_normal((2000, 50)))
+    data = bytearray(path.read_bytes())
+    info = zipfile.ZipFile(path).getinfo("a.npy")
+    middle = info.header_offset + 200 + info.compress_size // 2
+    data[middle : middle + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    result = nact("scan", path)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: {path}: member 'a.npy': corrupt compressed data")
+
+
+# --- torch.save files --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F8_E4M3", "F32"])
+def test_torch_tensor_dict_and_nested(tmp_path: Path, dtype: str) -> None:
+    rng = np.random.default_rng(4)
+    resid = random_activations(rng, (60, 8), dtype)
+    states = random_activations(rng, (30, 2, 4), dtype)
+    torch.save({"blocks.0.hook_resid_post": resid, "meta": {"step": 3}}, tmp_path / "tl_cache.pt")
+    torch.save({"states": states}, tmp_path / "activault.pth")
+    torch.save(resid, tmp_path / "bare_01.pt")
+    got = counts([tmp_path / "tl_cache.pt", tmp_path / "activault.pth", tmp_path / "bare_01.pt"], chunk_rows=9)
+    assert got == {
+        "states[0]": expected(as_float64(states)[:, 0, :]),
+        "states[1]": expected(as_float64(states)[:, 1, :]),
+        "bare": expected(as_float64(resid)),
+        "blocks.0.hook_resid_post": expected(as_float64(resid)),
+    }
+    torch.save({"layer": {"acts": resid}}, tmp_path / "nested.pt")
+    assert counts(tmp_path / "nested.pt") == {"layer.acts": expected(as_float64(resid))}
+
+
+class Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    torch.save({"acts": torch.ones(2, 2), "payload": Exploit(marker)}, tmp_path / "evil.pt")
+    result = nact("scan", tmp_path / "evil.pt")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: {tmp_path / 'evil.pt'}: refused: it needs unsafe unpickling")
+    assert not marker.exists()
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # the same file, loaded unsafely, does run it
+    assert marker.exists()
+
+
+def test_broken_torch_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.pt"
+    torch.save({"acts": torch.ones(100, 3)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    result = nact("scan", path)
+    assert result.exit_code == 2 and result.stderr.startswith(f"Error: {path}: not a readable torch.save file")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    result = nact("scan", tmp_path / "empty.pt")
+    assert result.exit_code == 2 and "not a readable torch.save file" in result.stderr
+
+
+# --- SAELens Arrow caches ----------------------------------------------------------------------
+
+
+def write_saelens_cache(folder: Path, hooks: dict[str, np.ndarray], batch_rows: int, files: int = 2) -> None:
+    """A saved datasets folder as SAELens writes it: one [context, d_in] array per row per hook."""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True)
+    rows = next(iter(hooks.values())).shape[0]
+    context = next(iter(hooks.values())).shape[1]
+    names = []
+    per_file = -(-rows // files)
+    for i in range(files):
+        lo, hi = i * per_file, min((i + 1) * per_file, rows)
+        columns = {}
+        for name, x in hooks.items():
+            d_in = x.shape[2]
+            flat = pa.array(x[lo:hi].reshape(-1))
+            inner = pa.FixedSizeListArray.from_arrays(flat, d_in)
+            columns[name] = pa.ListArray.from_arrays(pa.array(np.arange(0, (hi - lo) * context + 1, context, dtype=np.int32)), inner)
+        columns["token_ids"] = pa.array([[1] * context] * (hi - lo), type=pa.list_(pa.int32()))
+        table = pa.table(columns)
+        name = f"data-{i:05d}-of-{files:05d}.arrow"
+        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=batch_rows):
+                writer.write_batch(batch)
+        names.append(name)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": n} for n in names]}))
+    (folder / "dataset_info.json").write_text(json.dumps({"features": {k: {"_type": "Array2D"} for k in hooks}}))
+
+
+def test_saelens_arrow_cache(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    hooks = {
+        "blocks.0.hook_resid_pre": np.maximum(rng.standard_normal((45, 6, 10)), 0).astype(np.float32),
+        "blocks.1.hook_resid_pre": rng.standard_normal((45, 6, 3)).astype(np.float16),
+    }
+    write_saelens_cache(tmp_path / "cache", hooks, batch_rows=7)
+    (tmp_path / "cache" / "cache-1234.arrow").write_bytes(b"a datasets cache file, not data")
+    got = counts(tmp_path / "cache")
+    assert got == {name: expected(x.astype(np.float64)) for name, x in hooks.items()}
+
+
+def test_arrow_without_pyarrow_says_which_extra(tmp_path: Path) -> None:
+    write_saelens_cache(tmp_path / "cache", {"h": np.ones((2, 3, 4), np.float32)}, batch_rows=2, files=1)
+    code = (
+        "import sys; sys.modules['pyarrow'] = None\n"
+        "from typer.testing import CliRunner; from cli.main import app\n"
+        f"r = CliRunner().invoke(app, ['scan', {str(tmp_path / 'cache')!r}])\n"
+        "print(r.exit_code); print(r.stderr, end='')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "2\nError: reading Arrow caches (SAELens) needs pyarrow: pip install 'nact[arrow]'\n"
+
+
+def test_broken_arrow_file(tmp_path: Path) -> None:
+    write_saelens_cache(tmp_path / "cache", {"h": np.ones((20, 3, 4), np.float32)}, batch_rows=5, files=1)
+    data = tmp_path / "cache" / "data-00000-of-00001.arrow"
+    data.write_bytes(data.read_bytes()[:300])
+    result = nact("scan", tmp_path / "cache")
+    assert result.exit_code == 2 and result.stderr.startswith(f"Error: {data}: not a readable Arrow file")
+
+
+# --- legacy SAELens safetensors ----------------------------------------------------------------
+
+
+def test_legacy_saelens_numbered_shards(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    shards = [random_activations(rng, (25, 1, 12), "F32") for _ in range(11)]
+    for i, x in enumerate(shards):
+        write_shard(tmp_path / f"{i}.safetensors", {"activations": x})
+    result = scan([tmp_path])
+    assert [p.name for p in result.plan.shards][:3] == ["0.safetensors", "1.safetensors", "2.safetensors"]
+    got = {n: (c.fire_counts.tolist(), c.num_vectors) for n, c in result.activity.components.items()}
+    assert got == {"activations[0]": expected(np.concatenate([as_float64(x) for x in shards])[:, 0, :])}
+
+
+# --- delphi sparse caches ----------------------------------------------------------------------
+
+
+def write_delphi_module(folder: Path, dense: np.ndarray, splits: list[tuple[int, int]], tokens: bool = True) -> None:
+    """Sparse splits of a dense [batch, position, latents] array, as delphi saves them."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    b, p, latent = np.nonzero(dense)
+    values = dense[b, p, latent].astype(np.float16)
+    for start, end in splits:
+        keep = (latent >= start) & (latent <= end)
+        locations = np.stack([b[keep], p[keep], latent[keep] - start], axis=1).astype(np.uint16)
+        data = {"locations": locations, "activations": values[keep]}
+        if tokens:
+            data["tokens"] = np.zeros(dense.shape[:2], np.int64)
+        save_file(data, str(folder / f"{start}_{end}.safetensors"))
+
+
+def test_delphi_sparse_cache(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    dense = np.maximum(rng.standard_normal((6, 16, 40)) - 1.0, 0).astype(np.float16)
+    dense[0, 0, 5] = -1.0  # stored, but does not fire
+    dense[1, 1, 6] = 1e-6  # stored, fires only when --fire-above is below it
+    dense[:, :, 39] = 0  # the last latent never fires
+    write_delphi_module(tmp_path / "layers.3.mlp", dense, [(0, 12), (13, 26), (27, 39)])
+    write_delphi_module(tmp_path / "layers.5.mlp", dense[:, :, :20], [(0, 19)])
+    result = scan([tmp_path], fire_above="1e-5")
+    c = result.activity.components["layers.3.mlp"]
+    assert (c.fire_counts.tolist(), c.num_vectors) == expected(dense.astype(np.float64), "1e-5")
+    assert c.num_features == 40 and c.num_vectors == 96
+    assert result.activity.components["layers.5.mlp"].num_features == 20
+    assert any("entries it did not store" in w for w in result.warnings)
+    lower = scan([tmp_path / "layers.3.mlp"], fire_above="0").activity.components["layers.3.mlp"]
+    assert lower.fire_counts[6] == c.fire_counts[6] + 1
+
+
+def test_broken_delphi_caches(tmp_path: Path) -> None:
+    dense = np.ones((2, 3, 8), np.float16)
+    write_delphi_module(tmp_path / "no_tokens", dense, [(0, 7)], tokens=False)
+    with pytest.raises(BadInput, match="no split has a 'tokens' tensor"):
+        scan([tmp_path / "no_tokens"])
+    write_delphi_module(tmp_path / "overlap", dense, [(0, 4), (3, 7)])
+    with pytest.raises(BadInput, match="latents overlap those of 0_4.safetensors"):
+        scan([tmp_path / "overlap"])
+
+
+# --- format detection --------------------------------------------------------------------------
+
+
+def test_mixed_formats_are_refused_unless_one_is_picked(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.ones((3, 2), np.float32))
+    write_shard(tmp_path / "b.safetensors", {"acts": torch.ones(4, 5)})
+    result = nact("scan", tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr == "Error: the inputs mix shard formats (1 npy, 1 safetensors files): pick one with --input-format\n"
+    assert counts(tmp_path, input_format="npy") == {"a": ([3, 3], 3)}
+    assert counts(tmp_path, input_format="safetensors") == {"acts": ([4] * 5, 4)}
+    with pytest.raises(NactError, match="unknown input format 'hdf5'"):
+        scan([tmp_path], input_format="hdf5")
+
+
+def test_unknown_file_type(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    result = nact("scan", tmp_path / "notes.txt")
+    assert result.exit_code == 2 and "unknown file type" in result.stderr
+
+
+# --- inspect -----------------------------------------------------------------------------------
+
+
+def test_inspect_json_describes_without_counting(tmp_path: Path) -> None:
+    write_shard(tmp_path / "a.safetensors", {"acts": torch.ones(4, 2, 3), "tokens": torch.ones(4, dtype=torch.int64)})
+    result = nact("inspect", tmp_path, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["shards"] == [{"path": str(tmp_path / "a.safetensors"), "format": "safetensors"}]
+    by_key = {t["key"]: t for t in doc["tensors"]}
+    assert by_key["acts"]["components"] == ["acts[0]", "acts[1]"]
+    assert (by_key["acts"]["num_vectors"], by_key["acts"]["num_features"], by_key["acts"]["bytes"]) == (4, 3, 96)
+    assert by_key["acts"]["counted"] and not by_key["tokens"]["counted"]
+    assert doc["problems"] == []
+
+
+def test_inspect_lists_problems_and_exits_2(tmp_path: Path) -> None:
+    write_shard(tmp_path / "a.safetensors", {"acts": torch.ones(4, 3)})
+    write_shard(tmp_path / "b.safetensors", {"acts": torch.ones(4, 5)})
+    (tmp_path / "c.safetensors").write_bytes(b"\x00")
+    result = nact("inspect", tmp_path)
+    assert result.exit_code == 2
+    assert "a.safetensors" in result.stdout and "b.safetensors" in result.stdout  # the readable ones are shown
+    assert result.stderr.splitlines() == [
+        f"Error: {tmp_path / 'c.safetensors'}: not a safetensors file: 1 bytes, too short for a header"
+    ]
