@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from . import counts as counts_commands
 from . import inspect as inspect_command
 from . import scan as scan_command
 
@@ -36,6 +37,9 @@ def main_callback(
 
 app.command("scan")(scan_command.scan)
 app.command("inspect")(inspect_command.inspect)
+app.command("report")(counts_commands.report)
+app.command("merge")(counts_commands.merge)
+app.command("diff")(counts_commands.diff)
 
 
 def main() -> None:

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import threading
 from contextlib import contextmanager
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import typer
 
-from .output import emit, library_errors, say
-from .render import FORMATS, render
+from .output import library_errors
+from .render import FORMATS, Report, check_format, finish, parse_limit
 
 if TYPE_CHECKING:
-    from neuron_activity import ActivityRow, ScanPlan
+    from neuron_activity import ScanPlan
 
 
 def scan(
@@ -61,10 +58,25 @@ def scan(
     threads: Optional[int] = typer.Option(
         None, "--threads", metavar="N", help="Counting threads.", show_default="CPU cores, at most 8"
     ),
+    save_counts: Optional[Path] = typer.Option(
+        None, "--save-counts", metavar="FILE", help="Also save the exact counts (safetensors) for report/merge/diff."
+    ),
+    state: Optional[Path] = typer.Option(
+        None, "--state", metavar="FILE", help="Incremental audit: count only shards FILE has not counted, add, save."
+    ),
+    rescan: bool = typer.Option(False, "--rescan", help="With --state: count every shard again, from scratch."),
+    window: Optional[int] = typer.Option(
+        None, "--window", metavar="N", help="Also report neurons that did not fire in the last N vectors."
+    ),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", metavar="I/N", help="Count only part I of N of the sorted shards (from 0)."
+    ),
 ) -> None:
     """Count how often every neuron fires; report the dead ones per component and threshold.
 
     A neuron fires on a vector when its activation is above --fire-above (default 0). It is dead at threshold p when it fired on at most p x (number of vectors) vectors.
+
+    Under torchrun, every rank counts its part of the shards and rank 0 prints the whole result.
 
     Examples:
 
@@ -75,57 +87,60 @@ def scan(
       nact scan shards/ --format csv -o dead.csv
 
       nact scan shards/ --fail-above 0.05 -q   # for cron
+
+      nact scan shards/ --state audit.safetensors --window 10000000
     """
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="'--format'")
+    check_format(fmt)
+    if state is not None and (save_counts is not None or shard is not None):
+        raise typer.BadParameter("--state saves its own counts: use it without --save-counts and --shard")
+    if rescan and state is None:
+        raise typer.BadParameter("--rescan goes with --state")
+    if window is not None and window < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="'--window'")
     with library_errors():
         from neuron_activity import DEFAULT_THRESHOLDS, Threshold, parse_decimal
         from neuron_activity import scan as scan_shards
+        from neuron_activity.audit import audit, parse_part, part_of
+        from neuron_activity.counts_file import SavedCounts, ShardRecord, save_counts as save
+        from neuron_activity.distributed import launched, scan_distributed
 
         thresholds = [Threshold.parse(t) for t in (threshold or DEFAULT_THRESHOLDS)]
-        limit = _parse_limit(fail_above)
-        show_progress = not quiet and sys.stderr.isatty()
-        with _progress(show_progress) as progress:
-            result = scan_shards(
-                paths,
-                keys=key,
-                flatten=flatten,
-                fire_above=parse_decimal(fire_above, "--fire-above"),
-                device=device,
-                input_format=input_format,
-                chunk_rows=chunk_rows,
-                threads=threads,
-                on_plan=progress.start if progress else None,
-                on_progress=progress.advance if progress else None,
-            )
-        rows = result.activity.rows(thresholds)
-    if not quiet:
-        for warning in result.warnings:
-            say(f"Warning: {warning}")
-        color = output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
-        width = shutil.get_terminal_size().columns if output is None and sys.stdout.isatty() else 100
-        emit(render(fmt, result, rows, color=color, width=width), output)
-    elif output is not None:
-        emit(render(fmt, result, rows), output)
-    breaches = [r for r in rows if limit is not None and Fraction(r.dead, r.num_features) > limit]
-    for r in breaches:
-        say(
-            f"Dead neurons above limit: {r.component} at threshold {r.threshold.text}: "
-            f"{r.dead}/{r.num_features} dead ({r.dead_fraction:.2%} > {float(limit):.2%})"
+        limit = parse_limit(fail_above)
+        part = parse_part(shard) if shard is not None else None
+        distributed = launched()
+        show_progress = not quiet and sys.stderr.isatty() and not distributed
+        options = dict(
+            keys=key,
+            flatten=flatten,
+            fire_above=parse_decimal(fire_above, "--fire-above"),
+            device=device,
+            input_format=input_format,
+            chunk_rows=chunk_rows,
+            threads=threads,
         )
-    if breaches:
-        raise typer.Exit(1)
-
-
-def _parse_limit(text: str | None) -> Fraction | None:
-    from neuron_activity import BadThreshold, parse_decimal
-
-    if text is None:
-        return None
-    limit = parse_decimal(text, "--fail-above")
-    if not 0 <= limit <= 1:
-        raise BadThreshold(f"--fail-above {text!r} is not a portion between 0 and 1")
-    return limit
+        track_last = window is not None or save_counts is not None
+        with _progress(show_progress) as progress:
+            if progress:
+                options.update(on_plan=progress.start, on_progress=progress.advance)
+            if state is not None:
+                audited = audit(paths, state, rescan=rescan, **options)
+                activity, warnings = audited.saved.activity, audited.scan.warnings if audited.scan else []
+                shards, used = [s.path for s in audited.saved.shards], audited.scan.device if audited.scan else None
+            else:
+                if distributed:
+                    result = scan_distributed(paths, **options)
+                    if result is None:  # not rank 0: rank 0 reports for everyone
+                        return
+                else:
+                    count_only = (lambda units: part_of(units, *part)) if part else None
+                    result = scan_shards(paths, track_last=track_last, count_only=count_only, **options)
+                if save_counts is not None:
+                    save(save_counts, SavedCounts(result.activity, [ShardRecord.of(u) for u in result.plan.units()]))
+                activity, warnings, used = result.activity, result.warnings, result.device
+                shards = [str(p) for p in result.plan.shards]
+        rows = activity.rows(thresholds)
+        report = Report(activity, rows, shards, used, warnings, window)
+        finish(report, fmt, output, quiet, limit)
 
 
 class _ScanProgress:

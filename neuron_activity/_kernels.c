@@ -1,14 +1,18 @@
 /* Exact per-column fire counts over raw bits, in one pass over the data.
  *
- * count(data, rows, width, itemsize, ranges, nan_mask, nan_above, fire_counts, nan_counts)
+ * count(data, rows, width, itemsize, ranges, nan_mask, nan_above, fire_counts, nan_counts,
+ *       last_fired, base)
  *   data: buffer of rows x width unsigned integers of `itemsize` bytes (the elements' raw bits)
  *   ranges: up to two inclusive (a, b) ranges of bits that fire
  *   nan_mask / nan_above: an element is NaN when (bits & nan_mask) > nan_above (0, 0: never)
  *   fire_counts, nan_counts: writable int64[width] buffers the counts are added into
+ *   last_fired: None, or a writable int64[width] buffer raised to base + the last row on which
+ *     each column fired
  *
  * Counts are kept per column in accumulators as wide as the data (so the compiler vectorizes the
  * loop lane for lane) and flushed into int64 before they can wrap. Narrow rows are folded: k rows
- * are treated as one row of k * width columns. The GIL is released while counting.
+ * are treated as one row of k * width columns. The last row that fired is tracked the same way,
+ * as a row number within the block (0: none) blended in lane by lane. The GIL is released.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,81 +28,99 @@
 
 #define FOLD_COLUMNS 1024
 
-#define DEFINE_KERNEL(SUFFIX, T)                                                                  \
-    MULTIVERSION static void rows_##SUFFIX(const T *restrict x, Py_ssize_t rows, Py_ssize_t width, \
-                                           int nranges, T a0, T d0, T a1, T d1, T nan_mask,       \
-                                           T nan_above, T *restrict fire_acc, T *restrict nan_acc) \
-    {                                                                                             \
-        for (Py_ssize_t r = 0; r < rows; r++) {                                                   \
-            const T *restrict row = x + r * width;                                                \
+typedef struct {
+    Py_ssize_t width, fold;
+    int nranges;
+    int64_t *fires, *nans, *last; /* last may be NULL */
+    int64_t base;
+} Job;
+
+/* One flush block: at most max(T) rows of `wide` columns. A single range is passed twice. */
+#define DEFINE_KERNEL(S, T)                                                                      \
+    MULTIVERSION static void rows_##S(const T *restrict x, Py_ssize_t rows, Py_ssize_t wide,      \
+                                      int nranges, T a0, T d0, T a1, T d1, T nan_mask,            \
+                                      T nan_above, T *restrict fire_acc, T *restrict nan_acc,     \
+                                      T *restrict last_acc)                                       \
+    {                                                                                            \
+        for (Py_ssize_t r = 0; r < rows; r++) {                                                  \
+            const T *restrict row = x + r * wide;                                                \
             T any_nan = 0; /* an OR-reduction is nearly free; NaNs are counted per column rarely */ \
-            if (nranges == 1) {                                                                   \
-                for (Py_ssize_t j = 0; j < width; j++) {                                          \
-                    fire_acc[j] += (T)((T)(row[j] - a0) <= d0);                                   \
-                    any_nan |= (T)((T)(row[j] & nan_mask) > nan_above);                           \
-                }                                                                                 \
-            } else if (nranges == 2) {                                                            \
-                for (Py_ssize_t j = 0; j < width; j++) {                                          \
-                    fire_acc[j] += (T)(((T)(row[j] - a0) <= d0) | ((T)(row[j] - a1) <= d1));      \
-                    any_nan |= (T)((T)(row[j] & nan_mask) > nan_above);                           \
-                }                                                                                 \
-            } else {                                                                              \
-                for (Py_ssize_t j = 0; j < width; j++)                                            \
-                    any_nan |= (T)((T)(row[j] & nan_mask) > nan_above);                           \
-            }                                                                                     \
-            if (any_nan) {                                                                        \
-                for (Py_ssize_t j = 0; j < width; j++)                                            \
-                    nan_acc[j] += (T)((T)(row[j] & nan_mask) > nan_above);                        \
-            }                                                                                     \
-        }                                                                                         \
-    }                                                                                             \
-                                                                                                  \
-    static void flush_##SUFFIX(T *acc, Py_ssize_t n, Py_ssize_t width, int64_t *out)              \
-    {                                                                                             \
-        for (Py_ssize_t i = 0; i < n; i++) {                                                      \
-            out[i % width] += (int64_t)acc[i];                                                    \
-            acc[i] = 0;                                                                           \
-        }                                                                                         \
-    }                                                                                             \
-                                                                                                  \
-    static int count_##SUFFIX(const T *x, Py_ssize_t rows, Py_ssize_t width, int nranges,         \
-                              const unsigned long long *ranges, T nan_mask, T nan_above,          \
-                              int64_t *fires, int64_t *nans)                                      \
-    {                                                                                             \
-        T a0 = nranges > 0 ? (T)ranges[0] : 0, d0 = nranges > 0 ? (T)(ranges[1] - ranges[0]) : 0; \
-        T a1 = nranges > 1 ? (T)ranges[2] : 0, d1 = nranges > 1 ? (T)(ranges[3] - ranges[2]) : 0; \
-        Py_ssize_t fold = width >= FOLD_COLUMNS ? 1 : (FOLD_COLUMNS + width - 1) / width;        \
-        Py_ssize_t wide = fold * width;                                                           \
-        /* each accumulator gains at most one per folded row: flush before T can wrap */          \
-        uint64_t max_rows = (uint64_t)(T)(~(T)0);                                                 \
-        Py_ssize_t limit = max_rows > (uint64_t)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)max_rows; \
-        T *fire_acc = calloc((size_t)wide, sizeof(T));                                            \
-        T *nan_acc = calloc((size_t)wide, sizeof(T));                                             \
-        if (!fire_acc || !nan_acc) {                                                              \
-            free(fire_acc);                                                                       \
-            free(nan_acc);                                                                        \
-            return -1;                                                                            \
-        }                                                                                         \
-        Py_ssize_t groups = rows / fold;                                                          \
-        for (Py_ssize_t g = 0; g < groups; g += limit) {                                          \
-            Py_ssize_t n = groups - g < limit ? groups - g : limit;                               \
-            rows_##SUFFIX(x + g * wide, n, wide, nranges, a0, d0, a1, d1, nan_mask, nan_above,    \
-                          fire_acc, nan_acc);                                                     \
-            flush_##SUFFIX(fire_acc, wide, width, fires);                                         \
-            flush_##SUFFIX(nan_acc, wide, width, nans);                                           \
-        }                                                                                         \
-        const T *rest = x + groups * wide; /* the last rows % fold rows, unfolded */            \
-        for (Py_ssize_t left = rows - groups * fold; left > 0; left -= limit) {                   \
-            Py_ssize_t n = left < limit ? left : limit;                                           \
-            rows_##SUFFIX(rest, n, width, nranges, a0, d0, a1, d1, nan_mask, nan_above,           \
-                          fire_acc, nan_acc);                                                     \
-            flush_##SUFFIX(fire_acc, width, width, fires);                                        \
-            flush_##SUFFIX(nan_acc, width, width, nans);                                          \
-            rest += n * width;                                                                    \
-        }                                                                                         \
-        free(fire_acc);                                                                           \
-        free(nan_acc);                                                                            \
-        return 0;                                                                                 \
+            const T stamp = (T)(r + 1);                                                          \
+            if (nranges && last_acc) {                                                           \
+                for (Py_ssize_t j = 0; j < wide; j++) {                                          \
+                    const T v = row[j];                                                          \
+                    const T f = (T)(((T)(v - a0) <= d0) | ((T)(v - a1) <= d1));                   \
+                    fire_acc[j] += f;                                                            \
+                    last_acc[j] = f ? stamp : last_acc[j];                                       \
+                    any_nan |= (T)((T)(v & nan_mask) > nan_above);                               \
+                }                                                                                \
+            } else if (nranges) {                                                                \
+                for (Py_ssize_t j = 0; j < wide; j++) {                                          \
+                    const T v = row[j];                                                          \
+                    fire_acc[j] += (T)(((T)(v - a0) <= d0) | ((T)(v - a1) <= d1));                \
+                    any_nan |= (T)((T)(v & nan_mask) > nan_above);                               \
+                }                                                                                \
+            } else {                                                                             \
+                for (Py_ssize_t j = 0; j < wide; j++)                                            \
+                    any_nan |= (T)((T)(row[j] & nan_mask) > nan_above);                          \
+            }                                                                                    \
+            if (any_nan) {                                                                       \
+                for (Py_ssize_t j = 0; j < wide; j++)                                            \
+                    nan_acc[j] += (T)((T)(row[j] & nan_mask) > nan_above);                       \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+                                                                                                 \
+    /* Move block accumulators into the int64 totals; `first` is the block's first row. */       \
+    static void flush_##S(const Job *job, Py_ssize_t wide, Py_ssize_t fold, int64_t first,       \
+                          T *fire_acc, T *nan_acc, T *last_acc)                                  \
+    {                                                                                            \
+        for (Py_ssize_t i = 0; i < wide; i++) {                                                  \
+            Py_ssize_t column = i % job->width;                                                  \
+            job->fires[column] += (int64_t)fire_acc[i];                                          \
+            job->nans[column] += (int64_t)nan_acc[i];                                            \
+            if (job->last && last_acc[i]) {                                                      \
+                int64_t row = job->base + first + ((int64_t)last_acc[i] - 1) * fold + i / job->width; \
+                if (row > job->last[column])                                                     \
+                    job->last[column] = row;                                                     \
+            }                                                                                    \
+        }                                                                                        \
+        memset(fire_acc, 0, (size_t)wide * sizeof(T));                                           \
+        memset(nan_acc, 0, (size_t)wide * sizeof(T));                                            \
+        memset(last_acc, 0, (size_t)wide * sizeof(T));                                           \
+    }                                                                                            \
+                                                                                                 \
+    static int count_##S(const Job *job, const T *x, Py_ssize_t rows, const unsigned long long *r, \
+                         T nan_mask, T nan_above)                                                \
+    {                                                                                            \
+        const Py_ssize_t width = job->width, fold = job->fold, wide = fold * width;              \
+        const int n = job->nranges;                                                              \
+        const T a0 = n ? (T)r[0] : 0, d0 = n ? (T)(r[1] - r[0]) : 0;                              \
+        const T a1 = n > 1 ? (T)r[2] : a0, d1 = n > 1 ? (T)(r[3] - r[2]) : d0;                    \
+        /* each accumulator gains at most one per block row: flush before T can wrap */          \
+        const uint64_t max_rows = (uint64_t)(T)(~(T)0);                                          \
+        const Py_ssize_t limit = max_rows > (uint64_t)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)max_rows; \
+        T *acc = calloc((size_t)wide * 3, sizeof(T));                                            \
+        if (!acc)                                                                                \
+            return -1;                                                                           \
+        T *fire_acc = acc, *nan_acc = acc + wide, *last_acc = acc + 2 * wide;                    \
+        T *track = job->last ? last_acc : NULL;                                                  \
+        const Py_ssize_t groups = rows / fold;                                                   \
+        for (Py_ssize_t g = 0; g < groups; g += limit) {                                         \
+            Py_ssize_t k = groups - g < limit ? groups - g : limit;                              \
+            rows_##S(x + g * wide, k, wide, n, a0, d0, a1, d1, nan_mask, nan_above, fire_acc,    \
+                     nan_acc, track);                                                            \
+            flush_##S(job, wide, fold, (int64_t)g * fold, fire_acc, nan_acc, last_acc);          \
+        }                                                                                        \
+        for (Py_ssize_t done = groups * fold; done < rows;) { /* the last rows % fold, unfolded */ \
+            Py_ssize_t k = rows - done < limit ? rows - done : limit;                            \
+            rows_##S(x + done * width, k, width, n, a0, d0, a1, d1, nan_mask, nan_above,         \
+                     fire_acc, nan_acc, track);                                                  \
+            flush_##S(job, width, 1, (int64_t)done, fire_acc, nan_acc, last_acc);                \
+            done += k;                                                                           \
+        }                                                                                        \
+        free(acc);                                                                               \
+        return 0;                                                                                \
     }
 
 DEFINE_KERNEL(u8, uint8_t)
@@ -106,72 +128,76 @@ DEFINE_KERNEL(u16, uint16_t)
 DEFINE_KERNEL(u32, uint32_t)
 DEFINE_KERNEL(u64, uint64_t)
 
+static int parse_ranges(PyObject *list, unsigned long long *ranges, int *nranges)
+{
+    PyObject *seq = PySequence_Fast(list, "ranges must be a sequence of (a, b) pairs");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int ok = n <= 2;
+    if (!ok)
+        PyErr_SetString(PyExc_ValueError, "at most two fire ranges");
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
+        ok = PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "KK", &ranges[2 * i], &ranges[2 * i + 1]);
+        if (ok && ranges[2 * i] > ranges[2 * i + 1]) {
+            PyErr_SetString(PyExc_ValueError, "empty fire range");
+            ok = 0;
+        }
+    }
+    Py_DECREF(seq);
+    *nranges = (int)n;
+    return ok ? 0 : -1;
+}
+
 static PyObject *count(PyObject *self, PyObject *args)
 {
-    Py_buffer data, fires, nans;
+    (void)self;
+    Py_buffer data, fires, nans, last = {0};
     Py_ssize_t rows, width;
     int itemsize;
-    PyObject *range_list;
+    PyObject *range_list, *last_obj;
     unsigned long long nan_mask, nan_above;
-    if (!PyArg_ParseTuple(args, "y*nniOKKw*w*", &data, &rows, &width, &itemsize, &range_list, &nan_mask,
-                          &nan_above, &fires, &nans))
+    long long base;
+    if (!PyArg_ParseTuple(args, "y*nniOKKw*w*OL", &data, &rows, &width, &itemsize, &range_list, &nan_mask,
+                          &nan_above, &fires, &nans, &last_obj, &base))
         return NULL;
     unsigned long long ranges[4] = {0, 0, 0, 0};
-    int nranges = 0, rc = 0;
-    PyObject *seq = PySequence_Fast(range_list, "ranges must be a sequence of (a, b) pairs");
-    if (!seq) {
-        rc = -2;
+    int nranges = 0, rc = -2;
+    if (last_obj != Py_None && PyObject_GetBuffer(last_obj, &last, PyBUF_WRITABLE) < 0)
         goto done;
-    }
-    if (PySequence_Fast_GET_SIZE(seq) > 2) {
-        PyErr_SetString(PyExc_ValueError, "at most two fire ranges");
-        rc = -2;
+    if (parse_ranges(range_list, ranges, &nranges) < 0)
         goto done;
-    }
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "KK", &ranges[2 * i], &ranges[2 * i + 1])) {
-            rc = -2;
-            goto done;
-        }
-        if (ranges[2 * i] > ranges[2 * i + 1]) {
-            PyErr_SetString(PyExc_ValueError, "empty fire range");
-            rc = -2;
-            goto done;
-        }
-        nranges++;
-    }
-    if (rows < 0 || width < 0 || (itemsize != 1 && itemsize != 2 && itemsize != 4 && itemsize != 8) ||
-        data.len < rows * width * itemsize || fires.len < width * 8 || nans.len < width * 8) {
+    if (rows < 0 || width <= 0 || (itemsize != 1 && itemsize != 2 && itemsize != 4 && itemsize != 8) ||
+        data.len < rows * width * itemsize || fires.len < width * 8 || nans.len < width * 8 ||
+        (last.buf && last.len < width * 8)) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes do not match rows, width and itemsize");
-        rc = -2;
         goto done;
     }
+    Job job = {width, width >= FOLD_COLUMNS ? 1 : (FOLD_COLUMNS + width - 1) / width, nranges,
+               fires.buf, nans.buf, last.buf, base};
     Py_BEGIN_ALLOW_THREADS
     switch (itemsize) {
     case 1:
-        rc = count_u8(data.buf, rows, width, nranges, ranges, (uint8_t)nan_mask, (uint8_t)nan_above,
-                      fires.buf, nans.buf);
+        rc = count_u8(&job, data.buf, rows, ranges, (uint8_t)nan_mask, (uint8_t)nan_above);
         break;
     case 2:
-        rc = count_u16(data.buf, rows, width, nranges, ranges, (uint16_t)nan_mask, (uint16_t)nan_above,
-                       fires.buf, nans.buf);
+        rc = count_u16(&job, data.buf, rows, ranges, (uint16_t)nan_mask, (uint16_t)nan_above);
         break;
     case 4:
-        rc = count_u32(data.buf, rows, width, nranges, ranges, (uint32_t)nan_mask, (uint32_t)nan_above,
-                       fires.buf, nans.buf);
+        rc = count_u32(&job, data.buf, rows, ranges, (uint32_t)nan_mask, (uint32_t)nan_above);
         break;
     default:
-        rc = count_u64(data.buf, rows, width, nranges, ranges, (uint64_t)nan_mask, (uint64_t)nan_above,
-                       fires.buf, nans.buf);
+        rc = count_u64(&job, data.buf, rows, ranges, (uint64_t)nan_mask, (uint64_t)nan_above);
     }
     Py_END_ALLOW_THREADS
     if (rc == -1)
         PyErr_NoMemory();
 done:
-    Py_XDECREF(seq);
     PyBuffer_Release(&data);
     PyBuffer_Release(&fires);
     PyBuffer_Release(&nans);
+    if (last.buf)
+        PyBuffer_Release(&last);
     if (rc)
         return NULL;
     Py_RETURN_NONE;
@@ -182,6 +208,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }

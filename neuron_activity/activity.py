@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 
 from .dtypes import parse_decimal
-from .errors import BadThreshold, NoVectors, ShapeMismatch
+from .errors import BadThreshold, NactError, NoVectors, ShapeMismatch
 
 DEFAULT_THRESHOLDS = ("0", "1e-5", "1e-6")
 
@@ -41,12 +41,16 @@ class ComponentActivity:
     fire_counts: np.ndarray  # int64 [num_features]
     num_vectors: int = 0
     nan_counts: np.ndarray = field(default=None)  # type: ignore[assignment]
+    # index (in stream order) of the last vector each neuron fired on; -1: never; None: not tracked
+    last_fired: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.fire_counts = np.asarray(self.fire_counts, dtype=np.int64)
         if self.nan_counts is None:
             self.nan_counts = np.zeros_like(self.fire_counts)
         self.nan_counts = np.asarray(self.nan_counts, dtype=np.int64)
+        if self.last_fired is not None:
+            self.last_fired = np.asarray(self.last_fired, dtype=np.int64)
 
     @property
     def num_features(self) -> int:
@@ -60,11 +64,38 @@ class ComponentActivity:
         """Boolean mask of dead neurons: ``fire_count <= threshold * num_vectors`` (inclusive)."""
         return self.fire_counts <= threshold.max_dead_fires(self.num_vectors)
 
-    def add(self, fire_counts: np.ndarray, num_vectors: int, nan_counts: np.ndarray | None = None) -> None:
+    @property
+    def vectors_since_fired(self) -> np.ndarray | None:
+        """Per neuron, how many vectors came after the last one it fired on (all of them if none)."""
+        if self.last_fired is None:
+            return None
+        return np.where(self.last_fired >= 0, self.num_vectors - 1 - self.last_fired, self.num_vectors)
+
+    def dead_in_window(self, window: int) -> np.ndarray:
+        """Neurons that did not fire on any of the last ``window`` vectors (or of all, if fewer)."""
+        since = self.vectors_since_fired
+        if since is None:
+            raise NactError(f"component {self.name!r} has no record of when neurons last fired")
+        return since >= min(window, self.num_vectors)
+
+    def add(
+        self,
+        fire_counts: np.ndarray,
+        num_vectors: int,
+        nan_counts: np.ndarray | None = None,
+        last_fired: np.ndarray | None = None,
+    ) -> None:
+        """Add counts of vectors that come after those already counted (in stream order)."""
         if fire_counts.shape != self.fire_counts.shape:
             raise ShapeMismatch(
                 f"component {self.name!r} has {self.num_features} features, cannot add counts for {fire_counts.shape[0]}"
             )
+        if self.num_vectors == 0:
+            self.last_fired = None if last_fired is None else np.asarray(last_fired, np.int64)
+        elif self.last_fired is not None and last_fired is not None:
+            self.last_fired = np.where(last_fired >= 0, last_fired + self.num_vectors, self.last_fired)
+        else:
+            self.last_fired = None  # one side did not track it: the combination cannot know
         self.fire_counts = self.fire_counts + fire_counts.astype(np.int64)
         self.num_vectors += int(num_vectors)
         if nan_counts is not None:
@@ -113,33 +144,41 @@ class NeuronActivity:
         self.components: dict[str, ComponentActivity] = {}
 
     def add(
-        self, name: str, fire_counts: np.ndarray, num_vectors: int, nan_counts: np.ndarray | None = None
+        self,
+        name: str,
+        fire_counts: np.ndarray,
+        num_vectors: int,
+        nan_counts: np.ndarray | None = None,
+        last_fired: np.ndarray | None = None,
     ) -> None:
-        """Add counts for component ``name`` (created on first sight, in that order)."""
+        """Add counts for component ``name`` (created on first sight, in that order) of vectors
+        that come after those already counted."""
         fire_counts = np.asarray(fire_counts, dtype=np.int64)
         if name not in self.components:
             self.components[name] = ComponentActivity(name, np.zeros_like(fire_counts))
-        self.components[name].add(fire_counts, num_vectors, nan_counts)
+        self.components[name].add(fire_counts, num_vectors, nan_counts, last_fired)
 
     def merge(self, other: NeuronActivity) -> NeuronActivity:
-        """Add another activity's counts into this one (same ``fire_above``); returns self."""
+        """Add another activity's counts into this one (same ``fire_above``); returns self.
+
+        ``other``'s vectors are taken to come after this one's, for the time since last fired."""
         if other.fire_above != self.fire_above:
             raise BadThreshold(
                 f"cannot merge counts made with fire-above {float(other.fire_above)} into counts made "
                 f"with fire-above {float(self.fire_above)}"
             )
         for c in other.components.values():
-            self.add(c.name, c.fire_counts, c.num_vectors, c.nan_counts)
+            self.add(c.name, c.fire_counts, c.num_vectors, c.nan_counts, c.last_fired)
         return self
 
     def rows(self, thresholds: list[Threshold]) -> list[ActivityRow]:
         """One row per (component, threshold): components in order first seen, thresholds as given."""
-        if not self.components:
-            raise NoVectors("no vectors were counted: no component was read")
+        counted = [c for c in self.components.values() if c.num_vectors]
+        if not counted:
+            names = ", ".join(repr(name) for name in self.components) or "none"
+            raise NoVectors(f"no vectors were counted (components: {names}): every tensor read is empty")
         rows = []
-        for c in self.components.values():
-            if not c.num_vectors:
-                raise NoVectors(f"component {c.name!r} has no vectors: every tensor read for it is empty")
+        for c in counted:
             for t in thresholds:
                 dead = int(c.dead(t).sum())
                 rows.append(

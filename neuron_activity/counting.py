@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -25,16 +25,30 @@ FOLD_WIDTH = 2048  # narrow rows are folded side by side so the row-sum runs ove
 MAX_UINT8_ROWS = 255
 
 
-class Counter(Protocol):
-    def update(self, bits: np.ndarray) -> None: ...
+class Counts(NamedTuple):
+    """Per-column results of a counter. ``last_fired`` is the last row (in the numbering given
+    to ``update``) on which each column fired, -1 if it never did; None when not tracked."""
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]: ...
+    fire_counts: np.ndarray
+    nan_counts: np.ndarray
+    last_fired: np.ndarray | None
+
+
+class Counter(Protocol):
+    def update(self, bits: np.ndarray, first_row: int = 0) -> None: ...
+
+    def result(self) -> Counts: ...
+
+
+def _check(bits: np.ndarray, width: int, unsigned: type) -> None:
+    if bits.ndim != 2 or bits.shape[1] != width or bits.dtype != unsigned:
+        raise ValueError(f"expected [rows, {width}] {np.dtype(unsigned)}, got {list(bits.shape)} {bits.dtype}")
 
 
 class NumpyCounter:
     """Counts on the CPU with numpy, on cache-sized blocks, without converting any value."""
 
-    def __init__(self, rule: FireRule, width: int) -> None:
+    def __init__(self, rule: FireRule, width: int, track_last: bool = False) -> None:
         self.rule = rule
         self.width = width
         itemsize = np.dtype(rule.unsigned).itemsize
@@ -48,21 +62,22 @@ class NumpyCounter:
         self._partial = np.empty(self.fold * width, np.uint8)
         self._fire_acc = np.zeros(self.fold * width, np.int64)
         self._nan_counts = np.zeros(width, np.int64)
+        self._last = np.full(width, -1, np.int64) if track_last else None
         self._magnitude_mask = (1 << (8 * itemsize - 1)) - 1  # every bit but the sign
 
-    def update(self, bits: np.ndarray) -> None:
-        """Add the counts of ``bits`` (C-contiguous ``[rows, width]`` of the rule's uint type)."""
-        if bits.ndim != 2 or bits.shape[1] != self.width or bits.dtype != self.rule.unsigned:
-            raise ValueError(f"expected [rows, {self.width}] {self.rule.unsigned}, got {bits.shape} {bits.dtype}")
+    def update(self, bits: np.ndarray, first_row: int = 0) -> None:
+        """Add the counts of ``bits`` (C-contiguous ``[rows, width]`` of the rule's uint type),
+        whose rows are numbered from ``first_row``."""
+        _check(bits, self.width, self.rule.unsigned)
         rows = bits.shape[0]
         step = self.block_rows
         full = rows - rows % step
         for start in range(0, full, step):
-            self._count_block(bits[start : start + step], self.fold)
+            self._count_block(bits[start : start + step], self.fold, first_row + start)
         for start in range(full, rows, MAX_UINT8_ROWS):
-            self._count_block(bits[start : start + MAX_UINT8_ROWS], 1)
+            self._count_block(bits[start : start + MAX_UINT8_ROWS], 1, first_row + start)
 
-    def _count_block(self, block: np.ndarray, fold: int) -> None:
+    def _count_block(self, block: np.ndarray, fold: int, first_row: int) -> None:
         n = block.shape[0]
         fires = self._fires[:n]
         if self.rule.fire_ranges:
@@ -73,6 +88,10 @@ class NumpyCounter:
             np.add.reduce(per_row, axis=0, dtype=np.uint8, out=partial)
             acc = self._fire_acc[: fold * self.width]
             np.add(acc, partial, out=acc)
+            if self._last is not None:
+                fired = fires.any(axis=0)
+                last_in_block = first_row + n - 1 - np.argmax(fires[::-1], axis=0)
+                np.maximum(self._last, np.where(fired, last_in_block, -1), out=self._last)
         if self.rule.nan_above is not None:
             tmp, nans = self._tmp[:n], self._nans[:n]
             np.bitwise_and(block, self._magnitude_mask, out=tmp)
@@ -92,9 +111,10 @@ class NumpyCounter:
             if i:
                 np.logical_or(out, target, out=out)
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
+    def result(self) -> Counts:
         fire_counts = self._fire_acc.reshape(self.fold, self.width).sum(axis=0)
-        return fire_counts, self._nan_counts.copy()
+        last = None if self._last is None else self._last.copy()
+        return Counts(fire_counts, self._nan_counts.copy(), last)
 
 
 try:
@@ -106,7 +126,7 @@ except ImportError:  # built without a C compiler: the numpy kernel counts inste
 class NativeCounter:
     """Counts on the CPU with the C kernel: one pass over the data, no temporaries, GIL released."""
 
-    def __init__(self, rule: FireRule, width: int) -> None:
+    def __init__(self, rule: FireRule, width: int, track_last: bool = False) -> None:
         if _kernels is None:
             raise RuntimeError("the C kernel is not built")
         self.width = width
@@ -118,18 +138,19 @@ class NativeCounter:
         self.nan_above = rule.nan_above if has_nan else 0
         self._fire_counts = np.zeros(width, np.int64)
         self._nan_counts = np.zeros(width, np.int64)
+        self._last = np.full(width, -1, np.int64) if track_last else None
 
-    def update(self, bits: np.ndarray) -> None:
-        if bits.ndim != 2 or bits.shape[1] != self.width or bits.dtype != self.unsigned:
-            raise ValueError(f"expected [rows, {self.width}] {self.unsigned}, got {bits.shape} {bits.dtype}")
+    def update(self, bits: np.ndarray, first_row: int = 0) -> None:
+        _check(bits, self.width, self.unsigned)
         bits = np.ascontiguousarray(bits)
         _kernels.count(
             bits, bits.shape[0], self.width, self.itemsize, self.ranges, self.nan_mask, self.nan_above,
-            self._fire_counts, self._nan_counts,
+            self._fire_counts, self._nan_counts, self._last, first_row,
         )
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._fire_counts.copy(), self._nan_counts.copy()
+    def result(self) -> Counts:
+        last = None if self._last is None else self._last.copy()
+        return Counts(self._fire_counts.copy(), self._nan_counts.copy(), last)
 
 
 TORCH_SIGNED = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}
@@ -186,7 +207,7 @@ class TorchCounter:
     """Counts with torch on a device (cuda, mps, or cpu for testing); totals stay on the device
     and come back in one transfer at the end."""
 
-    def __init__(self, rule: FireRule, width: int, device: str) -> None:
+    def __init__(self, rule: FireRule, width: int, device: str, track_last: bool = False) -> None:
         import torch
 
         self.torch = torch
@@ -199,6 +220,7 @@ class TorchCounter:
         self._nan_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
         self._ranges = rule.signed_fire_ranges()
         self._magnitude_mask = (1 << (8 * itemsize - 1)) - 1
+        self._last = torch.full((width,), -1, dtype=torch.int64, device=self.device) if track_last else None
         self._stager = None
         if self.device.type == "cuda":
             stagers = getattr(_stagers, "by_device", None)
@@ -208,23 +230,24 @@ class TorchCounter:
                 stagers[self.device] = _CudaStager(torch, self.device)
             self._stager = stagers[self.device]
 
-    def update(self, bits: np.ndarray) -> None:
+    def update(self, bits: np.ndarray, first_row: int = 0) -> None:
+        _check(bits, self.width, self.rule.unsigned)
         signed = bits.view(self._np_signed)
         if self._stager is not None:
             x, slot = self._stager.to_device(signed)
-            self._count(x)
+            self._count(x, first_row)
             self._stager.release(slot)
         elif self.device.type == "mps":
             try:
-                self._count(self.torch.from_numpy(signed.copy()).to(self.device))
+                self._count(self.torch.from_numpy(signed.copy()).to(self.device), first_row)
             except (RuntimeError, TypeError) as e:  # int64 sums need a recent macOS
                 raise DeviceUnavailable(
                     f"device 'mps' cannot count {self.rule.dtype} tensors on this macOS ({e}); use --device cpu"
                 ) from None
         else:  # a copy: the chunk may be a read-only mapping that is closed after this call
-            self._count(self.torch.from_numpy(signed.copy()).to(self.device))
+            self._count(self.torch.from_numpy(signed.copy()).to(self.device), first_row)
 
-    def _count(self, x: object) -> None:
+    def _count(self, x: object, first_row: int) -> None:
         torch = self.torch
         if self._ranges:
             fires = None
@@ -232,25 +255,33 @@ class TorchCounter:
                 inside = (x >= a) & (x <= b)
                 fires = inside if fires is None else fires | inside
             self._fire_counts += fires.sum(dim=0, dtype=torch.int64)
+            if self._last is not None and fires.shape[0]:
+                rows = fires.shape[0]
+                last_in_chunk = first_row + rows - 1 - fires.flip(0).to(torch.uint8).argmax(dim=0)
+                candidate = torch.where(fires.any(dim=0), last_in_chunk, -1)
+                torch.maximum(self._last, candidate, out=self._last)
         if self.rule.nan_above is not None:
             nans = (x & self._magnitude_mask) > self.rule.nan_above
             self._nan_counts += nans.sum(dim=0, dtype=torch.int64)
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._fire_counts.cpu().numpy(), self._nan_counts.cpu().numpy()
+    def result(self) -> Counts:
+        last = None if self._last is None else self._last.cpu().numpy()
+        return Counts(self._fire_counts.cpu().numpy(), self._nan_counts.cpu().numpy(), last)
 
 
 CPU_KERNELS = ("native", "numpy") if _kernels is not None else ("numpy",)
 
 
-def make_counter(rule: FireRule, width: int, device: str, kernel: str | None = None) -> Counter:
+def make_counter(
+    rule: FireRule, width: int, device: str, kernel: str | None = None, track_last: bool = False
+) -> Counter:
     """A counter for ``device``. On the CPU, ``kernel`` picks ``native``, ``numpy`` or ``torch``
     (default: the first of ``CPU_KERNELS``); other devices always count with torch."""
     if device != "cpu" or kernel == "torch":
-        return TorchCounter(rule, width, device)
+        return TorchCounter(rule, width, device, track_last)
     if (kernel or CPU_KERNELS[0]) == "native":
-        return NativeCounter(rule, width)
-    return NumpyCounter(rule, width)
+        return NativeCounter(rule, width, track_last)
+    return NumpyCounter(rule, width, track_last)
 
 
 def _nvidia_present() -> bool:

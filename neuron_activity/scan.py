@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .activity import NeuronActivity, Threshold
-from .counting import Counter, make_counter, resolve_device
+from .counting import Counter, Counts, make_counter, resolve_device
 from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, parse_decimal
 from .errors import BadInput, NactError
 from .sources import READERS, ScanPlan, TensorSlab, component_layout, discover, plan_scan
@@ -43,14 +43,19 @@ def scan(
     chunk_rows: int | None = None,
     threads: int | None = None,
     kernel: str | None = None,
+    track_last: bool = False,
+    count_only: Callable[[list[Path]], list[Path] | set[Path]] | None = None,
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ScanResult:
     """Count how often every neuron fires in the shards under ``paths``.
 
     Reads headers of every shard first (so shape and format errors come before any counting),
-    then maps each tensor chunk by chunk and counts on ``device`` (``kernel``: see make_counter). ``on_plan`` sees the plan
-    before counting starts; ``on_progress(path, nbytes)`` is called from the counting threads.
+    then maps each tensor chunk by chunk and counts on ``device`` (``kernel``: see
+    make_counter). ``track_last`` also records the last vector each neuron fired on, in stream
+    order (shards in order, rows in order). ``count_only`` picks, from the planned shards, those
+    to count (a share of them, or the new ones): every shard is still checked. ``on_plan`` sees
+    the plan before counting starts; ``on_progress(path, nbytes)`` is called from the threads.
     """
     fire_above = parse_decimal(fire_above, "fire-above") if isinstance(fire_above, str) else Fraction(fire_above)
     if chunk_rows is not None and chunk_rows < 1:
@@ -59,15 +64,18 @@ def scan(
         raise NactError(f"threads must be at least 1, got {threads}")
     device = resolve_device(device)
     plan = plan_scan(discover([Path(p) for p in paths], input_format), keys=keys, flatten=flatten)
+    if count_only is not None:
+        plan.restrict(count_only(plan.units()))
     if on_plan is not None:
         on_plan(plan)
-    totals = _count(plan, fire_above, device, chunk_rows, threads, kernel, on_progress)
+    totals = _count(plan, fire_above, device, chunk_rows, threads, kernel, track_last, on_progress)
     activity = NeuronActivity(fire_above)
     for group in plan.groups.values():
-        fire_counts, nan_counts, num_vectors = totals[group.key]
+        t = totals[group.key]
         for i, name in enumerate(group.names):
             part = slice(i * group.num_features, (i + 1) * group.num_features)
-            activity.add(name, fire_counts[part], num_vectors, nan_counts[part])
+            last = None if t.last_fired is None else t.last_fired[part]
+            activity.add(name, t.fire_counts[part], t.num_vectors, t.nan_counts[part], last)
     warnings = list(plan.warnings)
     for c in activity.components.values():
         if c.nan_count:
@@ -78,34 +86,43 @@ def scan(
     return ScanResult(activity, plan, device, warnings)
 
 
-def _work(plan: ScanPlan, chunk_rows: int | None) -> Iterator[tuple[TensorSlab, int, int]]:
-    """Work items: windows of rows of mapped tensors; whole tensors of streamed formats."""
+def _work(plan: ScanPlan, chunk_rows: int | None) -> Iterator[tuple[TensorSlab, int, int, int]]:
+    """Work items ``(slab, first row, end row, index of the first row in its component's
+    stream)``: windows of rows of mapped tensors; whole tensors of streamed formats."""
+    seen: dict[str, int] = {}
     for slab in plan.slabs:
+        first_vector = seen.get(slab.key, 0)
+        seen[slab.key] = first_vector + slab.num_rows
         if slab.offset is None:
-            yield slab, 0, slab.num_rows
+            yield slab, 0, slab.num_rows, first_vector
             continue
         step = _chunk_rows(slab, chunk_rows)
         for start in range(0, slab.num_rows, step):
-            yield slab, start, min(start + step, slab.num_rows)
+            yield slab, start, min(start + step, slab.num_rows), first_vector + start
 
 
 def _chunk_rows(slab: TensorSlab, chunk_rows: int | None) -> int:
     return chunk_rows or max(1, CHUNK_BYTES // max(slab.row_bytes, 1))
 
 
-class _Sums:
-    """Counts added whole, for sparse caches whose reader counts by itself."""
+class _Totals:
+    """Counts of one key added up: from counters, or whole from a sparse cache's reader."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, track_last: bool) -> None:
         self.fire_counts = np.zeros(width, np.int64)
         self.nan_counts = np.zeros(width, np.int64)
+        self.last_fired = np.full(width, -1, np.int64) if track_last else None
+        self.num_vectors = 0
 
-    def add(self, fire_counts: np.ndarray, nan_counts: np.ndarray) -> None:
-        self.fire_counts += fire_counts
-        self.nan_counts += nan_counts
+    def add(self, counts: Counts, first_row: int = 0) -> None:
+        self.fire_counts += counts.fire_counts
+        self.nan_counts += counts.nan_counts
+        if self.last_fired is not None and counts.last_fired is not None:
+            shifted = np.where(counts.last_fired >= 0, counts.last_fired + first_row, -1)
+            np.maximum(self.last_fired, shifted, out=self.last_fired)
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.fire_counts, self.nan_counts
+    def result(self) -> Counts:
+        return Counts(self.fire_counts, self.nan_counts, self.last_fired)
 
 
 def _count(
@@ -115,9 +132,10 @@ def _count(
     chunk_rows: int | None,
     threads: int | None,
     kernel: str | None,
+    track_last: bool,
     on_progress: ProgressCallback | None,
-) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-    """Per key: fire counts, NaN counts (both over ``width`` columns) and number of rows."""
+) -> dict[str, _Totals]:
+    """Per key: fire counts, NaN counts, last fired (all over ``width`` columns) and vectors."""
     if device == "mps":
         threads = 1  # one queue; mps does the counting
     threads = threads or min(os.cpu_count() or 1, 8)
@@ -127,7 +145,7 @@ def _count(
     rules = {}
     progress = on_progress or (lambda path, nbytes: None)
 
-    def next_item() -> tuple[TensorSlab, int, int] | None:
+    def next_item() -> tuple[TensorSlab, int, int, int] | None:
         with lock:
             return None if stop.is_set() else next(work, None)
 
@@ -135,28 +153,29 @@ def _count(
         with lock:
             return rules.setdefault(dtype, fire_rule(dtype, fire_above))
 
-    def worker() -> dict[tuple[str, str], Counter | _Sums]:
-        counters: dict[tuple[str, str], Counter | _Sums] = {}
+    def worker() -> dict[tuple[str, str], Counter | _Totals]:
+        counters: dict[tuple[str, str], Counter | _Totals] = {}
         try:
             while (item := next_item()) is not None:
-                slab, start, end = item
+                slab, start, end, first_vector = item
                 key = (slab.key, slab.dtype)
                 reader = READERS[slab.entry.format]
                 if hasattr(reader, "count"):  # a sparse cache: its reader counts
-                    sums = counters.setdefault(key, _Sums(slab.width))
-                    for path, fires, nans, nbytes in reader.count(slab, rule_for(slab.dtype)):
-                        sums.add(fires, nans)  # type: ignore[union-attr]
+                    sums = counters.setdefault(key, _Totals(slab.width, track_last))
+                    for path, counts, nbytes in reader.count(slab, rule_for(slab.dtype), track_last):
+                        sums.add(counts, first_vector)  # type: ignore[union-attr]
                         progress(path, nbytes)
                     continue
                 if key not in counters:
-                    counters[key] = make_counter(rule_for(slab.dtype), slab.width, device, kernel)
+                    counters[key] = make_counter(rule_for(slab.dtype), slab.width, device, kernel, track_last)
                 counter = counters[key]
                 if slab.offset is not None:
-                    _count_chunk(slab, start, end, counter)  # type: ignore[arg-type]
+                    _count_chunk(slab, start, end, counter, first_vector)  # type: ignore[arg-type]
                     progress(slab.path, (end - start) * slab.row_bytes)
                     continue
                 for bits in reader.chunks(slab, _chunk_rows(slab, chunk_rows)):
-                    counter.update(bits)  # type: ignore[union-attr]
+                    counter.update(bits, first_vector)  # type: ignore[union-attr]
+                    first_vector += bits.shape[0]
                     progress(slab.path, bits.nbytes)
                     if stop.is_set():
                         break
@@ -172,22 +191,16 @@ def _count(
         except BaseException:
             stop.set()
             raise
-    totals: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
-    for group in plan.groups.values():
-        width = len(group.names) * group.num_features
-        totals[group.key] = (np.zeros(width, np.int64), np.zeros(width, np.int64), 0)
+    totals = {g.key: _Totals(len(g.names) * g.num_features, track_last) for g in plan.groups.values()}
     for slab in plan.slabs:
-        fire_counts, nan_counts, rows = totals[slab.key]
-        totals[slab.key] = (fire_counts, nan_counts, rows + slab.num_rows)
+        totals[slab.key].num_vectors += slab.num_rows
     for counters in results:
         for (key, _dtype), counter in counters.items():
-            fires, nans = counter.result()
-            totals[key][0][:] += fires
-            totals[key][1][:] += nans
+            totals[key].add(counter.result())
     return totals
 
 
-def _count_chunk(slab: TensorSlab, start: int, end: int, counter: Counter) -> None:
+def _count_chunk(slab: TensorSlab, start: int, end: int, counter: Counter, first_vector: int) -> None:
     """Map rows ``[start, end)`` of ``slab`` read-only and count them; the mapping is dropped after."""
     rule_view = np.dtype(f"u{slab.row_bytes // slab.width}") if slab.width else np.dtype(np.uint8)
     begin = slab.offset + start * slab.row_bytes
@@ -206,7 +219,7 @@ def _count_chunk(slab: TensorSlab, start: int, end: int, counter: Counter) -> No
         os.close(fd)
     try:
         rows = np.frombuffer(mapped, dtype=rule_view, count=(end - start) * slab.width, offset=begin - base)
-        counter.update(rows.reshape(end - start, slab.width))
+        counter.update(rows.reshape(end - start, slab.width), first_vector)
         del rows
     finally:
         mapped.close()
@@ -220,6 +233,7 @@ def count_array(
     flatten: bool = False,
     device: str = "cpu",
     kernel: str | None = None,
+    track_last: bool = False,
 ) -> NeuronActivity:
     """Count fires in an in-memory array (numpy, or torch of any floating dtype).
 
@@ -233,13 +247,14 @@ def count_array(
         raise NactError(f"array of shape {list(bits.shape)} has no batch axis: need [N, F] or [..., C, F]")
     names, num_rows, num_features = component_layout(name, tuple(bits.shape), flatten)
     rows = np.ascontiguousarray(bits).reshape(num_rows, len(names) * num_features)
-    counter = make_counter(fire_rule(dtype, fire_above), rows.shape[1], resolve_device(device), kernel)
+    counter = make_counter(fire_rule(dtype, fire_above), rows.shape[1], resolve_device(device), kernel, track_last)
     counter.update(rows)
-    fire_counts, nan_counts = counter.result()
+    counts = counter.result()
     activity = NeuronActivity(fire_above)
     for i, component in enumerate(names):
         part = slice(i * num_features, (i + 1) * num_features)
-        activity.add(component, fire_counts[part], num_rows, nan_counts[part])
+        last = None if counts.last_fired is None else counts.last_fired[part]
+        activity.add(component, counts.fire_counts[part], num_rows, counts.nan_counts[part], last)
     return activity
 
 

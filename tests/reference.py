@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ def as_float64(tensor: torch.Tensor) -> np.ndarray:
 
 
 def write_shard(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 

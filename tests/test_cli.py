@@ -205,7 +205,7 @@ def bad_inputs(tmp_path: Path) -> list[tuple[Path, str]]:
             "Error: nothing to count in 1 shard(s): skipped tensor 'tokens' (I64) in 1 shard(s): "
             "integer and bool tensors are counted only when named with --key",
         ),
-        (empty_rows, "Error: component 'acts' has no vectors: every tensor read for it is empty"),
+        (empty_rows, "Error: no vectors were counted (components: 'acts'): every tensor read is empty"),
     ]
 
 

@@ -54,6 +54,16 @@ class ScanPlan:
     def total_bytes(self) -> int:
         return sum(s.nbytes for s in self.slabs)
 
+    def units(self) -> list[Path]:
+        """What can be counted apart, in stream order: shard files, or a delphi module's folder."""
+        return list(dict.fromkeys(s.path for s in self.slabs))
+
+    def restrict(self, keep: list[Path] | set[Path]) -> None:
+        """Count only the slabs of these units; every component keeps its place and shape."""
+        keep = set(keep)
+        self.slabs = [s for s in self.slabs if s.path in keep]
+        self.shards = [p for p in self.shards if p in keep or any(p in s.entry.files for s in self.slabs)]
+
     def shard_bytes(self) -> dict[Path, int]:
         """Bytes to count per shard (0 for shards with nothing to count)."""
         out = {p: 0 for p in self.shards}

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import INTEGER_FORMATS, UNSIGNED_VIEW, FireRule
+from ..counting import Counts
+from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
 from .base import TensorEntry, TensorSlab
 from .safetensors_files import read_header
@@ -92,27 +93,34 @@ def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=entry.offset, shape=entry.shape)
 
 
-def count(slab: TensorSlab, rule: FireRule) -> Iterator[tuple[Path, np.ndarray, np.ndarray, int]]:
-    """Per chunk of a split: its path, fire and NaN counts over all latents, and bytes read."""
+def count(slab: TensorSlab, rule: FireRule, track_last: bool = False) -> Iterator[tuple[Path, Counts, int]]:
+    """Per chunk of a split: its path, counts over all latents (the last fired as a vector index
+    ``batch * positions + position``), and the bytes read."""
     width = slab.width
     sign_mask = (1 << (8 * np.dtype(rule.unsigned).itemsize - 1)) - 1
     for path in slab.entry.files:
         start, _, tensors = _split(path)
+        positions = tensors["tokens"].shape[-1] if "tokens" in tensors else 0
         locations = _mapped(path, tensors["locations"], INTEGER_FORMATS[tensors["locations"].dtype])
         bits = _mapped(path, tensors["activations"], rule.unsigned)
         for lo in range(0, bits.shape[0], ENTRIES_PER_CHUNK):
             a = np.asarray(bits[lo : lo + ENTRIES_PER_CHUNK])
-            latents = np.asarray(locations[lo : lo + ENTRIES_PER_CHUNK, 2]).astype(np.int64) + start
+            where = np.asarray(locations[lo : lo + ENTRIES_PER_CHUNK]).astype(np.int64)
+            latents = where[:, 2] + start
             if latents.size and (latents.min() < 0 or latents.max() >= width):
                 raise BadInput(path, f"a location names latent {int(latents.max())}, outside 0..{width - 1}")
             fires = np.zeros(a.shape, np.bool_)
             for first, last in rule.fire_ranges:
                 fires |= (a - np.asarray(first, a.dtype)) <= np.asarray(last - first, a.dtype)
             fire_counts = np.bincount(latents[fires], minlength=width).astype(np.int64)
+            nan_counts = np.zeros(width, np.int64)
             if rule.nan_above is not None:
                 nans = (a & np.asarray(sign_mask, a.dtype)) > rule.nan_above
                 nan_counts = np.bincount(latents[nans], minlength=width).astype(np.int64)
-            else:
-                nan_counts = np.zeros(width, np.int64)
-            yield path, fire_counts, nan_counts, a.nbytes + latents.size * locations.itemsize * 3
+            last_fired = None
+            if track_last:
+                last_fired = np.full(width, -1, np.int64)
+                vectors = where[:, 0] * positions + where[:, 1]
+                np.maximum.at(last_fired, latents[fires], vectors[fires])
+            yield path, Counts(fire_counts, nan_counts, last_fired), a.nbytes + where.size * locations.itemsize
         del locations, bits

@@ -1,0 +1,133 @@
+"""``nact report``, ``nact merge`` and ``nact diff``: working with saved counts."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .output import emit, library_errors, say
+from .render import FORMATS, Report, check_format, finish, parse_limit
+
+
+def _load_merged(files: list[Path]) -> object:
+    from neuron_activity.counts_file import load_counts, merge_counts
+
+    return merge_counts([(f, load_counts(f)) for f in files])
+
+
+def report(
+    files: List[Path] = typer.Argument(..., metavar="FILE", help="Saved counts (nact scan --save-counts).", show_default=False),
+    threshold: Optional[List[str]] = typer.Option(
+        None, "--threshold", "-t", metavar="P", help="Dead threshold (repeatable).", show_default="0, 1e-5, 1e-6"
+    ),
+    fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help=f"One of {', '.join(FORMATS)}."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write the result to FILE."),
+    fail_above: Optional[str] = typer.Option(
+        None, "--fail-above", metavar="FRACTION", help="Exit 1 when any dead_fraction shown is above FRACTION."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing unless --fail-above is breached."),
+    window: Optional[int] = typer.Option(
+        None, "--window", metavar="N", help="Also report neurons that did not fire in the last N vectors."
+    ),
+) -> None:
+    """Report dead neurons from saved counts, without the activations. Several files are merged.
+
+    Examples:
+
+      nact report counts.safetensors
+
+      nact report part-*.safetensors --format json --fail-above 0.05
+    """
+    check_format(fmt)
+    with library_errors():
+        from neuron_activity import DEFAULT_THRESHOLDS, Threshold
+
+        thresholds = [Threshold.parse(t) for t in (threshold or DEFAULT_THRESHOLDS)]
+        limit = parse_limit(fail_above)
+        saved = _load_merged(files)
+        rows = saved.activity.rows(thresholds)  # type: ignore[attr-defined]
+        shards = [s.path for s in saved.shards]  # type: ignore[attr-defined]
+        finish(Report(saved.activity, rows, shards, None, [], window), fmt, output, quiet, limit)  # type: ignore[attr-defined]
+
+
+def merge(
+    files: List[Path] = typer.Argument(..., metavar="FILE", help="Saved counts, in stream order.", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", metavar="OUT", help="Where to save the merged counts."),
+) -> None:
+    """Add up saved counts of disjoint shard sets into one file (written atomically).
+
+    The files must have the same components, feature counts and --fire-above. Give them in
+    stream order: the time since a neuron last fired assumes each file's vectors come after
+    the previous file's.
+
+    Examples:
+
+      nact merge part-0.safetensors part-1.safetensors -o all.safetensors
+    """
+    with library_errors():
+        from neuron_activity.counts_file import save_counts
+
+        save_counts(output, _load_merged(files))  # type: ignore[arg-type]
+
+
+def diff(
+    old: Path = typer.Argument(..., metavar="OLD", help="Saved counts before.", show_default=False),
+    new: Path = typer.Argument(..., metavar="NEW", help="Saved counts after.", show_default=False),
+    threshold: str = typer.Option("0", "--threshold", "-t", metavar="P", help="Dead threshold."),
+    neurons: bool = typer.Option(False, "--neurons", help="List which neurons died, revived and stayed dead."),
+    fail_on_new_dead: bool = typer.Option(False, "--fail-on-new-dead", help="Exit 1 when any neuron died."),
+    fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help="table or json."),
+) -> None:
+    """Compare two saved counts (two checkpoints of one SAE): which neurons died, revived, stayed dead.
+
+    Examples:
+
+      nact diff step-1000.safetensors step-2000.safetensors
+
+      nact diff old.safetensors new.safetensors -t 1e-6 --neurons --format json --fail-on-new-dead
+    """
+    check_format(fmt, ("table", "json"))
+    with library_errors():
+        from neuron_activity import Threshold
+        from neuron_activity.counts_file import load_counts
+        from neuron_activity.diff import compare
+
+        changes = compare(load_counts(old).activity, load_counts(new).activity, Threshold.parse(threshold))
+    if fmt == "json":
+        doc = {
+            "schema_version": 1,
+            "threshold": float(Threshold.parse(threshold).value),
+            "components": [c.as_dict(neurons) for c in changes],
+        }
+        emit(json.dumps(doc, indent=2) + "\n", None)
+    else:
+        emit(_diff_table(changes, neurons), None)
+    died = sum(len(c.died) for c in changes)
+    if fail_on_new_dead and died:
+        say(f"Newly dead neurons: {died} ({', '.join(f'{c.component}: {len(c.died)}' for c in changes if c.died)})")
+        raise typer.Exit(1)
+
+
+def _diff_table(changes: list, neurons: bool) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Dead neurons, old -> new", title_justify="left", header_style="bold")
+    for name in ("component", "died", "revived", "stayed_dead", "dead_old", "dead_new"):
+        table.add_column(name, justify="left" if name == "component" else "right", overflow="fold")
+    for c in changes:
+        table.add_row(c.component, str(len(c.died)), str(len(c.revived)), str(len(c.stayed_dead)),
+                      str(c.dead_old), str(c.dead_new))
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, color_system=None, highlight=False)
+    console.print(table)
+    if neurons:
+        for c in changes:
+            for label, items in (("died", c.died), ("revived", c.revived)):
+                if items:
+                    console.print(f"{c.component} {label}: {' '.join(map(str, items))}", markup=False)
+    return buffer.getvalue()
