@@ -10,7 +10,17 @@ from typing import List, Optional
 import typer
 
 from .output import emit, library_errors, say
-from .render import FORMATS, Report, check_format, finish, parse_limit
+from .render import (
+    DENSE_ABOVE_HELP,
+    FORMATS,
+    NEURONS_HELP,
+    TOP_HELP,
+    ULTRALOW_HELP,
+    check_format,
+    finish,
+    make_report,
+    parse_limit,
+)
 
 
 def _load_merged(files: list[Path]) -> object:
@@ -33,6 +43,10 @@ def report(
     window: Optional[int] = typer.Option(
         None, "--window", metavar="N", help="Also report neurons that did not fire in the last N vectors."
     ),
+    dense_above: str = typer.Option("0.01", "--dense-above", metavar="D", help=DENSE_ABOVE_HELP),
+    ultralow_below: str = typer.Option("1e-4", "--ultralow-below", metavar="D", help=ULTRALOW_HELP),
+    neurons: bool = typer.Option(False, "--neurons", help=NEURONS_HELP),
+    top: Optional[int] = typer.Option(None, "--top", metavar="K", help=TOP_HELP),
 ) -> None:
     """Report dead neurons from saved counts, without the activations. Several files are merged.
 
@@ -49,9 +63,11 @@ def report(
         thresholds = [Threshold.parse(t) for t in (threshold or DEFAULT_THRESHOLDS)]
         limit = parse_limit(fail_above)
         saved = _load_merged(files)
-        rows = saved.activity.rows(thresholds)  # type: ignore[attr-defined]
         shards = [s.path for s in saved.shards]  # type: ignore[attr-defined]
-        finish(Report(saved.activity, rows, shards, None, [], window), fmt, output, quiet, limit)  # type: ignore[attr-defined]
+        report = make_report(
+            saved.activity, thresholds, shards, None, [], window, dense_above, ultralow_below, neurons, top  # type: ignore[attr-defined]
+        )
+        finish(report, fmt, output, quiet, limit)
 
 
 def merge(

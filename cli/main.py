@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import counts as counts_commands
+from . import density as density_command
 from . import inspect as inspect_command
 from . import scan as scan_command
 
@@ -40,6 +41,7 @@ app.command("inspect")(inspect_command.inspect)
 app.command("report")(counts_commands.report)
 app.command("merge")(counts_commands.merge)
 app.command("diff")(counts_commands.diff)
+app.command("density")(density_command.density)
 
 
 def main() -> None:

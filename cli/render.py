@@ -36,16 +36,42 @@ class Report:
     device: str | None = None
     warnings: list[str] = field(default_factory=list)
     window: int | None = None
+    density: list = field(default_factory=list)  # DensitySummary per component
+    neurons: bool = False  # list dead neurons per row
+    top: int | None = None  # list the most and least active neurons
+
+    def dead_neurons(self, row: ActivityRow) -> list[int]:
+        import numpy as np
+
+        return np.flatnonzero(self.activity.components[row.component].dead(row.threshold)).tolist()
+
+    def top_neurons(self) -> dict[str, dict[str, list[dict[str, object]]]]:
+        from neuron_activity.density import densities, top_neurons
+
+        out = {}
+        for c in self.activity.components.values():
+            if not c.num_vectors:
+                continue
+            most, least = top_neurons(c, self.top or 0)
+            density = densities(c)
+            entry = lambda i: {"neuron": i, "fire_count": int(c.fire_counts[i]), "density": float(density[i])}  # noqa: E731
+            out[c.name] = {"most_active": [entry(i) for i in most], "least_active": [entry(i) for i in least]}
+        return out
 
     def dead_in_window(self, row: ActivityRow) -> int:
         assert self.window is not None
         return int(self.activity.components[row.component].dead_in_window(self.window).sum())
 
-    def row_dict(self, row: ActivityRow) -> dict[str, object]:
+    def row_dict(self, row: ActivityRow, flat: bool = False) -> dict[str, object]:
         d = row.as_dict()
         if self.window is not None:
             d["window"] = self.window
             d["dead_in_window"] = self.dead_in_window(row)
+        if self.neurons:
+            dead = self.dead_neurons(row)
+            counts = self.activity.components[row.component].fire_counts[dead].tolist()
+            d["dead_neurons"] = " ".join(map(str, dead)) if flat else dead
+            d["dead_neuron_fire_counts"] = " ".join(map(str, counts)) if flat else counts
         return d
 
     def cells(self, row: ActivityRow) -> list[str]:
@@ -65,6 +91,41 @@ class Report:
     @property
     def headers(self) -> list[str]:
         return HEADERS + ([f"dead_in_window({self.window})"] if self.window is not None else [])
+
+
+def make_report(
+    activity: NeuronActivity,
+    thresholds: list,
+    shards: list[str],
+    device: str | None,
+    warnings: list[str],
+    window: int | None,
+    dense_above: str,
+    ultralow_below: str,
+    neurons: bool,
+    top: int | None,
+) -> Report:
+    """The report of ``activity``: rows per threshold, and the density summary per component."""
+    from neuron_activity import BadThreshold, parse_decimal
+    from neuron_activity.density import summarize
+
+    bounds = []
+    for text, option in ((dense_above, "--dense-above"), (ultralow_below, "--ultralow-below")):
+        value = parse_decimal(text, option)
+        if not 0 < value <= 1:
+            raise BadThreshold(f"{option} {text!r} is not a density between 0 and 1")
+        bounds.append(value)
+    if top is not None and top < 1:
+        raise BadThreshold(f"--top {top} must be at least 1")
+    rows = activity.rows(thresholds)
+    density = [summarize(c, *bounds) for c in activity.components.values() if c.num_vectors]
+    return Report(activity, rows, shards, device, warnings, window, density, neurons, top)
+
+
+DENSE_ABOVE_HELP = "Count neurons denser than this as dense."
+ULTRALOW_HELP = "Alive neurons sparser than this form the ultralow band."
+NEURONS_HELP = "List the dead neurons (indices and fire counts) per component and threshold."
+TOP_HELP = "List the K most and K least active neurons per component."
 
 
 def check_format(fmt: str, formats: tuple[str, ...] = FORMATS) -> None:
@@ -134,6 +195,9 @@ def render_json(report: Report, **_: object) -> str:
     }
     if report.window is not None:
         doc["window"] = report.window
+    doc["density"] = [d.as_dict() for d in report.density]
+    if report.top:
+        doc["top"] = report.top_neurons()
     return json.dumps(doc, indent=2) + "\n"
 
 
@@ -141,10 +205,11 @@ def render_csv(report: Report, **_: object) -> str:
     from neuron_activity import ROW_COLUMNS
 
     columns = list(ROW_COLUMNS) + (["window", "dead_in_window"] if report.window is not None else [])
+    columns += ["dead_neurons", "dead_neuron_fire_counts"] if report.neurons else []
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(report.row_dict(r) for r in report.rows)
+    writer.writerows(report.row_dict(r, flat=True) for r in report.rows)
     return out.getvalue()
 
 
@@ -152,7 +217,31 @@ def render_markdown(report: Report, **_: object) -> str:
     headers = report.headers
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(headers) - 1)) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in report.cells(r)) + " |" for r in report.rows]
+    if report.density:
+        lines += ["", density_title(report), "", "| " + " | ".join(DENSITY_HEADERS) + " |", "|" + "|".join([" --- "] + [" ---: "] * 5) + "|"]
+        lines += ["| " + " | ".join(density_cells(d)) + " |" for d in report.density]
     return "\n".join(lines) + "\n"
+
+
+DENSITY_HEADERS = ["component", "never_fired", "dense", "log10_density q05 q50 q95", "ultralow", "cluster"]
+
+
+def density_title(report: Report) -> str:
+    d = report.density[0]
+    return f"Feature density (dense: > {d.dense_above:g}; ultralow: alive and < {d.ultralow_below:g})"
+
+
+def density_cells(d: object) -> list[str]:
+    q = d.log10_quantiles  # type: ignore[attr-defined]
+    quantiles = " ".join(f"{q[k]:.2f}" for k in (0.05, 0.5, 0.95)) if q else "-"
+    return [
+        d.component,  # type: ignore[attr-defined]
+        str(d.dead),  # type: ignore[attr-defined]
+        str(d.dense),  # type: ignore[attr-defined]
+        quantiles,
+        str(d.ultralow),  # type: ignore[attr-defined]
+        "yes" if d.ultralow_present else "no",  # type: ignore[attr-defined]
+    ]
 
 
 def render_table(report: Report, color: bool = False, width: int = 100) -> str:
@@ -177,4 +266,21 @@ def render_table(report: Report, color: bool = False, width: int = 100) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system="standard" if color else None, highlight=False)
     console.print(table)
+    if report.density:
+        density = Table(title=density_title(report), title_justify="left", header_style="bold")
+        for i, name in enumerate(DENSITY_HEADERS):
+            density.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+        for d in report.density:
+            density.add_row(*density_cells(d))
+        console.print(density)
+    if report.neurons:
+        for r in report.rows:
+            dead = report.dead_neurons(r)
+            if dead:
+                console.print(f"{r.component} dead at {r.threshold.text}: {' '.join(map(str, dead))}", markup=False)
+    if report.top:
+        for name, top in report.top_neurons().items():
+            for label, items in top.items():
+                listed = " ".join(f"{e['neuron']}:{e['fire_count']}" for e in items)
+                console.print(f"{name} {label.replace('_', ' ')} (neuron:fires): {listed}", markup=False)
     return buffer.getvalue()

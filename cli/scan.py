@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 import typer
 
 from .output import library_errors
-from .render import FORMATS, Report, check_format, finish, parse_limit
+from .render import (
+    DENSE_ABOVE_HELP,
+    FORMATS,
+    NEURONS_HELP,
+    TOP_HELP,
+    ULTRALOW_HELP,
+    check_format,
+    finish,
+    make_report,
+    parse_limit,
+)
 
 if TYPE_CHECKING:
     from neuron_activity import ScanPlan
@@ -71,6 +81,10 @@ def scan(
     shard: Optional[str] = typer.Option(
         None, "--shard", metavar="I/N", help="Count only part I of N of the sorted shards (from 0)."
     ),
+    dense_above: str = typer.Option("0.01", "--dense-above", metavar="D", help=DENSE_ABOVE_HELP),
+    ultralow_below: str = typer.Option("1e-4", "--ultralow-below", metavar="D", help=ULTRALOW_HELP),
+    neurons: bool = typer.Option(False, "--neurons", help=NEURONS_HELP),
+    top: Optional[int] = typer.Option(None, "--top", metavar="K", help=TOP_HELP),
 ) -> None:
     """Count how often every neuron fires; report the dead ones per component and threshold.
 
@@ -138,8 +152,9 @@ def scan(
                     save(save_counts, SavedCounts(result.activity, [ShardRecord.of(u) for u in result.plan.units()]))
                 activity, warnings, used = result.activity, result.warnings, result.device
                 shards = [str(p) for p in result.plan.shards]
-        rows = activity.rows(thresholds)
-        report = Report(activity, rows, shards, used, warnings, window)
+        report = make_report(
+            activity, thresholds, shards, used, warnings, window, dense_above, ultralow_below, neurons, top
+        )
         finish(report, fmt, output, quiet, limit)
 
 

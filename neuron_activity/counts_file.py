@@ -77,6 +77,19 @@ def save_counts(path: Path, saved: SavedCounts) -> None:
     write_atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+def is_counts_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file that nact saved counts in (reads the header only)."""
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 0 < length <= 100 * 1024 * 1024:
+                return False
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT_NAME
+
+
 def load_counts(path: Path) -> SavedCounts:
     """Read saved counts, or raise BadInput saying what is wrong with the file."""
     from safetensors import SafetensorError, safe_open

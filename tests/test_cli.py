@@ -62,6 +62,15 @@ def test_markdown() -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         "| blocks.0.hook_sae_acts | 0 | 2 | 6 | 8 | 100000 | 25.00% |",
         "| blocks.1.hook_sae_acts | 0 | 1 | 5 | 6 | 100000 | 16.67% |",
+        "",
+        "Feature density (dense: > 0.01; ultralow: alive and < 0.0001)",
+        "",
+        "| component | never_fired | dense | log10_density q05 q50 q95 | ultralow | cluster |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        # layer 0: neurons 0, 1 never fire; 2 and 3 fire once and twice (1e-5, 2e-5: ultralow);
+        # 4-7 fire on about 5% (dense). q05 of log10 [1e-5, 2e-5, 4 x ~0.025] is -5 + 0.25 log10(2).
+        "| blocks.0.hook_sae_acts | 2 | 4 | -4.92 -1.60 -1.59 | 2 | yes |",
+        "| blocks.1.hook_sae_acts | 1 | 4 | -4.26 -1.31 -1.29 | 1 | yes |",
     ]
 
 
@@ -70,7 +79,8 @@ def test_table_is_the_default_and_plain_without_color() -> None:
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[0].strip() == "Dead neurons (fire = activation > 0)"
-    body = [line for line in lines if "hook_sae_acts" in line]
+    dead_table = lines[: lines.index(next(line for line in lines if line.startswith("Feature density")))]
+    body = [line for line in dead_table if "hook_sae_acts" in line]
     assert [[cell.strip() for cell in line.split("│")[1:8]] for line in body] == [
         ["blocks.0.hook_sae_acts", "1e-5", "3", "5", "8", "100000", "37.50%"],
         ["blocks.0.hook_sae_acts", "0", "2", "6", "8", "100000", "25.00%"],
