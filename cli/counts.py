@@ -11,11 +11,16 @@ import typer
 
 from .output import emit, library_errors, say
 from .render import (
-    DENSE_ABOVE_HELP,
-    FORMATS,
-    NEURONS_HELP,
-    TOP_HELP,
-    ULTRALOW_HELP,
+    DENSE_ABOVE,
+    FAIL_ABOVE,
+    FORMAT,
+    NEURONS,
+    OUTPUT,
+    QUIET,
+    THRESHOLD,
+    TOP,
+    ULTRALOW_BELOW,
+    WINDOW,
     check_format,
     finish,
     make_report,
@@ -31,22 +36,16 @@ def _load_merged(files: list[Path]) -> object:
 
 def report(
     files: List[Path] = typer.Argument(..., metavar="FILE", help="Saved counts (nact scan --save-counts).", show_default=False),
-    threshold: Optional[List[str]] = typer.Option(
-        None, "--threshold", "-t", metavar="P", help="Dead threshold (repeatable).", show_default="0, 1e-5, 1e-6"
-    ),
-    fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help=f"One of {', '.join(FORMATS)}."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write the result to FILE."),
-    fail_above: Optional[str] = typer.Option(
-        None, "--fail-above", metavar="FRACTION", help="Exit 1 when any dead_fraction shown is above FRACTION."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing unless --fail-above is breached."),
-    window: Optional[int] = typer.Option(
-        None, "--window", metavar="N", help="Also report neurons that did not fire in the last N vectors."
-    ),
-    dense_above: str = typer.Option("0.01", "--dense-above", metavar="D", help=DENSE_ABOVE_HELP),
-    ultralow_below: str = typer.Option("1e-4", "--ultralow-below", metavar="D", help=ULTRALOW_HELP),
-    neurons: bool = typer.Option(False, "--neurons", help=NEURONS_HELP),
-    top: Optional[int] = typer.Option(None, "--top", metavar="K", help=TOP_HELP),
+    threshold: Optional[List[str]] = THRESHOLD,
+    fmt: str = FORMAT,
+    output: Optional[Path] = OUTPUT,
+    fail_above: Optional[str] = FAIL_ABOVE,
+    quiet: bool = QUIET,
+    window: Optional[int] = WINDOW,
+    dense_above: str = DENSE_ABOVE,
+    ultralow_below: str = ULTRALOW_BELOW,
+    neurons: bool = NEURONS,
+    top: Optional[int] = TOP,
 ) -> None:
     """Report dead neurons from saved counts, without the activations. Several files are merged.
 

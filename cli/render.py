@@ -54,8 +54,11 @@ class Report:
                 continue
             most, least = top_neurons(c, self.top or 0)
             density = densities(c)
-            entry = lambda i: {"neuron": i, "fire_count": int(c.fire_counts[i]), "density": float(density[i])}  # noqa: E731
-            out[c.name] = {"most_active": [entry(i) for i in most], "least_active": [entry(i) for i in least]}
+            entries = {
+                label: [{"neuron": i, "fire_count": int(c.fire_counts[i]), "density": float(density[i])} for i in found]
+                for label, found in (("most_active", most), ("least_active", least))
+            }
+            out[c.name] = entries
         return out
 
     def dead_in_window(self, row: ActivityRow) -> int:
@@ -117,6 +120,8 @@ def make_report(
         bounds.append(value)
     if top is not None and top < 1:
         raise BadThreshold(f"--top {top} must be at least 1")
+    if window is not None and window < 1:
+        raise BadThreshold(f"--window {window} must be at least 1")
     rows = activity.rows(thresholds)
     density = [summarize(c, *bounds) for c in activity.components.values() if c.num_vectors]
     return Report(activity, rows, shards, device, warnings, window, density, neurons, top)
@@ -124,8 +129,25 @@ def make_report(
 
 DENSE_ABOVE_HELP = "Count neurons denser than this as dense."
 ULTRALOW_HELP = "Alive neurons sparser than this form the ultralow band."
-NEURONS_HELP = "List the dead neurons (indices and fire counts) per component and threshold."
-TOP_HELP = "List the K most and K least active neurons per component."
+
+# Options that scan and report share: one definition, the same flags and help in both.
+THRESHOLD = typer.Option(
+    None, "--threshold", "-t", metavar="P", help="Dead threshold, a portion of vectors (repeatable).",
+    show_default="0, 1e-5, 1e-6",
+)
+FORMAT = typer.Option("table", "--format", "-f", metavar="FORMAT", help=f"One of {', '.join(FORMATS)}.")
+OUTPUT = typer.Option(
+    None, "--output", "-o", metavar="FILE", help="Write the result to FILE (atomically) instead of stdout."
+)
+FAIL_ABOVE = typer.Option(
+    None, "--fail-above", metavar="FRACTION", help="Exit 1 when any dead_fraction shown is above FRACTION."
+)
+QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing unless --fail-above is breached.")
+WINDOW = typer.Option(None, "--window", metavar="N", help="Also report neurons that did not fire in the last N vectors.")
+DENSE_ABOVE = typer.Option("0.01", "--dense-above", metavar="D", help=DENSE_ABOVE_HELP)
+ULTRALOW_BELOW = typer.Option("1e-4", "--ultralow-below", metavar="D", help=ULTRALOW_HELP)
+NEURONS = typer.Option(False, "--neurons", help="List the dead neurons (indices and fire counts) per threshold.")
+TOP = typer.Option(None, "--top", metavar="K", help="List the K most and K least active neurons per component.")
 
 
 def check_format(fmt: str, formats: tuple[str, ...] = FORMATS) -> None:

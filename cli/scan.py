@@ -12,11 +12,16 @@ import typer
 
 from .output import library_errors
 from .render import (
-    DENSE_ABOVE_HELP,
-    FORMATS,
-    NEURONS_HELP,
-    TOP_HELP,
-    ULTRALOW_HELP,
+    DENSE_ABOVE,
+    FAIL_ABOVE,
+    FORMAT,
+    NEURONS,
+    OUTPUT,
+    QUIET,
+    THRESHOLD,
+    TOP,
+    ULTRALOW_BELOW,
+    WINDOW,
     check_format,
     finish,
     make_report,
@@ -31,14 +36,7 @@ def scan(
     paths: List[Path] = typer.Argument(
         ..., metavar="PATH", help="Shard files or directories (searched recursively).", show_default=False
     ),
-    threshold: Optional[List[str]] = typer.Option(
-        None,
-        "--threshold",
-        "-t",
-        metavar="P",
-        help="Dead threshold, a portion of vectors (repeatable).",
-        show_default="0, 1e-5, 1e-6",
-    ),
+    threshold: Optional[List[str]] = THRESHOLD,
     key: Optional[List[str]] = typer.Option(
         None, "--key", "-k", metavar="KEY", help="Only read tensors with this key (repeatable)."
     ),
@@ -54,14 +52,10 @@ def scan(
         "0", "--fire-above", metavar="X", help="A neuron fires when its activation is above X."
     ),
     device: str = typer.Option("auto", "--device", "-d", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
-    fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help=f"One of {', '.join(FORMATS)}."),
-    output: Optional[Path] = typer.Option(
-        None, "--output", "-o", metavar="FILE", help="Write the result to FILE (atomically) instead of stdout."
-    ),
-    fail_above: Optional[str] = typer.Option(
-        None, "--fail-above", metavar="FRACTION", help="Exit 1 when any dead_fraction shown is above FRACTION."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing unless --fail-above is breached."),
+    fmt: str = FORMAT,
+    output: Optional[Path] = OUTPUT,
+    fail_above: Optional[str] = FAIL_ABOVE,
+    quiet: bool = QUIET,
     chunk_rows: Optional[int] = typer.Option(
         None, "--chunk-rows", metavar="N", help="Rows read at a time.", show_default="32 MiB worth"
     ),
@@ -75,16 +69,14 @@ def scan(
         None, "--state", metavar="FILE", help="Incremental audit: count only shards FILE has not counted, add, save."
     ),
     rescan: bool = typer.Option(False, "--rescan", help="With --state: count every shard again, from scratch."),
-    window: Optional[int] = typer.Option(
-        None, "--window", metavar="N", help="Also report neurons that did not fire in the last N vectors."
-    ),
+    window: Optional[int] = WINDOW,
     shard: Optional[str] = typer.Option(
         None, "--shard", metavar="I/N", help="Count only part I of N of the sorted shards (from 0)."
     ),
-    dense_above: str = typer.Option("0.01", "--dense-above", metavar="D", help=DENSE_ABOVE_HELP),
-    ultralow_below: str = typer.Option("1e-4", "--ultralow-below", metavar="D", help=ULTRALOW_HELP),
-    neurons: bool = typer.Option(False, "--neurons", help=NEURONS_HELP),
-    top: Optional[int] = typer.Option(None, "--top", metavar="K", help=TOP_HELP),
+    dense_above: str = DENSE_ABOVE,
+    ultralow_below: str = ULTRALOW_BELOW,
+    neurons: bool = NEURONS,
+    top: Optional[int] = TOP,
 ) -> None:
     """Count how often every neuron fires; report the dead ones per component and threshold.
 
@@ -109,8 +101,6 @@ def scan(
         raise typer.BadParameter("--state saves its own counts: use it without --save-counts and --shard")
     if rescan and state is None:
         raise typer.BadParameter("--rescan goes with --state")
-    if window is not None and window < 1:
-        raise typer.BadParameter("must be at least 1", param_hint="'--window'")
     with library_errors():
         from neuron_activity import DEFAULT_THRESHOLDS, Threshold, parse_decimal
         from neuron_activity import scan as scan_shards

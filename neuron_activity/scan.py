@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .activity import NeuronActivity, Threshold
+from .activity import NeuronActivity
 from .counting import Counter, Counts, make_counter, resolve_device
 from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, parse_decimal
 from .errors import BadInput, NactError
@@ -238,6 +238,7 @@ def count_array(
     """Count fires in an in-memory array (numpy, or torch of any floating dtype).
 
     >>> import numpy as np
+    >>> from neuron_activity import Threshold
     >>> count_array(np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])).rows([Threshold.parse("0")])[0].dead
     1
     """

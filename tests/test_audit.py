@@ -17,7 +17,7 @@ from reference import as_float64, fire_counts, greater_than, random_activations,
 from typer.testing import CliRunner
 
 from cli.main import app
-from neuron_activity import NactError, Threshold, scan
+from neuron_activity import NactError, scan
 from neuron_activity.audit import audit, part_of
 from neuron_activity.counts_file import SavedCounts, load_counts, save_counts
 from neuron_activity.files import locked

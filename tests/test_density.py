@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cli.density import render_histograms
 from cli.main import app
-from neuron_activity import NeuronActivity, count_array
+from neuron_activity import NeuronActivity
 from neuron_activity.counts_file import SavedCounts, save_counts
 from neuron_activity.density import histogram, summarize
 
