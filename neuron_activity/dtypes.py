@@ -132,10 +132,6 @@ TORCH_NAMES = {
 }
 
 
-def is_float(dtype: str) -> bool:
-    return dtype in FLOAT_FORMATS
-
-
 @dataclass(frozen=True)
 class FireRule:
     """Which raw bit patterns of one dtype fire, and which are NaN.

@@ -13,3 +13,29 @@ SAMPLE_DATA = ROOT / "sample_data"
 def _no_color(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "100")
+
+
+# What nact reports on sample_data/ (see sample_data/make_sample_data.py): (component, threshold, dead)
+SAMPLE_ROWS = [
+    ("blocks.0.hook_sae_acts", 0.0, 2),
+    ("blocks.0.hook_sae_acts", 1e-5, 3),
+    ("blocks.0.hook_sae_acts", 1e-6, 2),
+    ("blocks.1.hook_sae_acts", 0.0, 1),
+    ("blocks.1.hook_sae_acts", 1e-5, 2),
+    ("blocks.1.hook_sae_acts", 1e-6, 1),
+]
+
+
+def invoke_without(module: str, args: list[str]) -> tuple[int, str]:
+    """Run ``nact ARGS`` in a fresh interpreter where ``module`` cannot be imported."""
+    import subprocess
+
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        "from typer.testing import CliRunner; from cli.main import app\n"
+        f"r = CliRunner().invoke(app, {args!r})\n"
+        "print(r.exit_code); print(r.stderr, end='')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code_line, _, stderr = done.stdout.partition("\n")
+    return int(code_line), stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, SAMPLE_ROWS
 from reference import write_shard
 from typer.testing import CliRunner
 
@@ -17,14 +17,6 @@ from cli.main import app
 
 runner = CliRunner()
 
-SAMPLE_ROWS = [
-    ("blocks.0.hook_sae_acts", 0.0, 2),
-    ("blocks.0.hook_sae_acts", 1e-5, 3),
-    ("blocks.0.hook_sae_acts", 1e-6, 2),
-    ("blocks.1.hook_sae_acts", 0.0, 1),
-    ("blocks.1.hook_sae_acts", 1e-5, 2),
-    ("blocks.1.hook_sae_acts", 1e-6, 1),
-]
 ROW_KEYS = ["component", "threshold", "dead", "alive", "num_features", "num_vectors", "dead_fraction"]
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, invoke_without
 from reference import write_shard
 from typer.testing import CliRunner
 
@@ -118,14 +116,8 @@ def test_plot_png_and_svg(tmp_path: Path) -> None:
 
 
 def test_plot_without_matplotlib_says_which_extra(tmp_path: Path) -> None:
-    code = (
-        "import sys; sys.modules['matplotlib'] = None\n"
-        "from typer.testing import CliRunner; from cli.main import app\n"
-        f"r = CliRunner().invoke(app, ['density', {str(SAMPLE_DATA)!r}, '--plot', {str(tmp_path / 'x.png')!r}])\n"
-        "print(r.exit_code); print(r.stderr, end='')"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout == "2\nError: --plot needs matplotlib: pip install 'nact[plot]'\n"
+    code, stderr = invoke_without("matplotlib", ["density", str(SAMPLE_DATA), "--plot", str(tmp_path / "x.png")])
+    assert (code, stderr) == (2, "Error: --plot needs matplotlib: pip install 'nact[plot]'\n")
 
 
 def test_density_of_counts_equals_density_of_activations(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, SAMPLE_ROWS
 
 
 def nact_executable() -> str:
@@ -30,14 +30,7 @@ def test_scan_sample_data_json() -> None:
     done = run("scan", str(SAMPLE_DATA), "--format", "json")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)["rows"]
-    assert [(r["component"], r["threshold"], r["dead"]) for r in rows] == [
-        ("blocks.0.hook_sae_acts", 0.0, 2),
-        ("blocks.0.hook_sae_acts", 1e-5, 3),
-        ("blocks.0.hook_sae_acts", 1e-6, 2),
-        ("blocks.1.hook_sae_acts", 0.0, 1),
-        ("blocks.1.hook_sae_acts", 1e-5, 2),
-        ("blocks.1.hook_sae_acts", 1e-6, 1),
-    ]
+    assert [(r["component"], r["threshold"], r["dead"]) for r in rows] == SAMPLE_ROWS
     assert done.stderr == ""  # no progress bar off a terminal
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zipfile
 from fractions import Fraction
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import invoke_without
 from reference import as_float64, fire_counts, random_activations, write_shard
 from typer.testing import CliRunner
 
@@ -217,14 +216,8 @@ def test_saelens_arrow_cache(tmp_path: Path) -> None:
 
 def test_arrow_without_pyarrow_says_which_extra(tmp_path: Path) -> None:
     write_saelens_cache(tmp_path / "cache", {"h": np.ones((2, 3, 4), np.float32)}, batch_rows=2, files=1)
-    code = (
-        "import sys; sys.modules['pyarrow'] = None\n"
-        "from typer.testing import CliRunner; from cli.main import app\n"
-        f"r = CliRunner().invoke(app, ['scan', {str(tmp_path / 'cache')!r}])\n"
-        "print(r.exit_code); print(r.stderr, end='')"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout == "2\nError: reading Arrow caches (SAELens) needs pyarrow: pip install 'nact[arrow]'\n"
+    code, stderr = invoke_without("pyarrow", ["scan", str(tmp_path / "cache")])
+    assert (code, stderr) == (2, "Error: reading Arrow caches (SAELens) needs pyarrow: pip install 'nact[arrow]'\n")
 
 
 def test_broken_arrow_file(tmp_path: Path) -> None:

@@ -50,10 +50,6 @@ class ScanPlan:
     slabs: list[TensorSlab] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(s.nbytes for s in self.slabs)
-
     def units(self) -> list[Path]:
         """What can be counted apart, in stream order: shard files, or a delphi module's folder."""
         return list(dict.fromkeys(s.path for s in self.slabs))
