@@ -98,3 +98,30 @@ def test_memory_does_not_grow_with_shard_size(tmp_path: Path) -> None:
     fired, peak = map(int, done.stdout.split())
     assert fired == rows
     assert peak < 250 * 2**20, f"peak RSS {peak / 2**20:.0f} MiB for a 640 MiB shard"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_progress_bar_only_on_a_terminal() -> None:
+    """With stderr on a terminal a progress bar of bytes and shards is drawn there; stdout stays clean."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120"}
+    done = subprocess.run(
+        [nact_executable(), "scan", str(SAMPLE_DATA), "-f", "json", "--chunk-rows", "100"],
+        stdout=subprocess.PIPE, stderr=slave, env=env, timeout=120,
+    )
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["rows"]  # stdout is only the result
+    assert b"scanning" in drawn and b"4/4 shards" in drawn
