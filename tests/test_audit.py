@@ -306,3 +306,17 @@ def test_torchrun_equals_single_process(tmp_path: Path) -> None:
     for name, c in whole.components.items():
         assert saved.components[name].last_fired.tolist() == c.last_fired.tolist()
         assert saved.components[name].fire_counts.tolist() == c.fire_counts.tolist()
+
+
+def test_state_kept_beside_the_shards_is_not_a_shard(tmp_path: Path) -> None:
+    make_shards(tmp_path, [20])
+    state = tmp_path / "audit.safetensors"
+    first = nact("scan", tmp_path, "--state", state, "-f", "json", "-t", "0")
+    again = nact("scan", tmp_path, "--state", state, "-f", "json", "-t", "0")
+    assert first.exit_code == again.exit_code == 0
+    assert first.stderr == again.stderr == ""  # no warning about the state's int64 tensors
+    assert json.loads(again.stdout)["rows"] == json.loads(first.stdout)["rows"]
+    named = nact("scan", state)
+    assert (named.exit_code, named.stderr) == (
+        2, f"Error: {state}: saved counts, not activations: read it with nact report or nact density\n"
+    )

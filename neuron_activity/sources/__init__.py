@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..dtypes import FLOAT_FORMATS, INTEGER_FORMATS, ITEMSIZE
+from ..counts_file import is_counts_file
 from ..errors import BadInput, NactError, NoVectors, ShapeMismatch
 from . import arrow_files, delphi_caches, numpy_files, safetensors_files, torch_files
 from .base import TensorEntry, TensorSlab, natural_key
@@ -108,6 +109,8 @@ def discover(paths: list[Path], input_format: str | None = None) -> dict[Path, s
                 raise BadInput(path, f"no {kind}shards found ({', '.join(sorted(SUFFIX_FORMATS))} files)")
             found.update(formats)
         elif path.is_file():
+            if path.suffix == ".safetensors" and is_counts_file(path):
+                raise BadInput(path, "saved counts, not activations: read it with nact report or nact density")
             found[path] = input_format or detect(path)
         elif path.exists():
             raise BadInput(path, "not a regular file or directory")
@@ -126,6 +129,8 @@ def _files_under(folder: Path) -> list[Path]:
     for p in folder.rglob("*"):
         if p.suffix not in SUFFIX_FORMATS or not p.is_file():
             continue
+        if p.suffix == ".safetensors" and is_counts_file(p):
+            continue  # saved counts (an audit's state, say) kept beside the shards
         if p.suffix == ".arrow":
             if p.parent not in listed:
                 data = arrow_files.dataset_files(p.parent)
