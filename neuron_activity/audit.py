@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from .dtypes import parse_decimal
-from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, save_counts
+from .counts_file import (
+    SavedCounts,
+    ShardRecord,
+    load_counts,
+    merge_counts,
+    save_counts,
+)
+from .dtypes import as_fraction
 from .errors import NactError
 from .files import locked
 from .scan import ScanResult, scan
@@ -48,8 +53,7 @@ def audit(paths: list[Path], state: Path, *, rescan: bool = False, **scan_option
     state = Path(state)
     with locked(state):
         previous = load_counts(state) if state.exists() else None
-        given = scan_options.get("fire_above", 0)
-        fire_above = parse_decimal(given, "fire-above") if isinstance(given, str) else Fraction(given)
+        fire_above = as_fraction(scan_options.get("fire_above", 0), "fire-above")
         if previous is not None and previous.activity.fire_above != fire_above and not rescan:
             raise NactError(
                 f"{state}: counted with fire-above {float(previous.activity.fire_above)}, not {float(fire_above)}: "

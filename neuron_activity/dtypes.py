@@ -194,6 +194,11 @@ def fire_rule(dtype: str, fire_above: Fraction) -> FireRule:
     raise KeyError(dtype)
 
 
+def as_fraction(value: str | Fraction | int, what: str) -> Fraction:
+    """``value`` exactly: a decimal string as typed, or a number."""
+    return parse_decimal(value, what) if isinstance(value, str) else Fraction(value)
+
+
 def parse_decimal(text: str, what: str) -> Fraction:
     """The exact value of a decimal the user typed (``1e-6``, ``0.05``)."""
     try:

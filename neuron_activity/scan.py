@@ -15,9 +15,16 @@ import numpy as np
 
 from .activity import NeuronActivity
 from .counting import Counter, Counts, make_counter, resolve_device
-from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, parse_decimal
+from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, as_fraction, fire_rule
 from .errors import BadInput, NactError
-from .sources import READERS, ScanPlan, TensorSlab, component_layout, discover, plan_scan
+from .sources import (
+    READERS,
+    ScanPlan,
+    TensorSlab,
+    component_layout,
+    discover,
+    plan_scan,
+)
 
 CHUNK_BYTES = 32 * 1024 * 1024  # default window mapped at a time, per thread
 
@@ -57,7 +64,7 @@ def scan(
     to count (a share of them, or the new ones): every shard is still checked. ``on_plan`` sees
     the plan before counting starts; ``on_progress(path, nbytes)`` is called from the threads.
     """
-    fire_above = parse_decimal(fire_above, "fire-above") if isinstance(fire_above, str) else Fraction(fire_above)
+    fire_above = as_fraction(fire_above, "fire-above")
     if chunk_rows is not None and chunk_rows < 1:
         raise NactError(f"chunk rows must be at least 1, got {chunk_rows}")
     if threads is not None and threads < 1:
@@ -242,7 +249,7 @@ def count_array(
     >>> count_array(np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])).rows([Threshold.parse("0")])[0].dead
     1
     """
-    fire_above = parse_decimal(fire_above, "fire-above") if isinstance(fire_above, str) else Fraction(fire_above)
+    fire_above = as_fraction(fire_above, "fire-above")
     dtype, bits = raw_bits(array)
     if bits.ndim < 2:
         raise NactError(f"array of shape {list(bits.shape)} has no batch axis: need [N, F] or [..., C, F]")
