@@ -336,3 +336,39 @@ def test_inspect_lists_problems_and_exits_2(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"Error: {tmp_path / 'c.safetensors'}: not a safetensors file: 1 bytes, too short for a header"
     ]
+
+
+# --- the time since last fired, in every format ------------------------------------------------
+
+
+def last_fired(values: np.ndarray) -> list[int]:
+    rows = np.arange(len(values))[:, None]
+    return np.where(values > 0, rows, -1).max(axis=0, initial=-1).tolist()
+
+
+def test_last_fired_in_every_format(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    parts = [(np.maximum(rng.standard_normal((n, 6)), 0) * (rng.random((n, 6)) < 0.05)).astype(np.float32)
+             for n in (40, 33)]
+    whole = np.concatenate(parts).astype(np.float64)
+    expected = last_fired(whole)
+    np.savez(tmp_path / "acts_0.npz", acts=parts[0])  # mapped
+    np.savez_compressed(tmp_path / "acts_1.npz", acts=parts[1])  # streamed
+    got = scan([tmp_path / "acts_0.npz", tmp_path / "acts_1.npz"], track_last=True, chunk_rows=5).activity
+    assert got.components["acts"].last_fired.tolist() == expected
+    for i, p in enumerate(parts):
+        torch.save({"acts": torch.from_numpy(p)}, tmp_path / f"t_{i}.pt")
+    got = scan([tmp_path / "t_0.pt", tmp_path / "t_1.pt"], track_last=True, chunk_rows=5).activity
+    assert got.components["acts"].last_fired.tolist() == expected
+    hooks = {"h": whole.astype(np.float32).reshape(73, 1, 6)}
+    write_saelens_cache(tmp_path / "cache", hooks, batch_rows=4, files=2)
+    got = scan([tmp_path / "cache"], track_last=True).activity
+    assert got.components["h"].last_fired.tolist() == expected
+
+
+def test_last_fired_in_a_delphi_cache(tmp_path: Path) -> None:
+    rng = np.random.default_rng(13)
+    dense = np.maximum(rng.standard_normal((5, 7, 30)) - 1.8, 0).astype(np.float16)
+    write_delphi_module(tmp_path / "m", dense, [(0, 14), (15, 29)])
+    got = scan([tmp_path / "m"], track_last=True).activity.components["m"]
+    assert got.last_fired.tolist() == last_fired(dense.reshape(35, 30).astype(np.float64))
