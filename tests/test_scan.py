@@ -266,3 +266,20 @@ def test_error_in_a_later_shard_stops_all_threads(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="5.safetensors: changed during the scan"):
         scan([tmp_path], chunk_rows=100, threads=2, on_progress=truncate_once)
     assert threading.active_count() == before
+
+
+def test_unreadable_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    path = tmp_path / "a.safetensors"
+    write_shard(path, {"acts": torch.ones(2, 2)})
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):  # as for a file without read permission (tests may run as root)
+        if Path(file) == path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(BadInput, match=f"{path}: cannot read: Permission denied"):
+        scan([path])

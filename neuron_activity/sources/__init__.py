@@ -100,7 +100,10 @@ def discover(paths: list[Path], input_format: str | None = None) -> dict[Path, s
     found: dict[Path, str] = {}
     for path in paths:
         if path.is_dir():
-            files = _files_under(path)
+            try:
+                files = _files_under(path)
+            except OSError as e:
+                raise BadInput(e.filename or path, f"cannot list: {e.strerror or e}") from None
             formats = {p: detect(p) for p in files}
             if input_format is not None:
                 formats = {p: f for p, f in formats.items() if f == input_format}
