@@ -40,6 +40,24 @@ class Counter(Protocol):
     def result(self) -> Counts: ...
 
 
+def in_ranges(
+    values: np.ndarray, ranges: tuple[tuple[int, int], ...], out: np.ndarray, tmp: np.ndarray, spare: np.ndarray
+) -> None:
+    """``out`` = whether each unsigned value lies in one of the inclusive ``ranges`` (at least one).
+
+    ``tmp`` (the values' dtype) and ``spare`` (bool) are scratch arrays of the same shape.
+    """
+    for i, (a, b) in enumerate(ranges):
+        target = out if i == 0 else spare
+        if a == 0:
+            np.less_equal(values, b, out=target)
+        else:  # a <= x <= b  <=>  (x - a) mod 2^n <= b - a
+            np.subtract(values, a, out=tmp)
+            np.less_equal(tmp, b - a, out=target)
+        if i:
+            np.logical_or(out, target, out=out)
+
+
 def _check(bits: np.ndarray, width: int, unsigned: type) -> None:
     if bits.ndim != 2 or bits.shape[1] != width or bits.dtype != unsigned:
         raise ValueError(f"expected [rows, {width}] {np.dtype(unsigned)}, got {list(bits.shape)} {bits.dtype}")
@@ -58,12 +76,11 @@ class NumpyCounter:
         self._tmp = np.empty((self.block_rows, width), rule.unsigned)
         self._fires = np.empty((self.block_rows, width), np.bool_)
         self._nans = np.empty((self.block_rows, width), np.bool_)
-        self._either = np.empty((self.block_rows, width), np.bool_) if len(rule.fire_ranges) > 1 else None
+        self._either = np.empty((self.block_rows, width), np.bool_)
         self._partial = np.empty(self.fold * width, np.uint8)
         self._fire_acc = np.zeros(self.fold * width, np.int64)
         self._nan_counts = np.zeros(width, np.int64)
         self._last = np.full(width, -1, np.int64) if track_last else None
-        self._magnitude_mask = (1 << (8 * itemsize - 1)) - 1  # every bit but the sign
 
     def update(self, bits: np.ndarray, first_row: int = 0) -> None:
         """Add the counts of ``bits`` (C-contiguous ``[rows, width]`` of the rule's uint type),
@@ -81,7 +98,7 @@ class NumpyCounter:
         n = block.shape[0]
         fires = self._fires[:n]
         if self.rule.fire_ranges:
-            self._in_ranges(block, self.rule.fire_ranges, fires)
+            in_ranges(block, self.rule.fire_ranges, fires, self._tmp[:n], self._either[:n])
             # rows of the block side by side: [n, width] -> [n / fold, fold * width], summed in uint8
             per_row = fires.reshape(n // fold, fold * self.width).view(np.uint8)
             partial = self._partial[: fold * self.width]
@@ -94,22 +111,10 @@ class NumpyCounter:
                 np.maximum(self._last, np.where(fired, last_in_block, -1), out=self._last)
         if self.rule.nan_above is not None:
             tmp, nans = self._tmp[:n], self._nans[:n]
-            np.bitwise_and(block, self._magnitude_mask, out=tmp)
+            np.bitwise_and(block, self.rule.magnitude_mask, out=tmp)
             np.greater(tmp, self.rule.nan_above, out=nans)
             if nans.any():
                 self._nan_counts += nans.sum(axis=0, dtype=np.int64)
-
-    def _in_ranges(self, block: np.ndarray, ranges: tuple[tuple[int, int], ...], out: np.ndarray) -> None:
-        tmp = self._tmp[: block.shape[0]]
-        for i, (a, b) in enumerate(ranges):
-            target = out if i == 0 else self._either[: block.shape[0]]
-            if a == 0:
-                np.less_equal(block, b, out=target)
-            else:  # a <= x <= b  <=>  (x - a) mod 2^n <= b - a
-                np.subtract(block, a, out=tmp)
-                np.less_equal(tmp, b - a, out=target)
-            if i:
-                np.logical_or(out, target, out=out)
 
     def result(self) -> Counts:
         fire_counts = self._fire_acc.reshape(self.fold, self.width).sum(axis=0)
@@ -134,7 +139,7 @@ class NativeCounter:
         self.unsigned = rule.unsigned
         self.ranges = list(rule.fire_ranges)
         has_nan = rule.nan_above is not None
-        self.nan_mask = (1 << (8 * self.itemsize - 1)) - 1 if has_nan else 0
+        self.nan_mask = rule.magnitude_mask if has_nan else 0
         self.nan_above = rule.nan_above if has_nan else 0
         self._fire_counts = np.zeros(width, np.int64)
         self._nan_counts = np.zeros(width, np.int64)
@@ -219,7 +224,6 @@ class TorchCounter:
         self._fire_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
         self._nan_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
         self._ranges = rule.signed_fire_ranges()
-        self._magnitude_mask = (1 << (8 * itemsize - 1)) - 1
         self._last = torch.full((width,), -1, dtype=torch.int64, device=self.device) if track_last else None
         self._stager = None
         if self.device.type == "cuda":
@@ -261,7 +265,7 @@ class TorchCounter:
                 candidate = torch.where(fires.any(dim=0), last_in_chunk, -1)
                 torch.maximum(self._last, candidate, out=self._last)
         if self.rule.nan_above is not None:
-            nans = (x & self._magnitude_mask) > self.rule.nan_above
+            nans = (x & self.rule.magnitude_mask) > self.rule.nan_above
             self._nan_counts += nans.sum(dim=0, dtype=torch.int64)
 
     def result(self) -> Counts:

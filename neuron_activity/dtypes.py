@@ -153,6 +153,11 @@ class FireRule:
     def bits(self) -> int:
         return 8 * ITEMSIZE[self.dtype]
 
+    @property
+    def magnitude_mask(self) -> int:
+        """Every bit but the sign: ``(x & magnitude_mask) > nan_above`` is the NaN test."""
+        return (1 << (self.bits - 1)) - 1
+
     def signed_fire_ranges(self) -> tuple[tuple[int, int], ...]:
         """``fire_ranges`` on the bits viewed as signed integers (for backends without uints)."""
         half, full = 1 << (self.bits - 1), 1 << self.bits

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..counting import Counts
+from ..counting import Counts, in_ranges
 from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
 from .base import TensorEntry, TensorSlab
@@ -97,7 +97,6 @@ def count(slab: TensorSlab, rule: FireRule, track_last: bool = False) -> Iterato
     """Per chunk of a split: its path, counts over all latents (the last fired as a vector index
     ``batch * positions + position``), and the bytes read."""
     width = slab.width
-    sign_mask = (1 << (8 * np.dtype(rule.unsigned).itemsize - 1)) - 1
     for path in slab.entry.files:
         start, _, tensors = _split(path)
         positions = tensors["tokens"].shape[-1] if "tokens" in tensors else 0
@@ -110,12 +109,12 @@ def count(slab: TensorSlab, rule: FireRule, track_last: bool = False) -> Iterato
             if latents.size and (latents.min() < 0 or latents.max() >= width):
                 raise BadInput(path, f"a location names latent {int(latents.max())}, outside 0..{width - 1}")
             fires = np.zeros(a.shape, np.bool_)
-            for first, last in rule.fire_ranges:
-                fires |= (a - np.asarray(first, a.dtype)) <= np.asarray(last - first, a.dtype)
+            if rule.fire_ranges:
+                in_ranges(a, rule.fire_ranges, fires, np.empty_like(a), np.empty_like(fires))
             fire_counts = np.bincount(latents[fires], minlength=width).astype(np.int64)
             nan_counts = np.zeros(width, np.int64)
             if rule.nan_above is not None:
-                nans = (a & np.asarray(sign_mask, a.dtype)) > rule.nan_above
+                nans = (a & np.asarray(rule.magnitude_mask, a.dtype)) > rule.nan_above
                 nan_counts = np.bincount(latents[nans], minlength=width).astype(np.int64)
             last_fired = None
             if track_last:
