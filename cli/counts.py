@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .output import emit, library_errors, say
+from .output import EXIT_BREACH, emit, say
 from .render import (
     DENSE_ABOVE,
     FAIL_ABOVE,
@@ -23,19 +23,23 @@ from .render import (
     WINDOW,
     check_format,
     finish,
-    make_report,
-    parse_limit,
 )
 
+UNION = typer.Option(False, "--union", help="Merge counts even when their components differ.")
 
-def _load_merged(files: list[Path]) -> object:
+
+def load_merged(files: list[Path], union: bool = False) -> object:
+    """The counts of ``files`` merged in stream order; notes on the order go to stderr."""
     from neuron_activity.counts_file import load_counts, merge_counts
 
-    return merge_counts([(f, load_counts(f)) for f in files])
+    merged, notes = merge_counts([(f, load_counts(f)) for f in files], union=union)
+    for note in notes:
+        say(f"Note: {note}")
+    return merged
 
 
 def report(
-    files: List[Path] = typer.Argument(..., metavar="FILE", help="Saved counts (nact scan --save-counts).", show_default=False),
+    files: List[Path] = typer.Argument(..., metavar="FILE...", help="Saved counts (nact scan --save-counts).", show_default=False),
     threshold: Optional[List[str]] = THRESHOLD,
     fmt: str = FORMAT,
     output: Optional[Path] = OUTPUT,
@@ -46,8 +50,11 @@ def report(
     ultralow_below: str = ULTRALOW_BELOW,
     neurons: bool = NEURONS,
     top: Optional[int] = TOP,
+    union: bool = UNION,
 ) -> None:
     """Report dead neurons from saved counts, without the activations. Several files are merged.
+
+    Parts of one split scan are merged in the order of their part numbers, whatever order they are given in.
 
     Examples:
 
@@ -56,37 +63,43 @@ def report(
       nact report part-*.safetensors --format json --fail-above 0.05
     """
     check_format(fmt)
-    with library_errors():
-        from neuron_activity import DEFAULT_THRESHOLDS, Threshold
+    from neuron_activity.options import ReportOptions
+    from neuron_activity.pipeline import check_not_inputs, check_outputs
+    from neuron_activity.report import make_report
 
-        thresholds = [Threshold.parse(t) for t in (threshold or DEFAULT_THRESHOLDS)]
-        limit = parse_limit(fail_above)
-        saved = _load_merged(files)
-        shards = [s.path for s in saved.shards]  # type: ignore[attr-defined]
-        report = make_report(
-            saved.activity, thresholds, shards, None, [], window, dense_above, ultralow_below, neurons, top  # type: ignore[attr-defined]
-        )
-        finish(report, fmt, output, quiet, limit)
+    options = ReportOptions.parse(
+        threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,
+        window=window, neurons=neurons, top=top,
+    )
+    outputs = [output] if output is not None else []
+    check_outputs(outputs)
+    check_not_inputs(outputs, files)
+    saved = load_merged(files, union)
+    shards = [s.path for s in saved.shards]  # type: ignore[attr-defined]
+    finish(make_report(saved.activity, options, shards), fmt, output, quiet)  # type: ignore[attr-defined]
 
 
 def merge(
-    files: List[Path] = typer.Argument(..., metavar="FILE", help="Saved counts, in stream order.", show_default=False),
+    files: List[Path] = typer.Argument(..., metavar="FILE...", help="Saved counts, in stream order.", show_default=False),
     output: Path = typer.Option(..., "--output", "-o", metavar="OUT", help="Where to save the merged counts."),
+    union: bool = UNION,
 ) -> None:
     """Add up saved counts of disjoint shard sets into one file (written atomically).
 
-    The files must have the same components, feature counts and --fire-above. Give them in
-    stream order: the time since a neuron last fired assumes each file's vectors come after
-    the previous file's.
+    The files must have the same components (unless --union), feature counts and --fire-above. Parts of one split scan (--shard I/N) are put in the order of their part numbers; other files are taken in the order given: the time since a neuron last fired assumes each file's vectors come after the previous file's.
 
     Examples:
 
       nact merge part-0.safetensors part-1.safetensors -o all.safetensors
-    """
-    with library_errors():
-        from neuron_activity.counts_file import save_counts
 
-        save_counts(output, _load_merged(files))  # type: ignore[arg-type]
+      nact merge part-*.safetensors -o all.safetensors
+    """
+    from neuron_activity.counts_file import save_counts
+    from neuron_activity.pipeline import check_not_inputs, check_outputs
+
+    check_outputs([output])
+    check_not_inputs([output], files)
+    save_counts(output, load_merged(files, union))  # type: ignore[arg-type]
 
 
 def diff(
@@ -99,6 +112,8 @@ def diff(
 ) -> None:
     """Compare two saved counts (two checkpoints of one SAE): which neurons died, revived, stayed dead.
 
+    Both must be counted with the same --fire-above.
+
     Examples:
 
       nact diff step-1000.safetensors step-2000.safetensors
@@ -106,16 +121,16 @@ def diff(
       nact diff old.safetensors new.safetensors -t 1e-6 --neurons --format json --fail-on-new-dead
     """
     check_format(fmt, ("table", "json"))
-    with library_errors():
-        from neuron_activity import Threshold
-        from neuron_activity.counts_file import load_counts
-        from neuron_activity.diff import compare
+    from neuron_activity import Threshold
+    from neuron_activity.counts_file import load_counts
+    from neuron_activity.diff import compare
 
-        changes = compare(load_counts(old).activity, load_counts(new).activity, Threshold.parse(threshold))
+    dead_at = Threshold.parse(threshold)
+    changes = compare(load_counts(old).activity, load_counts(new).activity, dead_at)
     if fmt == "json":
         doc = {
             "schema_version": 1,
-            "threshold": float(Threshold.parse(threshold).value),
+            "threshold": float(dead_at.value),
             "components": [c.as_dict(neurons) for c in changes],
         }
         emit(json.dumps(doc, indent=2) + "\n", None)
@@ -124,7 +139,7 @@ def diff(
     died = sum(len(c.died) for c in changes)
     if fail_on_new_dead and died:
         say(f"Newly dead neurons: {died} ({', '.join(f'{c.component}: {len(c.died)}' for c in changes if c.died)})")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_BREACH)
 
 
 def _diff_table(changes: list, neurons: bool) -> str:

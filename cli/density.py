@@ -10,7 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from .output import emit, library_errors, say
+from .counts import load_merged
+from .output import emit, say
 from .render import DENSE_ABOVE_HELP, ULTRALOW_HELP, check_format
 
 BAR_WIDTH = 50
@@ -36,7 +37,7 @@ def density(
 ) -> None:
     """Show the log10 feature-density histogram of every component: dead neurons apart, thresholds marked.
 
-    Density is the fraction of vectors on which a neuron fires. PATH may be activations (like nact scan) or counts saved with --save-counts. --plot needs matplotlib: pip install 'nact[plot]'.
+    Density is the fraction of vectors on which a neuron fires. PATH may be activations (like nact scan) or counts saved with --save-counts. --plot needs matplotlib: pip install matplotlib.
 
     Examples:
 
@@ -45,37 +46,39 @@ def density(
       nact density counts.safetensors --plot density.png
     """
     check_format(fmt, ("table", "json"))
-    if bins_per_decade < 1:
-        raise typer.BadParameter("must be at least 1", param_hint="'--bins-per-decade'")
-    with library_errors():
-        from neuron_activity import Threshold, parse_decimal
-        from neuron_activity import scan as scan_shards
-        from neuron_activity.counts_file import is_counts_file, load_counts, merge_counts
-        from neuron_activity.density import histogram, summarize
+    from neuron_activity.counts_file import is_counts_file
+    from neuron_activity.density import histogram, summarize
+    from neuron_activity.options import CountOptions, ReportOptions, check_bins_per_decade
+    from neuron_activity.pipeline import check_outputs
+    from neuron_activity.scan import scan as scan_shards
+
+    check_bins_per_decade(bins_per_decade)
+    marks = ReportOptions.parse(threshold or ["1e-5", "1e-6"], dense_above=dense_above, ultralow_below=ultralow_below)
+    count_options = CountOptions(
+        keys=tuple(key or ()), flatten=flatten, fire_above=fire_above, device=device, input_format=input_format
+    )
+    if plot is not None:
+        from neuron_activity.plot import check_plot_path
+
+        check_plot_path(plot)
+        check_outputs([plot])
+    warnings: list[str] = []
+    if paths and all(p.is_file() and is_counts_file(p) for p in paths):
+        activity = load_merged(paths).activity  # type: ignore[attr-defined]
+    else:
+        options = {k: getattr(count_options, k) for k in ("keys", "flatten", "fire_above", "device", "input_format")}
+        result = scan_shards(paths, **options)
+        activity, warnings = result.activity, result.warnings
+    components = [c for c in activity.components.values() if c.num_vectors]
+    if not components:
+        activity.rows(list(marks.thresholds))  # raises: no vectors at all
+    histograms = [histogram(c, bins_per_decade) for c in components]
+    summaries = [summarize(c, marks.dense_above, marks.ultralow_below) for c in components]
+    thresholds = [float(t.value) for t in marks.thresholds]
+    if plot is not None:
         from neuron_activity.plot import plot_histograms
 
-        marks = [Threshold.parse(t) for t in (threshold or ["1e-5", "1e-6"])]
-        dense, ultralow = parse_decimal(dense_above, "--dense-above"), parse_decimal(ultralow_below, "--ultralow-below")
-        warnings: list[str] = []
-        if paths and all(p.is_file() and is_counts_file(p) for p in paths):
-            activity = merge_counts([(p, load_counts(p)) for p in paths]).activity
-        else:
-            result = scan_shards(
-                paths,
-                keys=key,
-                flatten=flatten,
-                fire_above=parse_decimal(fire_above, "--fire-above"),
-                device=device,
-                input_format=input_format,
-            )
-            activity, warnings = result.activity, result.warnings
-        components = [c for c in activity.components.values() if c.num_vectors]
-        if not components:
-            activity.rows(marks)  # raises: no vectors at all
-        histograms = [histogram(c, bins_per_decade) for c in components]
-        summaries = [summarize(c, dense, ultralow) for c in components]
-        if plot is not None:
-            plot_histograms(histograms, plot, [float(t.value) for t in marks], float(dense), float(ultralow))
+        plot_histograms(histograms, plot, thresholds, float(marks.dense_above), float(marks.ultralow_below))
     for w in warnings:
         say(f"Warning: {w}")
     if fmt == "json":
@@ -94,7 +97,7 @@ def density(
         }
         emit(json.dumps(doc, indent=2) + "\n", None)
     else:
-        emit(render_histograms(histograms, [float(t.value) for t in marks], float(dense)), None)
+        emit(render_histograms(histograms, thresholds, float(marks.dense_above)), None)
 
 
 def render_histograms(histograms: list, marks: list[float], dense_above: float, width: int = 100) -> str:

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from .output import emit, say
+from .output import emit, say, word
 
 INSPECT_FORMATS = ("table", "json")
 
@@ -40,20 +40,21 @@ def inspect(
     from neuron_activity import inspect as inspect_shards
 
     result = inspect_shards(paths, keys=key, flatten=flatten, input_format=input_format)
+    problems = [word(p) for p in result.problems]
     if fmt == "json":
         doc = {
             "schema_version": 1,
             "shards": [{"path": str(p), "format": f} for p, f in result.shards.items()],
             "tensors": [t.as_dict() for t in result.tensors],
-            "problems": result.problems,
+            "problems": problems,
         }
         emit(json.dumps(doc, indent=2) + "\n", None)
     else:
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 250
         emit(_table(result, width), None)
-    for problem in result.problems:
+    for problem in problems:
         say(f"Error: {problem}")
-    if result.problems:
+    if problems:
         raise typer.Exit(2)
 
 

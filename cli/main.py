@@ -1,16 +1,99 @@
-"""The ``nact`` Typer app. Commands import the library lazily so ``nact --help`` stays fast."""
+"""The ``nact`` Typer app. Commands import the library lazily so ``nact --help`` stays fast.
+
+Every failure is turned into one line and an exit code here, in ``NactGroup.main``: the one
+edge between the commands and the shell (see ``output`` for the codes).
+"""
 
 from __future__ import annotations
 
+import errno
+import signal
+import sys
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
+
+try:
+    from typer import _click as click  # typer vendors click from 0.2x on
+except ImportError:  # older typer uses click itself
+    import click  # type: ignore[no-redef]
 
 from . import counts as counts_commands
 from . import density as density_command
 from . import inspect as inspect_command
 from . import scan as scan_command
+from .output import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    internal_error,
+    one_line,
+    quiet_stdout,
+    say,
+    word,
+)
+
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
+
+
+class NactGroup(TyperGroup):
+    """Runs a command and turns whatever ends it into one line on stderr and an exit code."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        code = run_guarded(lambda: super(NactGroup, self).main(
+            args, prog_name or "nact", complete_var, standalone_mode=False, **extra))
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def run_guarded(call: Any) -> int:
+    """Call ``call`` (a Click main in non-standalone mode) and map its outcome to an exit code."""
+    from neuron_activity.errors import NactError
+
+    try:
+        result = call()
+        code = result if isinstance(result, int) else EXIT_OK
+        if code == EXIT_INTERRUPTED:
+            say("Error: interrupted")
+        return code
+    except typer.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `nact COMMAND`: its help, as Click shows it
+            e.show()
+            return EXIT_USAGE
+        hint = ""
+        if isinstance(e, click.exceptions.UsageError) and e.ctx is not None:
+            hint = f" (see {e.ctx.command_path} --help)"
+        say(f"Error: {one_line(e.format_message())}{hint}")
+        return EXIT_USAGE
+    except (KeyboardInterrupt, typer.Abort):
+        say("Error: interrupted")
+        return EXIT_INTERRUPTED
+    except NactError as e:
+        say(f"Error: {one_line(word(e))}")
+        return EXIT_USAGE
+    except OSError as e:
+        if e.errno == errno.EPIPE:
+            quiet_stdout()
+            return EXIT_BROKEN_PIPE
+        if e.errno == errno.ENOSPC or getattr(e, "filename", None) is None:
+            say(f"Error: {getattr(e, 'filename', None) or 'stdout'}: cannot write: {e.strerror or e}")
+            return EXIT_USAGE
+        say(f"Error: {e.filename}: {e.strerror or e}")
+        return EXIT_USAGE
+    except RecursionError as e:
+        return internal_error(e)
+    except Exception as e:  # a bug: say so in one line, never exit 1
+        return internal_error(e)
+
 
 app = typer.Typer(
     name="nact",
+    cls=NactGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -20,19 +103,20 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from neuron_activity._version import __version__
+        from neuron_activity.counting import describe_devices, describe_kernels
 
-        typer.echo(f"nact {version('nact')}")
+        typer.echo(f"nact {__version__}\n{describe_kernels()}\n{describe_devices()}")
         raise typer.Exit()
 
 
 @app.callback()
 def main_callback(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and kernel."),
 ) -> None:
     """Which of my neurons are dead? Exact per-neuron fire counts over saved activations.
 
-    Exit codes: 0 ok, 1 a --fail-above limit was breached, 2 bad usage or bad input.
+    Exit codes: 0 ok, 1 a --fail-above limit was breached, 2 bad usage or bad input, 3 an internal error, 130 interrupted.
     """
 
 
@@ -44,5 +128,10 @@ app.command("diff")(counts_commands.diff)
 app.command("density")(density_command.density)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed on the way out
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     app()

@@ -1,13 +1,48 @@
-"""Consoles, errors at the CLI edge, and atomic writes of results."""
+"""The CLI's edge: one line on stderr for every failure, the exit codes, and writing results.
+
+Exit codes: 0 ok; 1 a --fail-above or --fail-on-new-dead limit was breached (nothing else);
+2 bad usage or bad input; 3 an internal error (a bug; the traceback with NACT_DEBUG=1);
+130 interrupted (SIGINT or SIGTERM). A reader of stdout that goes away ends the run quietly.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import os
 import sys
-from collections.abc import Iterator
+import traceback
 from pathlib import Path
 
-import typer
+EXIT_OK, EXIT_BREACH, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEBUG_VARIABLE = "NACT_DEBUG"
+
+# Library option names -> how the command line spells them.
+FLAGS = {
+    "fire_above": "--fire-above",
+    "threshold": "threshold",
+    "top": "--top",
+    "window": "--window",
+    "dense_above": "--dense-above",
+    "ultralow_below": "--ultralow-below",
+    "fail_above": "--fail-above",
+    "chunk_rows": "--chunk-rows",
+    "threads": "--threads",
+    "device": "--device",
+    "input_format": "--input-format",
+    "kernel": "NACT_KERNEL",
+    "shard": "--shard",
+    "state": "--state",
+    "save_counts": "--save-counts",
+    "output": "--output",
+    "rescan": "--rescan",
+    "torchrun": "torchrun",
+    "bins_per_decade": "--bins-per-decade",
+    "key": "--key",
+    "paths": "PATH",
+}
+
+
+def flag(option: str) -> str:
+    return FLAGS.get(option, option)
 
 
 def say(line: str) -> None:
@@ -15,23 +50,57 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print ``Error: message`` on stderr; return the Exit to raise."""
-    say(f"Error: {message}")
-    return typer.Exit(code)
+def word(error: BaseException) -> str:
+    """A library error as the command line says it: options named by their flags, with the
+    flag that fixes it where there is one."""
+    from neuron_activity import errors
+    from neuron_activity.counts_file import ComponentsDiffer
+    from neuron_activity.pipeline import EmptyPart
+
+    if isinstance(error, errors.BadOption):
+        return error.worded(flag(error.option))
+    if isinstance(error, errors.Conflict):
+        return error.worded([flag(o) for o in error.options])
+    if isinstance(error, errors.NeedsOption):
+        return error.worded(flag(error.option), flag(error.needed))
+    if isinstance(error, errors.KeyNotFound):
+        return error.worded("--key")
+    if isinstance(error, errors.MixedFormats):
+        return f"{error}: pick one with --input-format"
+    if isinstance(error, errors.ShardChanged):
+        return f"{error}: use --rescan to count every shard again"
+    if isinstance(error, errors.StateMismatch):
+        return f"{error}: use the same {flag(error.option)}, or --rescan to start over"
+    if isinstance(error, errors.NotTracked):
+        return f"{error}: --window needs counts saved with --save-counts or --state"
+    if isinstance(error, ComponentsDiffer):
+        return f"{error}: pass --union to merge them anyway"
+    if isinstance(error, EmptyPart):
+        return f"--shard {error}: pass --save-counts to save an empty part that merges with the others"
+    return str(error)
 
 
-@contextlib.contextmanager
-def library_errors() -> Iterator[None]:
-    """Turn the library's errors into one line on stderr and exit code 2."""
-    from neuron_activity import NactError
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
+
+def internal_error(error: BaseException) -> int:
+    """A bug: one line, and the traceback only when NACT_DEBUG is set."""
+    if os.environ.get(DEBUG_VARIABLE):
+        traceback.print_exception(error)
+    detail = one_line(f"{type(error).__name__}: {error}")[:300]
+    say(f"Error: internal error ({detail}); please report it (set {DEBUG_VARIABLE}=1 for the traceback)")
+    return EXIT_INTERNAL
+
+
+def quiet_stdout() -> None:
+    """stdout's reader went away: point stdout at /dev/null so nothing more is attempted."""
     try:
-        yield
-    except NactError as e:
-        raise fail(str(e)) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def emit(text: str, output: Path | None) -> None:
@@ -39,8 +108,7 @@ def emit(text: str, output: Path | None) -> None:
     if output is not None:
         from neuron_activity.files import write_text_atomic
 
-        with library_errors():
-            write_text_atomic(output, text)
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_text_atomic(output, text)
+        return
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import typer
 
-from .output import library_errors
+from .output import say
 from .render import (
     DENSE_ABOVE,
     FAIL_ABOVE,
@@ -24,8 +24,6 @@ from .render import (
     WINDOW,
     check_format,
     finish,
-    make_report,
-    parse_limit,
 )
 
 if TYPE_CHECKING:
@@ -97,55 +95,41 @@ def scan(
       nact scan shards/ --state audit.safetensors --window 10000000
     """
     check_format(fmt)
-    if state is not None and (save_counts is not None or shard is not None):
-        raise typer.BadParameter("--state saves its own counts: use it without --save-counts and --shard")
-    if rescan and state is None:
-        raise typer.BadParameter("--rescan goes with --state")
-    with library_errors():
-        from neuron_activity import DEFAULT_THRESHOLDS, Threshold, parse_decimal
-        from neuron_activity import scan as scan_shards
-        from neuron_activity.audit import audit, parse_part, part_of
-        from neuron_activity.counts_file import SavedCounts, ShardRecord, save_counts as save
-        from neuron_activity.distributed import launched, scan_distributed
+    from neuron_activity.distributed import launched
+    from neuron_activity.options import CountOptions, Part, ReportOptions, ScanRequest
+    from neuron_activity.pipeline import run_scan
 
-        thresholds = [Threshold.parse(t) for t in (threshold or DEFAULT_THRESHOLDS)]
-        limit = parse_limit(fail_above)
-        part = parse_part(shard) if shard is not None else None
-        distributed = launched()
-        show_progress = not quiet and sys.stderr.isatty() and not distributed
-        options = dict(
-            keys=key,
+    distributed = launched()
+    request = ScanRequest(
+        paths=tuple(paths),
+        count=CountOptions(
+            keys=tuple(key or ()),
             flatten=flatten,
-            fire_above=parse_decimal(fire_above, "--fire-above"),
+            fire_above=fire_above,
             device=device,
             input_format=input_format,
             chunk_rows=chunk_rows,
             threads=threads,
-        )
-        track_last = window is not None or save_counts is not None
-        with _progress(show_progress) as progress:
-            if progress:
-                options.update(on_plan=progress.start, on_progress=progress.advance)
-            if state is not None:
-                audited = audit(paths, state, rescan=rescan, **options)
-                activity, warnings = audited.saved.activity, audited.scan.warnings if audited.scan else []
-                shards, used = [s.path for s in audited.saved.shards], audited.scan.device if audited.scan else None
-            else:
-                if distributed:
-                    result = scan_distributed(paths, **options)
-                    if result is None:  # not rank 0: rank 0 reports for everyone
-                        return
-                else:
-                    count_only = (lambda units: part_of(units, *part)) if part else None
-                    result = scan_shards(paths, track_last=track_last, count_only=count_only, **options)
-                if save_counts is not None:
-                    save(save_counts, SavedCounts(result.activity, [ShardRecord.of(u) for u in result.plan.units()]))
-                activity, warnings, used = result.activity, result.warnings, result.device
-                shards = [str(p) for p in result.plan.shards]
-        report = make_report(
-            activity, thresholds, shards, used, warnings, window, dense_above, ultralow_below, neurons, top
-        )
-        finish(report, fmt, output, quiet, limit)
+        ),
+        report=ReportOptions.parse(
+            threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,
+            window=window, neurons=neurons, top=top,
+        ),
+        part=Part.parse(shard) if shard is not None else None,
+        state=state,
+        rescan=rescan,
+        save_counts=save_counts,
+        output=output,
+        distributed=distributed,
+    )
+    show_progress = not quiet and sys.stderr.isatty() and not distributed
+    with _progress(show_progress) as progress:
+        hooks = dict(on_plan=progress.start, on_progress=progress.advance) if progress else {}
+        outcome = run_scan(request, **hooks)  # type: ignore[arg-type]
+    for note in outcome.notes:
+        say(f"Note: {note}")
+    if outcome.report is not None:
+        finish(outcome.report, fmt, output, quiet)
 
 
 class _ScanProgress:

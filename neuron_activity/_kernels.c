@@ -1,18 +1,21 @@
 /* Exact per-column fire counts over raw bits, in one pass over the data.
  *
  * count(data, rows, width, itemsize, ranges, nan_mask, nan_above, fire_counts, nan_counts,
- *       last_fired, base)
+ *       last_fired, first_vector)
  *   data: buffer of rows x width unsigned integers of `itemsize` bytes (the elements' raw bits)
  *   ranges: up to two inclusive (a, b) ranges of bits that fire
  *   nan_mask / nan_above: an element is NaN when (bits & nan_mask) > nan_above (0, 0: never)
  *   fire_counts, nan_counts: writable int64[width] buffers the counts are added into
- *   last_fired: None, or a writable int64[width] buffer raised to base + the last row on which
- *     each column fired
+ *   last_fired: None, or a writable int64[width] buffer raised to first_vector + the last row on
+ *     which each column fired (first_vector: the stream index of the chunk's first row)
  *
  * Counts are kept per column in accumulators as wide as the data (so the compiler vectorizes the
  * loop lane for lane) and flushed into int64 before they can wrap. Narrow rows are folded: k rows
  * are treated as one row of k * width columns. The last row that fired is tracked the same way,
  * as a row number within the block (0: none) blended in lane by lane. The GIL is released.
+ *
+ * The module's SOURCE_SHA256 is the hash of this file as built (setup.py passes it), so that a
+ * build older than its source is noticed and not used.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,7 +35,7 @@ typedef struct {
     Py_ssize_t width, fold;
     int nranges;
     int64_t *fires, *nans, *last; /* last may be NULL */
-    int64_t base;
+    int64_t first_vector;
 } Job;
 
 /* One flush block: at most max(T) rows of `wide` columns. A single range is passed twice. */
@@ -80,7 +83,7 @@ typedef struct {
             job->fires[column] += (int64_t)fire_acc[i];                                          \
             job->nans[column] += (int64_t)nan_acc[i];                                            \
             if (job->last && last_acc[i]) {                                                      \
-                int64_t row = job->base + first + ((int64_t)last_acc[i] - 1) * fold + i / job->width; \
+                int64_t row = job->first_vector + first + ((int64_t)last_acc[i] - 1) * fold + i / job->width; \
                 if (row > job->last[column])                                                     \
                     job->last[column] = row;                                                     \
             }                                                                                    \
@@ -157,9 +160,9 @@ static PyObject *count(PyObject *self, PyObject *args)
     int itemsize;
     PyObject *range_list, *last_obj;
     unsigned long long nan_mask, nan_above;
-    long long base;
+    long long first_vector;
     if (!PyArg_ParseTuple(args, "y*nniOKKw*w*OL", &data, &rows, &width, &itemsize, &range_list, &nan_mask,
-                          &nan_above, &fires, &nans, &last_obj, &base))
+                          &nan_above, &fires, &nans, &last_obj, &first_vector))
         return NULL;
     unsigned long long ranges[4] = {0, 0, 0, 0};
     int nranges = 0, rc = -2;
@@ -174,7 +177,7 @@ static PyObject *count(PyObject *self, PyObject *args)
         goto done;
     }
     Job job = {width, width >= FOLD_COLUMNS ? 1 : (FOLD_COLUMNS + width - 1) / width, nranges,
-               fires.buf, nans.buf, last.buf, base};
+               fires.buf, nans.buf, last.buf, first_vector};
     Py_BEGIN_ALLOW_THREADS
     switch (itemsize) {
     case 1:
@@ -210,4 +213,16 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+#ifndef KERNEL_SOURCE_SHA256
+#define KERNEL_SOURCE_SHA256 "unknown"
+#endif
+
+PyMODINIT_FUNC PyInit__kernels(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddStringConstant(m, "SOURCE_SHA256", KERNEL_SOURCE_SHA256) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

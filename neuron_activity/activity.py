@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
 from .dtypes import parse_decimal
-from .errors import BadThreshold, NactError, NoVectors, ShapeMismatch
+from . import state
+from .errors import BadThreshold, NoVectors, NotTracked, ShapeMismatch
 
 DEFAULT_THRESHOLDS = ("0", "1e-5", "1e-6")
 
@@ -25,7 +26,7 @@ class Threshold:
     def parse(cls, text: str) -> Threshold:
         value = parse_decimal(text, "threshold")
         if not 0 <= value <= 1:
-            raise BadThreshold(f"threshold {text!r} is not a portion of vectors between 0 and 1")
+            raise BadThreshold("threshold", text, "is not a portion of vectors between 0 and 1")
         return cls(text.strip(), value)
 
     def max_dead_fires(self, num_vectors: int) -> int:
@@ -33,24 +34,29 @@ class Threshold:
         return math.floor(self.value * num_vectors)
 
 
-@dataclass
 class ComponentActivity:
-    """Exact per-neuron fire counts of one component over ``num_vectors`` vectors."""
+    """Exact per-neuron states (see ``state.FIELDS``) of one component over ``num_vectors`` vectors."""
 
-    name: str
-    fire_counts: np.ndarray  # int64 [num_features]
-    num_vectors: int = 0
-    nan_counts: np.ndarray = field(default=None)  # type: ignore[assignment]
-    # index (in stream order) of the last vector each neuron fired on; -1: never; None: not tracked
-    last_fired: np.ndarray | None = None
+    def __init__(self, name: str, states: dict[str, np.ndarray], num_vectors: int = 0) -> None:
+        missing = [f.name for f in state.FIELDS if not f.optional and f.name not in states]
+        if missing:
+            raise ValueError(f"component {name!r}: missing states {missing}")
+        self.name = name
+        self.states = {n: np.asarray(v, dtype=state.BY_NAME[n].dtype) for n, v in states.items()}
+        self.num_vectors = int(num_vectors)
 
-    def __post_init__(self) -> None:
-        self.fire_counts = np.asarray(self.fire_counts, dtype=np.int64)
-        if self.nan_counts is None:
-            self.nan_counts = np.zeros_like(self.fire_counts)
-        self.nan_counts = np.asarray(self.nan_counts, dtype=np.int64)
-        if self.last_fired is not None:
-            self.last_fired = np.asarray(self.last_fired, dtype=np.int64)
+    @property
+    def fire_counts(self) -> np.ndarray:
+        return self.states["fire_counts"]
+
+    @property
+    def nan_counts(self) -> np.ndarray:
+        return self.states["nan_counts"]
+
+    @property
+    def last_fired(self) -> np.ndarray | None:
+        """Stream index of the last vector each neuron fired on (-1: never); None: not tracked."""
+        return self.states.get("last_fired")
 
     @property
     def num_features(self) -> int:
@@ -75,31 +81,18 @@ class ComponentActivity:
         """Neurons that did not fire on any of the last ``window`` vectors (or of all, if fewer)."""
         since = self.vectors_since_fired
         if since is None:
-            raise NactError(f"component {self.name!r} has no record of when neurons last fired")
+            raise NotTracked(self.name)
         return since >= min(window, self.num_vectors)
 
-    def add(
-        self,
-        fire_counts: np.ndarray,
-        num_vectors: int,
-        nan_counts: np.ndarray | None = None,
-        last_fired: np.ndarray | None = None,
-    ) -> None:
-        """Add counts of vectors that come after those already counted (in stream order)."""
-        if fire_counts.shape != self.fire_counts.shape:
+    def add(self, states: dict[str, np.ndarray], num_vectors: int) -> None:
+        """Add the states of vectors that come after those already counted (in stream order)."""
+        width = len(states["fire_counts"])
+        if width != self.num_features:
             raise ShapeMismatch(
-                f"component {self.name!r} has {self.num_features} features, cannot add counts for {fire_counts.shape[0]}"
+                f"component {self.name!r} has {self.num_features} features, cannot add counts for {width}"
             )
-        if self.num_vectors == 0:
-            self.last_fired = None if last_fired is None else np.asarray(last_fired, np.int64)
-        elif self.last_fired is not None and last_fired is not None:
-            self.last_fired = np.where(last_fired >= 0, last_fired + self.num_vectors, self.last_fired)
-        else:
-            self.last_fired = None  # one side did not track it: the combination cannot know
-        self.fire_counts = self.fire_counts + fire_counts.astype(np.int64)
+        self.states = state.combined(self.states, self.num_vectors, states, int(num_vectors))
         self.num_vectors += int(num_vectors)
-        if nan_counts is not None:
-            self.nan_counts = self.nan_counts + nan_counts.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -153,10 +146,18 @@ class NeuronActivity:
     ) -> None:
         """Add counts for component ``name`` (created on first sight, in that order) of vectors
         that come after those already counted."""
-        fire_counts = np.asarray(fire_counts, dtype=np.int64)
+        states = {"fire_counts": np.asarray(fire_counts, dtype=np.int64)}
+        states["nan_counts"] = np.zeros_like(states["fire_counts"]) if nan_counts is None else nan_counts
+        if last_fired is not None:
+            states["last_fired"] = last_fired
+        self.add_states(name, states, num_vectors)
+
+    def add_states(self, name: str, states: dict[str, np.ndarray], num_vectors: int) -> None:
+        """Add the per-neuron ``states`` of component ``name`` (see ``state.FIELDS``)."""
         if name not in self.components:
-            self.components[name] = ComponentActivity(name, np.zeros_like(fire_counts))
-        self.components[name].add(fire_counts, num_vectors, nan_counts, last_fired)
+            width = len(states["fire_counts"])
+            self.components[name] = ComponentActivity(name, state.empty(width, tuple(states)), 0)
+        self.components[name].add(states, num_vectors)
 
     def merge(self, other: NeuronActivity) -> NeuronActivity:
         """Add another activity's counts into this one (same ``fire_above``); returns self.
@@ -168,7 +169,7 @@ class NeuronActivity:
                 f"with fire-above {float(self.fire_above)}"
             )
         for c in other.components.values():
-            self.add(c.name, c.fire_counts, c.num_vectors, c.nan_counts, c.last_fired)
+            self.add_states(c.name, c.states, c.num_vectors)
         return self
 
     def rows(self, thresholds: list[Threshold]) -> list[ActivityRow]:

@@ -1,39 +1,20 @@
-"""Scans that remember: saved counts extended by incremental audits, and scans split in parts."""
+"""Scans that remember: an incremental audit counts only the shards its state has not counted."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from .counts_file import (
-    SavedCounts,
-    ShardRecord,
-    load_counts,
-    merge_counts,
-    save_counts,
-)
-from .dtypes import as_fraction
-from .errors import NactError
+from .counting import resolve_device
+from .dtypes import decimal_text
+from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, save_counts
+from .errors import ShardChanged, StateMismatch
 from .files import locked
-from .scan import ScanResult, scan
-
-
-def parse_part(text: str) -> tuple[int, int]:
-    """``I/N`` (this process counts part I of N, from 0) as a pair."""
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise NactError(f"--shard {text!r} is not I/N (for example 0/4)") from None
-    if not 0 <= i < n:
-        raise NactError(f"--shard {text!r}: I must be from 0 to N-1")
-    return i, n
-
-
-def part_of(units: list[Path], i: int, n: int) -> list[Path]:
-    """Part ``i`` of ``n`` of the sorted units: a contiguous run, so parts merged in order keep
-    stream order. Every unit is in exactly one part."""
-    return units[i * len(units) // n : (i + 1) * len(units) // n]
+from .options import CountOptions
+from .scan import ProgressCallback, ScanResult, count
+from .sources import ScanPlan, discover, plan_scan
 
 
 @dataclass
@@ -43,47 +24,67 @@ class AuditResult:
     new_shards: list[Path]
 
 
-def audit(paths: list[Path], state: Path, *, rescan: bool = False, **scan_options: Any) -> AuditResult:
+def what_changed(before: ShardRecord, now: ShardRecord) -> str:
+    """How a shard differs from its record, in words."""
+    if before.size != now.size:
+        return f"size {before.size} -> {now.size} bytes"
+    return f"same size, modification time {before.mtime_ns} -> {now.mtime_ns} ns"
+
+
+def audit(
+    paths: list[Path],
+    state: Path,
+    options: CountOptions | None = None,
+    *,
+    rescan: bool = False,
+    shards: dict[Path, str] | None = None,
+    check: Callable[[SavedCounts, ScanResult | None], None] | None = None,
+    on_plan: Callable[[ScanPlan], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+    **count_options: object,
+) -> AuditResult:
     """Count the shards under ``paths`` that ``state`` has not counted yet, add them, save.
 
     A shard counted before that has changed (size or modification time) is an error, unless
-    ``rescan`` starts the state over. The state is locked for the whole audit and replaced
-    atomically at the end: an interrupted audit leaves the previous state as it was.
+    ``rescan`` starts the state over. The state (symlinks resolved) is locked for the whole
+    audit and replaced atomically at the end, after ``check(saved, scan)`` (which may raise to
+    leave it as it was): an interrupted or refused audit leaves the previous state as it was.
+    ``shards`` are the discovered shards, when the caller has them already.
     """
-    state = Path(state)
+    settings = replace(options or CountOptions(device="cpu", **count_options), track_last=True)  # type: ignore[arg-type]
+    state = Path(os.path.realpath(state))
     with locked(state):
         previous = load_counts(state) if state.exists() else None
-        fire_above = as_fraction(scan_options.get("fire_above", 0), "fire-above")
-        if previous is not None and previous.activity.fire_above != fire_above and not rescan:
-            raise NactError(
-                f"{state}: counted with fire-above {float(previous.activity.fire_above)}, not {float(fire_above)}: "
-                "use the same --fire-above, or --rescan to start over"
-            )
+        if previous is not None and previous.activity.fire_above != settings.fire_above and not rescan:
+            before, now = decimal_text(previous.activity.fire_above), decimal_text(settings.fire_above)
+            raise StateMismatch(state, "fire_above", before, now)
         known = {} if previous is None or rescan else {s.path: s for s in previous.shards}
+        device = resolve_device(settings.device)
+        found = shards if shards is not None else discover(list(paths), settings.input_format)
+        plan = plan_scan(found, settings.keys, settings.flatten)
         new_units: list[Path] = []
         new_records: list[ShardRecord] = []
-
-        def pick_new(units: list[Path]) -> list[Path]:
-            for unit in units:
-                record = ShardRecord.of(unit)
-                before = known.get(record.path)
-                if before is None:
-                    new_units.append(unit)
-                    new_records.append(record)
-                elif before != record:
-                    raise NactError(
-                        f"{unit}: changed since {state} counted it (size {before.size} -> {record.size}, "
-                        "or its modification time): use --rescan to count every shard again"
-                    )
-            return new_units
-
-        result = scan(paths, track_last=True, count_only=pick_new, **scan_options)
-        fresh = SavedCounts(result.activity, new_records)
+        for unit in plan.units():
+            record = ShardRecord.of(unit)
+            before = known.get(record.path)
+            if before is None:
+                new_units.append(unit)
+                new_records.append(record)
+            elif before != record:
+                raise ShardChanged(unit, state, what_changed(before, record))
+        plan.restrict(new_units)
+        if on_plan is not None:
+            on_plan(plan)
+        result = count(plan, settings, device, on_progress)
+        fresh = SavedCounts(result.activity, new_records, kernel=result.kernel, device=device)
         if previous is None or rescan:
             saved = fresh
         elif new_units:
-            saved = merge_counts([(state, previous), (Path("new shards"), fresh)])
+            saved, _ = merge_counts([(state, previous), (Path("new shards"), fresh)], union=True)
         else:
             saved = previous
-        save_counts(state, saved)
+        if check is not None:
+            check(saved, result if new_units else None)
+        if new_units or rescan or previous is None:
+            save_counts(state, saved)
         return AuditResult(saved, result if new_units else None, new_units)

@@ -11,12 +11,13 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import NamedTuple, Protocol
+import hashlib
+from typing import Protocol
 
 import numpy as np
 
 from .dtypes import FireRule
-from .errors import DeviceUnavailable
+from .errors import BadOption, DeviceUnavailable
 
 # Block shape for the numpy kernel, measured on 2-core x86 machines: the comparison output of a
 # block stays in L2, and counts are summed in uint8 over at most 255 rows, so they cannot wrap.
@@ -25,19 +26,26 @@ FOLD_WIDTH = 2048  # narrow rows are folded side by side so the row-sum runs ove
 MAX_UINT8_ROWS = 255
 
 
-class Counts(NamedTuple):
-    """Per-column results of a counter. ``last_fired`` is the last row (in the numbering given
-    to ``update``) on which each column fired, -1 if it never did; None when not tracked."""
-
-    fire_counts: np.ndarray
-    nan_counts: np.ndarray
-    last_fired: np.ndarray | None
+States = dict[str, np.ndarray]  # per-column states by field name (see state.FIELDS)
 
 
 class Counter(Protocol):
-    def update(self, bits: np.ndarray, first_row: int = 0) -> None: ...
+    """Counts chunks of one layout. ``update`` numbers the chunk's rows from ``first_vector``
+    (their index in the component's stream); ``result`` gives the states (``last_fired`` in
+    that numbering, -1 where a column never fired, present only when tracked)."""
 
-    def result(self) -> Counts: ...
+    name: str  # the kernel: native, numpy or torch
+
+    def update(self, bits: np.ndarray, first_vector: int = 0) -> None: ...
+
+    def result(self) -> States: ...
+
+
+def _states(fire_counts: np.ndarray, nan_counts: np.ndarray, last_fired: np.ndarray | None) -> States:
+    out = {"fire_counts": fire_counts, "nan_counts": nan_counts}
+    if last_fired is not None:
+        out["last_fired"] = last_fired
+    return out
 
 
 def in_ranges(
@@ -66,6 +74,8 @@ def _check(bits: np.ndarray, width: int, unsigned: type) -> None:
 class NumpyCounter:
     """Counts on the CPU with numpy, on cache-sized blocks, without converting any value."""
 
+    name = "numpy"
+
     def __init__(self, rule: FireRule, width: int, track_last: bool = False) -> None:
         self.rule = rule
         self.width = width
@@ -82,19 +92,19 @@ class NumpyCounter:
         self._nan_counts = np.zeros(width, np.int64)
         self._last = np.full(width, -1, np.int64) if track_last else None
 
-    def update(self, bits: np.ndarray, first_row: int = 0) -> None:
+    def update(self, bits: np.ndarray, first_vector: int = 0) -> None:
         """Add the counts of ``bits`` (C-contiguous ``[rows, width]`` of the rule's uint type),
-        whose rows are numbered from ``first_row``."""
+        whose rows are numbered from ``first_vector``."""
         _check(bits, self.width, self.rule.unsigned)
         rows = bits.shape[0]
         step = self.block_rows
         full = rows - rows % step
         for start in range(0, full, step):
-            self._count_block(bits[start : start + step], self.fold, first_row + start)
+            self._count_block(bits[start : start + step], self.fold, first_vector + start)
         for start in range(full, rows, MAX_UINT8_ROWS):
-            self._count_block(bits[start : start + MAX_UINT8_ROWS], 1, first_row + start)
+            self._count_block(bits[start : start + MAX_UINT8_ROWS], 1, first_vector + start)
 
-    def _count_block(self, block: np.ndarray, fold: int, first_row: int) -> None:
+    def _count_block(self, block: np.ndarray, fold: int, first_vector: int) -> None:
         n = block.shape[0]
         fires = self._fires[:n]
         if self.rule.fire_ranges:
@@ -107,7 +117,7 @@ class NumpyCounter:
             np.add(acc, partial, out=acc)
             if self._last is not None:
                 fired = fires.any(axis=0)
-                last_in_block = first_row + n - 1 - np.argmax(fires[::-1], axis=0)
+                last_in_block = first_vector + n - 1 - np.argmax(fires[::-1], axis=0)
                 np.maximum(self._last, np.where(fired, last_in_block, -1), out=self._last)
         if self.rule.nan_above is not None:
             tmp, nans = self._tmp[:n], self._nans[:n]
@@ -116,24 +126,49 @@ class NumpyCounter:
             if nans.any():
                 self._nan_counts += nans.sum(axis=0, dtype=np.int64)
 
-    def result(self) -> Counts:
+    def result(self) -> States:
         fire_counts = self._fire_acc.reshape(self.fold, self.width).sum(axis=0)
         last = None if self._last is None else self._last.copy()
-        return Counts(fire_counts, self._nan_counts.copy(), last)
+        return _states(fire_counts, self._nan_counts.copy(), last)
 
 
-try:
-    from . import _kernels
-except ImportError:  # built without a C compiler: the numpy kernel counts instead
-    _kernels = None
+KERNEL_SOURCE = Path(__file__).with_name("_kernels.c")
+
+
+def _load_native() -> tuple[object | None, str | None]:
+    """The C kernel, or None and why it cannot be used.
+
+    The extension carries the SHA-256 of the ``_kernels.c`` it was built from; where that
+    source is present (a checkout, or the installed package) and differs, the build is stale
+    and is not used.
+    """
+    try:
+        from . import _kernels
+    except ImportError:
+        return None, "not built (no C compiler when nact was installed)"
+    try:
+        source = hashlib.sha256(KERNEL_SOURCE.read_bytes()).hexdigest()
+    except OSError:
+        return _kernels, None  # no source to compare with
+    if getattr(_kernels, "SOURCE_SHA256", None) != source:
+        return None, (
+            f"stale: built from another version of {KERNEL_SOURCE} "
+            "(rebuild it: pip install ., or python setup.py build_ext --inplace)"
+        )
+    return _kernels, None
+
+
+_kernels, NATIVE_PROBLEM = _load_native()
 
 
 class NativeCounter:
     """Counts on the CPU with the C kernel: one pass over the data, no temporaries, GIL released."""
 
+    name = "native"
+
     def __init__(self, rule: FireRule, width: int, track_last: bool = False) -> None:
         if _kernels is None:
-            raise RuntimeError("the C kernel is not built")
+            raise BadOption("kernel", "native", f"is not available: the C kernel is {NATIVE_PROBLEM}")
         self.width = width
         self.itemsize = np.dtype(rule.unsigned).itemsize
         self.unsigned = rule.unsigned
@@ -145,17 +180,17 @@ class NativeCounter:
         self._nan_counts = np.zeros(width, np.int64)
         self._last = np.full(width, -1, np.int64) if track_last else None
 
-    def update(self, bits: np.ndarray, first_row: int = 0) -> None:
+    def update(self, bits: np.ndarray, first_vector: int = 0) -> None:
         _check(bits, self.width, self.unsigned)
         bits = np.ascontiguousarray(bits)
-        _kernels.count(
+        _kernels.count(  # type: ignore[union-attr]
             bits, bits.shape[0], self.width, self.itemsize, self.ranges, self.nan_mask, self.nan_above,
-            self._fire_counts, self._nan_counts, self._last, first_row,
+            self._fire_counts, self._nan_counts, self._last, first_vector,
         )
 
-    def result(self) -> Counts:
+    def result(self) -> States:
         last = None if self._last is None else self._last.copy()
-        return Counts(self._fire_counts.copy(), self._nan_counts.copy(), last)
+        return _states(self._fire_counts.copy(), self._nan_counts.copy(), last)
 
 
 TORCH_SIGNED = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}
@@ -212,6 +247,8 @@ class TorchCounter:
     """Counts with torch on a device (cuda, mps, or cpu for testing); totals stay on the device
     and come back in one transfer at the end."""
 
+    name = "torch"
+
     def __init__(self, rule: FireRule, width: int, device: str, track_last: bool = False) -> None:
         import torch
 
@@ -234,24 +271,24 @@ class TorchCounter:
                 stagers[self.device] = _CudaStager(torch, self.device)
             self._stager = stagers[self.device]
 
-    def update(self, bits: np.ndarray, first_row: int = 0) -> None:
+    def update(self, bits: np.ndarray, first_vector: int = 0) -> None:
         _check(bits, self.width, self.rule.unsigned)
         signed = bits.view(self._np_signed)
         if self._stager is not None:
             x, slot = self._stager.to_device(signed)
-            self._count(x, first_row)
+            self._count(x, first_vector)
             self._stager.release(slot)
         elif self.device.type == "mps":
             try:
-                self._count(self.torch.from_numpy(signed.copy()).to(self.device), first_row)
+                self._count(self.torch.from_numpy(signed.copy()).to(self.device), first_vector)
             except (RuntimeError, TypeError) as e:  # int64 sums need a recent macOS
                 raise DeviceUnavailable(
                     f"device 'mps' cannot count {self.rule.dtype} tensors on this macOS ({e}); use --device cpu"
                 ) from None
         else:  # a copy: the chunk may be a read-only mapping that is closed after this call
-            self._count(self.torch.from_numpy(signed.copy()).to(self.device), first_row)
+            self._count(self.torch.from_numpy(signed.copy()).to(self.device), first_vector)
 
-    def _count(self, x: object, first_row: int) -> None:
+    def _count(self, x: object, first_vector: int) -> None:
         torch = self.torch
         if self._ranges:
             fires = None
@@ -261,31 +298,46 @@ class TorchCounter:
             self._fire_counts += fires.sum(dim=0, dtype=torch.int64)
             if self._last is not None and fires.shape[0]:
                 rows = fires.shape[0]
-                last_in_chunk = first_row + rows - 1 - fires.flip(0).to(torch.uint8).argmax(dim=0)
+                last_in_chunk = first_vector + rows - 1 - fires.flip(0).to(torch.uint8).argmax(dim=0)
                 candidate = torch.where(fires.any(dim=0), last_in_chunk, -1)
                 torch.maximum(self._last, candidate, out=self._last)
         if self.rule.nan_above is not None:
             nans = (x & self.rule.magnitude_mask) > self.rule.nan_above
             self._nan_counts += nans.sum(dim=0, dtype=torch.int64)
 
-    def result(self) -> Counts:
+    def result(self) -> States:
         last = None if self._last is None else self._last.cpu().numpy()
-        return Counts(self._fire_counts.cpu().numpy(), self._nan_counts.cpu().numpy(), last)
+        return _states(self._fire_counts.cpu().numpy(), self._nan_counts.cpu().numpy(), last)
 
 
 CPU_KERNELS = ("native", "numpy") if _kernels is not None else ("numpy",)
 
 
+def kernel_for(device: str, kernel: str | None = None) -> str:
+    """The kernel that counts on ``device``: on the CPU ``kernel`` (native, numpy or torch;
+    default: the first of ``CPU_KERNELS``); torch on every other device."""
+    if device != "cpu":
+        return "torch"
+    return kernel or CPU_KERNELS[0]
+
+
 def make_counter(
     rule: FireRule, width: int, device: str, kernel: str | None = None, track_last: bool = False
 ) -> Counter:
-    """A counter for ``device``. On the CPU, ``kernel`` picks ``native``, ``numpy`` or ``torch``
-    (default: the first of ``CPU_KERNELS``); other devices always count with torch."""
-    if device != "cpu" or kernel == "torch":
+    """A counter for ``device`` with the kernel ``kernel_for(device, kernel)``."""
+    chosen = kernel_for(device, kernel)
+    if chosen == "torch":
         return TorchCounter(rule, width, device, track_last)
-    if (kernel or CPU_KERNELS[0]) == "native":
+    if chosen == "native":
         return NativeCounter(rule, width, track_last)
     return NumpyCounter(rule, width, track_last)
+
+
+def describe_kernels() -> str:
+    """One line on the CPU kernels: which counts by default, and why the C one does not."""
+    if _kernels is not None:
+        return f"cpu kernel: native (C extension, source sha256 {_kernels.SOURCE_SHA256[:12]})"  # type: ignore[attr-defined]
+    return f"cpu kernel: numpy (the C kernel is {NATIVE_PROBLEM})"
 
 
 def _nvidia_present() -> bool:
@@ -304,7 +356,9 @@ def resolve_device(requested: str) -> str:
     ``auto`` looks for a GPU without importing torch first (torch costs seconds to import), so
     CPU scans never pay for it.
     """
-    requested = requested.strip().lower()
+    from .options import check_device_name
+
+    requested = check_device_name(requested)
     if requested == "cpu":
         return "cpu"
     if requested == "auto":
@@ -318,13 +372,11 @@ def resolve_device(requested: str) -> str:
         if mac and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    kind, _, index = requested.partition(":")
-    if kind not in ("cuda", "mps") or (index and (kind == "mps" or not index.isdigit())):
-        raise DeviceUnavailable(f"unknown device {requested!r}: use auto, cpu, cuda, cuda:N or mps")
     if not _torch_installed():
-        raise DeviceUnavailable(f"device {requested!r} needs PyTorch, which is not installed")
+        raise DeviceUnavailable(f"device {requested!r} needs PyTorch, which is not installed (pip install torch)")
     import torch
 
+    kind, _, index = requested.partition(":")
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise DeviceUnavailable(f"device {requested!r} is not available: PyTorch sees no CUDA GPU")
@@ -336,3 +388,10 @@ def resolve_device(requested: str) -> str:
     if not torch.backends.mps.is_available():
         raise DeviceUnavailable("device 'mps' is not available on this machine")
     return "mps"
+
+
+def describe_devices() -> str:
+    """One line on the devices nact could count on, found without importing torch."""
+    gpu = "an NVIDIA driver is present" if _nvidia_present() else "no NVIDIA driver found"
+    torch = "PyTorch is installed" if _torch_installed() else "PyTorch is not installed (pip install torch)"
+    return f"devices: cpu; cuda: {gpu}, {torch}"

@@ -1,29 +1,35 @@
-"""Saved counts: exact fire counts, vectors and last-fired indices per component, with the
-shards they came from, in one safetensors file.
+"""Saved counts: exact per-neuron states per component, with the shards they came from, in one
+safetensors file.
 
-Tensors are ``{component}/fire_counts``, ``/nan_counts``, ``/num_vectors`` (one value) and, when
-tracked, ``/last_fired`` (the stream index of the last vector each neuron fired on, -1: never),
-all int64. The metadata holds the schema version, nact's version, ``fire_above`` as an exact
-fraction, the component order and the shards counted (path, size, modification time).
+Tensors are ``{component}/{field}`` for every field of ``state.FIELDS`` that was kept (int64
+``fire_counts``, ``nan_counts`` and, when tracked, ``last_fired``: the stream index of the last
+vector each neuron fired on, -1: never) and ``{component}/num_vectors`` (one value). The
+metadata holds the schema version, nact's version, ``fire_above`` as an exact fraction, the
+component order, the shards counted (path, size, modification time), and, for a part of a
+split scan, which part it is and where its shards stand in the whole stream.
 
 Stream order is the order shards were counted in (natural path order), rows in file order;
-merged counts and incremental audits put later counts after earlier ones.
+merged counts and incremental audits put later counts after earlier ones. Files of schema
+version 1 (no part record) load as they are.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from fractions import Fraction
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import state
 from .activity import NeuronActivity
-from .errors import BadInput, NactError
+from .dtypes import decimal_text, parse_decimal
+from .errors import BadInput, CountsMismatch, NactError
 
 FORMAT_NAME = "nact-counts"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = ("1", "2")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,49 +51,108 @@ class ShardRecord:
         return cls(str(resolved), st.st_size, st.st_mtime_ns)
 
 
+@dataclass(frozen=True)
+class PartRecord:
+    """Part ``index`` of ``of`` of a split scan: units ``[first_unit, first_unit + units)`` of
+    the ``total_units`` sorted units of the whole scan."""
+
+    index: int
+    of: int
+    first_unit: int
+    units: int
+    total_units: int
+
+
 @dataclass
 class SavedCounts:
     activity: NeuronActivity
     shards: list[ShardRecord] = field(default_factory=list)
+    part: PartRecord | None = None
+    kernel: str | None = None  # what counted, when known
+    device: str | None = None
 
 
 def save_counts(path: Path, saved: SavedCounts) -> None:
     """Write ``saved`` to ``path`` atomically."""
     from safetensors.numpy import save_file
 
-    from . import __version__
+    from ._version import __version__
     from .files import write_atomic
 
     tensors: dict[str, np.ndarray] = {}
     for c in saved.activity.components.values():
-        tensors[f"{c.name}/fire_counts"] = c.fire_counts.astype(np.int64)
-        tensors[f"{c.name}/nan_counts"] = c.nan_counts.astype(np.int64)
+        for name, values in c.states.items():
+            tensors[f"{c.name}/{name}"] = np.ascontiguousarray(values, dtype=state.BY_NAME[name].dtype)
         tensors[f"{c.name}/num_vectors"] = np.array([c.num_vectors], np.int64)
-        if c.last_fired is not None:
-            tensors[f"{c.name}/last_fired"] = c.last_fired.astype(np.int64)
     metadata = {
         "format": FORMAT_NAME,
         "schema_version": str(SCHEMA_VERSION),
         "nact_version": __version__,
         "fire_above": str(saved.activity.fire_above),
         "components": json.dumps(list(saved.activity.components)),
-        "shards": json.dumps([vars(s) for s in saved.shards]),
+        "shards": json.dumps([asdict(s) for s in saved.shards]),
         "order": "shards in the order counted (natural path order), rows in file order",
     }
+    if saved.part is not None:
+        metadata["part"] = json.dumps(asdict(saved.part))
+    for key in ("kernel", "device"):
+        if getattr(saved, key):
+            metadata[key] = str(getattr(saved, key))
     write_atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def read_metadata(path: Path) -> dict[str, str] | None:
+    """The ``__metadata__`` of a safetensors file (header only), or None if there is none."""
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 0 < length <= MAX_HEADER_BYTES:
+                return None
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else None
 
 
 def is_counts_file(path: Path) -> bool:
     """Whether ``path`` is a safetensors file that nact saved counts in (reads the header only)."""
+    return (read_metadata(path) or {}).get("format") == FORMAT_NAME
+
+
+def _json(path: Path, metadata: dict[str, str], key: str, kind: type) -> object:
     try:
-        with open(path, "rb") as f:
-            length = int.from_bytes(f.read(8), "little")
-            if not 0 < length <= 100 * 1024 * 1024:
-                return False
-            header = json.loads(f.read(length))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT_NAME
+        value = json.loads(metadata[key])
+    except KeyError:
+        raise BadInput(path, f"corrupt counts file: no {key!r} in its metadata") from None
+    except (ValueError, RecursionError):
+        raise BadInput(path, f"corrupt counts file: {key!r} is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise BadInput(path, f"corrupt counts file: {key!r} is not a JSON {kind.__name__}")
+    return value
+
+
+def _check_states(path: Path, name: str, states: dict[str, np.ndarray], num_vectors: int) -> None:
+    """Counts that could not have come from a scan are refused, naming what is wrong."""
+    width = len(states["fire_counts"])
+    for field_name, values in states.items():
+        if values.ndim != 1 or len(values) != width:
+            raise BadInput(path, f"corrupt counts file: {name}/{field_name} has shape {list(values.shape)}, not [{width}]")
+    problems = {
+        "fire_counts": (states["fire_counts"] < 0) | (states["fire_counts"] > num_vectors),
+        "nan_counts": (states["nan_counts"] < 0) | (states["nan_counts"] > num_vectors),
+    }
+    if "last_fired" in states:
+        last = states["last_fired"]
+        problems["last_fired"] = (last < -1) | (last >= num_vectors) | ((last >= 0) != (states["fire_counts"] > 0))
+    for field_name, bad in problems.items():
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise BadInput(
+                path,
+                f"corrupt counts file: {name}/{field_name}[{i}] = {int(states[field_name][i])} "
+                f"cannot be with {num_vectors} vectors",
+            )
 
 
 def load_counts(path: Path) -> SavedCounts:
@@ -97,49 +162,132 @@ def load_counts(path: Path) -> SavedCounts:
     path = Path(path)
     if not path.is_file():
         raise BadInput(path, "no such file" if not path.exists() else "not a regular file")
+    metadata = read_metadata(path)
+    if metadata is None or metadata.get("format") != FORMAT_NAME:
+        raise BadInput(path, "not a nact counts file (saved with nact scan --save-counts)")
+    if metadata.get("schema_version") not in READABLE_VERSIONS:
+        raise BadInput(
+            path, f"counts schema version {metadata.get('schema_version')} is not one this nact reads ({', '.join(READABLE_VERSIONS)})"
+        )
+    try:
+        fire_above = parse_decimal(str(metadata.get("fire_above")), "fire_above")
+    except NactError:
+        raise BadInput(path, f"corrupt counts file: fire_above {metadata.get('fire_above')!r} is not a number") from None
+    names = _json(path, metadata, "components", list)
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):  # type: ignore[union-attr]
+        raise BadInput(path, "corrupt counts file: the component list is not a list of distinct names")
+    activity = NeuronActivity(fire_above)
     try:
         with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != FORMAT_NAME:
-                raise BadInput(path, "not a nact counts file (saved with nact scan --save-counts)")
-            if metadata.get("schema_version") != str(SCHEMA_VERSION):
-                raise BadInput(path, f"counts schema version {metadata.get('schema_version')} is not {SCHEMA_VERSION}")
-            activity = NeuronActivity(Fraction(metadata["fire_above"]))
             keys = set(f.keys())
-            for name in json.loads(metadata["components"]):
-                last = f.get_tensor(f"{name}/last_fired") if f"{name}/last_fired" in keys else None
-                activity.add(
-                    name,
-                    f.get_tensor(f"{name}/fire_counts"),
-                    int(f.get_tensor(f"{name}/num_vectors")[0]),
-                    f.get_tensor(f"{name}/nan_counts"),
-                    last,
-                )
-            shards = [ShardRecord(**s) for s in json.loads(metadata["shards"])]
-    except (SafetensorError, OSError) as e:
+            for name in names:  # type: ignore[union-attr]
+                if f"{name}/fire_counts" not in keys or f"{name}/num_vectors" not in keys:
+                    raise BadInput(path, f"corrupt counts file: component {name!r} has no fire_counts or num_vectors")
+                vectors = f.get_tensor(f"{name}/num_vectors")
+                if vectors.shape != (1,) or vectors.dtype != np.int64 or int(vectors[0]) < 0:
+                    raise BadInput(path, f"corrupt counts file: {name}/num_vectors is not one count")
+                num_vectors = int(vectors[0])
+                states = {
+                    fld.name: f.get_tensor(f"{name}/{fld.name}").astype(fld.dtype, copy=False)
+                    for fld in state.FIELDS
+                    if f"{name}/{fld.name}" in keys
+                }
+                if "nan_counts" not in states:
+                    raise BadInput(path, f"corrupt counts file: component {name!r} has no nan_counts")
+                _check_states(path, name, states, num_vectors)
+                activity.add_states(name, states, num_vectors)
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise BadInput(path, f"cannot read counts: {e}") from None
-    except (KeyError, ValueError, TypeError) as e:
-        raise BadInput(path, f"corrupt counts file: {type(e).__name__}: {e}") from None
-    return SavedCounts(activity, shards)
+    shards = []
+    for s in _json(path, metadata, "shards", list):  # type: ignore[union-attr]
+        try:
+            shards.append(ShardRecord(str(s["path"]), int(s["size"]), int(s["mtime_ns"])))
+        except (KeyError, TypeError, ValueError):
+            raise BadInput(path, "corrupt counts file: a shard record is not {path, size, mtime_ns}") from None
+    part = None
+    if "part" in metadata:
+        record = _json(path, metadata, "part", dict)
+        try:
+            part = PartRecord(**{k: int(record[k]) for k in PartRecord.__dataclass_fields__})  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            raise BadInput(path, "corrupt counts file: the part record is incomplete") from None
+    return SavedCounts(activity, shards, part, metadata.get("kernel"), metadata.get("device"))
 
 
-def merge_counts(parts: list[tuple[Path, SavedCounts]]) -> SavedCounts:
-    """Counts of several files added up, in the order given (for the time since last fired)."""
-    merged: SavedCounts | None = None
+def stream_order(parts: list[tuple[Path, SavedCounts]]) -> tuple[list[tuple[Path, SavedCounts]], list[str]]:
+    """The parts in stream order, and notes on what the order rests on.
+
+    Parts of one split scan (every file records a part of the same split) are put in the order
+    of their part numbers, whatever order they were given in; a missing part is noted. Other
+    files keep the order given: the time since last fired takes each to come after the one before.
+    """
+    records = [p.part for _, p in parts]
+    if not parts or any(r is None for r in records):
+        return parts, []
+    splits = {(r.of, r.total_units) for r in records}  # type: ignore[union-attr]
+    if len(splits) > 1:
+        listed = ", ".join(f"{path} is part {p.part.index}/{p.part.of}" for path, p in parts)  # type: ignore[union-attr]
+        raise CountsMismatch(f"the counts are parts of different splits ({listed})")
+    seen: dict[int, Path] = {}
+    for path, p in parts:
+        index = p.part.index  # type: ignore[union-attr]
+        if index in seen:
+            raise CountsMismatch(f"part {index}/{p.part.of} is given twice: {seen[index]} and {path}")  # type: ignore[union-attr]
+        seen[index] = path
+    ordered = sorted(parts, key=lambda item: item[1].part.index)  # type: ignore[union-attr]
+    of = records[0].of  # type: ignore[union-attr]
+    missing = [i for i in range(of) if i not in seen]
+    notes = []
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        notes.append(f"{len(parts)} of {of} parts merged; missing part(s) {shown}")
+    return ordered, notes
+
+
+def merge_counts(
+    parts: list[tuple[Path, SavedCounts]], *, union: bool = False
+) -> tuple[SavedCounts, list[str]]:
+    """Counts of several files added up in stream order (see ``stream_order``), and notes.
+
+    Every file must have the same components (unless ``union``), feature counts and
+    ``fire_above``, and no shard may be counted twice.
+    """
+    if not parts:
+        raise NactError("no counts to merge")
+    ordered, notes = stream_order(parts)
+    first_path, first = ordered[0]
+    merged = SavedCounts(NeuronActivity(first.activity.fire_above), [])
     seen: dict[str, Path] = {}
-    for path, part in parts:
+    for path, part in ordered:
+        if part.activity.fire_above != first.activity.fire_above:
+            raise CountsMismatch(
+                f"{path}: counted with fire above {decimal_text(part.activity.fire_above)}, {first_path} with "
+                f"{decimal_text(first.activity.fire_above)}: counts of different fire rules do not add up"
+            )
+        if not union and set(part.activity.components) != set(first.activity.components):
+            raise ComponentsDiffer(first_path, list(first.activity.components), path, list(part.activity.components))
         for shard in part.shards:
             if shard.path in seen:
-                raise NactError(f"shard {shard.path} is counted in both {seen[shard.path]} and {path}")
+                raise CountsMismatch(f"shard {shard.path} is counted in both {seen[shard.path]} and {path}")
             seen[shard.path] = path
-        if merged is None:
-            merged = SavedCounts(NeuronActivity(part.activity.fire_above), [])
         try:
             merged.activity.merge(part.activity)
         except NactError as e:
-            raise NactError(f"{path}: {e}") from None
+            raise CountsMismatch(f"{path}: {e}") from None
         merged.shards += part.shards
-    if merged is None:
-        raise NactError("no counts to merge")
-    return merged
+    return merged, notes
 
+
+class ComponentsDiffer(CountsMismatch):
+    """Two counts files hold different components."""
+
+    def __init__(self, a: Path, a_names: list[str], b: Path, b_names: list[str]) -> None:
+        self.a, self.b = a, b
+        only_a = [n for n in a_names if n not in b_names]
+        only_b = [n for n in b_names if n not in a_names]
+        listed = "; ".join(
+            f"only {path} has {', '.join(map(repr, names[:5]))}{', ...' if len(names) > 5 else ''}"
+            for path, names in ((a, only_a), (b, only_b))
+            if names
+        )
+        super().__init__(f"the counts hold different components ({listed})")

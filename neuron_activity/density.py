@@ -31,7 +31,7 @@ def densities(component: ComponentActivity) -> np.ndarray:
 class DensitySummary:
     component: str
     num_features: int
-    dead: int  # never fired
+    never_fired: int
     dense: int  # density > dense_above
     dense_above: float
     log10_quantiles: dict[float, float]  # over alive neurons; empty when none is alive
@@ -43,7 +43,7 @@ class DensitySummary:
         return {
             "component": self.component,
             "num_features": self.num_features,
-            "never_fired": self.dead,
+            "never_fired": self.never_fired,
             "dense": self.dense,
             "dense_above": self.dense_above,
             "median_log10_density": self.log10_quantiles.get(0.5),

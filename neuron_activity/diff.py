@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activity import NeuronActivity, Threshold
-from .errors import NactError, ShapeMismatch
+from .dtypes import decimal_text
+from .errors import CountsMismatch, NactError, ShapeMismatch
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,14 @@ class ComponentChange:
 
 
 def compare(old: NeuronActivity, new: NeuronActivity, threshold: Threshold) -> list[ComponentChange]:
-    """Per component present in both: neurons that died, revived and stayed dead at ``threshold``."""
+    """Per component present in both: neurons that died, revived and stayed dead at ``threshold``.
+
+    Counts made with different ``fire_above`` count different events: they are not compared."""
+    if old.fire_above != new.fire_above:
+        raise CountsMismatch(
+            f"the counts were made with different fire rules (fire above {decimal_text(old.fire_above)} before, "
+            f"{decimal_text(new.fire_above)} after): compare counts made with the same fire rule"
+        )
     common = [name for name in new.components if name in old.components]
     if not common:
         raise NactError("the two counts have no component in common")

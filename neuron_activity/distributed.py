@@ -1,18 +1,20 @@
-"""Scans under ``torchrun``: every rank counts its part of the shards, then the counts are
-summed across ranks once, at the end (no per-chunk collectives, so uneven parts cannot
-deadlock). Rank 0 gets the whole result; the other ranks get None."""
+"""Scans under ``torchrun``: every rank counts its share of the shards, then the per-neuron
+states are reduced across ranks once, at the end (no per-chunk collectives, so uneven shares
+cannot deadlock). Rank 0 gets the whole result; the other ranks get None."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
+from . import state
 from .activity import NeuronActivity
-from .audit import part_of
 from .errors import NactError
-from .scan import ScanResult, scan
+
+T = TypeVar("T")
 
 
 def launched() -> bool:
@@ -20,25 +22,28 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def scan_distributed(paths: list[Any], **options: Any) -> ScanResult | None:
+def run_on_ranks(device: str, work: Callable[[int, int, str], tuple[NeuronActivity, T]]) -> T | None:
+    """Run ``work(rank, world, device)`` on every rank, reduce the activity it returns across
+    ranks (in place), and give rank 0 the second value it returned (the others get None).
+
+    A rank whose work fails raises its own error; the others stop with a one-line error saying
+    another rank failed. On cuda each rank counts on ``cuda:LOCAL_RANK`` and NCCL reduces.
+    """
     import torch
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    device = options.get("device", "cpu")
-    on_cuda = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if on_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        options["device"] = f"cuda:{local}"
-    comm_device = torch.device(f"cuda:{torch.cuda.current_device()}") if on_cuda else torch.device("cpu")
+        device = f"cuda:{local}"
+    comm_device = torch.device(device if on_cuda else "cpu")
     dist.init_process_group("nccl" if on_cuda else "gloo")
     try:
         error: NactError | None = None
-        result = None
         try:
-            # every rank plans every shard (so all agree on the components); each counts its part
-            result = scan(paths, track_last=True, count_only=lambda units: part_of(units, rank, world), **options)
+            activity, value = work(rank, world, device)
         except NactError as e:
             error = e
         ok = torch.tensor([0 if error else 1], dtype=torch.int64, device=comm_device)
@@ -47,15 +52,15 @@ def scan_distributed(paths: list[Any], **options: Any) -> ScanResult | None:
             raise error
         if int(ok.item()) == 0:
             raise NactError("another rank failed (its error is in its own output)")
-        assert result is not None
-        _all_reduce(result.activity, rank, world, comm_device)
-        return result if rank == 0 else None
+        all_reduce(activity, rank, world, comm_device)
+        return value if rank == 0 else None
     finally:
         dist.destroy_process_group()
 
 
-def _all_reduce(activity: NeuronActivity, rank: int, world: int, device: Any) -> None:
-    """Sum counts across ranks; last-fired indices become global (ranks' parts are in order)."""
+def all_reduce(activity: NeuronActivity, rank: int, world: int, device: Any) -> None:
+    """Reduce every component's states across ranks as ``state.FIELDS`` declare, one collective
+    per field; stream indices become global (the ranks' shares are in stream order)."""
     import torch
     import torch.distributed as dist
 
@@ -63,23 +68,19 @@ def _all_reduce(activity: NeuronActivity, rank: int, world: int, device: Any) ->
     vectors = torch.tensor([c.num_vectors for c in components], dtype=torch.int64, device=device)
     per_rank = [torch.zeros_like(vectors) for _ in range(world)]
     dist.all_gather(per_rank, vectors)
-    before = torch.stack(per_rank)[:rank].sum(dim=0).cpu().numpy() if rank else np.zeros(len(components), np.int64)
-    counts = torch.from_numpy(np.concatenate([np.concatenate([c.fire_counts, c.nan_counts]) for c in components]))
-    last = torch.from_numpy(
-        np.concatenate(
-            [np.where(c.last_fired >= 0, c.last_fired + offset, -1) for c, offset in zip(components, before)]
-        )
-    )
-    counts, last = counts.to(device), last.to(device)
-    dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    dist.all_reduce(last, op=dist.ReduceOp.MAX)
-    counts, last = counts.cpu().numpy(), last.cpu().numpy()
-    totals = torch.stack(per_rank).sum(dim=0).cpu().numpy()
-    at = 0
+    gathered = torch.stack(per_rank).cpu().numpy()
+    before, totals = gathered[:rank].sum(axis=0), gathered.sum(axis=0)
+    ops = {state.SUM: dist.ReduceOp.SUM, state.MAX: dist.ReduceOp.MAX, state.LAST: dist.ReduceOp.MAX}
+    for field in state.FIELDS:
+        if not components or field.name not in components[0].states:
+            continue
+        parts = [state.shifted(field, c.states[field.name], int(first)) for c, first in zip(components, before)]
+        buffer = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts))).to(device)
+        dist.all_reduce(buffer, op=ops[field.reduce])
+        reduced = buffer.cpu().numpy()
+        at = 0
+        for c in components:
+            c.states[field.name] = reduced[at : at + c.num_features].copy()
+            at += c.num_features
     for c, n in zip(components, totals):
-        f = c.num_features
-        c.fire_counts = counts[2 * at : 2 * at + f].copy()
-        c.nan_counts = counts[2 * at + f : 2 * at + 2 * f].copy()
-        c.last_fired = last[at : at + f].copy()
         c.num_vectors = int(n)
-        at += f

@@ -1,6 +1,12 @@
-"""Errors raised by the library. The CLI turns each into a one-line message and exit code 2."""
+"""Errors raised by the library: bad input or bad usage, each with the data a caller needs.
+
+``str(error)`` is a message fit to show as it is; it names options by their library names
+(``fire_above``), never by a command-line flag: the CLI words those itself (see ``option``).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class NactError(Exception):
@@ -16,8 +22,12 @@ class BadInput(NactError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class BadOutput(BadInput):
+    """An output path that cannot be written, or that would overwrite an input."""
+
+
 class ShapeMismatch(NactError):
-    """Two shards disagree on the shape of one component."""
+    """Two shards (or saved counts) disagree on the shape of one component."""
 
 
 class NoVectors(NactError):
@@ -28,5 +38,105 @@ class DeviceUnavailable(NactError):
     """The requested device is not present or not usable."""
 
 
-class BadThreshold(NactError):
+class BadOption(NactError):
+    """An option value that is not allowed. ``option`` is its library name (``fire_above``)."""
+
+    def __init__(self, option: str, value: object, problem: str) -> None:
+        self.option, self.value, self.problem = option, value, problem
+        super().__init__(self.worded(option.replace("_", " ")))
+
+    def worded(self, name: str) -> str:
+        from fractions import Fraction
+
+        value = self.value
+        if isinstance(value, Fraction):
+            from .dtypes import decimal_text
+
+            value = decimal_text(value)
+        shown = value if isinstance(value, int) else repr(value)
+        return f"{name} {shown} {self.problem}"
+
+
+class BadThreshold(BadOption):
     """A threshold or activation bound that is not a number in the allowed range."""
+
+
+class Conflict(NactError):
+    """Options that cannot be used together (library names), and why."""
+
+    def __init__(self, options: tuple[str, ...], reason: str) -> None:
+        self.options, self.reason = options, reason
+        super().__init__(self.worded([o.replace("_", " ") for o in options]))
+
+    def worded(self, names: list[str]) -> str:
+        return f"{' and '.join(names)} cannot be used together: {self.reason}"
+
+
+class NeedsOption(NactError):
+    """An option that means something only with another one."""
+
+    def __init__(self, option: str, needed: str) -> None:
+        self.option, self.needed = option, needed
+        super().__init__(self.worded(option.replace("_", " "), needed.replace("_", " ")))
+
+    def worded(self, option: str, needed: str) -> str:
+        return f"{option} goes with {needed}"
+
+
+class KeyNotFound(NactError):
+    """Keys asked for that no shard has."""
+
+    def __init__(self, missing: list[str], seen: list[str]) -> None:
+        self.missing, self.seen = missing, seen
+        super().__init__(self.worded("key"))
+
+    def worded(self, name: str) -> str:
+        return (
+            f"{name} {', '.join(map(repr, self.missing))} not found in any shard "
+            f"(keys seen: {', '.join(self.seen) or 'none'})"
+        )
+
+
+class MixedFormats(NactError):
+    """The inputs hold shards of several formats; one must be picked."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+        listed = ", ".join(f"{n} {fmt}" for fmt, n in counts.items())
+        super().__init__(f"the inputs mix shard formats ({listed} files)")
+
+
+class StateLocked(NactError):
+    """Another audit holds the lock of a state file."""
+
+    def __init__(self, path: Path, lock_path: Path) -> None:
+        self.path, self.lock_path = path, lock_path
+        super().__init__(f"{path}: another nact audit is using it (lock {lock_path} is held)")
+
+
+class ShardChanged(NactError):
+    """A shard that a state counted has changed since; ``what`` says how."""
+
+    def __init__(self, path: Path, state: Path, what: str) -> None:
+        self.path, self.state, self.what = path, state, what
+        super().__init__(f"{path}: changed since {state} counted it ({what})")
+
+
+class StateMismatch(NactError):
+    """A state file counted with other settings than this audit's (values as exact decimals)."""
+
+    def __init__(self, state: Path, option: str, before: str, now: str) -> None:
+        self.state, self.option, self.before, self.now = state, option, before, now
+        super().__init__(f"{state}: counted with {option.replace('_', ' ')} {before}, not {now}")
+
+
+class CountsMismatch(NactError):
+    """Saved counts that cannot be combined or compared as they are (components, fire_above)."""
+
+
+class NotTracked(NactError):
+    """A component whose counts did not record when each neuron last fired."""
+
+    def __init__(self, component: str) -> None:
+        self.component = component
+        super().__init__(f"component {component!r} has no record of when neurons last fired")

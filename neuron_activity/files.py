@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import NactError
+from .errors import BadOutput, StateLocked
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -21,7 +21,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise NactError(f"{path}: cannot write: {e.strerror or e}") from None
+        raise BadOutput(path, f"cannot write: {e.strerror or e}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -33,7 +33,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(e, OSError):
-            raise NactError(f"{path}: cannot write: {e.strerror or e}") from None
+            raise BadOutput(path, f"cannot write: {e.strerror or e}") from None
         raise
 
 
@@ -48,7 +48,7 @@ def locked(path: Path) -> Iterator[None]:
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise NactError(f"{lock_path}: cannot create the lock file: {e.strerror or e}") from None
+        raise BadOutput(lock_path, f"cannot create the lock file: {e.strerror or e}") from None
     try:
         try:
             import fcntl
@@ -58,7 +58,7 @@ def locked(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise NactError(f"{path}: another nact audit is using it (lock {lock_path} is held)") from None
+            raise StateLocked(path, lock_path) from None
         yield
     finally:
         os.close(fd)

@@ -39,7 +39,7 @@ class InspectedTensor:
 class Inspection:
     shards: dict[Path, str] = field(default_factory=dict)
     tensors: list[InspectedTensor] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    problems: list[NactError] = field(default_factory=list)
 
 
 def inspect(
@@ -54,7 +54,7 @@ def inspect(
     try:
         result.shards = discover([Path(p) for p in paths], input_format)
     except NactError as e:
-        result.problems.append(str(e))
+        result.problems.append(e)
         return result
     by_format: dict[str, list[Path]] = {}
     for path, fmt in result.shards.items():
@@ -66,7 +66,7 @@ def inspect(
             try:
                 entries = READERS[fmt].entries(unit)
             except NactError as e:
-                result.problems.append(str(e))
+                result.problems.append(e)
                 continue
             for entry in entries:
                 if named and entry.key not in named:
@@ -78,7 +78,7 @@ def inspect(
         try:
             plan_scan(result.shards, keys=keys, flatten=flatten)
         except NactError as e:
-            result.problems.append(str(e))
+            result.problems.append(e)
     return result
 
 

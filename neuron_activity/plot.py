@@ -1,5 +1,5 @@
 """A log10 feature-density figure: one panel per component, dead neurons as their own bar,
-thresholds marked. Needs matplotlib (``pip install 'nact[plot]'``)."""
+thresholds marked. Needs matplotlib (``pip install matplotlib``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,19 @@ import math
 from pathlib import Path
 
 from .density import DensityHistogram
-from .errors import NactError
+from .errors import BadOutput, NactError
 from .files import write_atomic
 
 PANEL_INCHES = (8.0, 2.6)
 DPI = 100
+
+
+def check_plot_path(path: Path) -> str:
+    """The suffix of a figure file nact can draw (.png or .svg), or BadOutput."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".png", ".svg"):
+        raise BadOutput(path, "a figure is written as a .png or .svg file")
+    return suffix
 
 
 def plot_histograms(
@@ -22,16 +30,14 @@ def plot_histograms(
     ultralow_below: float,
 ) -> None:
     """Write the figure to ``path`` (.png or .svg), atomically."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".png", ".svg"):
-        raise NactError(f"{path}: --plot writes .png or .svg files")
+    suffix = check_plot_path(path)
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise NactError("--plot needs matplotlib: pip install 'nact[plot]'") from None
+        raise NactError("drawing a figure needs matplotlib: pip install matplotlib") from None
 
     width, height = PANEL_INCHES
     fig, axes = plt.subplots(len(histograms), 1, figsize=(width, height * len(histograms)), dpi=DPI, squeeze=False)

@@ -32,7 +32,7 @@ def invoke_without(module: str, args: list[str]) -> tuple[int, str]:
 
     code = (
         f"import sys; sys.modules[{module!r}] = None\n"
-        "from typer.testing import CliRunner; from cli.main import app\n"
+        "from typer.testing import CliRunner; from nact_cli.main import app\n"
         f"r = CliRunner().invoke(app, {args!r})\n"
         "print(r.exit_code); print(r.stderr, end='')"
     )

@@ -16,9 +16,10 @@ import torch
 from reference import as_float64, fire_counts, greater_than, random_activations, write_shard
 from typer.testing import CliRunner
 
-from cli.main import app
+from nact_cli.main import app
 from neuron_activity import NactError, scan
-from neuron_activity.audit import audit, part_of
+from neuron_activity.audit import audit
+from neuron_activity.options import Part
 from neuron_activity.counts_file import SavedCounts, load_counts, save_counts
 from neuron_activity.files import locked
 
@@ -117,7 +118,7 @@ def test_parts_merge_into_the_whole(tmp_path: Path) -> None:
 
 def test_part_of_is_a_stable_split() -> None:
     units = [Path(f"{i}") for i in range(10)]
-    parts = [part_of(units, i, 3) for i in range(3)]
+    parts = [Part(i, 3).of_units(units) for i in range(3)]
     assert sum(parts, []) == units
     assert [len(p) for p in parts] == [3, 3, 4]
 
@@ -131,7 +132,7 @@ def test_merge_errors(tmp_path: Path) -> None:
     nact("scan", tmp_path / "c", "--save-counts", tmp_path / "c.safetensors", "-q")
     out = tmp_path / "m.safetensors"
     cases = [
-        ([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], "cannot merge counts made with fire-above 0.5 into counts made with fire-above 0.0"),
+        ([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], "b.safetensors: counted with fire above 0.5, " + str(tmp_path / "a.safetensors") + " with 0: counts of different fire rules do not add up"),
         ([tmp_path / "a.safetensors", tmp_path / "c.safetensors"], "component 'acts[0]' has 9 features, cannot add counts for 5"),
         ([tmp_path / "a.safetensors", tmp_path / "a.safetensors"], "is counted in both"),
         ([tmp_path / "a" / "shard_000.safetensors"], "not a nact counts file"),
@@ -210,7 +211,7 @@ def test_audit_with_another_fire_above_is_refused(tmp_path: Path) -> None:
     make_shards(tmp_path / "data", [10])
     nact("scan", tmp_path / "data", "--state", tmp_path / "s.safetensors", "-q")
     result = nact("scan", tmp_path / "data", "--state", tmp_path / "s.safetensors", "--fire-above", "0.1")
-    assert result.exit_code == 2 and "counted with fire-above 0.0, not 0.1" in result.stderr
+    assert result.exit_code == 2 and "counted with fire above 0, not 0.1: use the same --fire-above, or --rescan to start over" in result.stderr
 
 
 def test_locked_state_is_refused(tmp_path: Path) -> None:
@@ -282,7 +283,7 @@ def test_report_errors(tmp_path: Path) -> None:
     assert (result.exit_code, result.stderr) == (2, f"Error: {tmp_path / 'missing.safetensors'}: no such file\n")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     result = nact("report", tmp_path / "junk.safetensors")
-    assert result.exit_code == 2 and result.stderr.startswith(f"Error: {tmp_path / 'junk.safetensors'}: cannot read counts")
+    assert result.stderr == f"Error: {tmp_path / 'junk.safetensors'}: not a nact counts file (saved with nact scan --save-counts)\n"
 
 
 # --- torchrun ----------------------------------------------------------------------------------

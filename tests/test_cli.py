@@ -13,7 +13,7 @@ from conftest import SAMPLE_DATA, SAMPLE_ROWS
 from reference import write_shard
 from typer.testing import CliRunner
 
-from cli.main import app
+from nact_cli.main import app
 
 runner = CliRunner()
 
@@ -154,9 +154,17 @@ def test_nan_warning_goes_to_stderr(tmp_path: Path) -> None:
         (["-t", "abc"], "Error: threshold 'abc' is not a number"),
         (["--fail-above", "1.5"], "Error: --fail-above '1.5' is not a portion between 0 and 1"),
         (["--fire-above", "nan"], "Error: --fire-above 'nan' is not a number"),
-        (["--device", "tpu"], "Error: unknown device 'tpu': use auto, cpu, cuda, cuda:N or mps"),
-        (["--chunk-rows", "0"], "Error: chunk rows must be at least 1, got 0"),
-        (["--threads", "0"], "Error: threads must be at least 1, got 0"),
+        (["--device", "tpu"], "Error: --device 'tpu' is not a device: use auto, cpu, cuda, cuda:N or mps"),
+        (["--chunk-rows", "0"], "Error: --chunk-rows 0 must be at least 1"),
+        (["--threads", "0"], "Error: --threads 0 must be at least 1"),
+        (["--threads", "1000000000000"], "Error: --threads 1000000000000 must be at most 256"),
+        (["--fire-above", "-inf"], "Error: --fire-above '-inf' must be finite"),
+        (["--fire-above", "1e99999999"], "Error: --fire-above '1e99999999' is out of range (at most 400 digits and exponents within +-400)"),
+        (["-t", "1e-99999999"], "Error: threshold '1e-99999999' is out of range (at most 400 digits and exponents within +-400)"),
+        (["--top", "0"], "Error: --top 0 must be at least 1"),
+        (["--window", "0"], "Error: --window 0 must be at least 1"),
+        (["--rescan"], "Error: --rescan goes with --state"),
+        (["--shard", "3/2"], "Error: --shard '3/2' needs I from 0 to N-1"),
         (["-k", "nope"], "Error: --key 'nope' not found in any shard (keys seen: blocks.0.hook_sae_acts, blocks.1.hook_sae_acts)"),
     ],
 )

@@ -13,8 +13,8 @@ from conftest import SAMPLE_DATA, invoke_without
 from reference import write_shard
 from typer.testing import CliRunner
 
-from cli.density import render_histograms
-from cli.main import app
+from nact_cli.density import render_histograms
+from nact_cli.main import app
 from neuron_activity import NeuronActivity
 from neuron_activity.counts_file import SavedCounts, save_counts
 from neuron_activity.density import histogram, summarize
@@ -45,7 +45,7 @@ def test_summary_against_numpy() -> None:
     density = counts / n
     alive = counts > 0
     logs = np.log10(density[alive])
-    assert s.dead == int((~alive).sum())
+    assert s.never_fired == int((~alive).sum())
     assert s.dense == int((density > 0.01).sum())
     assert s.ultralow == int((alive & (density < 1e-4)).sum())
     assert s.ultralow_present and s.ultralow >= 300
@@ -112,12 +112,12 @@ def test_plot_png_and_svg(tmp_path: Path) -> None:
     assert nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "d.svg").exit_code == 0
     assert b"<svg" in (tmp_path / "d.svg").read_bytes()[:1000]
     bad = nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "d.gif")
-    assert bad.exit_code == 2 and bad.stderr == f"Error: {tmp_path / 'd.gif'}: --plot writes .png or .svg files\n"
+    assert bad.exit_code == 2 and bad.stderr == f"Error: {tmp_path / 'd.gif'}: a figure is written as a .png or .svg file\n"
 
 
 def test_plot_without_matplotlib_says_which_extra(tmp_path: Path) -> None:
     code, stderr = invoke_without("matplotlib", ["density", str(SAMPLE_DATA), "--plot", str(tmp_path / "x.png")])
-    assert (code, stderr) == (2, "Error: --plot needs matplotlib: pip install 'nact[plot]'\n")
+    assert (code, stderr) == (2, "Error: drawing a figure needs matplotlib: pip install matplotlib\n")
 
 
 def test_density_of_counts_equals_density_of_activations(tmp_path: Path) -> None:

@@ -52,14 +52,14 @@ def test_cron_exit_codes() -> None:
 
 
 def test_help_does_not_import_torch_or_numpy() -> None:
-    code = "import sys; from cli.main import app; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    code = "import sys; from nact_cli.main import app; print('torch' in sys.modules, 'numpy' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
 
 
 def test_cpu_scan_does_not_import_torch() -> None:
     code = (
-        "import sys; from typer.testing import CliRunner; from cli.main import app; "
+        "import sys; from typer.testing import CliRunner; from nact_cli.main import app; "
         f"r = CliRunner().invoke(app, ['scan', {str(SAMPLE_DATA)!r}, '-f', 'csv']); "
         "print(r.exit_code, 'torch' in sys.modules)"
     )

@@ -41,7 +41,8 @@ def test_every_bit_pattern_fires_exactly_when_above(kernel: str, dtype: str, thr
     for width in (1, 4):  # one column, and the same patterns spread over a few columns
         c = counter(kernel, fire_rule(dtype, t), width)
         c.update(bits.reshape(-1, width))
-        fire_counts, nan_counts, _ = c.result()
+        result = c.result()
+        fire_counts, nan_counts = result["fire_counts"], result["nan_counts"]
         by_column = values.reshape(-1, width)
         assert fire_counts.tolist() == greater_than(by_column, t).sum(axis=0).tolist()
         assert nan_counts.tolist() == np.isnan(by_column).sum(axis=0).tolist()
@@ -104,6 +105,6 @@ def test_counts_past_the_width_of_the_accumulators(kernel: str, dtype: str, widt
     bits[::7, 0] = 0
     c = counter(kernel, fire_rule(dtype, Fraction(0)), width)
     c.update(bits)
-    fire_counts, _, _ = c.result()
+    fire_counts = c.result()["fire_counts"]
     assert fire_counts[0] == rows - len(range(0, rows, 7))
     assert (fire_counts[1:] == rows).all()

@@ -14,7 +14,7 @@ from conftest import invoke_without
 from reference import as_float64, fire_counts, random_activations, write_shard
 from typer.testing import CliRunner
 
-from cli.main import app
+from nact_cli.main import app
 from neuron_activity import BadInput, NactError, inspect, scan
 
 runner = CliRunner()
@@ -217,7 +217,7 @@ def test_saelens_arrow_cache(tmp_path: Path) -> None:
 def test_arrow_without_pyarrow_says_which_extra(tmp_path: Path) -> None:
     write_saelens_cache(tmp_path / "cache", {"h": np.ones((2, 3, 4), np.float32)}, batch_rows=2, files=1)
     code, stderr = invoke_without("pyarrow", ["scan", str(tmp_path / "cache")])
-    assert (code, stderr) == (2, "Error: reading Arrow caches (SAELens) needs pyarrow: pip install 'nact[arrow]'\n")
+    assert (code, stderr) == (2, "Error: reading Arrow caches (SAELens) needs pyarrow: pip install pyarrow\n")
 
 
 def test_broken_arrow_file(tmp_path: Path) -> None:
@@ -300,7 +300,7 @@ def test_mixed_formats_are_refused_unless_one_is_picked(tmp_path: Path) -> None:
     assert result.stderr == "Error: the inputs mix shard formats (1 npy, 1 safetensors files): pick one with --input-format\n"
     assert counts(tmp_path, input_format="npy") == {"a": ([3, 3], 3)}
     assert counts(tmp_path, input_format="safetensors") == {"acts": ([4] * 5, 4)}
-    with pytest.raises(NactError, match="unknown input format 'hdf5'"):
+    with pytest.raises(NactError, match="input format 'hdf5' is not a format: use safetensors, npy"):
         scan([tmp_path], input_format="hdf5")
 
 

@@ -226,7 +226,7 @@ def test_integer_tensor_beside_floats_is_skipped_with_a_warning(tmp_path: Path) 
 
 def test_key_not_found(tmp_path: Path) -> None:
     write_shard(tmp_path / "a.safetensors", {"acts": torch.ones(3, 2)})
-    with pytest.raises(NactError, match=r"--key 'nope' not found in any shard \(keys seen: acts\)"):
+    with pytest.raises(NactError, match=r"^key 'nope' not found in any shard \(keys seen: acts\)$"):
         scan([tmp_path], keys=["nope"])
 
 

@@ -2,8 +2,8 @@
 
 Planning reads only headers (or schemas), so shape, format and size problems are found before
 any counting starts. Format detection lives here, in ``detect``; each format's reader is a
-module with ``entries(paths)`` and, unless its tensors can be mapped in place, ``chunks`` (or,
-for sparse caches, ``count``).
+module that follows ``base.DenseReader`` or ``base.SparseReader``, and the registry below is
+built from the formats and suffixes the readers declare.
 """
 
 from __future__ import annotations
@@ -15,20 +15,17 @@ from types import ModuleType
 
 from ..dtypes import FLOAT_FORMATS, INTEGER_FORMATS, ITEMSIZE
 from ..counts_file import is_counts_file
-from ..errors import BadInput, NactError, NoVectors, ShapeMismatch
+from ..errors import BadInput, KeyNotFound, MixedFormats, NoVectors, ShapeMismatch
 from . import arrow_files, delphi_caches, numpy_files, safetensors_files, torch_files
-from .base import TensorEntry, TensorSlab, natural_key
+from .base import SPARSE, TensorEntry, TensorSlab, natural_key
 
-READERS: dict[str, ModuleType] = {
-    "safetensors": safetensors_files,
-    "npy": numpy_files,
-    "npz": numpy_files,
-    "torch": torch_files,
-    "arrow": arrow_files,
-    "delphi": delphi_caches,
-}
+DENSE_READERS: tuple[ModuleType, ...] = (safetensors_files, numpy_files, torch_files, arrow_files)
+SPARSE_READERS: tuple[ModuleType, ...] = (delphi_caches,)
+READERS: dict[str, ModuleType] = {fmt: r for r in (*DENSE_READERS, *SPARSE_READERS) for fmt in r.FORMATS}
 INPUT_FORMATS = tuple(READERS)
-SUFFIX_FORMATS = {".safetensors": "safetensors", ".npy": "npy", ".npz": "npz", ".pt": "torch", ".pth": "torch", ".arrow": "arrow"}
+SUFFIX_FORMATS: dict[str, str] = {
+    suffix: fmt for r in (*DENSE_READERS, *SPARSE_READERS) for suffix, fmt in r.SUFFIXES.items()
+}
 
 
 @dataclass(frozen=True)
@@ -96,7 +93,9 @@ def discover(paths: list[Path], input_format: str | None = None) -> dict[Path, s
     ``input_format`` picks one (files named on the command line are then read as that format).
     """
     if input_format is not None and input_format not in READERS:
-        raise NactError(f"unknown input format {input_format!r}: use one of {', '.join(INPUT_FORMATS)}")
+        from ..errors import BadOption
+
+        raise BadOption("input_format", input_format, f"is not a format: use {', '.join(INPUT_FORMATS)}")
     found: dict[Path, str] = {}
     for path in paths:
         if path.is_dir():
@@ -121,8 +120,7 @@ def discover(paths: list[Path], input_format: str | None = None) -> dict[Path, s
             raise BadInput(path, "no such file or directory")
     kinds = sorted(set(found.values()))
     if len(kinds) > 1:
-        counts = ", ".join(f"{sum(1 for f in found.values() if f == k)} {k}" for k in kinds)
-        raise NactError(f"the inputs mix shard formats ({counts} files): pick one with --input-format")
+        raise MixedFormats({k: sum(1 for f in found.values() if f == k) for k in kinds})
     return {p: found[p] for p in sorted(found, key=natural_key)}
 
 
@@ -197,15 +195,12 @@ def plan_scan(
                 f"but {list(entry.shape)} in {entry.path}: every shard must give a component the same "
                 "number of features (and components)"
             )
-        if entry.format == "delphi":
+        if entry.storage == SPARSE:
             notes[entry.key] = entry.note or ""
         plan.slabs.append(TensorSlab(entry, num_rows, len(names) * num_features))
     missing = sorted(named - seen_keys)
     if missing:
-        raise NactError(
-            f"--key {', '.join(map(repr, missing))} not found in any shard "
-            f"(keys seen: {', '.join(sorted(seen_keys)) or 'none'})"
-        )
+        raise KeyNotFound(missing, sorted(seen_keys))
     for key, (dtype, why, count) in skipped.items():
         plan.warnings.append(f"skipped tensor {key!r} ({dtype}) in {count} shard(s): {why}")
     for key, note in notes.items():

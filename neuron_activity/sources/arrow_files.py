@@ -3,7 +3,7 @@
 Each hook column holds one ``[context_size, d_in]`` array per row (a nested list in Arrow), so
 a column is one component of ``rows x context_size`` vectors. ``token_ids`` and other integer
 columns are not components. Files are memory-mapped and read record batch by record batch; the
-values of a batch are counted in place, never copied. Needs pyarrow: ``pip install 'nact[arrow]'``.
+values of a batch are counted in place, never copied. Needs pyarrow: ``pip install pyarrow``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import numpy as np
 
 from ..dtypes import UNSIGNED_VIEW
 from ..errors import BadInput, NactError
-from .base import TensorEntry, TensorSlab
+from .base import BATCHES, TensorEntry, TensorSlab
 
 FORMAT = "arrow"
-SUFFIXES = (".arrow",)
+FORMATS = (FORMAT,)
+SUFFIXES = {".arrow": FORMAT}
 ARROW_FLOATS = {"double": "F64", "float": "F32", "halffloat": "F16"}
 
 
@@ -28,7 +29,7 @@ def _pyarrow() -> object:
         import pyarrow
         import pyarrow.ipc  # noqa: F401
     except ImportError:
-        raise NactError("reading Arrow caches (SAELens) needs pyarrow: pip install 'nact[arrow]'") from None
+        raise NactError("reading Arrow caches (SAELens) needs pyarrow: pip install pyarrow") from None
     return pyarrow
 
 
@@ -119,7 +120,7 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
             context, width = shape or (0, 0)
             out.append(
                 TensorEntry(path, name, dtype, (rows * context, width), FORMAT, member=name,
-                            note=f"{rows} rows x {context} positions")
+                            note=f"{rows} rows x {context} positions", storage=BATCHES)
             )
     return out
 

@@ -1,12 +1,34 @@
-"""What every reader produces: tensor entries described from headers, before any counting."""
+"""The reader interface, and what every reader produces: tensor entries described from
+headers, before any counting.
+
+A reader is a module with ``FORMATS`` (the format names it reads), ``SUFFIXES`` (file suffix ->
+format, for detection) and ``entries(paths)``. A dense reader also has ``chunks(slab, rows)``
+for entries it cannot have mapped in place; a sparse reader has ``count(slab, rule,
+track_last)`` and counts its stored entries itself.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from ..dtypes import ITEMSIZE
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..dtypes import FireRule
+
+# How an entry's values are stored, which says how the engine reads them.
+MAPPED = "mapped"  # rows lie contiguously at ``offset``: mapped window by window
+FORTRAN = "fortran"  # a Fortran-ordered array: its reader gathers rows
+COMPRESSED = "compressed"  # a compressed member: its reader decompresses it as a stream
+LOADED = "loaded"  # a tensor its reader loads (torch.save files)
+BATCHES = "batches"  # record batches of an Arrow file
+SPARSE = "sparse"  # stored (location, value) entries: its reader counts them
 
 
 @dataclass(frozen=True)
@@ -26,7 +48,8 @@ class TensorEntry:
     member: str | None = None  # npz member, torch dict path, arrow column
     files: tuple[Path, ...] = ()  # every file of a multi-file entry (a delphi module)
     file_bytes: tuple[int, ...] = ()  # bytes read from each of ``files``
-    note: str | None = None  # shown by inspect and in warnings
+    note: str | None = None  # shown by inspect and in warnings; never read by code
+    storage: str = MAPPED
 
     @property
     def nbytes(self) -> int:
@@ -70,6 +93,26 @@ class TensorSlab:
     @property
     def nbytes(self) -> int:
         return self.entry.nbytes if self.entry.files else self.num_rows * self.row_bytes
+
+
+class Reader(Protocol):
+    FORMATS: tuple[str, ...]
+    SUFFIXES: dict[str, str]
+
+    def entries(self, paths: list[Path]) -> list[TensorEntry]: ...
+
+
+class DenseReader(Reader, Protocol):
+    def chunks(self, slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
+        """Rows ``[n, slab.width]`` of raw bits (the dtype's unsigned view), in order."""
+        ...
+
+
+class SparseReader(Reader, Protocol):
+    def count(self, slab: TensorSlab, rule: FireRule, track_last: bool = False) -> Iterator[tuple[Path, dict, int]]:
+        """Per chunk of stored entries: the file, its states over the whole width (``last_fired``
+        as stream indices), and the bytes read."""
+        ...
 
 
 _DIGITS = re.compile(r"(\d+)")

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..counting import Counts, in_ranges
+from ..counting import States, in_ranges
 from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
-from .base import TensorEntry, TensorSlab
+from .base import SPARSE, TensorEntry, TensorSlab
 from .safetensors_files import read_header
 
 FORMAT = "delphi"
+FORMATS = (FORMAT,)
+SUFFIXES: dict[str, str] = {}  # splits are safetensors files, told apart by their header
 SPLIT_NAME = re.compile(r"^(\d+)_(\d+)$")
 ENTRIES_PER_CHUNK = 1 << 22
 NOTE = "sparse cache: entries it did not store (below its own threshold) count as not firing"
@@ -82,6 +84,7 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
                 files=tuple(p for *_, p in splits),
                 file_bytes=tuple(t["activations"].nbytes + t["locations"].nbytes for _, _, t, _ in splits),
                 note=NOTE,
+                storage=SPARSE,
             )
         )
     return out
@@ -93,7 +96,7 @@ def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=entry.offset, shape=entry.shape)
 
 
-def count(slab: TensorSlab, rule: FireRule, track_last: bool = False) -> Iterator[tuple[Path, Counts, int]]:
+def count(slab: TensorSlab, rule: FireRule, track_last: bool = False) -> Iterator[tuple[Path, States, int]]:
     """Per chunk of a split: its path, counts over all latents (the last fired as a vector index
     ``batch * positions + position``), and the bytes read."""
     width = slab.width
@@ -116,10 +119,10 @@ def count(slab: TensorSlab, rule: FireRule, track_last: bool = False) -> Iterato
             if rule.nan_above is not None:
                 nans = (a & np.asarray(rule.magnitude_mask, a.dtype)) > rule.nan_above
                 nan_counts = np.bincount(latents[nans], minlength=width).astype(np.int64)
-            last_fired = None
+            states = {"fire_counts": fire_counts, "nan_counts": nan_counts}
             if track_last:
-                last_fired = np.full(width, -1, np.int64)
+                states["last_fired"] = np.full(width, -1, np.int64)
                 vectors = where[:, 0] * positions + where[:, 1]
-                np.maximum.at(last_fired, latents[fires], vectors[fires])
-            yield path, Counts(fire_counts, nan_counts, last_fired), a.nbytes + where.size * locations.itemsize
+                np.maximum.at(states["last_fired"], latents[fires], vectors[fires])
+            yield path, states, a.nbytes + where.size * locations.itemsize
         del locations, bits

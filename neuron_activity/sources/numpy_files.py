@@ -19,9 +19,11 @@ import numpy as np
 
 from ..dtypes import NUMPY_NAMES, UNSIGNED_VIEW
 from ..errors import BadInput
-from .base import TensorEntry, TensorSlab, key_from_filename
+from .base import COMPRESSED, FORTRAN, TensorEntry, TensorSlab, key_from_filename
 
 NPY, NPZ = "npy", "npz"
+FORMATS = (NPY, NPZ)
+SUFFIXES = {".npy": NPY, ".npz": NPZ}
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then file name and extra field lengths
 
 
@@ -55,7 +57,7 @@ def npy_entries(path: Path) -> list[TensorEntry]:
     if offset + entry.nbytes > size:
         raise BadInput(path, f"truncated: the array needs {offset + entry.nbytes} bytes but the file has {size}")
     if fortran:  # columns are contiguous, rows are not: gather rows chunk by chunk
-        return [TensorEntry(path, entry.key, dtype, shape, NPY, member="fortran", note="Fortran order")]
+        return [TensorEntry(path, entry.key, dtype, shape, NPY, note="Fortran order", storage=FORTRAN)]
     return [entry]
 
 
@@ -80,13 +82,17 @@ def npz_entries(path: Path) -> list[TensorEntry]:
                     if entry.offset + entry.nbytes > start + info.file_size:
                         raise BadInput(path, f"{what}truncated: the array is larger than the member")
                     if fortran:
-                        entry = TensorEntry(path, key, dtype, shape, NPZ, member=info.filename, note="Fortran order")
+                        entry = TensorEntry(
+                            path, key, dtype, shape, NPZ, member=info.filename, note="Fortran order", storage=FORTRAN
+                        )
                 else:
                     with z.open(info) as member:
                         dtype, shape, fortran = read_npy_header(member, path, what)
                     if fortran:
                         raise BadInput(path, f"{what}a compressed Fortran-ordered array cannot be streamed by rows")
-                    entry = TensorEntry(path, key, dtype, shape, NPZ, member=info.filename, note="compressed")
+                    entry = TensorEntry(
+                        path, key, dtype, shape, NPZ, member=info.filename, note="compressed", storage=COMPRESSED
+                    )
                 out.append(entry)
     except (zipfile.BadZipFile, struct.error, EOFError) as e:
         raise BadInput(path, f"not a valid .npz archive: {e}") from None
@@ -103,7 +109,7 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     """Rows of an entry that is not mapped directly: Fortran order, or a compressed member."""
     entry = slab.entry
     unsigned = UNSIGNED_VIEW[slab.row_bytes // slab.width]
-    if entry.note == "Fortran order":
+    if entry.storage == FORTRAN:
         yield from _fortran_chunks(slab, chunk_rows, unsigned)
         return
     with zipfile.ZipFile(entry.path) as z, z.open(entry.member) as member:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from ..dtypes import ITEMSIZE
+import numpy as np
+
+from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
 from ..errors import BadInput
-from .base import TensorEntry
+from .base import TensorEntry, TensorSlab
 
 FORMAT = "safetensors"
-SUFFIXES = (".safetensors",)
+FORMATS = (FORMAT,)
+SUFFIXES = {".safetensors": FORMAT}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 
@@ -70,3 +74,14 @@ def read_header(path: Path) -> list[TensorEntry]:
 
 def entries(paths: list[Path]) -> list[TensorEntry]:
     return [e for path in paths for e in read_header(path)]
+
+
+def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
+    """Rows of a tensor through a read-only map (the engine maps windows itself; this is the
+    same read for callers that want a reader's chunks)."""
+    unsigned = UNSIGNED_VIEW[slab.row_bytes // slab.width]
+    if not slab.num_rows:
+        return
+    rows = np.memmap(slab.path, dtype=unsigned, mode="r", offset=slab.offset or 0, shape=(slab.num_rows, slab.width))
+    for start in range(0, slab.num_rows, chunk_rows):
+        yield np.array(rows[start : start + chunk_rows])

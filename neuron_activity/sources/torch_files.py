@@ -15,10 +15,11 @@ import numpy as np
 
 from ..dtypes import TORCH_NAMES, UNSIGNED_VIEW
 from ..errors import BadInput, NactError
-from .base import TensorEntry, TensorSlab, key_from_filename
+from .base import LOADED, TensorEntry, TensorSlab, key_from_filename
 
 FORMAT = "torch"
-SUFFIXES = (".pt", ".pth")
+FORMATS = (FORMAT,)
+SUFFIXES = {".pt": FORMAT, ".pth": FORMAT}
 
 
 def load(path: Path) -> object:
@@ -26,7 +27,7 @@ def load(path: Path) -> object:
     try:
         import torch
     except ImportError:
-        raise NactError(f"{path}: reading .pt files needs PyTorch: pip install 'nact[torch]'") from None
+        raise NactError(f"{path}: reading .pt files needs PyTorch: pip install torch") from None
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -67,7 +68,8 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
         for member, t in found.items():
             dtype = TORCH_NAMES.get(str(t.dtype).removeprefix("torch."), str(t.dtype))  # type: ignore[attr-defined]
             key = member or key_from_filename(path)
-            out.append(TensorEntry(path, key, dtype, tuple(t.shape), FORMAT, member=member))  # type: ignore[attr-defined]
+            shape = tuple(t.shape)  # type: ignore[attr-defined]
+            out.append(TensorEntry(path, key, dtype, shape, FORMAT, member=member, storage=LOADED))
     return out
 
 

@@ -1,0 +1,207 @@
+"""What a scan is asked to do, as typed, frozen values checked when they are made.
+
+``CountOptions`` say what to count and how, ``ReportOptions`` what to report, ``ScanRequest``
+which inputs, which mode (plain, a part of N, an incremental state, torchrun) and which files to
+write. Making one checks every range and every combination, so a request that exists can run;
+the files it names are checked by the pipeline before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from .activity import DEFAULT_THRESHOLDS, Threshold
+from .dtypes import as_fraction, parse_decimal
+from .errors import BadOption, Conflict, NeedsOption
+
+MAX_THREADS = 256
+MAX_PARTS = 1_000_000
+MAX_BINS_PER_DECADE = 100
+KERNELS = ("native", "numpy", "torch")
+KERNEL_VARIABLE = "NACT_KERNEL"  # picks the CPU kernel, for tests and benchmarks
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+
+
+def check_device_name(device: str) -> str:
+    """``device`` in its canonical spelling, if it is a name nact knows (nothing is imported)."""
+    name = device.strip().lower()
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICE_KINDS or (colon and (kind != "cuda" or not index.isdigit() or len(index) > 4)):
+        raise BadOption("device", device, "is not a device: use auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
+def _at_least_one(option: str, value: int | None, most: int | None = None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadOption(option, value, "must be at least 1")
+    if most is not None and value > most:
+        raise BadOption(option, value, f"must be at most {most}")
+
+
+def _density(option: str, value: Fraction) -> None:
+    if not 0 < value <= 1:
+        raise BadOption(option, value, "is not a density between 0 and 1")
+
+
+@dataclass(frozen=True)
+class CountOptions:
+    """What to count and how. ``kernel`` None: ``$NACT_KERNEL``, else the fastest built one."""
+
+    keys: tuple[str, ...] = ()
+    flatten: bool = False
+    fire_above: Fraction = Fraction(0)
+    device: str = "auto"
+    input_format: str | None = None
+    chunk_rows: int | None = None
+    threads: int | None = None
+    kernel: str | None = None
+    track_last: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "fire_above", as_fraction(self.fire_above, "fire_above"))
+        object.__setattr__(self, "device", check_device_name(self.device))
+        _at_least_one("chunk_rows", self.chunk_rows)
+        _at_least_one("threads", self.threads, MAX_THREADS)
+        kernel = self.kernel or os.environ.get(KERNEL_VARIABLE) or None
+        if kernel is not None and kernel not in KERNELS:
+            raise BadOption("kernel", kernel, f"is not a kernel: use {', '.join(KERNELS)}")
+        object.__setattr__(self, "kernel", kernel)
+        if self.input_format is not None:
+            from .sources import INPUT_FORMATS
+
+            if self.input_format not in INPUT_FORMATS:
+                raise BadOption("input_format", self.input_format, f"is not a format: use {', '.join(INPUT_FORMATS)}")
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What a report shows. Repeated thresholds are shown once, in the order first given."""
+
+    thresholds: tuple[Threshold, ...] = tuple(Threshold.parse(t) for t in DEFAULT_THRESHOLDS)
+    window: int | None = None
+    dense_above: Fraction = Fraction(1, 100)
+    ultralow_below: Fraction = Fraction(1, 10_000)
+    neurons: bool = False
+    top: int | None = None
+    fail_above: Fraction | None = None
+
+    def __post_init__(self) -> None:
+        unique = {t.value: t for t in reversed(self.thresholds)}
+        object.__setattr__(self, "thresholds", tuple(t for t in self.thresholds if unique[t.value] is t))
+        if not self.thresholds:
+            raise BadOption("threshold", "", "is needed: give at least one")
+        _at_least_one("window", self.window)
+        _at_least_one("top", self.top)
+        for name in ("dense_above", "ultralow_below"):
+            value = as_fraction(getattr(self, name), name)
+            _density(name, value)
+            object.__setattr__(self, name, value)
+        if self.fail_above is not None:
+            limit = as_fraction(self.fail_above, "fail_above")
+            if not 0 <= limit <= 1:
+                raise BadOption("fail_above", limit, "is not a portion between 0 and 1")
+            object.__setattr__(self, "fail_above", limit)
+
+    @classmethod
+    def parse(
+        cls,
+        thresholds: list[str] | None = None,
+        *,
+        dense_above: str = "0.01",
+        ultralow_below: str = "1e-4",
+        fail_above: str | None = None,
+        **rest: object,
+    ) -> ReportOptions:
+        """Options from text as typed (``thresholds`` None: the defaults)."""
+        return cls(
+            thresholds=tuple(Threshold.parse(t) for t in (thresholds or DEFAULT_THRESHOLDS)),
+            dense_above=parse_decimal(dense_above, "dense_above"),
+            ultralow_below=parse_decimal(ultralow_below, "ultralow_below"),
+            fail_above=None if fail_above is None else parse_decimal(fail_above, "fail_above"),
+            **rest,  # type: ignore[arg-type]
+        )
+
+
+def check_bins_per_decade(bins: int) -> int:
+    _at_least_one("bins_per_decade", bins, MAX_BINS_PER_DECADE)
+    return bins
+
+
+@dataclass(frozen=True)
+class Part:
+    """Part ``index`` of ``of`` (from 0) of the sorted units: a contiguous run of them."""
+
+    index: int
+    of: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.of <= MAX_PARTS:
+            raise BadOption("shard", f"{self.index}/{self.of}", f"needs N from 1 to {MAX_PARTS}")
+        if not 0 <= self.index < self.of:
+            raise BadOption("shard", f"{self.index}/{self.of}", "needs I from 0 to N-1")
+
+    @classmethod
+    def parse(cls, text: str) -> Part:
+        """``I/N``, as given to ``--shard``."""
+        try:
+            i, n = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise BadOption("shard", text, "is not I/N (for example 0/4)") from None
+        return cls(i, n)
+
+    def bounds(self, units: int) -> tuple[int, int]:
+        """The slice ``[start, stop)`` of ``units`` sorted units that this part counts."""
+        return self.index * units // self.of, (self.index + 1) * units // self.of
+
+    def of_units(self, units: list[Path]) -> list[Path]:
+        start, stop = self.bounds(len(units))
+        return units[start:stop]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.of}"
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """One scan: inputs, options, mode and outputs, checked together when made.
+
+    Modes: plain; ``part`` (count part I of N, for a scheduler's array of jobs); ``state`` (an
+    incremental audit); ``distributed`` (one rank of torchrun: every rank counts its share of
+    the shards, or of ``part``'s shards). ``output`` is where the caller writes the rendered
+    report: the pipeline only checks it, with the other outputs, before any work.
+    """
+
+    paths: tuple[Path, ...]
+    count: CountOptions = field(default_factory=CountOptions)
+    report: ReportOptions = field(default_factory=ReportOptions)
+    part: Part | None = None
+    state: Path | None = None
+    rescan: bool = False
+    save_counts: Path | None = None
+    output: Path | None = None
+    distributed: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", tuple(Path(p) for p in self.paths))
+        if not self.paths:
+            raise BadOption("paths", "", "are needed: give at least one file or folder")
+        if self.state is not None and self.save_counts is not None:
+            raise Conflict(("state", "save_counts"), "an audit saves its counts in its state")
+        if self.state is not None and self.part is not None:
+            raise Conflict(("state", "shard"), "an audit counts every new shard; save parts with save_counts instead")
+        if self.rescan and self.state is None:
+            raise NeedsOption("rescan", "state")
+        if self.distributed and self.state is not None:
+            raise Conflict(
+                ("torchrun", "state"),
+                "run the audit in one process, or save the ranks' counts with save_counts and merge them",
+            )
+        outputs = [p for p in (self.output, self.save_counts, self.state) if p is not None]
+        if len({os.path.abspath(p) for p in outputs}) < len(outputs):
+            raise Conflict(("output", "save_counts", "state"), "they name the same file")

@@ -1,0 +1,192 @@
+"""One scan, whatever its mode: plan -> count -> report.
+
+``run_scan(request)`` is the one entry point the CLI calls. In order, before anything is
+counted or written: the request's options were checked when it was made; the output files are
+checked (their folders exist and are writable, none is a folder); the inputs are listed and no
+output may be one of them; every header is read (the plan). Then the mode counts: plain, a part
+of N, an incremental state, or one rank of torchrun. The report is made before any file is
+written, so a scan that is going to fail writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .counting import resolve_device
+from .counts_file import PartRecord, SavedCounts, ShardRecord, save_counts
+from .errors import BadOutput, NactError
+from .options import CountOptions, Part, ScanRequest
+from .report import Report, make_report
+from .scan import ProgressCallback, ScanResult, count
+from .sources import ScanPlan, discover, plan_scan
+
+
+class EmptyPart(NactError):
+    """A part of a split scan that holds no shards (more parts than shards), with nowhere to
+    save its empty counts."""
+
+    def __init__(self, part: Part, units: int) -> None:
+        self.part, self.units = part, units
+        super().__init__(f"part {part} holds no shards ({units} in all): nothing to count")
+
+
+@dataclass
+class ScanOutcome:
+    """What a scan gives its caller: the report to show (None on a torchrun rank other than 0,
+    and for an empty part), the counts saved (if any), and notes for stderr."""
+
+    report: Report | None
+    saved: SavedCounts | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _outputs(request: ScanRequest) -> list[Path]:
+    return [p for p in (request.output, request.save_counts, request.state) if p is not None]
+
+
+def check_outputs(outputs: list[Path]) -> None:
+    """Every output can be written: its folder exists and is writable, it is not a folder, and
+    no two outputs are one file (symlinks followed). Nothing is created."""
+    seen: dict[str, Path] = {}
+    for path in outputs:
+        target = Path(os.path.realpath(path))
+        if target.is_dir():
+            raise BadOutput(path, "is a folder, not a file")
+        folder = target.parent
+        if not folder.is_dir():
+            raise BadOutput(path, f"cannot write: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BadOutput(path, f"cannot write: folder {folder} is not writable")
+        if str(target) in seen:
+            raise BadOutput(path, f"is the same file as {seen[str(target)]}: each output needs its own")
+        seen[str(target)] = path
+
+
+def check_not_inputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """No output may overwrite an input (the same file, whatever path names it)."""
+    existing = [p for p in outputs if os.path.exists(p)]
+    if not existing:
+        return
+    identities = set()
+    for path in inputs:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        identities.add((st.st_dev, st.st_ino))
+    for path in existing:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) in identities:
+            raise BadOutput(path, "is one of the inputs: nact never writes over its input")
+
+
+def run_scan(
+    request: ScanRequest,
+    *,
+    on_plan: Callable[[ScanPlan], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> ScanOutcome:
+    """Run ``request`` (see the module's docstring for the order of checks and work)."""
+    outputs = _outputs(request)
+    check_outputs(outputs)
+    shards = discover(list(request.paths), request.count.input_format)
+    check_not_inputs(outputs, list(shards))
+    tracking = request.count.track_last or request.report.window is not None or request.save_counts is not None
+    options = replace(request.count, track_last=tracking)
+    if request.state is not None:
+        return _audit(request, options, shards, on_plan, on_progress)
+    if request.distributed:
+        return _on_ranks(request, options, shards)
+    device = resolve_device(options.device)
+    plan = plan_scan(shards, options.keys, options.flatten)
+    mine, record = _part_units(request.part, plan.units())
+    if request.part is not None and not mine and request.save_counts is None:
+        raise EmptyPart(request.part, record.total_units)  # type: ignore[union-attr]
+    plan.restrict(mine)
+    if on_plan is not None:
+        on_plan(plan)
+    result = count(plan, options, device, on_progress)
+    return _finish(request, result, mine, record, [str(p) for p in plan.shards])
+
+
+def _part_units(part: Part | None, units: list[Path]) -> tuple[list[Path], PartRecord | None]:
+    """The units a (possibly partial) scan counts, and its part record."""
+    if part is None:
+        return units, None
+    start, stop = part.bounds(len(units))
+    return units[start:stop], PartRecord(part.index, part.of, start, stop - start, len(units))
+
+
+def _finish(
+    request: ScanRequest, result: ScanResult, units: list[Path], part: PartRecord | None, shards: list[str]
+) -> ScanOutcome:
+    """Report, then save: a report that cannot be made (no vectors) stops before any write.
+    An empty part saves empty counts that merge with the other parts, and reports nothing.
+    ``units`` are those counted (by every rank), ``shards`` their files."""
+    saved = None
+    if request.save_counts is not None:
+        records = [ShardRecord.of(u) for u in units]
+        saved = SavedCounts(result.activity, records, part, result.kernel, result.device)
+    if part is not None and not units:
+        save_counts(request.save_counts, saved)  # type: ignore[arg-type]
+        note = (
+            f"part {request.part} holds no shards ({part.total_units} in all): "
+            f"saved empty counts to {request.save_counts}, which merge with the other parts"
+        )
+        return ScanOutcome(None, saved, [note])
+    report = make_report(result.activity, request.report, shards, result.device, result.kernel, result.warnings)
+    if saved is not None:
+        save_counts(request.save_counts, saved)  # type: ignore[arg-type]
+    return ScanOutcome(report, saved)
+
+
+def _audit(
+    request: ScanRequest,
+    options: CountOptions,
+    shards: dict[Path, str],
+    on_plan: Callable[[ScanPlan], None] | None,
+    on_progress: ProgressCallback | None,
+) -> ScanOutcome:
+    from .audit import audit
+
+    reports: list[Report] = []
+
+    def check(saved: SavedCounts, scanned: ScanResult | None) -> None:
+        warnings = scanned.warnings if scanned else []
+        device = scanned.device if scanned else None
+        kernel = scanned.kernel if scanned else None
+        shard_paths = [s.path for s in saved.shards]
+        reports.append(make_report(saved.activity, request.report, shard_paths, device, kernel, warnings))
+
+    audited = audit(
+        list(request.paths), request.state, options, rescan=request.rescan, shards=shards, check=check,  # type: ignore[arg-type]
+        on_plan=on_plan, on_progress=on_progress,
+    )
+    return ScanOutcome(reports[0], audited.saved)
+
+
+def _on_ranks(request: ScanRequest, options: CountOptions, shards: dict[Path, str]) -> ScanOutcome:
+    """One rank of torchrun: every rank plans every header (so all agree on the components) and
+    counts its share of the units (of ``part``'s units, with a part); rank 0 reports and saves
+    the whole, recording every unit counted by any rank."""
+    from .distributed import run_on_ranks
+
+    def work(rank: int, world: int, device: str) -> tuple[object, tuple]:
+        plan = plan_scan(shards, options.keys, options.flatten)
+        mine, record = _part_units(request.part, plan.units())
+        if request.part is not None and not mine and request.save_counts is None:
+            raise EmptyPart(request.part, record.total_units)  # type: ignore[union-attr]
+        plan.restrict(mine)
+        files = [str(p) for p in plan.shards]
+        plan.restrict(Part(rank, world).of_units(mine))
+        result = count(plan, options, resolve_device(device))
+        return result.activity, (result, mine, record, files)
+
+    done = run_on_ranks(options.device, work)  # type: ignore[arg-type]
+    if done is None:
+        return ScanOutcome(None)
+    result, mine, record, files = done
+    return _finish(request, result, mine, record, files)

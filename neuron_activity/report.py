@@ -1,0 +1,141 @@
+"""The report of a scan or of saved counts: rows per component and threshold, density summaries,
+neuron lists, the most and least active neurons, breaches of a limit, and the JSON document.
+
+Renderers (the CLI's table, CSV and Markdown) read this model; none of them computes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from ._version import __version__
+from .activity import ROW_COLUMNS, ActivityRow, NeuronActivity
+from .density import DensitySummary, densities, summarize, top_neurons
+from .options import ReportOptions
+
+JSON_SCHEMA_VERSION = 1
+
+
+@dataclass
+class Report:
+    """What scan and report show: rows, and what they came from."""
+
+    activity: NeuronActivity
+    options: ReportOptions
+    rows: list[ActivityRow]
+    density: list[DensitySummary]
+    shards: list[str]
+    device: str | None = None
+    kernel: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def window(self) -> int | None:
+        return self.options.window
+
+    @property
+    def neurons(self) -> bool:
+        return self.options.neurons
+
+    @property
+    def top(self) -> int | None:
+        return self.options.top
+
+    def breaches(self) -> list[ActivityRow]:
+        """Rows whose dead fraction is above ``fail_above`` (none when no limit is set)."""
+        limit = self.options.fail_above
+        if limit is None:
+            return []
+        return [r for r in self.rows if Fraction(r.dead, r.num_features) > limit]
+
+    def dead_neurons(self, row: ActivityRow) -> list[int]:
+        return np.flatnonzero(self.activity.components[row.component].dead(row.threshold)).tolist()
+
+    def dead_in_window(self, row: ActivityRow) -> int:
+        assert self.window is not None
+        return int(self.activity.components[row.component].dead_in_window(self.window).sum())
+
+    def top_neurons(self) -> dict[str, dict[str, list[dict[str, object]]]]:
+        """Per component, the ``top`` most and least active neurons with counts and densities."""
+        out = {}
+        for c in self.activity.components.values():
+            if not c.num_vectors:
+                continue
+            most, least = top_neurons(c, self.top or 0)
+            density = densities(c)
+            out[c.name] = {
+                label: [{"neuron": i, "fire_count": int(c.fire_counts[i]), "density": float(density[i])} for i in found]
+                for label, found in (("most_active", most), ("least_active", least))
+            }
+        return out
+
+    def columns(self) -> list[str]:
+        """The columns of a flat row (CSV): the row columns, then the optional ones."""
+        columns = list(ROW_COLUMNS) + (["window", "dead_in_window"] if self.window is not None else [])
+        return columns + (["dead_neurons", "dead_neuron_fire_counts"] if self.neurons else [])
+
+    def row_dict(self, row: ActivityRow, flat: bool = False) -> dict[str, object]:
+        """A row as JSON has it; ``flat`` joins neuron lists with spaces (for CSV)."""
+        d = row.as_dict()
+        if self.window is not None:
+            d["window"] = self.window
+            d["dead_in_window"] = self.dead_in_window(row)
+        if self.neurons:
+            dead = self.dead_neurons(row)
+            counts = self.activity.components[row.component].fire_counts[dead].tolist()
+            d["dead_neurons"] = " ".join(map(str, dead)) if flat else dead
+            d["dead_neuron_fire_counts"] = " ".join(map(str, counts)) if flat else counts
+        return d
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON document (schema version ``JSON_SCHEMA_VERSION``)."""
+        activity = self.activity
+        doc: dict[str, object] = {
+            "schema_version": JSON_SCHEMA_VERSION,
+            "nact_version": __version__,
+            "fire_above": float(activity.fire_above),
+            "thresholds": [float(t.value) for t in self.options.thresholds],
+            "device": self.device,
+            "kernel": self.kernel,
+            "shards": self.shards,
+            "components": [
+                {
+                    "component": c.name,
+                    "num_features": c.num_features,
+                    "num_vectors": c.num_vectors,
+                    "nan_count": c.nan_count,
+                }
+                for c in activity.components.values()
+            ],
+            "warnings": self.warnings,
+            "rows": [self.row_dict(r) for r in self.rows],
+        }
+        if self.window is not None:
+            doc["window"] = self.window
+        doc["density"] = [d.as_dict() for d in self.density]
+        if self.top:
+            doc["top"] = self.top_neurons()
+        return doc
+
+
+def make_report(
+    activity: NeuronActivity,
+    options: ReportOptions,
+    shards: list[str],
+    device: str | None = None,
+    kernel: str | None = None,
+    warnings: list[str] | None = None,
+) -> Report:
+    """The report of ``activity``; raises NoVectors when nothing was counted, and NotTracked when
+    a window is asked of counts that did not record when neurons last fired."""
+    rows = activity.rows(list(options.thresholds))
+    if options.window is not None:
+        for c in activity.components.values():
+            c.dead_in_window(options.window)  # raises NotTracked before anything is shown
+    density = [
+        summarize(c, options.dense_above, options.ultralow_below) for c in activity.components.values() if c.num_vectors
+    ]
+    return Report(activity, options, rows, density, shards, device, kernel, list(warnings or []))
