@@ -75,6 +75,8 @@ def word(error: BaseException) -> str:
         return f"{error}: --window needs counts saved with --save-counts or --state"
     if isinstance(error, ComponentsDiffer):
         return f"{error}: pass --union to merge them anyway"
+    if isinstance(error, errors.NotCountsFile):
+        return f"{error} (saved with nact scan --save-counts)"
     if isinstance(error, EmptyPart):
         return f"--shard {error}: pass --save-counts to save an empty part that merges with the others"
     return str(error)

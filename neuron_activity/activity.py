@@ -154,6 +154,7 @@ class NeuronActivity:
 
     def add_states(self, name: str, states: dict[str, np.ndarray], num_vectors: int) -> None:
         """Add the per-neuron ``states`` of component ``name`` (see ``state.FIELDS``)."""
+        states = {n: np.asarray(v, dtype=state.BY_NAME[n].dtype) for n, v in states.items()}
         if name not in self.components:
             width = len(states["fire_counts"])
             self.components[name] = ComponentActivity(name, state.empty(width, tuple(states)), 0)

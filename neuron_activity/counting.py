@@ -283,7 +283,7 @@ class TorchCounter:
                 self._count(self.torch.from_numpy(signed.copy()).to(self.device), first_vector)
             except (RuntimeError, TypeError) as e:  # int64 sums need a recent macOS
                 raise DeviceUnavailable(
-                    f"device 'mps' cannot count {self.rule.dtype} tensors on this macOS ({e}); use --device cpu"
+                    f"device 'mps' cannot count {self.rule.dtype} tensors on this macOS ({e}); count on the cpu instead"
                 ) from None
         else:  # a copy: the chunk may be a read-only mapping that is closed after this call
             self._count(self.torch.from_numpy(signed.copy()).to(self.device), first_vector)

@@ -24,7 +24,7 @@ import numpy as np
 from . import state
 from .activity import NeuronActivity
 from .dtypes import decimal_text, parse_decimal
-from .errors import BadInput, CountsMismatch, NactError
+from .errors import BadInput, CountsMismatch, NactError, NotCountsFile
 
 FORMAT_NAME = "nact-counts"
 SCHEMA_VERSION = 2
@@ -164,7 +164,7 @@ def load_counts(path: Path) -> SavedCounts:
         raise BadInput(path, "no such file" if not path.exists() else "not a regular file")
     metadata = read_metadata(path)
     if metadata is None or metadata.get("format") != FORMAT_NAME:
-        raise BadInput(path, "not a nact counts file (saved with nact scan --save-counts)")
+        raise NotCountsFile(path, "not a nact counts file")
     if metadata.get("schema_version") not in READABLE_VERSIONS:
         raise BadInput(
             path, f"counts schema version {metadata.get('schema_version')} is not one this nact reads ({', '.join(READABLE_VERSIONS)})"

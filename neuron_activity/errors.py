@@ -22,6 +22,10 @@ class BadInput(NactError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class NotCountsFile(BadInput):
+    """A file given as saved counts that nact did not save counts in."""
+
+
 class BadOutput(BadInput):
     """An output path that cannot be written, or that would overwrite an input."""
 

@@ -10,9 +10,13 @@ SAMPLE_DATA = ROOT / "sample_data"
 
 
 @pytest.fixture(autouse=True)
-def _no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_color(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.delenv("NACT_KERNEL", raising=False)
+    # `python -c` in a subprocess puts the working folder first on sys.path: out of the checkout,
+    # it imports the installed nact, as a user's would
+    monkeypatch.chdir(tmp_path_factory.getbasetemp())
 
 
 # What nact reports on sample_data/ (see sample_data/make_sample_data.py): (component, threshold, dead)

@@ -1,4 +1,5 @@
-"""For random arrays, dtypes, chunk sizes and thresholds, nact's rows equal a plain numpy count."""
+"""For random arrays, dtypes, chunk sizes and thresholds, nact's rows (and the last vector each
+neuron fired on) equal a plain numpy count, on every kernel."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import TORCH_DTYPES, as_float64, dead_count, fire_counts, random_activations, write_shard
+from reference import TORCH_DTYPES, as_float64, dead_count, fire_counts, greater_than, random_activations, write_shard
 
 from neuron_activity import Threshold, scan
 
@@ -38,7 +39,9 @@ def test_rows_equal_numpy_reference(
     with tempfile.TemporaryDirectory() as folder:
         for i, x in enumerate(shards):
             write_shard(Path(folder) / f"{i:02d}.safetensors", {"acts": x})
-        result = scan([folder], fire_above=fire_above, chunk_rows=chunk_rows, kernel=kernel, threads=threads)
+        result = scan(
+            [folder], fire_above=fire_above, chunk_rows=chunk_rows, kernel=kernel, threads=threads, track_last=True
+        )
     rows = result.activity.rows([Threshold.parse(t) for t in chosen])
 
     values = np.concatenate([as_float64(x) for x in shards])
@@ -49,6 +52,9 @@ def test_rows_equal_numpy_reference(
     expected = []
     for name, v in per_component:
         counts = fire_counts(v, Fraction(fire_above))
+        fires = greater_than(v, Fraction(fire_above))
+        last = np.where(fires, np.arange(n)[:, None], -1).max(axis=0, initial=-1)
+        assert result.activity.components[name].last_fired.tolist() == last.tolist(), name
         for t in chosen:
             dead = dead_count(counts, n, t)
             expected.append((name, t, dead, num_features - dead, num_features, n, dead / num_features))

@@ -214,7 +214,7 @@ def plan_scan(
 def why_not_counted(entry: TensorEntry, explicitly_named: bool) -> str | None:
     """Why an entry is not counted (None when it is)."""
     if entry.dtype in INTEGER_FORMATS and not explicitly_named:
-        return "integer and bool tensors are counted only when named with --key"
+        return "integer and bool tensors are counted only when their key is named"
     if entry.dtype not in FLOAT_FORMATS and entry.dtype not in INTEGER_FORMATS:
         return f"dtype {entry.dtype} is not supported (supported: {', '.join(ITEMSIZE)})"
     if len(entry.shape) < 2:

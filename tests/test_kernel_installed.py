@@ -1,0 +1,26 @@
+"""Which copy of nact the tests run against, and that its C kernel is the one built for it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_c_kernel_is_loaded_and_current() -> None:
+    from neuron_activity import counting
+
+    assert counting._kernels is not None, f"the C kernel is {counting.NATIVE_PROBLEM}"
+    assert counting.CPU_KERNELS[0] == "native"
+
+
+@pytest.mark.skipif(not os.environ.get("NACT_TEST_INSTALLED"), reason="set where the tests must run on an installed wheel")
+def test_the_tests_run_on_the_installed_package() -> None:
+    import nact_cli
+    import neuron_activity
+
+    for module in (neuron_activity, nact_cli):
+        assert ROOT not in Path(module.__file__).resolve().parents, module.__file__
