@@ -22,5 +22,6 @@ def test_the_tests_run_on_the_installed_package() -> None:
     import nact_cli
     import neuron_activity
 
-    for module in (neuron_activity, nact_cli):
-        assert ROOT not in Path(module.__file__).resolve().parents, module.__file__
+    for module, source in ((neuron_activity, "neuron_activity"), (nact_cli, "cli")):
+        assert Path(module.__file__).resolve().parent != ROOT / source, module.__file__
+        assert "site-packages" in Path(module.__file__).parts, module.__file__
