@@ -12,21 +12,38 @@ import typer
 
 from .counts import load_merged
 from .output import emit, say
-from .render import DENSE_ABOVE_HELP, ULTRALOW_HELP, check_format
+from .render import (
+    COMPONENT_AXIS,
+    DENSE_ABOVE_HELP,
+    FLATTEN,
+    GROUP_BY,
+    INPUT_FORMAT,
+    KEY,
+    NUM_LATENTS,
+    NUM_VECTORS,
+    PARTIAL_LATENTS,
+    ULTRALOW_HELP,
+    check_format,
+)
 
 BAR_WIDTH = 50
 
 
 def density(
     paths: List[Path] = typer.Argument(
-        ..., metavar="PATH", help="Activation shards or folders, or saved counts files.", show_default=False
+        ..., metavar="PATH...", help="Activation shards or folders, or saved counts files.", show_default=False
     ),
     threshold: Optional[List[str]] = typer.Option(
         None, "--threshold", "-t", metavar="P", help="Dead thresholds to mark (repeatable).", show_default="1e-5, 1e-6"
     ),
-    key: Optional[List[str]] = typer.Option(None, "--key", "-k", metavar="KEY", help="Only these keys (repeatable)."),
-    flatten: bool = typer.Option(False, "--flatten", help="Treat every axis before the last as a batch axis."),
-    input_format: Optional[str] = typer.Option(None, "--input-format", metavar="FORMAT", help="Force a reader."),
+    key: Optional[List[str]] = KEY,
+    flatten: bool = FLATTEN,
+    component_axis: Optional[int] = COMPONENT_AXIS,
+    group_by: str = GROUP_BY,
+    input_format: Optional[str] = INPUT_FORMAT,
+    num_latents: Optional[int] = NUM_LATENTS,
+    num_vectors: Optional[int] = NUM_VECTORS,
+    partial_latents: bool = PARTIAL_LATENTS,
     fire_above: str = typer.Option("0", "--fire-above", metavar="X", help="A neuron fires when above X."),
     device: str = typer.Option("auto", "--device", "-d", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
     bins_per_decade: int = typer.Option(4, "--bins-per-decade", metavar="B", help="Histogram bins per factor of 10."),
@@ -55,7 +72,9 @@ def density(
     check_bins_per_decade(bins_per_decade)
     marks = ReportOptions.parse(threshold or ["1e-5", "1e-6"], dense_above=dense_above, ultralow_below=ultralow_below)
     count_options = CountOptions(
-        keys=tuple(key or ()), flatten=flatten, fire_above=fire_above, device=device, input_format=input_format
+        keys=tuple(key or ()), flatten=flatten, fire_above=fire_above, device=device, input_format=input_format,
+        component_axis=component_axis, group_by=group_by, num_latents=num_latents, num_vectors=num_vectors,
+        partial_latents=partial_latents,
     )
     if plot is not None:
         from neuron_activity.plot import check_plot_path
@@ -66,8 +85,7 @@ def density(
     if paths and all(p.is_file() and is_counts_file(p) for p in paths):
         activity = load_merged(paths).activity  # type: ignore[attr-defined]
     else:
-        options = {k: getattr(count_options, k) for k in ("keys", "flatten", "fire_above", "device", "input_format")}
-        result = scan_shards(paths, **options)
+        result = scan_shards(paths, options=count_options)
         activity, warnings = result.activity, result.warnings
     components = [c for c in activity.components.values() if c.num_vectors]
     if not components:

@@ -12,20 +12,33 @@ from typing import List, Optional
 import typer
 
 from .output import emit, say, word
+from .render import (
+    COMPONENT_AXIS,
+    FLATTEN,
+    GROUP_BY,
+    INPUT_FORMAT,
+    KEY,
+    NUM_LATENTS,
+    NUM_VECTORS,
+    PARTIAL_LATENTS,
+)
 
 INSPECT_FORMATS = ("table", "json")
 
 
 def inspect(
-    paths: List[Path] = typer.Argument(..., metavar="PATH", help="Shard files or directories.", show_default=False),
-    key: Optional[List[str]] = typer.Option(None, "--key", "-k", metavar="KEY", help="Only these keys (repeatable)."),
-    flatten: bool = typer.Option(False, "--flatten", help="Treat every axis before the last as a batch axis."),
-    input_format: Optional[str] = typer.Option(
-        None, "--input-format", metavar="FORMAT", help="Read the shards as this format (see nact scan --help)."
-    ),
+    paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Shard files or directories.", show_default=False),
+    key: Optional[List[str]] = KEY,
+    flatten: bool = FLATTEN,
+    component_axis: Optional[int] = COMPONENT_AXIS,
+    group_by: str = GROUP_BY,
+    input_format: Optional[str] = INPUT_FORMAT,
+    num_latents: Optional[int] = NUM_LATENTS,
+    num_vectors: Optional[int] = NUM_VECTORS,
+    partial_latents: bool = PARTIAL_LATENTS,
     fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help="table or json."),
 ) -> None:
-    """Show what nact scan would read: formats, tensors, components, sizes, and any problem.
+    """Show what nact scan would read: formats, tensors, components and their files, sizes, and any problem.
 
     Exits 2 when there is a problem a scan would stop on (each is listed), 0 otherwise.
 
@@ -38,14 +51,22 @@ def inspect(
     if fmt not in INSPECT_FORMATS:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(INSPECT_FORMATS)}", param_hint="'--format'")
     from neuron_activity import inspect as inspect_shards
+    from neuron_activity.options import CountOptions
 
-    result = inspect_shards(paths, keys=key, flatten=flatten, input_format=input_format)
+    options = CountOptions(
+        keys=tuple(key or ()), flatten=flatten, component_axis=component_axis, group_by=group_by,
+        input_format=input_format, num_latents=num_latents, num_vectors=num_vectors,
+        partial_latents=partial_latents, device="cpu",
+    )
+    result = inspect_shards(paths, options)
     problems = [word(p) for p in result.problems]
     if fmt == "json":
         doc = {
             "schema_version": 1,
             "shards": [{"path": str(p), "format": f} for p, f in result.shards.items()],
             "tensors": [t.as_dict() for t in result.tensors],
+            "groups": result.groups_as_dicts(),
+            "notes": result.notes,
             "problems": problems,
         }
         emit(json.dumps(doc, indent=2) + "\n", None)
@@ -82,5 +103,15 @@ def _table(result: object, width: int) -> str:
             str(t.num_vectors), str(t.num_features), f"{e.nbytes:,}", status,
         )
     buffer = io.StringIO()
-    Console(file=buffer, width=width, color_system=None, highlight=False).print(table)
+    console = Console(file=buffer, width=width, color_system=None, highlight=False)
+    console.print(table)
+    if result.groups:  # type: ignore[attr-defined]
+        console.print("Components, as a scan would count them:", markup=False)
+        for g in result.groups:  # type: ignore[attr-defined]
+            names = ", ".join(g.names[:4]) + (f" and {len(g.names) - 4} more" if len(g.names) > 4 else "")
+            files = g.files
+            where = str(files[0]) if len(files) == 1 else f"{len(files)} files, {files[0]} ... {files[-1]}"
+            console.print(f"  {names} ({g.num_features} features): {where}", markup=False, overflow="ignore", crop=False)
+    for note in result.notes:  # type: ignore[attr-defined]
+        console.print(f"Note: {note}", markup=False, overflow="ignore", crop=False)
     return buffer.getvalue()

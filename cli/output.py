@@ -38,6 +38,12 @@ FLAGS = {
     "bins_per_decade": "--bins-per-decade",
     "key": "--key",
     "paths": "PATH",
+    "component_axis": "--component-axis",
+    "flatten": "--flatten",
+    "group_by": "--group-by",
+    "num_latents": "--num-latents",
+    "num_vectors": "--num-vectors",
+    "partial_latents": "--partial-latents",
 }
 
 

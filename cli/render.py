@@ -41,6 +41,27 @@ FAIL_ABOVE = typer.Option(
 )
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing unless --fail-above is breached.")
 WINDOW = typer.Option(None, "--window", metavar="N", help="Also report neurons that did not fire in the last N vectors.")
+# Options that say what the inputs hold: scan, inspect and density share them.
+KEY = typer.Option(
+    None, "--key", "-k", metavar="KEY", help="Only tensors whose key or component matches KEY, a name or glob (repeatable)."
+)
+FLATTEN = typer.Option(False, "--flatten", help="Treat every axis before the last as a batch axis.")
+COMPONENT_AXIS = typer.Option(
+    None, "--component-axis", metavar="A", help="Take axis A (0, or the one before the features) as the component axis."
+)
+GROUP_BY = typer.Option(
+    "auto", "--group-by", metavar="RULE",
+    help="Which files make one component: auto, key (across files and folders), file, or folder.",
+)
+INPUT_FORMAT = typer.Option(
+    None, "--input-format", metavar="FORMAT", help="Read the shards as safetensors, npy, npz, torch, arrow or delphi.",
+    show_default="detected",
+)
+NUM_LATENTS = typer.Option(None, "--num-latents", metavar="N", help="delphi: the width of caches saved whole (LatentCache.save).")
+NUM_VECTORS = typer.Option(None, "--num-vectors", metavar="N", help="delphi: the vectors of caches saved without tokens.")
+PARTIAL_LATENTS = typer.Option(
+    False, "--partial-latents", help="delphi: count the splits that are there, each run of latents apart, naming the rest."
+)
 DENSE_ABOVE = typer.Option("0.01", "--dense-above", metavar="D", help=DENSE_ABOVE_HELP)
 ULTRALOW_BELOW = typer.Option("1e-4", "--ultralow-below", metavar="D", help=ULTRALOW_HELP)
 NEURONS = typer.Option(False, "--neurons", help="List the dead neurons (indices and fire counts) per threshold.")
@@ -118,6 +139,9 @@ def render_markdown(report: Report, **_: object) -> str:
     if report.density:
         lines += ["", density_title(report), "", "| " + " | ".join(DENSITY_HEADERS) + " |", "|" + "|".join([" --- "] + [" ---: "] * 5) + "|"]
         lines += ["| " + " | ".join(density_cells(d)) + " |" for d in report.density]
+    grouped = grouping_lines(report)
+    if grouped:
+        lines += [""] + grouped
     return "\n".join(lines) + "\n"
 
 
@@ -140,6 +164,15 @@ def density_cells(d: object) -> list[str]:
         str(d.ultralow),  # type: ignore[attr-defined]
         "yes" if d.ultralow_present else "no",  # type: ignore[attr-defined]
     ]
+
+
+def grouping_lines(report: Report) -> list[str]:
+    """One line per set of files that several files make one component of."""
+    lines = []
+    for names, files in report.file_groups():
+        listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        lines.append(f"{listed}: read from {len(files)} files, {files[0]} ... {files[-1]}")
+    return lines
 
 
 def render_table(report: Report, color: bool = False, width: int = 100) -> str:
@@ -171,6 +204,8 @@ def render_table(report: Report, color: bool = False, width: int = 100) -> str:
         for d in report.density:
             density.add_row(*density_cells(d))
         console.print(density)
+    for line in grouping_lines(report):
+        console.print(line, markup=False, overflow="ignore", crop=False)
     if report.neurons:
         for r in report.rows:
             dead = report.dead_neurons(r)

@@ -12,7 +12,15 @@ import typer
 
 from .output import say
 from .render import (
+    COMPONENT_AXIS,
     DENSE_ABOVE,
+    FLATTEN,
+    GROUP_BY,
+    INPUT_FORMAT,
+    KEY,
+    NUM_LATENTS,
+    NUM_VECTORS,
+    PARTIAL_LATENTS,
     FAIL_ABOVE,
     FORMAT,
     NEURONS,
@@ -32,20 +40,17 @@ if TYPE_CHECKING:
 
 def scan(
     paths: List[Path] = typer.Argument(
-        ..., metavar="PATH", help="Shard files or directories (searched recursively).", show_default=False
+        ..., metavar="PATH...", help="Shard files or directories (searched recursively).", show_default=False
     ),
     threshold: Optional[List[str]] = THRESHOLD,
-    key: Optional[List[str]] = typer.Option(
-        None, "--key", "-k", metavar="KEY", help="Only read tensors with this key (repeatable)."
-    ),
-    flatten: bool = typer.Option(False, "--flatten", help="Treat every axis before the last as a batch axis."),
-    input_format: Optional[str] = typer.Option(
-        None,
-        "--input-format",
-        metavar="FORMAT",
-        help="Read the shards as safetensors, npy, npz, torch, arrow or delphi.",
-        show_default="detected",
-    ),
+    key: Optional[List[str]] = KEY,
+    flatten: bool = FLATTEN,
+    component_axis: Optional[int] = COMPONENT_AXIS,
+    group_by: str = GROUP_BY,
+    input_format: Optional[str] = INPUT_FORMAT,
+    num_latents: Optional[int] = NUM_LATENTS,
+    num_vectors: Optional[int] = NUM_VECTORS,
+    partial_latents: bool = PARTIAL_LATENTS,
     fire_above: str = typer.Option(
         "0", "--fire-above", metavar="X", help="A neuron fires when its activation is above X."
     ),
@@ -110,6 +115,11 @@ def scan(
             input_format=input_format,
             chunk_rows=chunk_rows,
             threads=threads,
+            component_axis=component_axis,
+            group_by=group_by,
+            num_latents=num_latents,
+            num_vectors=num_vectors,
+            partial_latents=partial_latents,
         ),
         report=ReportOptions.parse(
             threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,

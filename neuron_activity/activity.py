@@ -44,6 +44,7 @@ class ComponentActivity:
         self.name = name
         self.states = {n: np.asarray(v, dtype=state.BY_NAME[n].dtype) for n, v in states.items()}
         self.num_vectors = int(num_vectors)
+        self.first_neuron = 0  # the index of neuron 0 in its layer (a partial delphi module's run)
 
     @property
     def fire_counts(self) -> np.ndarray:
@@ -170,7 +171,11 @@ class NeuronActivity:
                 f"with fire-above {float(self.fire_above)}"
             )
         for c in other.components.values():
+            if c.name in self.components and self.components[c.name].first_neuron != c.first_neuron:
+                raise ShapeMismatch(f"component {c.name!r} starts at neuron {c.first_neuron} here, "
+                                    f"{self.components[c.name].first_neuron} there")
             self.add_states(c.name, c.states, c.num_vectors)
+            self.components[c.name].first_neuron = c.first_neuron
         return self
 
     def rows(self, thresholds: list[Threshold]) -> list[ActivityRow]:

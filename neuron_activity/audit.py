@@ -13,8 +13,8 @@ from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, sa
 from .errors import ShardChanged, StateMismatch
 from .files import locked
 from .options import CountOptions
-from .scan import ProgressCallback, ScanResult, count
-from .sources import ScanPlan, discover, plan_scan
+from .scan import ProgressCallback, ScanResult, count, plan_for
+from .sources import ScanPlan, discover
 
 
 @dataclass
@@ -61,7 +61,7 @@ def audit(
         known = {} if previous is None or rescan else {s.path: s for s in previous.shards}
         device = resolve_device(settings.device)
         found = shards if shards is not None else discover(list(paths), settings.input_format)
-        plan = plan_scan(found, settings.keys, settings.flatten)
+        plan = plan_for(found, settings)
         new_units: list[Path] = []
         new_records: list[ShardRecord] = []
         for unit in plan.units():

@@ -95,6 +95,9 @@ def save_counts(path: Path, saved: SavedCounts) -> None:
     }
     if saved.part is not None:
         metadata["part"] = json.dumps(asdict(saved.part))
+    firsts = {c.name: c.first_neuron for c in saved.activity.components.values() if c.first_neuron}
+    if firsts:
+        metadata["first_neurons"] = json.dumps(firsts)
     for key in ("kernel", "device"):
         if getattr(saved, key):
             metadata[key] = str(getattr(saved, key))
@@ -198,6 +201,11 @@ def load_counts(path: Path) -> SavedCounts:
                 activity.add_states(name, states, num_vectors)
     except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise BadInput(path, f"cannot read counts: {e}") from None
+    if "first_neurons" in metadata:
+        for name, first in _json(path, metadata, "first_neurons", dict).items():  # type: ignore[union-attr]
+            if name not in activity.components or not isinstance(first, int) or first < 0:
+                raise BadInput(path, "corrupt counts file: first_neurons names no component or no index")
+            activity.components[name].first_neuron = first
     shards = []
     for s in _json(path, metadata, "shards", list):  # type: ignore[union-attr]
         try:

@@ -34,6 +34,18 @@ class ShapeMismatch(NactError):
     """Two shards (or saved counts) disagree on the shape of one component."""
 
 
+class AxisProblem(BadInput):
+    """A tensor whose axes do not say what its components are; names the component."""
+
+    def __init__(self, component: str, shape: tuple[int, ...], problem: str, path: object = "") -> None:
+        self.component, self.shape = component, shape
+        NactError.__init__(self)
+        self.path, self.problem = str(path), f"tensor {component!r} of shape {list(shape)}: {problem}"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}" if self.path else self.problem
+
+
 class NoVectors(NactError):
     """Nothing was counted: no shards, no tensors, or tensors with no rows."""
 

@@ -1,4 +1,5 @@
-"""What a scan would read, without counting: formats, tensors, components, and problems."""
+"""What a scan would read, without counting: formats, tensors, components and the files each
+is read from, and every problem that would stop the scan."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import NactError
-from .sources import READERS, TensorEntry, component_layout, discover, plan_scan, why_not_counted
+from .options import CountOptions
+from .sources import READERS, SPARSE_FORMATS, ComponentGroup, TensorEntry, discover, layout_of, why_not_counted
 
 
 @dataclass(frozen=True)
@@ -39,44 +41,60 @@ class InspectedTensor:
 class Inspection:
     shards: dict[Path, str] = field(default_factory=dict)
     tensors: list[InspectedTensor] = field(default_factory=list)
+    groups: list[ComponentGroup] = field(default_factory=list)  # as a scan would count them
+    notes: list[str] = field(default_factory=list)
     problems: list[NactError] = field(default_factory=list)
 
+    def groups_as_dicts(self) -> list[dict[str, object]]:
+        return [
+            {"components": list(g.names), "num_features": g.num_features, "files": [str(p) for p in g.files]}
+            for g in self.groups
+        ]
 
-def inspect(
-    paths: list[Path] | list[str],
-    *,
-    keys: list[str] | None = None,
-    flatten: bool = False,
-    input_format: str | None = None,
-) -> Inspection:
-    """Describe what ``scan`` would read; problems that would stop it are collected, not raised."""
+
+def inspect(paths: list[Path] | list[str], options: CountOptions | None = None, **settings: object) -> Inspection:
+    """Describe what ``scan`` would read; problems that would stop it are collected, not raised.
+    ``options`` (or the settings of ``CountOptions`` one by one) as for ``scan``."""
+    from .scan import plan_for
+
+    options = options or CountOptions(device="cpu", **settings)  # type: ignore[arg-type]
     result = Inspection()
     try:
-        result.shards = discover([Path(p) for p in paths], input_format)
+        result.shards = discover([Path(p) for p in paths], options.input_format)
     except NactError as e:
         result.problems.append(e)
         return result
     by_format: dict[str, list[Path]] = {}
     for path, fmt in result.shards.items():
         by_format.setdefault(fmt, []).append(path)
-    named = set(keys or ())
     for fmt, files in by_format.items():
-        groups = _reader_units(fmt, files)
-        for unit in groups:
+        for unit in _reader_units(fmt, files):
             try:
-                entries = READERS[fmt].entries(unit)
+                if fmt in SPARSE_FORMATS:
+                    entries = READERS[fmt].entries(
+                        unit, num_latents=options.num_latents, num_vectors=options.num_vectors,
+                        partial=options.partial_latents, named=getattr(result.shards, "named", frozenset()),
+                    )
+                else:
+                    entries = READERS[fmt].entries(unit)
             except NactError as e:
                 result.problems.append(e)
                 continue
             for entry in entries:
-                if named and entry.key not in named:
-                    continue
-                why = why_not_counted(entry, explicitly_named=entry.key in named)
-                names, rows, features = component_layout(entry.key, entry.shape, flatten) if why is None else ((), 0, 0)
+                why = why_not_counted(entry, explicitly_named=entry.key in options.keys)
+                layout = None
+                if why is None:
+                    try:
+                        layout = layout_of(entry.key, entry.key, entry.shape, options.flatten, options.component_axis)
+                    except NactError as e:
+                        why = str(e)
+                names, rows, features = (layout.names, layout.num_rows, layout.num_features) if layout else ((), 0, 0)
                 result.tensors.append(InspectedTensor(entry, names, rows, features, why))
     if not result.problems:
         try:
-            plan_scan(result.shards, keys=keys, flatten=flatten)
+            plan = plan_for(result.shards, options)
+            result.groups = list(plan.groups.values())
+            result.notes = list(plan.warnings)
         except NactError as e:
             result.problems.append(e)
     return result
@@ -85,7 +103,7 @@ def inspect(
 def _reader_units(fmt: str, files: list[Path]) -> list[list[Path]]:
     """Files in the groups a reader takes them (a delphi module is one folder), so that one bad
     file is reported without hiding the rest."""
-    if fmt != "delphi":
+    if fmt not in SPARSE_FORMATS:
         return [[p] for p in files]
     folders: dict[Path, list[Path]] = {}
     for p in files:

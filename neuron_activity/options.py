@@ -61,9 +61,22 @@ class CountOptions:
     threads: int | None = None
     kernel: str | None = None
     track_last: bool = False
+    component_axis: int | None = None
+    group_by: str = "auto"
+    num_latents: int | None = None  # delphi: the width of caches saved whole
+    num_vectors: int | None = None  # delphi: the vectors of splits saved without tokens
+    partial_latents: bool = False  # delphi: count the splits there are, each run apart
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", tuple(self.keys))
+        from .sources.grouping import GROUPINGS
+
+        if self.group_by not in GROUPINGS:
+            raise BadOption("group_by", self.group_by, f"is not a grouping: use {', '.join(GROUPINGS)}")
+        if self.flatten and self.component_axis is not None:
+            raise Conflict(("flatten", "component_axis"), "flatten makes every axis before the features a batch axis")
+        _at_least_one("num_latents", self.num_latents, 1 << 31)
+        _at_least_one("num_vectors", self.num_vectors, 1 << 62)
         object.__setattr__(self, "fire_above", as_fraction(self.fire_above, "fire_above"))
         object.__setattr__(self, "device", check_device_name(self.device))
         _at_least_one("chunk_rows", self.chunk_rows)

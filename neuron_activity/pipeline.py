@@ -20,8 +20,8 @@ from .counts_file import PartRecord, SavedCounts, ShardRecord, save_counts
 from .errors import BadOutput, NactError
 from .options import CountOptions, Part, ScanRequest
 from .report import Report, make_report
-from .scan import ProgressCallback, ScanResult, count
-from .sources import ScanPlan, discover, plan_scan
+from .scan import ProgressCallback, ScanResult, count, plan_for
+from .sources import ScanPlan, discover
 
 
 class EmptyPart(NactError):
@@ -101,7 +101,7 @@ def run_scan(
     if request.distributed:
         return _on_ranks(request, options, shards)
     device = resolve_device(options.device)
-    plan = plan_scan(shards, options.keys, options.flatten)
+    plan = plan_for(shards, options)
     mine, record = _part_units(request.part, plan.units())
     if request.part is not None and not mine and request.save_counts is None:
         raise EmptyPart(request.part, record.total_units)  # type: ignore[union-attr]
@@ -109,7 +109,7 @@ def run_scan(
     if on_plan is not None:
         on_plan(plan)
     result = count(plan, options, device, on_progress)
-    return _finish(request, result, mine, record, [str(p) for p in plan.shards])
+    return _finish(request, result, mine, record, [str(p) for p in plan.shards], plan.sources())
 
 
 def _part_units(part: Part | None, units: list[Path]) -> tuple[list[Path], PartRecord | None]:
@@ -121,7 +121,12 @@ def _part_units(part: Part | None, units: list[Path]) -> tuple[list[Path], PartR
 
 
 def _finish(
-    request: ScanRequest, result: ScanResult, units: list[Path], part: PartRecord | None, shards: list[str]
+    request: ScanRequest,
+    result: ScanResult,
+    units: list[Path],
+    part: PartRecord | None,
+    shards: list[str],
+    sources: dict[str, list[str]],
 ) -> ScanOutcome:
     """Report, then save: a report that cannot be made (no vectors) stops before any write.
     An empty part saves empty counts that merge with the other parts, and reports nothing.
@@ -137,7 +142,9 @@ def _finish(
             f"saved empty counts to {request.save_counts}, which merge with the other parts"
         )
         return ScanOutcome(None, saved, [note])
-    report = make_report(result.activity, request.report, shards, result.device, result.kernel, result.warnings)
+    report = make_report(
+        result.activity, request.report, shards, result.device, result.kernel, result.warnings, sources
+    )
     if saved is not None:
         save_counts(request.save_counts, saved)  # type: ignore[arg-type]
     return ScanOutcome(report, saved)
@@ -159,7 +166,8 @@ def _audit(
         device = scanned.device if scanned else None
         kernel = scanned.kernel if scanned else None
         shard_paths = [s.path for s in saved.shards]
-        reports.append(make_report(saved.activity, request.report, shard_paths, device, kernel, warnings))
+        sources = scanned.plan.sources() if scanned else {}
+        reports.append(make_report(saved.activity, request.report, shard_paths, device, kernel, warnings, sources))
 
     audited = audit(
         list(request.paths), request.state, options, rescan=request.rescan, shards=shards, check=check,  # type: ignore[arg-type]
@@ -175,18 +183,18 @@ def _on_ranks(request: ScanRequest, options: CountOptions, shards: dict[Path, st
     from .distributed import run_on_ranks
 
     def work(rank: int, world: int, device: str) -> tuple[object, tuple]:
-        plan = plan_scan(shards, options.keys, options.flatten)
+        plan = plan_for(shards, options)
         mine, record = _part_units(request.part, plan.units())
         if request.part is not None and not mine and request.save_counts is None:
             raise EmptyPart(request.part, record.total_units)  # type: ignore[union-attr]
         plan.restrict(mine)
-        files = [str(p) for p in plan.shards]
+        files, sources = [str(p) for p in plan.shards], plan.sources()
         plan.restrict(Part(rank, world).of_units(mine))
         result = count(plan, options, resolve_device(device))
-        return result.activity, (result, mine, record, files)
+        return result.activity, (result, mine, record, files, sources)
 
     done = run_on_ranks(options.device, work)  # type: ignore[arg-type]
     if done is None:
         return ScanOutcome(None)
-    result, mine, record, files = done
-    return _finish(request, result, mine, record, files)
+    result, mine, record, files, sources = done
+    return _finish(request, result, mine, record, files, sources)

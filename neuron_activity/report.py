@@ -31,6 +31,7 @@ class Report:
     device: str | None = None
     kernel: str | None = None
     warnings: list[str] = field(default_factory=list)
+    sources: dict[str, list[str]] = field(default_factory=dict)  # component -> files read
 
     @property
     def window(self) -> int | None:
@@ -52,7 +53,16 @@ class Report:
         return [r for r in self.rows if Fraction(r.dead, r.num_features) > limit]
 
     def dead_neurons(self, row: ActivityRow) -> list[int]:
-        return np.flatnonzero(self.activity.components[row.component].dead(row.threshold)).tolist()
+        c = self.activity.components[row.component]
+        return (np.flatnonzero(c.dead(row.threshold)) + c.first_neuron).tolist()
+
+    def file_groups(self) -> list[tuple[list[str], list[str]]]:
+        """Components read from several files, grouped by their files: (components, files)."""
+        grouped: dict[tuple[str, ...], list[str]] = {}
+        for name, files in self.sources.items():
+            if len(files) > 1 and name in self.activity.components:
+                grouped.setdefault(tuple(files), []).append(name)
+        return [(names, list(files)) for files, names in grouped.items()]
 
     def dead_in_window(self, row: ActivityRow) -> int:
         assert self.window is not None
@@ -67,7 +77,10 @@ class Report:
             most, least = top_neurons(c, self.top or 0)
             density = densities(c)
             out[c.name] = {
-                label: [{"neuron": i, "fire_count": int(c.fire_counts[i]), "density": float(density[i])} for i in found]
+                label: [
+                    {"neuron": i + c.first_neuron, "fire_count": int(c.fire_counts[i]), "density": float(density[i])}
+                    for i in found
+                ]
                 for label, found in (("most_active", most), ("least_active", least))
             }
         return out
@@ -101,15 +114,7 @@ class Report:
             "device": self.device,
             "kernel": self.kernel,
             "shards": self.shards,
-            "components": [
-                {
-                    "component": c.name,
-                    "num_features": c.num_features,
-                    "num_vectors": c.num_vectors,
-                    "nan_count": c.nan_count,
-                }
-                for c in activity.components.values()
-            ],
+            "components": [self._component_json(c) for c in activity.components.values()],
             "warnings": self.warnings,
             "rows": [self.row_dict(r) for r in self.rows],
         }
@@ -121,6 +126,21 @@ class Report:
         return doc
 
 
+    def _component_json(self, c: object) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "component": c.name,  # type: ignore[attr-defined]
+            "num_features": c.num_features,  # type: ignore[attr-defined]
+            "num_vectors": c.num_vectors,  # type: ignore[attr-defined]
+            "nan_count": c.nan_count,  # type: ignore[attr-defined]
+        }
+        if c.first_neuron:  # type: ignore[attr-defined]
+            doc["first_neuron"] = c.first_neuron  # type: ignore[attr-defined]
+        files = self.sources.get(c.name)  # type: ignore[attr-defined]
+        if files:
+            doc["files"] = {"count": len(files), "first": files[0], "last": files[-1]}
+        return doc
+
+
 def make_report(
     activity: NeuronActivity,
     options: ReportOptions,
@@ -128,6 +148,7 @@ def make_report(
     device: str | None = None,
     kernel: str | None = None,
     warnings: list[str] | None = None,
+    sources: dict[str, list[str]] | None = None,
 ) -> Report:
     """The report of ``activity``; raises NoVectors when nothing was counted, and NotTracked when
     a window is asked of counts that did not record when neurons last fired."""
@@ -138,4 +159,4 @@ def make_report(
     density = [
         summarize(c, options.dense_above, options.ultralow_below) for c in activity.components.values() if c.num_vectors
     ]
-    return Report(activity, options, rows, density, shards, device, kernel, list(warnings or []))
+    return Report(activity, options, rows, density, shards, device, kernel, list(warnings or []), dict(sources or {}))

@@ -42,26 +42,43 @@ def scan(
     count_only: Callable[[list[Path]], list[Path] | set[Path]] | None = None,
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: ProgressCallback | None = None,
-    **options: object,
+    options: CountOptions | None = None,
+    **settings_given: object,
 ) -> ScanResult:
     """Count how often every neuron fires in the shards under ``paths``.
 
-    ``options`` are those of ``CountOptions`` (``fire_above``, ``device``, ``track_last``, ...;
-    ``device`` defaults to cpu here). Reads headers of every shard first (so shape and format
+    ``options`` (or, one by one, the settings of ``CountOptions``: ``fire_above``, ``device``,
+    ``track_last``, ...; ``device`` defaults to cpu here) say what to count and how. Reads headers of every shard first (so shape and format
     errors come before any counting), then counts. ``count_only`` picks, from the planned units,
     those to count (every shard is still checked); ``on_plan`` sees the plan before counting.
     """
-    options.setdefault("device", "cpu")
-    if "keys" in options:
-        options["keys"] = tuple(options["keys"] or ())  # type: ignore[arg-type]
-    settings = CountOptions(**options)  # type: ignore[arg-type]
+    if options is None:
+        settings_given.setdefault("device", "cpu")
+        if "keys" in settings_given:
+            settings_given["keys"] = tuple(settings_given["keys"] or ())  # type: ignore[arg-type]
+        options = CountOptions(**settings_given)  # type: ignore[arg-type]
+    settings = options
     device = resolve_device(settings.device)
-    plan = plan_scan(discover([Path(p) for p in paths], settings.input_format), settings.keys, settings.flatten)
+    plan = plan_for(discover([Path(p) for p in paths], settings.input_format), settings)
     if count_only is not None:
         plan.restrict(count_only(plan.units()))
     if on_plan is not None:
         on_plan(plan)
     return count(plan, settings, device, on_progress)
+
+
+def plan_for(shards: dict[Path, str], options: CountOptions) -> ScanPlan:
+    """The plan of ``shards`` under ``options`` (headers only)."""
+    return plan_scan(
+        shards,
+        options.keys,
+        options.flatten,
+        component_axis=options.component_axis,
+        group_by=options.group_by,
+        num_latents=options.num_latents,
+        num_vectors=options.num_vectors,
+        partial=options.partial_latents,
+    )
 
 
 def count(
@@ -76,6 +93,7 @@ def count(
         for i, name in enumerate(group.names):
             part = slice(i * group.num_features, (i + 1) * group.num_features)
             activity.add_states(name, state.select(states, part), num_vectors)
+            activity.components[name].first_neuron = group.first_neuron
     warnings = list(plan.warnings)
     if NATIVE_PROBLEM and device == "cpu" and options.kernel is None and "stale" in NATIVE_PROBLEM:
         warnings.append(f"the C kernel is {NATIVE_PROBLEM}: counted with numpy instead")

@@ -63,6 +63,9 @@ def test_markdown() -> None:
         # 4-7 fire on about 5% (dense). q05 of log10 [1e-5, 2e-5, 4 x ~0.025] is -5 + 0.25 log10(2).
         "| blocks.0.hook_sae_acts | 2 | 4 | -4.92 -1.60 -1.59 | 2 | yes |",
         "| blocks.1.hook_sae_acts | 1 | 4 | -4.26 -1.31 -1.29 | 1 | yes |",
+        "",
+        f"blocks.0.hook_sae_acts, blocks.1.hook_sae_acts: read from 4 files, {SAMPLE_DATA}/shard_000.safetensors"
+        f" ... {SAMPLE_DATA}/shard_003.safetensors",
     ]
 
 

@@ -88,8 +88,6 @@ def test_broken_numpy_files(tmp_path: Path) -> None:
     truncated.write_bytes(good.read_bytes()[:-5])
     garbage = tmp_path / "garbage.npy"
     garbage.write_bytes(b"not numpy at all")
-    big_endian = tmp_path / "big.npy"
-    np.save(big_endian, np.ones((3, 2), dtype=">f4"))
     bad_zip = tmp_path / "bad.npz"
     bad_zip.write_bytes(b"PK\x03\x04 this is not a zip")
     objects = tmp_path / "objects.npy"
@@ -97,7 +95,6 @@ def test_broken_numpy_files(tmp_path: Path) -> None:
     cases = {
         truncated: f"Error: {truncated}: truncated: the array needs 1728 bytes but the file has 1723",
         garbage: f"Error: {garbage}: not a valid .npy array: the magic string is not correct; expected b'\\x93NUMPY', got b'not nu'",
-        big_endian: f"Error: {big_endian}: big-endian >f4 is not supported: save it little-endian",
         bad_zip: f"Error: {bad_zip}: not a valid .npz archive: File is not a zip file",
         objects: f"Error: {objects}: dtype complex128 is not supported (floating, integer or bool arrays only)",
     }
@@ -131,9 +128,8 @@ def test_torch_tensor_dict_and_nested(tmp_path: Path, dtype: str) -> None:
     torch.save({"states": states}, tmp_path / "activault.pth")
     torch.save(resid, tmp_path / "bare_01.pt")
     got = counts([tmp_path / "tl_cache.pt", tmp_path / "activault.pth", tmp_path / "bare_01.pt"], chunk_rows=9)
-    assert got == {
-        "states[0]": expected(as_float64(states)[:, 0, :]),
-        "states[1]": expected(as_float64(states)[:, 1, :]),
+    assert got == {  # activault's [batch, position, d] states: positions are vectors
+        "states": expected(as_float64(states)),
         "bare": expected(as_float64(resid)),
         "blocks.0.hook_resid_post": expected(as_float64(resid)),
     }
@@ -239,7 +235,8 @@ def test_legacy_saelens_numbered_shards(tmp_path: Path) -> None:
     result = scan([tmp_path])
     assert [p.name for p in result.plan.shards][:3] == ["0.safetensors", "1.safetensors", "2.safetensors"]
     got = {n: (c.fire_counts.tolist(), c.num_vectors) for n, c in result.activity.components.items()}
-    assert got == {"activations[0]": expected(np.concatenate([as_float64(x) for x in shards])[:, 0, :])}
+    # the generic key takes the folder's name; a component axis of size 1 gives one component
+    assert got == {tmp_path.name: expected(np.concatenate([as_float64(x) for x in shards])[:, 0, :])}
 
 
 # --- delphi sparse caches ----------------------------------------------------------------------

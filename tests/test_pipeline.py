@@ -119,7 +119,7 @@ def test_an_internal_error_is_one_line_and_exit_3(monkeypatch: pytest.MonkeyPatc
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(neuron_activity.pipeline, "plan_scan", broken)
+    monkeypatch.setattr(neuron_activity.pipeline, "plan_for", broken)
     result = nact("scan", SAMPLE_DATA)
     assert result.exit_code == 3
     assert result.stderr == (

@@ -47,7 +47,9 @@ def test_rows_equal_numpy_reference(
     values = np.concatenate([as_float64(x) for x in shards])
     n = values.shape[0]
     per_component = (
-        [("acts", values)] if components is None else [(f"acts[{c}]", values[:, c, :]) for c in range(components)]
+        [("acts", values.reshape(n, -1))]
+        if components in (None, 1)  # a component axis of size 1 is one component
+        else [(f"acts[{c}]", values[:, c, :]) for c in range(components)]
     )
     expected = []
     for name, v in per_component:

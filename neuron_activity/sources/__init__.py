@@ -8,35 +8,46 @@ built from the formats and suffixes the readers declare.
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 from ..dtypes import FLOAT_FORMATS, INTEGER_FORMATS, ITEMSIZE
 from ..counts_file import is_counts_file
-from ..errors import BadInput, KeyNotFound, MixedFormats, NoVectors, ShapeMismatch
-from . import arrow_files, delphi_caches, numpy_files, safetensors_files, torch_files
-from .base import SPARSE, TensorEntry, TensorSlab, natural_key
+from ..errors import AxisProblem, BadInput, KeyNotFound, MixedFormats, NoVectors, ShapeMismatch
+from . import arrow_files, delphi_caches, grouping, numpy_files, safetensors_files, torch_files
+from .base import LOADED, MAPPED, SPARSE, TensorEntry, TensorSlab, natural_key
 
 DENSE_READERS: tuple[ModuleType, ...] = (safetensors_files, numpy_files, torch_files, arrow_files)
 SPARSE_READERS: tuple[ModuleType, ...] = (delphi_caches,)
 READERS: dict[str, ModuleType] = {fmt: r for r in (*DENSE_READERS, *SPARSE_READERS) for fmt in r.FORMATS}
 INPUT_FORMATS = tuple(READERS)
+SPARSE_FORMATS = tuple(fmt for r in SPARSE_READERS for fmt in r.FORMATS)
 SUFFIX_FORMATS: dict[str, str] = {
     suffix: fmt for r in (*DENSE_READERS, *SPARSE_READERS) for suffix, fmt in r.SUFFIXES.items()
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class ComponentGroup:
-    """The components that one key holds, identical in every shard that has the key."""
+    """The components that one named stream holds (one, or one per index of a component axis),
+    identical in every file that has it, and the files it is read from."""
 
-    key: str
+    name: str
     names: tuple[str, ...]
     num_features: int
     first_path: Path
     first_shape: tuple[int, ...]
+    files: list[Path] = field(default_factory=list)
+    first_neuron: int = 0  # the index of its first neuron (a partial delphi module's run)
+
+    @property
+    def key(self) -> str:  # the stream's name, as slabs call it
+        return self.name
 
 
 @dataclass
@@ -69,6 +80,23 @@ class ScanPlan:
                 out[s.path] += s.nbytes
         return out
 
+    def sources(self) -> dict[str, list[str]]:
+        """Per component, the files it is read from (of the units counted), in stream order."""
+        files: dict[str, list[str]] = {}
+        for slab in self.slabs:
+            listed = files.setdefault(slab.stream, [])
+            listed += [str(p) for p in (slab.entry.files or (slab.path,)) if str(p) not in listed]
+        return {name: files.get(g.name, []) for g in self.groups.values() for name in g.names}
+
+
+class Shards(dict):  # type: ignore[type-arg]
+    """Shard files and their formats, in natural path order, with notes on what was skipped."""
+
+    def __init__(self, items: dict[Path, str], notes: list[str] | None = None, named: set[Path] | None = None) -> None:
+        super().__init__(items)
+        self.notes = list(notes or [])
+        self.named = frozenset(named or ())  # files named one by one, not found in a folder
+
 
 def detect(path: Path) -> str:
     """The format of one file, from its name and, for safetensors, its header."""
@@ -85,35 +113,72 @@ def detect(path: Path) -> str:
     return fmt
 
 
-def discover(paths: list[Path], input_format: str | None = None) -> dict[Path, str]:
+SAE_CHECKPOINTS = {
+    "sae_weights.safetensors": "a SAELens SAE checkpoint",
+    "sae.safetensors": "a sparsify SAE checkpoint",
+    "sparsity.safetensors": "a SAELens feature-sparsity file",
+}
+
+
+def sae_checkpoint(path: Path) -> str | None:
+    """What kind of SAE file ``path`` is (weights or sparsity, not activations), or None."""
+    kind = SAE_CHECKPOINTS.get(path.name)
+    if kind is None:
+        return None
+    if path.name == "sparsity.safetensors" or (path.parent / "cfg.json").is_file():
+        return kind
+    return None
+
+
+def _refuse_sae(path: Path, kind: str) -> BadInput:
+    return BadInput(path, f"{kind}, not activations: scan the cache of activations the SAE reads")
+
+
+def discover(paths: list[Path], input_format: str | None = None) -> Shards:
     """Shard files under ``paths`` with their formats, in natural path order.
 
-    Directories are searched recursively for files nact can read. A saved ``datasets`` folder
-    gives only the files its ``state.json`` lists. Files of several formats are refused unless
-    ``input_format`` picks one (files named on the command line are then read as that format).
+    Directories are searched recursively for files nact can read; hidden files and folders
+    (dot names) are skipped, and so are saved counts (an audit's state), both with a note. A
+    saved ``datasets`` folder gives only the files its ``state.json`` lists. An SAE checkpoint
+    is refused. Files of several formats are refused unless ``input_format`` picks one (files
+    named on the command line are then read as that format).
     """
     if input_format is not None and input_format not in READERS:
         from ..errors import BadOption
 
         raise BadOption("input_format", input_format, f"is not a format: use {', '.join(INPUT_FORMATS)}")
     found: dict[Path, str] = {}
+    notes: list[str] = []
+    named: set[Path] = set()
     for path in paths:
         if path.is_dir():
             try:
-                files = _files_under(path)
+                files, hidden, counts = _files_under(path)
             except OSError as e:
                 raise BadInput(e.filename or path, f"cannot list: {e.strerror or e}") from None
             formats = {p: detect(p) for p in files}
             if input_format is not None:
+                other = sorted({f for f in formats.values() if f != input_format})
                 formats = {p: f for p, f in formats.items() if f == input_format}
+                if not formats and other:
+                    raise BadInput(path, f"no {input_format} shards found (it holds {', '.join(other)} files)")
             if not formats:
                 kind = f"{input_format} " if input_format else ""
                 raise BadInput(path, f"no {kind}shards found ({', '.join(sorted(SUFFIX_FORMATS))} files)")
             found.update(formats)
+            if hidden:
+                notes.append(f"{path}: skipped {hidden} hidden file(s) or folder(s) (names starting with '.')")
+            if counts:
+                listed = ", ".join(str(p) for p in counts[:3]) + (", ..." if len(counts) > 3 else "")
+                notes.append(f"{path}: skipped {len(counts)} file(s) of saved counts, not activations ({listed})")
         elif path.is_file():
             if path.suffix == ".safetensors" and is_counts_file(path):
                 raise BadInput(path, "saved counts, not activations: read it with nact report or nact density")
+            kind = sae_checkpoint(path)
+            if kind is not None:
+                raise _refuse_sae(path, kind)
             found[path] = input_format or detect(path)
+            named.add(path)
         elif path.exists():
             raise BadInput(path, "not a regular file or directory")
         else:
@@ -121,90 +186,226 @@ def discover(paths: list[Path], input_format: str | None = None) -> dict[Path, s
     kinds = sorted(set(found.values()))
     if len(kinds) > 1:
         raise MixedFormats({k: sum(1 for f in found.values() if f == k) for k in kinds})
-    return {p: found[p] for p in sorted(found, key=natural_key)}
+    return Shards({p: found[p] for p in sorted(found, key=natural_key)}, notes, named)
 
 
-def _files_under(folder: Path) -> list[Path]:
-    files = []
+def _files_under(folder: Path) -> tuple[list[Path], int, list[Path]]:
+    """Readable files under ``folder``, the number of hidden entries skipped, and the saved
+    counts skipped. Unreadable sub-folders are errors, not skipped."""
+    files: list[Path] = []
+    hidden = 0
+    counts: list[Path] = []
     listed: dict[Path, set[Path] | None] = {}
-    for p in folder.rglob("*"):
-        if p.suffix not in SUFFIX_FORMATS or not p.is_file():
-            continue
-        if p.suffix == ".safetensors" and is_counts_file(p):
-            continue  # saved counts (an audit's state, say) kept beside the shards
-        if p.suffix == ".arrow":
-            if p.parent not in listed:
-                data = arrow_files.dataset_files(p.parent)
-                listed[p.parent] = None if data is None else set(data)
-            if listed[p.parent] is not None and p not in listed[p.parent]:  # type: ignore[operator]
-                continue  # a datasets cache file, not a data file
-        files.append(p)
-    return files
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    for top, dirs, names in os.walk(folder, onerror=fail, followlinks=True):
+        here = Path(top)
+        hidden += sum(1 for d in dirs if d.startswith(".")) + sum(1 for n in names if n.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if "cfg.json" in names or "sparsity.safetensors" in names:
+            for name in names:
+                kind = sae_checkpoint(here / name)
+                if kind is not None:
+                    raise _refuse_sae(here, kind)
+        for name in names:
+            p = here / name
+            if name.startswith(".") or p.suffix not in SUFFIX_FORMATS or not p.is_file():
+                continue
+            if p.suffix == ".safetensors" and is_counts_file(p):
+                counts.append(p)  # saved counts (an audit's state, say) kept beside the shards
+                continue
+            if p.suffix == ".arrow":
+                if p.parent not in listed:
+                    data = arrow_files.dataset_files(p.parent)
+                    listed[p.parent] = None if data is None else set(data)
+                if listed[p.parent] is not None and p not in listed[p.parent]:  # type: ignore[operator]
+                    continue  # a datasets cache file, not a data file
+            files.append(p)
+    return files, hidden, counts
+
+
+MAX_COMPONENTS = 64  # a longer axis before the features is positions, not components
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a tensor is counted: component names, vectors and features per component; whether
+    its first axis is the component axis (each component then a block of its own); a note."""
+
+    names: tuple[str, ...]
+    num_rows: int
+    num_features: int
+    first_axis: bool = False
+    note: str | None = None
+
+
+def _looks_like_positions(key: str, shape: tuple[int, ...]) -> str | None:
+    """Why the axis before the features of ``key`` holds positions, or None."""
+    last = key.rsplit(".", 1)[-1].rsplit("/", 1)[-1]
+    if len(shape) == 3 and last.startswith("hook_"):
+        return "a TransformerLens hook's [batch, position, d] layout"
+    if len(shape) == 3 and last == "states":
+        return "activault's [batch, position, d] states"
+    return None
+
+
+def layout_of(
+    name: str, key: str, shape: tuple[int, ...], flatten: bool = False, component_axis: int | None = None
+) -> Layout:
+    """The layout of a tensor of ``shape`` under ``key`` whose component is called ``name``.
+
+    ``[N, F]`` is one component. ``[..., C, F]``: ``C`` is a component axis (the reference
+    metric's ``[batch, component, feature]``) when it is at most ``MAX_COMPONENTS`` long; a
+    size-1 axis gives one component. A TransformerLens hook or activault ``states`` tensor
+    ``[batch, position, d]`` is flattened (positions are vectors), with a note; any other
+    longer axis is an error that names the choices. ``flatten`` makes every axis before ``F``
+    a batch axis; ``component_axis`` picks the component axis (0 or the one before ``F``).
+    """
+    features, ndim = shape[-1], len(shape)
+    if ndim == 2 or flatten:
+        return Layout((name,), math.prod(shape[:-1]), features)
+    if component_axis is not None:
+        axis = component_axis + ndim if component_axis < 0 else component_axis
+        if not 0 <= axis <= ndim - 2:
+            raise AxisProblem(name, shape, f"has no axis {component_axis} before its features")
+        if axis == 0 and ndim > 2 and axis != ndim - 2:
+            count = shape[0]
+            return Layout(tuple(f"{name}[{i}]" for i in range(count)), math.prod(shape[1:-1]), features, first_axis=True)
+        if axis != ndim - 2:
+            raise AxisProblem(name, shape, f"component axis {component_axis}: nact takes axis 0 or the axis before the features")
+        return Layout(tuple(f"{name}[{i}]" for i in range(shape[-2])), math.prod(shape[:-2]), features)
+    count = shape[-2]
+    positions = _looks_like_positions(key, shape)
+    if positions:
+        note = (
+            f"component {name!r}: {list(shape)} read as {positions}: {count} positions flattened into "
+            f"{math.prod(shape[:-1])} vectors (pick a component axis to count per position)"
+        )
+        return Layout((name,), math.prod(shape[:-1]), features, note=note)
+    if count == 1:
+        return Layout((name,), math.prod(shape[:-2]), features)
+    if count > MAX_COMPONENTS:
+        raise AxisProblem(
+            name, shape,
+            f"axis {ndim - 2} has {count} entries, too many for a component axis (at most {MAX_COMPONENTS}): "
+            "flatten it (its entries are positions or tokens) or pick the component axis",
+        )
+    return Layout(tuple(f"{name}[{i}]" for i in range(count)), math.prod(shape[:-2]), features)
 
 
 def component_layout(key: str, shape: tuple[int, ...], flatten: bool) -> tuple[tuple[str, ...], int, int]:
-    """Component names, number of rows and features of a tensor of ``shape`` under ``key``.
-
-    ``[N, F]`` is one component; ``[..., C, F]`` has a component axis ``C`` (names ``key[i]``)
-    and batch axes before it, unless ``flatten`` makes every axis before ``F`` a batch axis.
-    """
-    features = shape[-1]
-    if flatten or len(shape) == 2:
-        return (key,), math.prod(shape[:-1]), features
-    return tuple(f"{key}[{i}]" for i in range(shape[-2])), math.prod(shape[:-2]), features
+    """Component names, number of rows and features of a tensor of ``shape`` under ``key``."""
+    layout = layout_of(key, key, shape, flatten)
+    return layout.names, layout.num_rows, layout.num_features
 
 
-def read_entries(formats: dict[Path, str]) -> list[TensorEntry]:
+def read_entries(formats: dict[Path, str], **reader_options: object) -> list[TensorEntry]:
     """Every tensor entry of the shards, shard by shard in their order."""
     by_format: dict[str, list[Path]] = {}
     for path, fmt in formats.items():
         by_format.setdefault(fmt, []).append(path)
-    found = [e for fmt, paths in by_format.items() for e in READERS[fmt].entries(paths)]
+    found = []
+    for fmt, paths in by_format.items():
+        reader = READERS[fmt]
+        if fmt in SPARSE_FORMATS:
+            found += reader.entries(paths, named=getattr(formats, "named", frozenset()), **reader_options)
+        else:
+            found += reader.entries(paths)
     order = {p: i for i, p in enumerate(formats)}
     return sorted(found, key=lambda e: order.get(e.files[0] if e.files else e.path, 0))
 
 
+def _matches(patterns: list[str], *names: str) -> list[str]:
+    return [p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)]
+
+
 def plan_scan(
-    shards: dict[Path, str], keys: list[str] | None = None, flatten: bool = False
+    shards: dict[Path, str],
+    keys: tuple[str, ...] | list[str] | None = None,
+    flatten: bool = False,
+    *,
+    component_axis: int | None = None,
+    group_by: str = "auto",
+    **reader_options: object,
 ) -> ScanPlan:
-    """Read every shard's header and decide what to count; raises on any problem found."""
+    """Read every shard's header and decide what to count; raises on any problem found.
+
+    ``keys`` are names or glob patterns matched against tensor keys and component names.
+    ``group_by`` is a rule of ``grouping.GROUPINGS``; ``reader_options`` go to sparse readers.
+    """
     plan = ScanPlan(shards=list(shards), formats=dict(shards))
-    plan.entries = read_entries(shards)
-    named = set(keys or ())
+    plan.warnings += getattr(shards, "notes", [])
+    plan.entries = read_entries(shards, **reader_options)
+    patterns = list(keys or ())
+    used: set[str] = set()
     seen_keys: set[str] = set()
     skipped: dict[str, tuple[str, str, int]] = {}  # key -> (dtype, why, shard count)
     notes: dict[str, str] = {}
+    ambiguous: dict[str, list[Path]] = {}
+    root = grouping.common_folder([e.path for e in plan.entries])  # a delphi module's path is its folder
     for entry in plan.entries:
+        key, file = entry.key, entry.path
+        if entry.from_file:
+            stem = grouping.stem_key(key, group_by)
+            key = stem.key
+            if stem.ambiguous:
+                ambiguous.setdefault(str(file.parent / re.sub(r"\d+$", "*", entry.key)), []).append(file)
+        name = grouping.component_name(key, file, root, group_by, entry.from_file)
         seen_keys.add(entry.key)
-        if named and entry.key not in named:
+        hits = _matches(patterns, entry.key, name)
+        if patterns and not hits:
             continue
-        why = why_not_counted(entry, explicitly_named=entry.key in named)
+        used.update(hits)
+        named = bool(hits)
+        why = why_not_counted(entry, explicitly_named=named)
         if why is not None:
-            if entry.key in named:
+            if named:
                 raise BadInput(entry.path, f"tensor {entry.key!r}: {why}")
             dtype, reason, count = skipped.get(entry.key, (entry.dtype, why, 0))
             skipped[entry.key] = (dtype, reason, count + 1)
             continue
-        names, num_rows, num_features = component_layout(entry.key, entry.shape, flatten)
-        group = plan.groups.get(entry.key)
-        if group is None:
-            plan.groups[entry.key] = ComponentGroup(entry.key, names, num_features, entry.path, entry.shape)
-        elif (group.names, group.num_features) != (names, num_features):
-            raise ShapeMismatch(
-                f"tensor {entry.key!r} has shape {list(group.first_shape)} in {group.first_path} "
-                f"but {list(entry.shape)} in {entry.path}: every shard must give a component the same "
-                "number of features (and components)"
-            )
+        try:
+            layout = layout_of(name, entry.key, entry.shape, flatten, component_axis)
+        except AxisProblem as e:
+            e.path = str(entry.path)
+            raise
+        if layout.note and name not in notes:
+            notes[name] = layout.note
         if entry.storage == SPARSE:
-            notes[entry.key] = entry.note or ""
-        plan.slabs.append(TensorSlab(entry, num_rows, len(names) * num_features))
-    missing = sorted(named - seen_keys)
+            notes.setdefault(name, f"component {name!r}: {entry.note}")
+        if layout.first_axis and entry.storage not in (MAPPED, LOADED):
+            raise AxisProblem(name, entry.shape, "component axis 0 is read only from safetensors, .npy and .pt files", entry.path)
+        parts = (
+            [(f, (f,), i) for i, f in enumerate(layout.names)] if layout.first_axis else [(name, layout.names, None)]
+        )
+        for stream, names, index in parts:
+            group = plan.groups.get(stream)
+            if group is None:
+                first = delphi_caches.first_latent(entry) if entry.storage == SPARSE else 0
+                group = ComponentGroup(stream, names, layout.num_features, entry.path, entry.shape, first_neuron=first)
+                plan.groups[stream] = group
+            elif (group.names, group.num_features) != (names, layout.num_features):
+                raise ShapeMismatch(
+                    f"tensor {entry.key!r} has shape {list(group.first_shape)} in {group.first_path} "
+                    f"but {list(entry.shape)} in {entry.path}: every shard must give a component the same "
+                    "number of features (and components)"
+                )
+            group.files += [f for f in (entry.files or (entry.path,)) if f not in group.files]
+            plan.slabs.append(TensorSlab(entry, layout.num_rows, len(names) * layout.num_features, stream, index))
+    missing = [p for p in patterns if p not in used]
     if missing:
         raise KeyNotFound(missing, sorted(seen_keys))
     for key, (dtype, why, count) in skipped.items():
         plan.warnings.append(f"skipped tensor {key!r} ({dtype}) in {count} shard(s): {why}")
-    for key, note in notes.items():
-        plan.warnings.append(f"component {key!r}: {note}")
+    for pattern, files in ambiguous.items():
+        if len(files) > 1:
+            plan.warnings.append(
+                f"{len(files)} files {pattern} were counted as {len(files)} components: a number that is not "
+                "zero-padded is taken as a layer (group by key to count them as shards of one component)"
+            )
+    plan.warnings += list(notes.values())
     if not plan.groups:
         detail = "; ".join(plan.warnings) or "the shards hold no tensors"
         raise NoVectors(f"nothing to count in {len(shards)} shard(s): {detail}")
@@ -226,6 +427,10 @@ def why_not_counted(entry: TensorEntry, explicitly_named: bool) -> str | None:
 
 __all__ = [
     "INPUT_FORMATS",
+    "SPARSE_FORMATS",
+    "Layout",
+    "Shards",
+    "layout_of",
     "READERS",
     "ComponentGroup",
     "ScanPlan",

@@ -27,6 +27,7 @@ MAPPED = "mapped"  # rows lie contiguously at ``offset``: mapped window by windo
 FORTRAN = "fortran"  # a Fortran-ordered array: its reader gathers rows
 COMPRESSED = "compressed"  # a compressed member: its reader decompresses it as a stream
 LOADED = "loaded"  # a tensor its reader loads (torch.save files)
+SWAPPED = "swapped"  # rows at ``offset`` in big-endian order: its reader maps and byte-swaps them
 BATCHES = "batches"  # record batches of an Arrow file
 SPARSE = "sparse"  # stored (location, value) entries: its reader counts them
 
@@ -50,6 +51,8 @@ class TensorEntry:
     file_bytes: tuple[int, ...] = ()  # bytes read from each of ``files``
     note: str | None = None  # shown by inspect and in warnings; never read by code
     storage: str = MAPPED
+    from_file: bool = False  # the key is the file's name (a single-array file)
+    byteswap: bool = False  # values are big-endian: swapped to native order when read
 
     @property
     def nbytes(self) -> int:
@@ -64,11 +67,17 @@ class TensorEntry:
 
 @dataclass(frozen=True)
 class TensorSlab:
-    """A planned tensor seen as ``[num_rows, width]`` elements: the unit the engine counts."""
+    """A planned tensor seen as ``[num_rows, width]`` elements: the unit the engine counts.
+
+    ``stream`` names the component group it belongs to (its rows continue that stream).
+    ``index`` is set when the tensor's first axis is its component axis: the slab is then the
+    block of that index."""
 
     entry: TensorEntry
     num_rows: int
     width: int
+    stream: str = ""
+    index: int | None = None
 
     @property
     def path(self) -> Path:
@@ -76,7 +85,7 @@ class TensorSlab:
 
     @property
     def key(self) -> str:
-        return self.entry.key
+        return self.stream or self.entry.key
 
     @property
     def dtype(self) -> str:
@@ -84,7 +93,9 @@ class TensorSlab:
 
     @property
     def offset(self) -> int | None:
-        return self.entry.offset
+        if self.entry.offset is None or self.index is None:
+            return self.entry.offset
+        return self.entry.offset + self.index * self.num_rows * self.row_bytes
 
     @property
     def row_bytes(self) -> int:
@@ -121,19 +132,3 @@ _DIGITS = re.compile(r"(\d+)")
 def natural_key(path: Path) -> list[object]:
     """Sort key that puts ``2.safetensors`` before ``10.safetensors``."""
     return [int(part) if part.isdigit() else part for part in _DIGITS.split(str(path))]
-
-
-_SHARD_NUMBER = re.compile(r"^(.*?[A-Za-z].*?)[-_.]\d+$")
-
-
-def key_from_filename(path: Path) -> str:
-    """The component key of a single-array file: its stem, less a shard number.
-
-    ``acts_000.npy`` and ``acts_001.npy`` are one component ``acts``; ``layer0.npy`` and
-    ``layer1.npy`` stay two. A name that is only a number gives ``activations``.
-    """
-    stem = path.stem
-    match = _SHARD_NUMBER.match(stem)
-    if match:
-        return match.group(1)
-    return "activations" if stem.isdigit() else stem

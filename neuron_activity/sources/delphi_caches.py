@@ -3,16 +3,27 @@
 A module folder holds ``{start}_{end}.safetensors`` splits (latents ``start..end`` inclusive),
 each with ``locations`` ``[nnz, 3]`` (batch, position, latent - start), ``activations`` ``[nnz]``
 and ``tokens`` ``[batch, position]``. The module is one component of ``batch x position``
-vectors and ``max(end) + 1`` latents. Fires are counted from the stored entries with a bincount,
-at a cost proportional to the entries. Such caches keep only the entries above their own storage
-threshold: what they dropped counts as not firing.
+vectors over its whole width; fires are counted from the stored entries with a bincount, at a
+cost proportional to the entries. ``LatentCache.save()`` writes one file per module instead
+(``{module}.safetensors``, latent indices absolute, no width in the name).
+
+The splits must cover the whole width (from ``config.json``'s ``n_splits`` where it is there,
+so that a missing last split is caught): latents that were never read are never reported as
+dead. A gap is an error naming the missing latents, unless partial modules are allowed: then
+each run of splits is a component of its own (``module:start-end``) whose neurons keep their
+true latent indices. Splits named one by one are such a choice.
+
+delphi keeps only entries with ``|activation| > 1e-5`` and stores activations as fp16: what it
+dropped counts as not firing.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +39,11 @@ FORMATS = (FORMAT,)
 SUFFIXES: dict[str, str] = {}  # splits are safetensors files, told apart by their header
 SPLIT_NAME = re.compile(r"^(\d+)_(\d+)$")
 ENTRIES_PER_CHUNK = 1 << 22
-NOTE = "sparse cache: entries it did not store (below its own threshold) count as not firing"
+MAX_LATENTS = 1 << 31
+NOTE = (
+    "sparse cache: delphi stores only entries with |activation| > 1e-5, as fp16; "
+    "entries it did not store count as not firing"
+)
 
 
 def is_split(header: list[TensorEntry]) -> bool:
@@ -37,57 +52,148 @@ def is_split(header: list[TensorEntry]) -> bool:
     return a is not None and loc is not None and len(a.shape) == 1 and loc.shape[1:] == (3,)
 
 
-def _split(path: Path) -> tuple[int, int, dict[str, TensorEntry]]:
-    match = SPLIT_NAME.match(path.stem)
-    if not match:
-        raise BadInput(path, "a delphi split must be named {start}_{end}.safetensors")
-    start, end = int(match.group(1)), int(match.group(2))
+@dataclass(frozen=True)
+class Split:
+    path: Path
+    start: int  # first latent (inclusive)
+    end: int  # last latent (inclusive)
+    tensors: dict[str, TensorEntry]
+    relative: bool  # locations hold latent - start (splits), or absolute latents (save())
+
+
+def _split(path: Path, num_latents: int | None = None) -> Split:
     tensors = {e.key: e for e in read_header(path)}
-    if not is_split(list(tensors.values())) or start > end:
-        raise BadInput(path, "not a delphi split: needs 'locations' [nnz, 3] and 'activations' [nnz]")
+    if not is_split(list(tensors.values())):
+        raise BadInput(path, "not a delphi cache: needs 'locations' [nnz, 3] and 'activations' [nnz]")
+    match = SPLIT_NAME.match(path.stem)
+    if match:
+        start, end, relative = int(match.group(1)), int(match.group(2)), True
+        if start > end or end >= MAX_LATENTS:
+            raise BadInput(path, f"split {path.stem}: not a latent range (start <= end < {MAX_LATENTS})")
+    elif num_latents is not None:
+        start, end, relative = 0, num_latents - 1, False
+    else:
+        raise BadInput(path, "a delphi cache saved whole (LatentCache.save): its width is not in its name; give the number of latents")
     if tensors["locations"].shape[0] != tensors["activations"].shape[0]:
         raise BadInput(path, "'locations' and 'activations' have different numbers of entries")
     if tensors["locations"].dtype not in INTEGER_FORMATS:
         raise BadInput(path, f"'locations' has dtype {tensors['locations'].dtype}, not an integer type")
-    return start, end, tensors
+    tokens = tensors.get("tokens")
+    if tokens is not None and len(tokens.shape) != 2:
+        raise BadInput(path, f"'tokens' has shape {list(tokens.shape)}, not [batch, position]")
+    return Split(path, start, end, tensors, relative)
 
 
-def entries(paths: list[Path]) -> list[TensorEntry]:
+def _config_splits(folder: Path) -> int | None:
+    """``n_splits`` from a module's ``config.json``, if it has one."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        n = json.loads(config.read_text()).get("n_splits")
+    except (OSError, ValueError, AttributeError, RecursionError) as e:
+        raise BadInput(config, f"not a readable delphi config: {e}") from None
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def _runs(splits: list[Split]) -> list[list[Split]]:
+    """Splits in latent order, cut where the next does not start right after the last."""
+    runs: list[list[Split]] = []
+    for s in splits:
+        if runs and s.start == runs[-1][-1].end + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return runs
+
+
+def _gaps(runs: list[list[Split]], width: int) -> list[tuple[int, int]]:
+    gaps, at = [], 0
+    for run in runs:
+        if run[0].start > at:
+            gaps.append((at, run[0].start - 1))
+        at = run[-1].end + 1
+    if at < width:
+        gaps.append((at, width - 1))
+    return gaps
+
+
+def _span(a: int, b: int) -> str:
+    return f"latent {a}" if a == b else f"latents {a}-{b}"
+
+
+def entries(
+    paths: list[Path],
+    *,
+    num_latents: int | None = None,
+    num_vectors: int | None = None,
+    partial: bool = False,
+    named: frozenset[Path] = frozenset(),
+) -> list[TensorEntry]:
+    """One entry per module (or, for a partial module, per run of splits). ``named``: files
+    the user named one by one (a choice of splits, so partial)."""
     modules: dict[Path, list[Path]] = {}
     for path in paths:
-        modules.setdefault(path.parent, []).append(path)
+        unit = path.parent if SPLIT_NAME.match(path.stem) else path  # a folder of splits, or a whole file
+        modules.setdefault(unit, []).append(path)
     out = []
-    for folder, files in modules.items():
-        splits = sorted((_split(p) + (p,) for p in files), key=lambda s: s[0])
-        num_vectors, dtype = None, splits[0][2]["activations"].dtype
-        for start, end, tensors, path in splits:
-            if "tokens" in tensors:
-                n = math.prod(tensors["tokens"].shape)
-                if num_vectors is not None and n != num_vectors:
-                    raise BadInput(path, f"'tokens' gives {n} vectors, another split of {folder.name} gives {num_vectors}")
-                num_vectors = n
-            if tensors["activations"].dtype != dtype:
-                raise BadInput(path, "splits of one module have different activation dtypes")
-        for (_, end_a, _, a), (start_b, _, _, b) in zip(splits, splits[1:]):
-            if start_b <= end_a:
-                raise BadInput(b, f"latents overlap those of {a.name}")
-        if num_vectors is None:
-            raise BadInput(folder, "no split has a 'tokens' tensor, so the number of vectors is unknown")
-        width = max(end for _, end, _, _ in splits) + 1
-        out.append(
-            TensorEntry(
-                folder,
-                folder.name,
-                dtype,
-                (num_vectors, width),
-                FORMAT,
-                files=tuple(p for *_, p in splits),
-                file_bytes=tuple(t["activations"].nbytes + t["locations"].nbytes for _, _, t, _ in splits),
-                note=NOTE,
-                storage=SPARSE,
+    for unit, files in modules.items():
+        splits = sorted((_split(p, num_latents) for p in files), key=lambda s: s.start)
+        dtype = splits[0].tensors["activations"].dtype
+        vectors = num_vectors
+        for s in splits:
+            if "tokens" in s.tensors:
+                n = math.prod(s.tensors["tokens"].shape)
+                if vectors is not None and n != vectors:
+                    raise BadInput(s.path, f"'tokens' gives {n} vectors, not {vectors} as the rest of {unit.name}")
+                vectors = n
+            if s.tensors["activations"].dtype != dtype:
+                raise BadInput(s.path, "splits of one module have different activation dtypes")
+        for a, b in zip(splits, splits[1:]):
+            if b.start <= a.end:
+                raise BadInput(b.path, f"latents overlap those of {a.path.name}")
+        if vectors is None:
+            raise BadInput(unit, "no split has a 'tokens' tensor, so the number of vectors is unknown; give it")
+        runs = _runs(splits)
+        expected = _config_splits(unit) if unit.is_dir() else None
+        name = unit.name if unit.is_dir() else unit.stem
+        width = num_latents if num_latents is not None else splits[-1].end + 1
+        chosen = partial or all(p in named for p in files)
+        gaps = _gaps(runs, width)
+        if expected is not None and expected != len(splits) and not gaps and not chosen and num_latents is None:
+            raise BadInput(
+                unit, f"config.json says {expected} splits but {len(splits)} are here: the last split(s) are missing"
             )
-        )
+        if gaps and not chosen:
+            listed = ", ".join(_span(a, b) for a, b in gaps[:5]) + (", ..." if len(gaps) > 5 else "")
+            raise BadInput(unit, f"the splits do not cover the module's {width} latents: {listed} are in no split")
+        if gaps:
+            for run in runs:
+                first, last = run[0].start, run[-1].end
+                out.append(_entry(unit, f"{name}:{first}-{last}", dtype, vectors, run, first, last))
+        else:
+            out.append(_entry(unit, name, dtype, vectors, splits, 0, width - 1))
     return out
+
+
+def _entry(unit: Path, key: str, dtype: str, vectors: int, splits: list[Split], first: int, last: int) -> TensorEntry:
+    return TensorEntry(
+        unit,
+        key,
+        dtype,
+        (vectors, last - first + 1),
+        FORMAT,
+        member=str(first),  # the first latent this entry counts
+        files=tuple(s.path for s in splits),
+        file_bytes=tuple(s.tensors["activations"].nbytes + s.tensors["locations"].nbytes for s in splits),
+        note=NOTE,
+        storage=SPARSE,
+    )
+
+
+def first_latent(entry: TensorEntry) -> int:
+    """The latent index of an entry's first neuron (nonzero for a partial module's run)."""
+    return int(entry.member or 0)
 
 
 def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
@@ -97,32 +203,48 @@ def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
 
 
 def count(slab: TensorSlab, rule: FireRule, track_last: bool = False) -> Iterator[tuple[Path, States, int]]:
-    """Per chunk of a split: its path, counts over all latents (the last fired as a vector index
-    ``batch * positions + position``), and the bytes read."""
-    width = slab.width
+    """Per chunk of a split: its path, states over the entry's latents (the last fired as a
+    vector index ``batch * positions + position``), and the bytes read."""
+    width, base = slab.width, first_latent(slab.entry)
+    num_latents = None if SPLIT_NAME.match(slab.entry.files[0].stem) else width
     for path in slab.entry.files:
-        start, _, tensors = _split(path)
-        positions = tensors["tokens"].shape[-1] if "tokens" in tensors else 0
-        locations = _mapped(path, tensors["locations"], INTEGER_FORMATS[tensors["locations"].dtype])
-        bits = _mapped(path, tensors["activations"], rule.unsigned)
+        split = _split(path, num_latents)
+        tokens = split.tensors.get("tokens")
+        batches, positions = tokens.shape if tokens is not None else (None, None)
+        locations = _mapped(path, split.tensors["locations"], INTEGER_FORMATS[split.tensors["locations"].dtype])
+        bits = _mapped(path, split.tensors["activations"], rule.unsigned)
+        shift = (split.start if split.relative else 0) - base
         for lo in range(0, bits.shape[0], ENTRIES_PER_CHUNK):
             a = np.asarray(bits[lo : lo + ENTRIES_PER_CHUNK])
-            where = np.asarray(locations[lo : lo + ENTRIES_PER_CHUNK]).astype(np.int64)
-            latents = where[:, 2] + start
-            if latents.size and (latents.min() < 0 or latents.max() >= width):
-                raise BadInput(path, f"a location names latent {int(latents.max())}, outside 0..{width - 1}")
+            where = np.asarray(locations[lo : lo + ENTRIES_PER_CHUNK])
+            latents = where[:, 2].astype(np.int64) + shift
+            bad = (latents < split.start - base) | (latents > split.end - base)
+            if bad.any():
+                raw = int(where[np.flatnonzero(bad)[0], 2])
+                raise BadInput(path, f"a location names latent {raw}, outside this file's latents {split.start}..{split.end}")
+            if positions is None:
+                vectors = None
+            else:
+                b, p = where[:, 0].astype(np.int64), where[:, 1].astype(np.int64)
+                outside = (b < 0) | (b >= batches) | (p < 0) | (p >= positions)
+                if outside.any():
+                    i = int(np.flatnonzero(outside)[0])
+                    raise BadInput(
+                        path, f"a location names batch {int(where[i, 0])}, position {int(where[i, 1])}, outside 'tokens' [{batches}, {positions}]"
+                    )
+                vectors = b * positions + p
             fires = np.zeros(a.shape, np.bool_)
             if rule.fire_ranges:
                 in_ranges(a, rule.fire_ranges, fires, np.empty_like(a), np.empty_like(fires))
-            fire_counts = np.bincount(latents[fires], minlength=width).astype(np.int64)
-            nan_counts = np.zeros(width, np.int64)
+            states = {"fire_counts": np.bincount(latents[fires], minlength=width).astype(np.int64)}
+            states["nan_counts"] = np.zeros(width, np.int64)
             if rule.nan_above is not None:
                 nans = (a & np.asarray(rule.magnitude_mask, a.dtype)) > rule.nan_above
-                nan_counts = np.bincount(latents[nans], minlength=width).astype(np.int64)
-            states = {"fire_counts": fire_counts, "nan_counts": nan_counts}
+                states["nan_counts"] = np.bincount(latents[nans], minlength=width).astype(np.int64)
             if track_last:
+                if vectors is None:
+                    raise BadInput(path, "no 'tokens' tensor: the vector each entry belongs to is unknown, so the time since last fired is too")
                 states["last_fired"] = np.full(width, -1, np.int64)
-                vectors = where[:, 0] * positions + where[:, 1]
                 np.maximum.at(states["last_fired"], latents[fires], vectors[fires])
-            yield path, states, a.nbytes + where.size * locations.itemsize
+            yield path, states, a.nbytes + where.nbytes
         del locations, bits

@@ -19,7 +19,9 @@ import numpy as np
 
 from ..dtypes import NUMPY_NAMES, UNSIGNED_VIEW
 from ..errors import BadInput
-from .base import COMPRESSED, FORTRAN, TensorEntry, TensorSlab, key_from_filename
+from dataclasses import replace
+
+from .base import COMPRESSED, FORTRAN, SWAPPED, TensorEntry, TensorSlab
 
 NPY, NPZ = "npy", "npz"
 FORMATS = (NPY, NPZ)
@@ -27,8 +29,9 @@ SUFFIXES = {".npy": NPY, ".npz": NPZ}
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then file name and extra field lengths
 
 
-def read_npy_header(f: BinaryIO, path: Path, what: str = "") -> tuple[str, tuple[int, ...], bool]:
-    """dtype name, shape and Fortran order of the ``.npy`` stream ``f``, left at the data."""
+def read_npy_header(f: BinaryIO, path: Path, what: str = "") -> tuple[str, tuple[int, ...], bool, bool]:
+    """dtype name, shape, Fortran order and big-endianness of the ``.npy`` stream ``f``, left at
+    the data."""
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -37,28 +40,34 @@ def read_npy_header(f: BinaryIO, path: Path, what: str = "") -> tuple[str, tuple
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise BadInput(path, f"{what}not a valid .npy array: {e}") from None
-    if dtype.byteorder == ">" and dtype.itemsize > 1:
-        raise BadInput(path, f"{what}big-endian {dtype} is not supported: save it little-endian")
+    swapped = dtype.byteorder == ">" and dtype.itemsize > 1
     name = NUMPY_NAMES.get(dtype.name)
     if name is None:
         raise BadInput(path, f"{what}dtype {dtype} is not supported (floating, integer or bool arrays only)")
-    return name, tuple(int(n) for n in shape), bool(fortran and len(shape) > 1)
+    return name, tuple(int(n) for n in shape), bool(fortran and len(shape) > 1), swapped
+
+
+def _big_endian(entry: TensorEntry) -> TensorEntry:
+    """A big-endian entry: read through its reader, which swaps the bytes (mapped rows become
+    ``SWAPPED``)."""
+    storage = SWAPPED if entry.storage == "mapped" else entry.storage
+    return replace(entry, byteswap=True, storage=storage, note=", ".join(filter(None, [entry.note, "big-endian"])))
 
 
 def npy_entries(path: Path) -> list[TensorEntry]:
     try:
         with open(path, "rb") as f:
-            dtype, shape, fortran = read_npy_header(f, path)
+            dtype, shape, fortran, swapped = read_npy_header(f, path)
             offset = f.tell()
             size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise BadInput(path, f"cannot read: {e.strerror or e}") from None
-    entry = TensorEntry(path, key_from_filename(path), dtype, shape, NPY, offset=offset)
+    entry = TensorEntry(path, path.stem, dtype, shape, NPY, offset=offset, from_file=True)
     if offset + entry.nbytes > size:
         raise BadInput(path, f"truncated: the array needs {offset + entry.nbytes} bytes but the file has {size}")
     if fortran:  # columns are contiguous, rows are not: gather rows chunk by chunk
-        return [TensorEntry(path, entry.key, dtype, shape, NPY, note="Fortran order", storage=FORTRAN)]
-    return [entry]
+        entry = replace(entry, offset=None, note="Fortran order", storage=FORTRAN)
+    return [_big_endian(entry) if swapped else entry]
 
 
 def npz_entries(path: Path) -> list[TensorEntry]:
@@ -77,7 +86,7 @@ def npz_entries(path: Path) -> list[TensorEntry]:
                         raise BadInput(path, f"{what}corrupt zip local header")
                     start = info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len
                     raw.seek(start)
-                    dtype, shape, fortran = read_npy_header(raw, path, what)
+                    dtype, shape, fortran, swapped = read_npy_header(raw, path, what)
                     entry = TensorEntry(path, key, dtype, shape, NPZ, offset=raw.tell(), member=info.filename)
                     if entry.offset + entry.nbytes > start + info.file_size:
                         raise BadInput(path, f"{what}truncated: the array is larger than the member")
@@ -87,13 +96,13 @@ def npz_entries(path: Path) -> list[TensorEntry]:
                         )
                 else:
                     with z.open(info) as member:
-                        dtype, shape, fortran = read_npy_header(member, path, what)
+                        dtype, shape, fortran, swapped = read_npy_header(member, path, what)
                     if fortran:
                         raise BadInput(path, f"{what}a compressed Fortran-ordered array cannot be streamed by rows")
                     entry = TensorEntry(
                         path, key, dtype, shape, NPZ, member=info.filename, note="compressed", storage=COMPRESSED
                     )
-                out.append(entry)
+                out.append(_big_endian(entry) if swapped else entry)
     except (zipfile.BadZipFile, struct.error, EOFError) as e:
         raise BadInput(path, f"not a valid .npz archive: {e}") from None
     except OSError as e:
@@ -109,8 +118,15 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     """Rows of an entry that is not mapped directly: Fortran order, or a compressed member."""
     entry = slab.entry
     unsigned = UNSIGNED_VIEW[slab.row_bytes // slab.width]
+    swap = entry.byteswap
+    if entry.storage == SWAPPED:
+        rows = np.memmap(entry.path, dtype=unsigned, mode="r", offset=entry.offset or 0, shape=(slab.num_rows, slab.width))
+        for start in range(0, slab.num_rows, chunk_rows):
+            yield rows[start : start + chunk_rows].byteswap()
+        return
     if entry.storage == FORTRAN:
-        yield from _fortran_chunks(slab, chunk_rows, unsigned)
+        for block in _fortran_chunks(slab, chunk_rows, unsigned):
+            yield block.byteswap() if swap else block
         return
     with zipfile.ZipFile(entry.path) as z, z.open(entry.member) as member:
         read_npy_header(member, entry.path)
@@ -122,7 +138,8 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
                 raise BadInput(entry.path, f"member {entry.member!r}: corrupt compressed data: {e}") from None
             if len(data) < rows * slab.row_bytes:
                 raise BadInput(entry.path, f"member {entry.member!r}: truncated compressed data")
-            yield np.frombuffer(data, dtype=unsigned).reshape(rows, slab.width)
+            block = np.frombuffer(data, dtype=unsigned).reshape(rows, slab.width)
+            yield block.byteswap() if swap else block
 
 
 def _fortran_chunks(slab: TensorSlab, chunk_rows: int, unsigned: type) -> Iterator[np.ndarray]:

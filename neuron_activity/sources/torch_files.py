@@ -15,7 +15,7 @@ import numpy as np
 
 from ..dtypes import TORCH_NAMES, UNSIGNED_VIEW
 from ..errors import BadInput, NactError
-from .base import LOADED, TensorEntry, TensorSlab, key_from_filename
+from .base import LOADED, TensorEntry, TensorSlab
 
 FORMAT = "torch"
 FORMATS = (FORMAT,)
@@ -67,9 +67,9 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
             raise BadInput(path, "holds no tensors")
         for member, t in found.items():
             dtype = TORCH_NAMES.get(str(t.dtype).removeprefix("torch."), str(t.dtype))  # type: ignore[attr-defined]
-            key = member or key_from_filename(path)
             shape = tuple(t.shape)  # type: ignore[attr-defined]
-            out.append(TensorEntry(path, key, dtype, shape, FORMAT, member=member, storage=LOADED))
+            key, from_file = (member, False) if member else (path.stem, True)
+            out.append(TensorEntry(path, key, dtype, shape, FORMAT, member=member, storage=LOADED, from_file=from_file))
     return out
 
 
@@ -77,6 +77,8 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     import torch
 
     tensor = tensors(load(slab.path))[slab.entry.member or ""]
+    if slab.index is not None:  # the first axis is the component axis: this slab is one block
+        tensor = tensor[slab.index]  # type: ignore[index]
     rows = tensor.reshape(slab.num_rows, slab.width)  # type: ignore[attr-defined]
     itemsize = rows.element_size()
     signed = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[itemsize]
