@@ -69,6 +69,8 @@ def word(error: BaseException) -> str:
         return error.worded([flag(o) for o in error.options])
     if isinstance(error, errors.NeedsOption):
         return error.worded(flag(error.option), flag(error.needed))
+    if isinstance(error, errors.AxisProblem) and error.options:
+        return f"{error} ({' or '.join(flag(o) for o in error.options)})"
     if isinstance(error, errors.KeyNotFound):
         return error.worded("--key")
     if isinstance(error, errors.MixedFormats):

@@ -37,8 +37,10 @@ class ShapeMismatch(NactError):
 class AxisProblem(BadInput):
     """A tensor whose axes do not say what its components are; names the component."""
 
-    def __init__(self, component: str, shape: tuple[int, ...], problem: str, path: object = "") -> None:
-        self.component, self.shape = component, shape
+    def __init__(
+        self, component: str, shape: tuple[int, ...], problem: str, path: object = "", options: tuple[str, ...] = ()
+    ) -> None:
+        self.component, self.shape, self.options = component, shape, options  # options that would settle it
         NactError.__init__(self)
         self.path, self.problem = str(path), f"tensor {component!r} of shape {list(shape)}: {problem}"
 

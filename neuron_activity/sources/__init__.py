@@ -291,6 +291,7 @@ def layout_of(
             name, shape,
             f"axis {ndim - 2} has {count} entries, too many for a component axis (at most {MAX_COMPONENTS}): "
             "flatten it (its entries are positions or tokens) or pick the component axis",
+            options=("flatten", "component_axis"),
         )
     return Layout(tuple(f"{name}[{i}]" for i in range(count)), math.prod(shape[:-2]), features)
 
