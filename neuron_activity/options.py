@@ -20,6 +20,7 @@ from .errors import BadOption, Conflict, NeedsOption
 MAX_THREADS = 256
 MAX_PARTS = 1_000_000
 MAX_BINS_PER_DECADE = 100
+MAX_FIRE_ABOVE = Fraction(10) ** 308
 KERNELS = ("native", "numpy", "torch")
 KERNEL_VARIABLE = "NACT_KERNEL"  # picks the CPU kernel, for tests and benchmarks
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
@@ -78,6 +79,8 @@ class CountOptions:
         _at_least_one("num_latents", self.num_latents, 1 << 31)
         _at_least_one("num_vectors", self.num_vectors, 1 << 62)
         object.__setattr__(self, "fire_above", as_fraction(self.fire_above, "fire_above"))
+        if abs(self.fire_above) > MAX_FIRE_ABOVE:
+            raise BadOption("fire_above", self.fire_above, "is out of range: beyond every float format (|x| <= 1e308)")
         object.__setattr__(self, "device", check_device_name(self.device))
         _at_least_one("chunk_rows", self.chunk_rows)
         _at_least_one("threads", self.threads, MAX_THREADS)

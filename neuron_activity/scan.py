@@ -23,6 +23,7 @@ from .sources import READERS, ScanPlan, TensorSlab, component_layout, discover, 
 from .sources.base import MAPPED, SPARSE
 
 CHUNK_BYTES = 32 * 1024 * 1024  # default window mapped at a time, per thread
+STATE_BYTES = 512 * 1024 * 1024  # per-neuron state of all threads: wide layers count with fewer threads
 
 ProgressCallback = Callable[[Path, int], None]
 
@@ -94,6 +95,15 @@ def count(
             part = slice(i * group.num_features, (i + 1) * group.num_features)
             activity.add_states(name, state.select(states, part), num_vectors)
             activity.components[name].first_neuron = group.first_neuron
+    for c in activity.components.values():
+        if c.num_vectors and int(c.fire_counts.max(initial=0)) > c.num_vectors:
+            i = int(np.argmax(c.fire_counts))
+            where = plan.sources().get(c.name, [""])
+            raise BadInput(
+                where[0] if len(where) == 1 else c.name,
+                f"neuron {i + c.first_neuron} fired {int(c.fire_counts[i])} times in {c.num_vectors} vectors: "
+                "the cache stores some entries twice",
+            )
     warnings = list(plan.warnings)
     if NATIVE_PROBLEM and device == "cpu" and options.kernel is None and "stale" in NATIVE_PROBLEM:
         warnings.append(f"the C kernel is {NATIVE_PROBLEM}: counted with numpy instead")
@@ -148,6 +158,8 @@ def _count(
 ) -> tuple[dict[str, tuple[States, int]], str]:
     """Per key: the states over its whole width and its number of vectors; and the kernel."""
     threads = 1 if device == "mps" else options.threads or min(os.cpu_count() or 1, 8)  # mps: one queue
+    widest = max((s.width for s in plan.slabs), default=1)
+    threads = max(1, min(threads, STATE_BYTES // (widest * 8 * (2 + options.track_last)) or 1))
     track_last = options.track_last
     work = _work(plan, options.chunk_rows)
     lock = threading.Lock()

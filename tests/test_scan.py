@@ -239,9 +239,8 @@ def test_one_dimensional_tensor_named_is_an_error(tmp_path: Path) -> None:
 
 def test_no_vectors_is_an_error(tmp_path: Path) -> None:
     write_shard(tmp_path / "a.safetensors", {"acts": torch.ones(0, 3)})
-    result = scan([tmp_path])
-    with pytest.raises(NoVectors, match=r"no vectors were counted \(components: 'acts'\)"):
-        result.activity.rows(DEFAULT)
+    with pytest.raises(NoVectors, match=r"no vectors were counted \(components: 'acts'\): every tensor read is empty"):
+        scan([tmp_path])
 
 
 def test_missing_path_and_empty_directory(tmp_path: Path) -> None:

@@ -58,15 +58,18 @@ class ScanPlan:
     groups: dict[str, ComponentGroup] = field(default_factory=dict)
     slabs: list[TensorSlab] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    empty_units: list[Path] = field(default_factory=list)  # units whose tensors hold no vectors
 
     def units(self) -> list[Path]:
-        """What can be counted apart, in stream order: shard files, or a delphi module's folder."""
-        return list(dict.fromkeys(s.path for s in self.slabs))
+        """What can be counted apart, in stream order: shard files, or a delphi module's folder
+        (units with nothing to count included, so that they are recorded as counted)."""
+        return sorted(dict.fromkeys([*(s.path for s in self.slabs), *self.empty_units]), key=natural_key)
 
     def restrict(self, keep: list[Path] | set[Path]) -> None:
         """Count only the slabs of these units; every component keeps its place and shape."""
         keep = set(keep)
         self.slabs = [s for s in self.slabs if s.path in keep]
+        self.empty_units = [u for u in self.empty_units if u in keep]
         self.shards = [p for p in self.shards if p in keep or any(p in s.entry.files for s in self.slabs)]
 
     def shard_bytes(self) -> dict[Path, int]:
@@ -227,6 +230,7 @@ def _files_under(folder: Path) -> tuple[list[Path], int, list[Path]]:
 
 
 MAX_COMPONENTS = 64  # a longer axis before the features is positions, not components
+MAX_FEATURES = 1 << 24  # per component: far above any layer or SAE, and bounds per-neuron state
 
 
 @dataclass(frozen=True)
@@ -345,6 +349,7 @@ def plan_scan(
     skipped: dict[str, tuple[str, str, int]] = {}  # key -> (dtype, why, shard count)
     notes: dict[str, str] = {}
     ambiguous: dict[str, list[Path]] = {}
+    empty: dict[str, None] = {}
     root = grouping.common_folder([e.path for e in plan.entries])  # a delphi module's path is its folder
     for entry in plan.entries:
         key, file = entry.key, entry.path
@@ -367,6 +372,12 @@ def plan_scan(
             dtype, reason, count = skipped.get(entry.key, (entry.dtype, why, 0))
             skipped[entry.key] = (dtype, reason, count + 1)
             continue
+        if math.prod(entry.shape) == 0:  # no vectors: nothing to count, and no state to keep
+            empty.setdefault(name, None)
+            plan.empty_units.append(entry.path)
+            continue
+        if entry.shape[-1] > MAX_FEATURES:
+            raise BadInput(entry.path, f"tensor {entry.key!r} has {entry.shape[-1]} features, more than nact counts ({MAX_FEATURES})")
         try:
             layout = layout_of(name, entry.key, entry.shape, flatten, component_axis)
         except AxisProblem as e:
@@ -407,6 +418,9 @@ def plan_scan(
                 "zero-padded is taken as a layer (group by key to count them as shards of one component)"
             )
     plan.warnings += list(notes.values())
+    if not plan.groups and empty:
+        names = ", ".join(map(repr, empty))
+        raise NoVectors(f"no vectors were counted (components: {names}): every tensor read is empty")
     if not plan.groups:
         detail = "; ".join(plan.warnings) or "the shards hold no tensors"
         raise NoVectors(f"nothing to count in {len(shards)} shard(s): {detail}")

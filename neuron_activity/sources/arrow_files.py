@@ -40,9 +40,18 @@ def dataset_files(folder: Path) -> list[Path] | None:
         return None
     try:
         listed = json.loads(state.read_text())["_data_files"]
-        return [folder / item["filename"] for item in listed]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise BadInput(state, f"not a valid datasets state.json: {e}") from None
+        names = [item["filename"] for item in listed]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        problem = "nested too deeply" if isinstance(e, RecursionError) else f"{type(e).__name__}: {e}"
+        raise BadInput(state, f"not a valid datasets state.json: {problem}") from None
+    files = []
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name:
+            raise BadInput(state, f"not a valid datasets state.json: data file {name!r} is not a file name")
+        if not (folder / name).is_file():
+            raise BadInput(state, f"lists data file {name}, which is missing: the cache is incomplete")
+        files.append(folder / name)
+    return files
 
 
 def _batches(path: Path) -> Iterator[object]:
@@ -105,6 +114,10 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
     for path in paths:
         columns: dict[str, list] = {}
         for batch in _batches(path):
+            names = batch.schema.names  # type: ignore[attr-defined]
+            if len(set(names)) != len(names):
+                twice = sorted({n for n in names if names.count(n) > 1})
+                raise BadInput(path, f"column {twice[0]!r} appears twice: which one is the hook is unknown")
             for field, column in zip(batch.schema, batch.columns):  # type: ignore[attr-defined]
                 dtype = _nested_float(field.type)
                 if dtype is None:

@@ -126,9 +126,9 @@ class SparseReader(Reader, Protocol):
         ...
 
 
-_DIGITS = re.compile(r"(\d+)")
+_DIGITS = re.compile(r"([0-9]+)")
 
 
 def natural_key(path: Path) -> list[object]:
     """Sort key that puts ``2.safetensors`` before ``10.safetensors``."""
-    return [int(part) if part.isdigit() else part for part in _DIGITS.split(str(path))]
+    return [int(part) if part.isascii() and part.isdigit() else part for part in _DIGITS.split(str(path))]

@@ -39,7 +39,7 @@ FORMATS = (FORMAT,)
 SUFFIXES: dict[str, str] = {}  # splits are safetensors files, told apart by their header
 SPLIT_NAME = re.compile(r"^(\d+)_(\d+)$")
 ENTRIES_PER_CHUNK = 1 << 22
-MAX_LATENTS = 1 << 31
+MAX_LATENTS = 1 << 24  # a width taken from a file name allocates per-latent state: bounded
 NOTE = (
     "sparse cache: delphi stores only entries with |activation| > 1e-5, as fp16; "
     "entries it did not store count as not firing"

@@ -38,13 +38,25 @@ def read_npy_header(f: BinaryIO, path: Path, what: str = "") -> tuple[str, tuple
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise BadInput(path, f"{what}not a valid .npy array: {e}") from None
+    except (ValueError, SyntaxError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError, RuntimeError, RecursionError, MemoryError) as e:
+        raise BadInput(path, f"{what}not a valid .npy array: {_first_line(e)}") from None
+    if any(type(n) is not int or n < 0 for n in shape) or len(shape) > 64:
+        raise BadInput(path, f"{what}not a valid .npy array: shape {shape} is not a list of sizes")
     swapped = dtype.byteorder == ">" and dtype.itemsize > 1
     name = NUMPY_NAMES.get(dtype.name)
     if name is None:
         raise BadInput(path, f"{what}dtype {dtype} is not supported (floating, integer or bool arrays only)")
     return name, tuple(int(n) for n in shape), bool(fortran and len(shape) > 1), swapped
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# what zipfile raises on a member it cannot read: corrupt, encrypted, an unknown method
+MEMBER_ERRORS = (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError, RuntimeError, ValueError)
 
 
 def _big_endian(entry: TensorEntry) -> TensorEntry:
@@ -74,9 +86,15 @@ def npz_entries(path: Path) -> list[TensorEntry]:
     out = []
     try:
         with zipfile.ZipFile(path) as z, open(path, "rb") as raw:
+            members = [i.filename for i in z.infolist()]
+            if len(set(members)) != len(members):
+                twice = sorted({m for m in members if members.count(m) > 1})
+                raise BadInput(path, f"member {twice[0]!r} appears twice: which one to read is unknown")
             for info in z.infolist():
                 if not info.filename.endswith(".npy"):
                     continue
+                if info.flag_bits & 0x1:
+                    raise BadInput(path, f"member {info.filename!r} is encrypted")
                 key = info.filename[: -len(".npy")]
                 what = f"member {info.filename!r}: "
                 if info.compress_type == zipfile.ZIP_STORED:
@@ -103,8 +121,8 @@ def npz_entries(path: Path) -> list[TensorEntry]:
                         path, key, dtype, shape, NPZ, member=info.filename, note="compressed", storage=COMPRESSED
                     )
                 out.append(_big_endian(entry) if swapped else entry)
-    except (zipfile.BadZipFile, struct.error, EOFError) as e:
-        raise BadInput(path, f"not a valid .npz archive: {e}") from None
+    except (zipfile.BadZipFile, struct.error, EOFError, NotImplementedError, RuntimeError, zlib.error, ValueError) as e:
+        raise BadInput(path, f"not a valid .npz archive: {_first_line(e)}") from None
     except OSError as e:
         raise BadInput(path, f"cannot read: {e.strerror or e}") from None
     return out
@@ -128,18 +146,23 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
         for block in _fortran_chunks(slab, chunk_rows, unsigned):
             yield block.byteswap() if swap else block
         return
-    with zipfile.ZipFile(entry.path) as z, z.open(entry.member) as member:
-        read_npy_header(member, entry.path)
-        for start in range(0, slab.num_rows, chunk_rows):
-            rows = min(chunk_rows, slab.num_rows - start)
-            try:
-                data = member.read(rows * slab.row_bytes)
-            except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
-                raise BadInput(entry.path, f"member {entry.member!r}: corrupt compressed data: {e}") from None
-            if len(data) < rows * slab.row_bytes:
-                raise BadInput(entry.path, f"member {entry.member!r}: truncated compressed data")
-            block = np.frombuffer(data, dtype=unsigned).reshape(rows, slab.width)
-            yield block.byteswap() if swap else block
+    try:
+        with zipfile.ZipFile(entry.path) as z, z.open(entry.member) as member:  # type: ignore[arg-type]
+            yield from _member_rows(slab, member, chunk_rows, unsigned, swap)
+    except MEMBER_ERRORS as e:
+        raise BadInput(entry.path, f"member {entry.member!r}: corrupt compressed data: {_first_line(e)}") from None
+
+
+def _member_rows(slab: TensorSlab, member: BinaryIO, chunk_rows: int, unsigned: type, swap: bool) -> Iterator[np.ndarray]:
+    entry = slab.entry
+    read_npy_header(member, entry.path)
+    for start in range(0, slab.num_rows, chunk_rows):
+        rows = min(chunk_rows, slab.num_rows - start)
+        data = member.read(rows * slab.row_bytes)
+        if len(data) < rows * slab.row_bytes:
+            raise BadInput(entry.path, f"member {entry.member!r}: truncated compressed data")
+        block = np.frombuffer(data, dtype=unsigned).reshape(rows, slab.width)
+        yield block.byteswap() if swap else block
 
 
 def _fortran_chunks(slab: TensorSlab, chunk_rows: int, unsigned: type) -> Iterator[np.ndarray]:

@@ -38,24 +38,25 @@ def read_header(path: Path) -> list[TensorEntry]:
             raw = f.read(header_len)
     except OSError as e:
         raise BadInput(path, f"cannot read: {e.strerror or e}") from None
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInput(path, f"corrupt safetensors header: {e}") from None
+    header = load_json(raw, path, "safetensors header")
     if not isinstance(header, dict):
         raise BadInput(path, "corrupt safetensors header: not a JSON object")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise BadInput(path, "corrupt safetensors header: __metadata__ is not a map of strings")
     data_start = 8 + header_len
     entries = []
+    spans = []
     for key, info in header.items():
         if key == "__metadata__":
             continue
         try:
             dtype = str(info["dtype"])
-            shape = tuple(int(n) for n in info["shape"])
-            begin, end = (int(n) for n in info["data_offsets"])
+            shape = tuple(_whole(n) for n in info["shape"])
+            begin, end = (_whole(n) for n in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise BadInput(path, f"corrupt safetensors header: bad entry for tensor {key!r}") from None
-        if any(n < 0 for n in shape) or not 0 <= begin <= end:
+        if len(shape) > MAX_DIMENSIONS or not 0 <= begin <= end:
             raise BadInput(path, f"corrupt safetensors header: bad shape or offsets for tensor {key!r}")
         if dtype in ITEMSIZE and end - begin != math.prod(shape) * ITEMSIZE[dtype]:
             raise BadInput(
@@ -69,7 +70,36 @@ def read_header(path: Path) -> list[TensorEntry]:
                 f"truncated: tensor {key!r} ends at byte {data_start + end} but the file has {size} bytes",
             )
         entries.append(TensorEntry(path, key, dtype, shape, FORMAT, offset=data_start + begin))
+        spans.append((begin, end, key))
+    at = 0  # as the safetensors library: tensors lie one after another, and fill the data exactly
+    for begin, end, key in sorted(spans):
+        if begin != at:
+            problem = "overlaps another tensor" if begin < at else f"leaves a gap before byte {begin}"
+            raise BadInput(path, f"corrupt safetensors header: the data of tensor {key!r} {problem}")
+        at = end
+    if data_start + at != size:
+        raise BadInput(path, f"corrupt safetensors header: the tensors hold {at} bytes, the file has {size - data_start} after its header")
     return entries
+
+
+MAX_DIMENSIONS = 64
+
+
+def _whole(value: object) -> int:
+    """A non-negative JSON integer (``64.9``, ``1e400``, ``true`` and ``-1`` are not)."""
+    if type(value) is not int or value < 0:
+        raise ValueError(value)
+    return value
+
+
+def load_json(raw: bytes | str, path: Path, what: str) -> object:
+    """JSON text of a header or metadata, refused (never crashed on) when corrupt or nested too
+    deep for the parser (its RecursionError)."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        problem = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise BadInput(path, f"corrupt {what}: {problem}") from None
 
 
 def entries(paths: list[Path]) -> list[TensorEntry]:

@@ -7,6 +7,8 @@ data stays on disk until read). Importing torch costs seconds, so only these fil
 from __future__ import annotations
 
 import pickle
+import struct
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,47 +24,77 @@ FORMATS = (FORMAT,)
 SUFFIXES = {".pt": FORMAT, ".pth": FORMAT}
 
 
+MAX_NESTING = 64  # containers within containers
+MAX_TENSORS = 100_000
+LEGACY_MAX_BYTES = 1 << 30  # legacy (non-zip) files load whole: larger ones are refused
+
+
 def load(path: Path) -> object:
     """The object in a torch.save file, loaded safely, or BadInput saying why it cannot be."""
     try:
         import torch
     except ImportError:
         raise NactError(f"{path}: reading .pt files needs PyTorch: pip install torch") from None
-    try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own warnings would add lines to a one-line error
         try:
+            if not zipfile.is_zipfile(path):
+                size = path.stat().st_size
+                if size > LEGACY_MAX_BYTES:
+                    raise BadInput(
+                        path,
+                        f"a legacy (non-zip) torch.save file of {size} bytes loads whole: nact reads such files up "
+                        f"to {LEGACY_MAX_BYTES} bytes; save it again with a current torch.save",
+                    )
+                return torch.load(path, map_location="cpu", weights_only=True)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # the legacy format
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInput(path, f"refused: it needs unsafe unpickling, and nact loads only tensors ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
-        raise BadInput(path, f"not a readable torch.save file: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        except pickle.UnpicklingError as e:
+            raise BadInput(path, f"refused: it needs unsafe unpickling, and nact loads only tensors ({_first_line(e)})") from None
+        except RecursionError:
+            raise BadInput(path, "not a readable torch.save file: nested too deeply") from None
+        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, TypeError, AttributeError,
+                IndexError, struct.error, MemoryError, OverflowError) as e:
+            raise BadInput(path, f"not a readable torch.save file: {_first_line(e)}") from None
 
 
-def tensors(obj: object, prefix: str = "") -> dict[str, object]:
-    """Every tensor in ``obj`` by dotted path (``""`` for a bare tensor)."""
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def tensors(obj: object, path: Path | None = None) -> dict[str, object]:
+    """Every tensor in ``obj`` by dotted path (``""`` for a bare tensor), found without
+    recursion; containers nested deeper than ``MAX_NESTING`` are refused."""
     import torch
 
-    if isinstance(obj, torch.Tensor):
-        return {prefix: obj}
-    items: list[tuple[str, object]] = []
-    if isinstance(obj, dict):
-        items = [(str(k), v) for k, v in obj.items()]
-    elif isinstance(obj, (list, tuple)):
-        items = [(str(i), v) for i, v in enumerate(obj)]
     found: dict[str, object] = {}
-    for name, value in items:
-        found.update(tensors(value, f"{prefix}.{name}" if prefix else name))
+    stack: list[tuple[str, object, int]] = [("", obj, 0)]
+    while stack:
+        prefix, value, depth = stack.pop()
+        if isinstance(value, torch.Tensor):
+            if value.layout != torch.strided:
+                raise BadInput(path or "", f"tensor {prefix or '(the file)'!r} is {value.layout}: nact counts dense tensors")
+            found[prefix] = value
+            if len(found) > MAX_TENSORS:
+                raise BadInput(path or "", f"holds more than {MAX_TENSORS} tensors")
+            continue
+        if isinstance(value, dict):
+            items = [(str(k), v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            items = [(str(i), v) for i, v in enumerate(value)]
+        else:
+            continue
+        if depth >= MAX_NESTING:
+            raise BadInput(path or "", f"containers nested deeper than {MAX_NESTING} levels")
+        for name, item in reversed(items):
+            stack.append((f"{prefix}.{name}" if prefix else name, item, depth + 1))
     return found
 
 
 def entries(paths: list[Path]) -> list[TensorEntry]:
     out = []
     for path in paths:
-        found = tensors(load(path))
+        found = tensors(load(path), path)
         if not found:
             raise BadInput(path, "holds no tensors")
         for member, t in found.items():
@@ -76,7 +108,7 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
 def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     import torch
 
-    tensor = tensors(load(slab.path))[slab.entry.member or ""]
+    tensor = tensors(load(slab.path), slab.path)[slab.entry.member or ""]
     if slab.index is not None:  # the first axis is the component axis: this slab is one block
         tensor = tensor[slab.index]  # type: ignore[index]
     rows = tensor.reshape(slab.num_rows, slab.width)  # type: ignore[attr-defined]
