@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from .output import emit, say, word
+from .output import emit, on_terminal, say, word
 from .render import (
     COMPONENT_AXIS,
     FLATTEN,
@@ -71,7 +71,7 @@ def inspect(
         }
         emit(json.dumps(doc, indent=2) + "\n", None)
     else:
-        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 250
+        width = shutil.get_terminal_size().columns if on_terminal(sys.stdout) else 250
         emit(_table(result, width), None)
     for problem in problems:
         say(f"Error: {problem}")

@@ -7,7 +7,6 @@ edge between the commands and the shell (see ``output`` for the codes).
 from __future__ import annotations
 
 import errno
-import signal
 import sys
 from typing import Any
 
@@ -27,6 +26,7 @@ from .output import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    StdoutGone,
     internal_error,
     one_line,
     quiet_stdout,
@@ -76,6 +76,9 @@ def run_guarded(call: Any) -> int:
     except NactError as e:
         say(f"Error: {one_line(word(e))}")
         return EXIT_USAGE
+    except StdoutGone:
+        quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except OSError as e:
         if e.errno == errno.EPIPE:
             quiet_stdout()
@@ -128,10 +131,7 @@ app.command("diff")(counts_commands.diff)
 app.command("density")(density_command.density)
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed on the way out
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
-    app()
+    from .entry import main as entry
+
+    entry()

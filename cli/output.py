@@ -90,6 +90,14 @@ def word(error: BaseException) -> str:
     return str(error)
 
 
+def on_terminal(stream: object) -> bool:
+    """Whether ``stream`` (sys.stdout or sys.stderr, which may be None when closed) is a terminal."""
+    try:
+        return stream is not None and stream.isatty()  # type: ignore[attr-defined]
+    except (OSError, ValueError):
+        return False
+
+
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -113,6 +121,11 @@ def quiet_stdout() -> None:
         pass
 
 
+class StdoutGone(Exception):
+    """The reader of stdout went away (a broken pipe): the run ends quietly. Not an OSError, so
+    that Click's own handling (exit 1) never sees it."""
+
+
 def emit(text: str, output: Path | None) -> None:
     """The result goes to ``output`` (atomically) or to stdout, and nothing else goes to stdout."""
     if output is not None:
@@ -120,5 +133,12 @@ def emit(text: str, output: Path | None) -> None:
 
         write_text_atomic(output, text)
         return
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    if sys.stdout is None:  # started with stdout closed (>&-)
+        from neuron_activity.errors import BadOutput
+
+        raise BadOutput("stdout", "is closed: nowhere to write the result (give -o FILE)")
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise StdoutGone from None

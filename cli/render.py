@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from .output import EXIT_BREACH, emit, say
+from .output import EXIT_BREACH, emit, on_terminal, say
 
 if TYPE_CHECKING:
     from neuron_activity import ActivityRow
@@ -79,7 +79,7 @@ def finish(report: Report, fmt: str, output: Path | None, quiet: bool) -> None:
         for warning in report.warnings:
             say(f"Warning: {warning}")
     if not quiet or output is not None:
-        tty = output is None and sys.stdout.isatty()
+        tty = output is None and on_terminal(sys.stdout)
         color = tty and "NO_COLOR" not in os.environ
         width = shutil.get_terminal_size().columns if tty else 100
         emit(render(fmt, report, color=color, width=width), output)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import typer
 
-from .output import say
+from .output import on_terminal, say
 from .render import (
     COMPONENT_AXIS,
     DENSE_ABOVE,
@@ -132,7 +132,7 @@ def scan(
         output=output,
         distributed=distributed,
     )
-    show_progress = not quiet and sys.stderr.isatty() and not distributed
+    show_progress = not quiet and on_terminal(sys.stderr) and not distributed
     with _progress(show_progress) as progress:
         hooks = dict(on_plan=progress.start, on_progress=progress.advance) if progress else {}
         outcome = run_scan(request, **hooks)  # type: ignore[arg-type]

@@ -8,16 +8,28 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import BadOutput, StateLocked
+from .errors import BadOutput, NactError, StateLocked
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a new file gets from the umask, or the mode ``path`` already has."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
 
-    If anything fails or the process is interrupted, ``path`` keeps its previous content.
+    If anything fails or the process is interrupted, ``path`` keeps its previous content and no
+    temporary file is left. Symlinks are followed (the file they name is replaced, the link
+    stays); a new file gets the umask's mode, an existing one keeps its mode.
     """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    path = Path(os.path.realpath(path))
+    folder = path.parent
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
@@ -26,6 +38,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, _mode_for(path))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,16 +47,19 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
             tmp.unlink()
         if isinstance(e, OSError):
             raise BadOutput(path, f"cannot write: {e.strerror or e}") from None
+        if isinstance(e, Exception) and not isinstance(e, NactError):  # a writer's own error (safetensors)
+            raise BadOutput(path, f"cannot write: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
         raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="backslashreplace"))
 
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path``'s lock file (``path.lock``), or fail at once."""
+    path = Path(os.path.realpath(path))  # two names of one state take one lock
     lock_path = Path(f"{path}.lock")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -64,9 +64,14 @@ def _batches(path: Path) -> Iterator[object]:
             source.seek(0)
             file_reader = pa.ipc.open_file(source)  # type: ignore[attr-defined]
             reader = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
-        yield from reader
-    except (pa.ArrowException, OSError) as e:  # type: ignore[attr-defined]
-        raise BadInput(path, f"not a readable Arrow file: {e}") from None
+        for batch in reader:
+            # lengths and offsets checked against the buffers before any kernel reads them: a
+            # corrupt batch is an error here, not an abort inside pyarrow later
+            batch.validate(full=True)
+            yield batch
+    except (pa.ArrowException, OSError, ValueError) as e:  # type: ignore[attr-defined]
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(path, f"not a readable Arrow file: {first}") from None
 
 
 def _storage(column: object) -> object:

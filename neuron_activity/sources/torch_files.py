@@ -7,7 +7,6 @@ data stays on disk until read). Importing torch costs seconds, so only these fil
 from __future__ import annotations
 
 import pickle
-import struct
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -52,8 +51,9 @@ def load(path: Path) -> object:
             raise BadInput(path, f"refused: it needs unsafe unpickling, and nact loads only tensors ({_first_line(e)})") from None
         except RecursionError:
             raise BadInput(path, "not a readable torch.save file: nested too deeply") from None
-        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, TypeError, AttributeError,
-                IndexError, struct.error, MemoryError, OverflowError) as e:
+        except NactError:
+            raise
+        except Exception as e:  # torch's reader raises many kinds on a corrupt file
             raise BadInput(path, f"not a readable torch.save file: {_first_line(e)}") from None
 
 

@@ -1,0 +1,21 @@
+"""The ``nact`` console script: signals first, then the app, so that even a Ctrl-C while the
+app is still being imported ends in one line and exit code 130."""
+
+import signal
+import sys
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed on the way out
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+    if sys.stdout is not None:
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # file names that are not UTF-8
+    try:
+        from .main import app
+    except KeyboardInterrupt:
+        print("Error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    app()
