@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -114,37 +115,62 @@ def _values(path: Path, name: str, column: object) -> tuple[np.ndarray, int, int
     return values.to_numpy(zero_copy_only=True), shape[0], shape[1]
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Whatever pyarrow raises on a corrupt file (schema names that are not UTF-8, ...) is
+    BadInput naming the file."""
+    try:
+        yield
+    except NactError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(path, f"not a readable Arrow file: {first}") from None
+
+
 def entries(paths: list[Path]) -> list[TensorEntry]:
     out = []
     for path in paths:
-        columns: dict[str, list] = {}
-        for batch in _batches(path):
-            names = batch.schema.names  # type: ignore[attr-defined]
-            if len(set(names)) != len(names):
-                twice = sorted({n for n in names if names.count(n) > 1})
-                raise BadInput(path, f"column {twice[0]!r} appears twice: which one is the hook is unknown")
-            for field, column in zip(batch.schema, batch.columns):  # type: ignore[attr-defined]
-                dtype = _nested_float(field.type)
-                if dtype is None:
-                    continue
-                values, context, width = _values(path, field.name, column)
-                seen = columns.setdefault(field.name, [dtype, 0, None])
-                if len(column) and seen[2] is not None and seen[2] != (context, width):
-                    raise BadInput(path, f"column {field.name!r} changes shape between record batches")
-                if len(column):
-                    seen[1] += len(column)
-                    seen[2] = (context, width)
-        for name, (dtype, rows, shape) in columns.items():
-            context, width = shape or (0, 0)
-            out.append(
-                TensorEntry(path, name, dtype, (rows * context, width), FORMAT, member=name,
-                            note=f"{rows} rows x {context} positions", storage=BATCHES)
-            )
+        with _reading(path):
+            out += _file_entries(path)
+    return out
+
+
+def _file_entries(path: Path) -> list[TensorEntry]:
+    out = []
+    columns: dict[str, list] = {}
+    for batch in _batches(path):
+        names = batch.schema.names  # type: ignore[attr-defined]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise BadInput(path, f"column {twice[0]!r} appears twice: which one is the hook is unknown")
+        for field, column in zip(batch.schema, batch.columns):  # type: ignore[attr-defined]
+            dtype = _nested_float(field.type)
+            if dtype is None:
+                continue
+            values, context, width = _values(path, field.name, column)
+            seen = columns.setdefault(field.name, [dtype, 0, None])
+            if len(column) and seen[2] is not None and seen[2] != (context, width):
+                raise BadInput(path, f"column {field.name!r} changes shape between record batches")
+            if len(column):
+                seen[1] += len(column)
+                seen[2] = (context, width)
+    for name, (dtype, rows, shape) in columns.items():
+        context, width = shape or (0, 0)
+        out.append(
+            TensorEntry(path, name, dtype, (rows * context, width), FORMAT, member=name,
+                        note=f"{rows} rows x {context} positions", storage=BATCHES)
+        )
     return out
 
 
 def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     """Vectors of one column, a record batch at a time (batches are written bounded)."""
+    with _reading(slab.path):
+        yield from _column_chunks(slab)
+
+
+def _column_chunks(slab: TensorSlab) -> Iterator[np.ndarray]:
     width = slab.width
     unsigned = UNSIGNED_VIEW[slab.row_bytes // width]
     for batch in _batches(slab.path):
