@@ -16,9 +16,18 @@
  *
  * The module's SOURCE_SHA256 is the hash of this file as built (setup.py passes it), so that a
  * build older than its source is noticed and not used.
+ *
+ * Data is often a memory-mapped file: if another process truncates it while it is counted, the
+ * read faults with SIGBUS. A handler jumps back out of the counting loop of the thread that
+ * faulted (count() then raises BufferError); faults outside a counting loop go to the handler
+ * that was there before.
  */
+
+
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +39,21 @@
 #endif
 
 #define FOLD_COLUMNS 1024
+
+static _Thread_local sigjmp_buf *fault_jump = NULL;
+static struct sigaction previous_bus;
+
+static void on_bus(int sig, siginfo_t *info, void *context)
+{
+    if (fault_jump)
+        siglongjmp(*fault_jump, 1);
+    if (previous_bus.sa_flags & SA_SIGINFO && previous_bus.sa_sigaction) {
+        previous_bus.sa_sigaction(sig, info, context);
+        return;
+    }
+    sigaction(SIGBUS, &previous_bus, NULL); /* not ours: let the old handler (or default) have it */
+    raise(sig);
+}
 
 typedef struct {
     Py_ssize_t width, fold;
@@ -106,6 +130,13 @@ typedef struct {
         T *acc = calloc((size_t)wide * 3, sizeof(T));                                            \
         if (!acc)                                                                                \
             return -1;                                                                           \
+        sigjmp_buf jump;                                                                         \
+        if (sigsetjmp(jump, 1)) { /* the mapped data went away under us */                      \
+            fault_jump = NULL;                                                                   \
+            free(acc);                                                                           \
+            return -3;                                                                           \
+        }                                                                                        \
+        fault_jump = &jump;                                                                      \
         T *fire_acc = acc, *nan_acc = acc + wide, *last_acc = acc + 2 * wide;                    \
         T *track = job->last ? last_acc : NULL;                                                  \
         const Py_ssize_t groups = rows / fold;                                                   \
@@ -122,6 +153,7 @@ typedef struct {
             flush_##S(job, width, 1, (int64_t)done, fire_acc, nan_acc, last_acc);                \
             done += k;                                                                           \
         }                                                                                        \
+        fault_jump = NULL;                                                                       \
         free(acc);                                                                               \
         return 0;                                                                                \
     }
@@ -195,6 +227,8 @@ static PyObject *count(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (rc == -1)
         PyErr_NoMemory();
+    if (rc == -3)
+        PyErr_SetString(PyExc_BufferError, "the data went away while it was counted (a mapped file was truncated)");
 done:
     PyBuffer_Release(&data);
     PyBuffer_Release(&fires);
@@ -220,6 +254,15 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1,
 PyMODINIT_FUNC PyInit__kernels(void)
 {
     PyObject *m = PyModule_Create(&module);
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = on_bus;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    if (m && sigaction(SIGBUS, &action, &previous_bus) != 0) {
+        Py_DECREF(m);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     if (m && PyModule_AddStringConstant(m, "SOURCE_SHA256", KERNEL_SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -245,12 +245,18 @@ def _count_chunk(slab: TensorSlab, start: int, end: int, counter: Counter, first
         mapped = mmap.mmap(fd, stop - base, access=mmap.ACCESS_READ, offset=base)
     finally:
         os.close(fd)
+    faulted = False
     try:
         rows = np.frombuffer(mapped, dtype=rule_view, count=(end - start) * slab.width, offset=begin - base)
-        counter.update(rows.reshape(end - start, slab.width), first_vector)
+        try:
+            counter.update(rows.reshape(end - start, slab.width), first_vector)
+        except BufferError:  # the C kernel caught a SIGBUS: the file shrank under the mapping
+            faulted = True
         del rows
     finally:
         mapped.close()
+    if faulted:
+        raise BadInput(slab.path, "changed during the scan: it was truncated while being counted")
 
 
 def count_array(

@@ -344,3 +344,28 @@ def test_mutated_files_never_crash(tmp_path_factory, fmt: str, edits: list[tuple
     if code == 2:
         lines = stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: "), stderr
+
+
+def test_a_shard_truncated_while_it_is_counted(tmp_path: Path) -> None:
+    """The mapped window faults (SIGBUS) in the C kernel: a one-line error, not a dead process."""
+    import threading
+
+    from neuron_activity import BadInput, scan
+
+    path = big_shard(tmp_path / "big.safetensors", rows=1 << 14, width=8192)  # 512 MiB
+    caught = 0
+    for delay in (0.02, 0.05, 0.1):
+        big_shard(path, rows=1 << 14, width=8192)
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # cold: counting waits on the disk
+        os.close(fd)
+        cutter = threading.Timer(delay, os.truncate, (path, 4096))
+        cutter.start()
+        try:
+            scan([path], chunk_rows=1 << 14, threads=1, kernel="native")
+        except BadInput as e:
+            assert str(e).startswith(f"{path}: changed during the scan"), e
+            caught += 1
+        cutter.join()
+    if not caught:
+        pytest.skip("every scan ended before the shard was cut")
