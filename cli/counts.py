@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .output import EXIT_BREACH, emit, say
+from .output import EXIT_BREACH, console_width, emit, on_terminal, say
 from .render import (
     DENSE_ABOVE,
     FAIL_ABOVE,
@@ -41,7 +42,7 @@ def load_merged(files: list[Path], union: bool = False) -> object:
 def report(
     files: List[Path] = typer.Argument(..., metavar="FILE...", help="Saved counts (nact scan --save-counts).", show_default=False),
     threshold: Optional[List[str]] = THRESHOLD,
-    fmt: str = FORMAT,
+    fmt: Optional[str] = FORMAT,
     output: Optional[Path] = OUTPUT,
     fail_above: Optional[str] = FAIL_ABOVE,
     quiet: bool = QUIET,
@@ -62,7 +63,7 @@ def report(
 
       nact report part-*.safetensors --format json --fail-above 0.05
     """
-    check_format(fmt)
+    fmt = check_format(fmt, output=output)
     from neuron_activity.options import ReportOptions
     from neuron_activity.pipeline import check_not_inputs, check_outputs
     from neuron_activity.report import make_report
@@ -153,7 +154,7 @@ def _diff_table(changes: list, neurons: bool) -> str:
         table.add_row(c.component, str(len(c.died)), str(len(c.revived)), str(len(c.stayed_dead)),
                       str(c.dead_old), str(c.dead_new))
     buffer = io.StringIO()
-    console = Console(file=buffer, width=100, color_system=None, highlight=False)
+    console = Console(file=buffer, width=console_width(on_terminal(sys.stdout)), color_system=None, highlight=False)
     console.print(table)
     if neurons:
         for c in changes:

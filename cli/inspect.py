@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .output import emit, on_terminal, say, word
+from .output import console_width, emit, on_terminal, say, word
 from .render import (
     COMPONENT_AXIS,
     FLATTEN,
@@ -71,7 +70,7 @@ def inspect(
         }
         emit(json.dumps(doc, indent=2) + "\n", None)
     else:
-        width = shutil.get_terminal_size().columns if on_terminal(sys.stdout) else 250
+        width = console_width(on_terminal(sys.stdout))
         emit(_table(result, width), None)
     for problem in problems:
         say(f"Error: {problem}")

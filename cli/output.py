@@ -8,6 +8,7 @@ Exit codes: 0 ok; 1 a --fail-above or --fail-on-new-dead limit was breached (not
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -96,6 +97,19 @@ def on_terminal(stream: object) -> bool:
         return stream is not None and stream.isatty()  # type: ignore[attr-defined]
     except (OSError, ValueError):
         return False
+
+
+UNBOUNDED_WIDTH = 10_000  # off a terminal, a table is as wide as it needs: never cut or folded
+
+
+def console_width(tty: bool) -> int:
+    """Columns to render for: the terminal's (COLUMNS honoured), or unbounded for a pipe or file."""
+    return shutil.get_terminal_size().columns if tty else UNBOUNDED_WIDTH
+
+
+def use_color(tty: bool) -> bool:
+    """Colour on a terminal unless NO_COLOR is set to something (an empty NO_COLOR does not count)."""
+    return tty and not os.environ.get("NO_COLOR")
 
 
 def one_line(text: str) -> str:

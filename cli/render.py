@@ -6,15 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from .output import EXIT_BREACH, emit, on_terminal, say
+from .output import EXIT_BREACH, console_width, emit, on_terminal, say, use_color
 
 if TYPE_CHECKING:
     from neuron_activity import ActivityRow
@@ -32,7 +30,11 @@ THRESHOLD = typer.Option(
     None, "--threshold", "-t", metavar="P", help="Dead threshold, a portion of vectors (repeatable).",
     show_default="0, 1e-5, 1e-6",
 )
-FORMAT = typer.Option("table", "--format", "-f", metavar="FORMAT", help=f"One of {', '.join(FORMATS)}.")
+FORMAT = typer.Option(
+    None, "--format", "-f", metavar="FORMAT", help=f"One of {', '.join(FORMATS)}.",
+    show_default="from the -o file's extension (.json, .csv, .md), else table",
+)
+SUFFIX_FORMATS = {".json": "json", ".csv": "csv", ".md": "markdown", ".markdown": "markdown"}
 OUTPUT = typer.Option(
     None, "--output", "-o", metavar="FILE", help="Write the result to FILE (atomically) instead of stdout."
 )
@@ -68,9 +70,13 @@ NEURONS = typer.Option(False, "--neurons", help="List the dead neurons (indices 
 TOP = typer.Option(None, "--top", metavar="K", help="List the K most and K least active neurons per component.")
 
 
-def check_format(fmt: str, formats: tuple[str, ...] = FORMATS) -> None:
+def check_format(fmt: str | None, formats: tuple[str, ...] = FORMATS, output: Path | None = None) -> str:
+    """The output format: as given, else from the output file's extension, else a table."""
+    if fmt is None:
+        fmt = SUFFIX_FORMATS.get(output.suffix.lower(), "table") if output is not None else "table"
     if fmt not in formats:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(formats)}", param_hint="'--format'")
+    return fmt
 
 
 def finish(report: Report, fmt: str, output: Path | None, quiet: bool) -> None:
@@ -80,9 +86,7 @@ def finish(report: Report, fmt: str, output: Path | None, quiet: bool) -> None:
             say(f"Warning: {warning}")
     if not quiet or output is not None:
         tty = output is None and on_terminal(sys.stdout)
-        color = tty and "NO_COLOR" not in os.environ
-        width = shutil.get_terminal_size().columns if tty else 100
-        emit(render(fmt, report, color=color, width=width), output)
+        emit(render(fmt, report, color=use_color(tty), width=console_width(tty)), output)
     limit = report.options.fail_above
     breaches = report.breaches()
     for r in breaches:
@@ -132,20 +136,48 @@ def render_csv(report: Report, **_: object) -> str:
     return out.getvalue()
 
 
+def dead_title(report: Report) -> str:
+    from neuron_activity.dtypes import decimal_text
+
+    order = ", ".join(t.text for t in report.options.thresholds)
+    return f"Dead neurons (fire = activation > {decimal_text(report.activity.fire_above)}; thresholds in the order given: {order})"
+
+
+def top_lines(report: Report) -> list[str]:
+    """The most and least active neurons of each component, one line per list."""
+    lines = []
+    for name, top in (report.top_neurons() if report.top else {}).items():
+        for label, items in top.items():
+            listed = " ".join(f"{e['neuron']}:{e['fire_count']}" for e in items)
+            lines.append(f"{name} {label.replace('_', ' ')} (neuron:fires): {listed}")
+    return lines
+
+
+def dead_lines(report: Report) -> list[str]:
+    if not report.neurons:
+        return []
+    return [
+        f"{r.component} dead at {r.threshold.text}: {' '.join(map(str, dead))}"
+        for r in report.rows
+        if (dead := report.dead_neurons(r))
+    ]
+
+
 def render_markdown(report: Report, **_: object) -> str:
     names = headers(report)
-    lines = ["| " + " | ".join(names) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(names) - 1)) + "|"]
+    lines = [dead_title(report), ""]
+    lines += ["| " + " | ".join(names) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(names) - 1)) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(report, r)) + " |" for r in report.rows]
     if report.density:
         lines += ["", density_title(report), "", "| " + " | ".join(DENSITY_HEADERS) + " |", "|" + "|".join([" --- "] + [" ---: "] * 5) + "|"]
         lines += ["| " + " | ".join(density_cells(d)) + " |" for d in report.density]
-    grouped = grouping_lines(report)
-    if grouped:
-        lines += [""] + grouped
+    extra = grouping_lines(report) + dead_lines(report) + top_lines(report)
+    if extra:
+        lines += [""] + extra
     return "\n".join(lines) + "\n"
 
 
-DENSITY_HEADERS = ["component", "never_fired", "dense", "log10_density q05 q50 q95", "ultralow", "cluster"]
+DENSITY_HEADERS = ["component", "never_fired", "dense", "log10_density q05 q50 q95", "ultralow", "ultralow/alive"]
 
 
 def density_title(report: Report) -> str:
@@ -162,7 +194,7 @@ def density_cells(d: object) -> list[str]:
         str(d.dense),  # type: ignore[attr-defined]
         quantiles,
         str(d.ultralow),  # type: ignore[attr-defined]
-        "yes" if d.ultralow_present else "no",  # type: ignore[attr-defined]
+        f"{d.ultralow_fraction:.1%}",  # type: ignore[attr-defined]
     ]
 
 
@@ -179,12 +211,7 @@ def render_table(report: Report, color: bool = False, width: int = 100) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    fire_above = report.activity.fire_above
-    table = Table(
-        title=f"Dead neurons (fire = activation > {float(fire_above):g})",
-        title_justify="left",
-        header_style="bold",
-    )
+    table = Table(title=dead_title(report), title_justify="left", header_style="bold")
     table.add_column("component", overflow="fold")
     for name in headers(report)[1:]:
         table.add_column(name, justify="right")
@@ -204,16 +231,6 @@ def render_table(report: Report, color: bool = False, width: int = 100) -> str:
         for d in report.density:
             density.add_row(*density_cells(d))
         console.print(density)
-    for line in grouping_lines(report):
+    for line in grouping_lines(report) + dead_lines(report) + top_lines(report):
         console.print(line, markup=False, overflow="ignore", crop=False)
-    if report.neurons:
-        for r in report.rows:
-            dead = report.dead_neurons(r)
-            if dead:
-                console.print(f"{r.component} dead at {r.threshold.text}: {' '.join(map(str, dead))}", markup=False)
-    if report.top:
-        for name, top in report.top_neurons().items():
-            for label, items in top.items():
-                listed = " ".join(f"{e['neuron']}:{e['fire_count']}" for e in items)
-                console.print(f"{name} {label.replace('_', ' ')} (neuron:fires): {listed}", markup=False)
     return buffer.getvalue()

@@ -55,7 +55,7 @@ def scan(
         "0", "--fire-above", metavar="X", help="A neuron fires when its activation is above X."
     ),
     device: str = typer.Option("auto", "--device", "-d", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
-    fmt: str = FORMAT,
+    fmt: Optional[str] = FORMAT,
     output: Optional[Path] = OUTPUT,
     fail_above: Optional[str] = FAIL_ABOVE,
     quiet: bool = QUIET,
@@ -99,7 +99,7 @@ def scan(
 
       nact scan shards/ --state audit.safetensors --window 10000000
     """
-    check_format(fmt)
+    fmt = check_format(fmt, output=output)
     from neuron_activity.distributed import launched
     from neuron_activity.options import CountOptions, Part, ReportOptions, ScanRequest
     from neuron_activity.pipeline import run_scan

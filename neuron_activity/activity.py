@@ -24,7 +24,12 @@ class Threshold:
 
     @classmethod
     def parse(cls, text: str) -> Threshold:
-        value = parse_decimal(text, "threshold")
+        """A portion as typed: a decimal (``1e-6``, ``0.01``) or a percentage (``1%``)."""
+        stripped = text.strip()
+        if stripped.endswith("%"):
+            value = parse_decimal(stripped[:-1], "threshold") / 100
+        else:
+            value = parse_decimal(text, "threshold")
         if not 0 <= value <= 1:
             raise BadThreshold("threshold", text, "is not a portion of vectors between 0 and 1")
         return cls(text.strip(), value)

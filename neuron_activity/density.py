@@ -37,7 +37,8 @@ class DensitySummary:
     log10_quantiles: dict[float, float]  # over alive neurons; empty when none is alive
     ultralow: int  # alive, density < ultralow_below
     ultralow_below: float
-    ultralow_present: bool
+    ultralow_present: bool  # ultralow neurons are at least ultralow_min_fraction of the alive ones
+    ultralow_fraction: float = 0.0  # ultralow neurons / alive neurons
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -50,6 +51,7 @@ class DensitySummary:
             "log10_density_quantiles": {str(q): v for q, v in self.log10_quantiles.items()},
             "ultralow": self.ultralow,
             "ultralow_below": self.ultralow_below,
+            "ultralow_fraction_of_alive": self.ultralow_fraction,
             "ultralow_cluster": self.ultralow_present,
         }
 
@@ -79,6 +81,7 @@ def summarize(
         ultralow,
         float(ultralow_below),
         present,
+        ultralow / int(alive.sum()) if alive.any() else 0.0,
     )
 
 

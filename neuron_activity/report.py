@@ -88,7 +88,8 @@ class Report:
     def columns(self) -> list[str]:
         """The columns of a flat row (CSV): the row columns, then the optional ones."""
         columns = list(ROW_COLUMNS) + (["window", "dead_in_window"] if self.window is not None else [])
-        return columns + (["dead_neurons", "dead_neuron_fire_counts"] if self.neurons else [])
+        columns += ["dead_neurons", "dead_neuron_fire_counts"] if self.neurons else []
+        return columns + (["most_active", "least_active"] if self.top else [])
 
     def row_dict(self, row: ActivityRow, flat: bool = False) -> dict[str, object]:
         """A row as JSON has it; ``flat`` joins neuron lists with spaces (for CSV)."""
@@ -101,7 +102,16 @@ class Report:
             counts = self.activity.components[row.component].fire_counts[dead].tolist()
             d["dead_neurons"] = " ".join(map(str, dead)) if flat else dead
             d["dead_neuron_fire_counts"] = " ".join(map(str, counts)) if flat else counts
+        if flat and self.top:  # CSV rows carry their component's lists (JSON has them under "top")
+            top = self._top_cache().get(row.component, {})
+            for label, items in top.items():
+                d[label] = " ".join(f"{e['neuron']}:{e['fire_count']}" for e in items)
         return d
+
+    def _top_cache(self) -> dict[str, dict[str, list[dict[str, object]]]]:
+        if not hasattr(self, "_top"):
+            self._top = self.top_neurons()
+        return self._top
 
     def to_json(self) -> dict[str, object]:
         """The JSON document (schema version ``JSON_SCHEMA_VERSION``)."""

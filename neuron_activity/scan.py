@@ -109,9 +109,11 @@ def count(
         warnings.append(f"the C kernel is {NATIVE_PROBLEM}: counted with numpy instead")
     for c in activity.components.values():
         if c.nan_count:
+            having = np.flatnonzero(c.nan_counts > 0)
+            shown = ", ".join(str(i + c.first_neuron) for i in having[:5]) + (", ..." if len(having) > 5 else "")
             warnings.append(
-                f"component {c.name!r}: {c.nan_count} NaN value(s) in {int((c.nan_counts > 0).sum())} "
-                "neuron(s), counted as not firing"
+                f"component {c.name!r}: {c.nan_count} NaN value(s) in {len(having)} "
+                f"neuron(s) ({shown}), counted as not firing"
             )
     return ScanResult(activity, plan, device, kernel, warnings)
 

@@ -50,6 +50,8 @@ def test_markdown() -> None:
     result = nact("scan", SAMPLE_DATA, "-f", "markdown", "-t", "0")
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
+        "Dead neurons (fire = activation > 0; thresholds in the order given: 0)",
+        "",
         "| component | threshold | dead | alive | num_features | num_vectors | dead_fraction |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         "| blocks.0.hook_sae_acts | 0 | 2 | 6 | 8 | 100000 | 25.00% |",
@@ -57,12 +59,12 @@ def test_markdown() -> None:
         "",
         "Feature density (dense: > 0.01; ultralow: alive and < 0.0001)",
         "",
-        "| component | never_fired | dense | log10_density q05 q50 q95 | ultralow | cluster |",
+        "| component | never_fired | dense | log10_density q05 q50 q95 | ultralow | ultralow/alive |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         # layer 0: neurons 0, 1 never fire; 2 and 3 fire once and twice (1e-5, 2e-5: ultralow);
         # 4-7 fire on about 5% (dense). q05 of log10 [1e-5, 2e-5, 4 x ~0.025] is -5 + 0.25 log10(2).
-        "| blocks.0.hook_sae_acts | 2 | 4 | -4.92 -1.60 -1.59 | 2 | yes |",
-        "| blocks.1.hook_sae_acts | 1 | 4 | -4.26 -1.31 -1.29 | 1 | yes |",
+        "| blocks.0.hook_sae_acts | 2 | 4 | -4.92 -1.60 -1.59 | 2 | 33.3% |",
+        "| blocks.1.hook_sae_acts | 1 | 4 | -4.26 -1.31 -1.29 | 1 | 20.0% |",
         "",
         f"blocks.0.hook_sae_acts, blocks.1.hook_sae_acts: read from 4 files, {SAMPLE_DATA}/shard_000.safetensors"
         f" ... {SAMPLE_DATA}/shard_003.safetensors",
@@ -73,7 +75,7 @@ def test_table_is_the_default_and_plain_without_color() -> None:
     result = nact("scan", SAMPLE_DATA, "-t", "1e-5", "-t", "0")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0].strip() == "Dead neurons (fire = activation > 0)"
+    assert lines[0].strip() == "Dead neurons (fire = activation > 0; thresholds in the order given: 1e-5, 0)"
     dead_table = lines[: lines.index(next(line for line in lines if line.startswith("Feature density")))]
     body = [line for line in dead_table if "hook_sae_acts" in line]
     assert [[cell.strip() for cell in line.split("│")[1:8]] for line in body] == [
@@ -146,7 +148,7 @@ def test_nan_warning_goes_to_stderr(tmp_path: Path) -> None:
     write_shard(tmp_path / "a.safetensors", {"acts": torch.tensor([[float("nan"), 1.0]])})
     result = nact("scan", tmp_path, "-f", "json")
     assert result.exit_code == 0
-    assert result.stderr == "Warning: component 'acts': 1 NaN value(s) in 1 neuron(s), counted as not firing\n"
+    assert result.stderr == "Warning: component 'acts': 1 NaN value(s) in 1 neuron(s) (0), counted as not firing\n"
     assert json.loads(result.stdout)["components"][0]["nan_count"] == 1
 
 

@@ -88,7 +88,7 @@ def test_negatives_zero_and_nan_do_not_fire_inf_does(tmp_path: Path) -> None:
     c = result.activity.components["acts"]
     assert c.fire_counts.tolist() == [0, 0, 0, 3, 0, 0]
     assert c.nan_counts.tolist() == [0, 0, 3, 0, 0, 0]
-    assert any("3 NaN value(s) in 1 neuron(s)" in w for w in result.warnings)
+    assert "component 'acts': 3 NaN value(s) in 1 neuron(s) (2), counted as not firing" in result.warnings
 
 
 def raw_safetensors(path: Path, key: str, dtype: str, shape: list[int], data: bytes) -> None:
