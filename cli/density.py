@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from .counts import load_merged
-from .output import emit, say
+from .output import emit, on_terminal, say
 from .render import (
     COMPONENT_AXIS,
     DENSE_ABOVE_HELP,
@@ -50,6 +51,11 @@ def density(
     dense_above: str = typer.Option("0.01", "--dense-above", metavar="D", help=DENSE_ABOVE_HELP),
     ultralow_below: str = typer.Option("1e-4", "--ultralow-below", metavar="D", help=ULTRALOW_HELP),
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Also draw the figure to FILE (.png or .svg)."),
+    dpi: int = typer.Option(200, "--dpi", metavar="N", help="Resolution of a .png figure (dots per inch)."),
+    log_y: bool = typer.Option(False, "--log-y", help="Draw neuron counts on a log scale (shows a small ultralow tail)."),
+    compare: Optional[Path] = typer.Option(
+        None, "--compare", metavar="OTHER", help="Also draw OTHER (counts or activations) in the same panels, e.g. a later checkpoint."
+    ),
     fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help="table or json."),
 ) -> None:
     """Show the log10 feature-density histogram of every component: dead neurons apart, thresholds marked.
@@ -60,16 +66,18 @@ def density(
 
       nact density shards/
 
-      nact density counts.safetensors --plot density.png
+      nact density counts.safetensors --plot density.png --log-y
+
+      nact density step-1000.safetensors --compare step-2000.safetensors --plot compare.png
     """
     check_format(fmt, ("table", "json"))
-    from neuron_activity.counts_file import is_counts_file
     from neuron_activity.density import histogram, summarize
     from neuron_activity.options import CountOptions, ReportOptions, check_bins_per_decade
     from neuron_activity.pipeline import check_outputs
-    from neuron_activity.scan import scan as scan_shards
 
     check_bins_per_decade(bins_per_decade)
+    if not 10 <= dpi <= 1200:
+        raise typer.BadParameter("must be from 10 to 1200", param_hint="'--dpi'")
     marks = ReportOptions.parse(threshold or ["1e-5", "1e-6"], dense_above=dense_above, ultralow_below=ultralow_below)
     count_options = CountOptions(
         keys=tuple(key or ()), flatten=flatten, fire_above=fire_above, device=device, input_format=input_format,
@@ -81,22 +89,29 @@ def density(
 
         check_plot_path(plot)
         check_outputs([plot])
-    warnings: list[str] = []
-    if paths and all(p.is_file() and is_counts_file(p) for p in paths):
-        activity = load_merged(paths).activity  # type: ignore[attr-defined]
-    else:
-        result = scan_shards(paths, options=count_options)
-        activity, warnings = result.activity, result.warnings
+    activity, warnings = _activity(paths, count_options)
     components = [c for c in activity.components.values() if c.num_vectors]
     if not components:
         activity.rows(list(marks.thresholds))  # raises: no vectors at all
     histograms = [histogram(c, bins_per_decade) for c in components]
     summaries = [summarize(c, marks.dense_above, marks.ultralow_below) for c in components]
+    others = []
+    if compare is not None:
+        other, more = _activity([compare], count_options)
+        warnings += more
+        shared = [c.name for c in components if c.name in other.components and other.components[c.name].num_vectors]
+        if not shared:
+            raise typer.BadParameter(f"{compare} has no component of {', '.join(c.name for c in components)}", param_hint="'--compare'")
+        histograms = [h for h in histograms if h.component in shared]
+        summaries = [s for s in summaries if s.component in shared]
+        others = [histogram(other.components[name], bins_per_decade) for name in shared]
     thresholds = [float(t.value) for t in marks.thresholds]
     if plot is not None:
         from neuron_activity.plot import plot_histograms
 
-        plot_histograms(histograms, plot, thresholds, float(marks.dense_above), float(marks.ultralow_below))
+        labels = (", ".join(map(str, paths)), str(compare)) if compare is not None else None
+        plot_histograms(histograms, plot, thresholds, float(marks.dense_above), float(marks.ultralow_below),
+                        dpi=dpi, log_y=log_y, compare=others or None, labels=labels)
     for w in warnings:
         say(f"Warning: {w}")
     if fmt == "json":
@@ -113,9 +128,34 @@ def density(
                 for h, s in zip(histograms, summaries)
             ],
         }
+        if others:
+            doc["compare"] = [
+                {"component": h.component, "num_vectors": h.num_vectors, "never_fired": h.dead,
+                 "log10_density_edges": h.edges.tolist(), "alive_per_bin": h.counts.tolist()}
+                for h in others
+            ]
         emit(json.dumps(doc, indent=2) + "\n", None)
     else:
-        emit(render_histograms(histograms, thresholds, float(marks.dense_above)), None)
+        text = render_histograms(histograms, thresholds, float(marks.dense_above))
+        if others:
+            text += f"Compared with {compare}:\n\n" + render_histograms(others, thresholds, float(marks.dense_above))
+        emit(text, None)
+
+
+def _activity(paths: list[Path], options: object) -> tuple[object, list[str]]:
+    """The counts of ``paths``: saved counts merged, or activations scanned (with a progress bar
+    on a terminal); and warnings."""
+    from neuron_activity.counts_file import is_counts_file
+    from neuron_activity.scan import scan as scan_shards
+
+    from .scan import _progress
+
+    if paths and all(p.is_file() and is_counts_file(p) for p in paths):
+        return load_merged(paths).activity, []  # type: ignore[attr-defined]
+    with _progress(on_terminal(sys.stderr)) as progress:
+        hooks = dict(on_plan=progress.start, on_progress=progress.advance) if progress else {}
+        result = scan_shards(paths, options=options, **hooks)  # type: ignore[arg-type]
+    return result.activity, result.warnings
 
 
 def render_histograms(histograms: list, marks: list[float], dense_above: float, width: int = 100) -> str:
@@ -128,10 +168,8 @@ def render_histograms(histograms: list, marks: list[float], dense_above: float, 
         total = int(h.counts.sum()) + h.dead
         console.print(f"{h.component}: {total:,} neurons, {h.num_vectors:,} vectors", markup=False)
         tallest = max(int(h.counts.max(initial=0)), h.dead, 1)
-        nonzero = [i for i, n in enumerate(h.counts) if n]
-        first = nonzero[0] if nonzero else len(h.counts) - 1
         lines = [("never fired", h.dead, "")]
-        for i in range(first, len(h.counts)):
+        for i in range(len(h.counts)):
             lo, hi = h.edges[i], h.edges[i + 1]
             notes = [f"<- {m:g}" for m in marks if m > 0 and lo <= math.log10(m) < hi]
             if lo <= math.log10(dense_above) < hi:
@@ -141,5 +179,12 @@ def render_histograms(histograms: list, marks: list[float], dense_above: float, 
         for label, n, note in lines:
             bar = "█" * math.ceil(BAR_WIDTH * n / tallest) if n else ""
             console.print(f"  {label:<16} {n:>8} {bar} {note}".rstrip(), markup=False)
+        below = [m for m in marks if 0 < m and m * h.num_vectors < 1]
+        for m in below:
+            console.print(
+                f"  (threshold {m:g} is below one fire in {h.num_vectors:,} vectors: dead at it means never fired)",
+                markup=False,
+                soft_wrap=True,
+            )
         console.print("")
     return buffer.getvalue()

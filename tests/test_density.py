@@ -108,7 +108,10 @@ def test_plot_png_and_svg(tmp_path: Path) -> None:
     save_counts(tmp_path / "c.safetensors", SavedCounts(activity, []))
     result = nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "d.png")
     assert result.exit_code == 0, result.stderr
-    assert png_size(tmp_path / "d.png") == (800, 520)  # 8 x 2.6 inches per panel at 100 dpi
+    assert png_size(tmp_path / "d.png") == (1800, 1040)  # 9 x 2.6 inches per panel at 200 dpi
+    assert nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "low.png", "--dpi", "100", "--log-y").exit_code == 0
+    assert png_size(tmp_path / "low.png") == (900, 520)
+    assert nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "x.png", "--dpi", "5").exit_code == 2
     assert nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "d.svg").exit_code == 0
     assert b"<svg" in (tmp_path / "d.svg").read_bytes()[:1000]
     bad = nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "d.gif")
@@ -170,3 +173,28 @@ def test_every_new_command_has_examples() -> None:
     for name in ("inspect", "report", "merge", "diff", "density"):
         result = nact(name, "--help")
         assert result.exit_code == 0 and "Examples" in result.stdout
+
+
+def test_compare_two_checkpoints_in_one_figure(tmp_path: Path) -> None:
+    old, new = NeuronActivity(), NeuronActivity()
+    old.add("sae", synthetic(seed=5), 1_000_000)
+    new.add("sae", synthetic(seed=6), 1_000_000)
+    save_counts(tmp_path / "old.safetensors", SavedCounts(old, []))
+    save_counts(tmp_path / "new.safetensors", SavedCounts(new, []))
+    result = nact("density", tmp_path / "old.safetensors", "--compare", tmp_path / "new.safetensors",
+                  "--plot", tmp_path / "c.png", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    expected = histogram(new.components["sae"], 4)
+    assert doc["compare"][0]["alive_per_bin"] == expected.counts.tolist()
+    assert doc["compare"][0]["never_fired"] == expected.dead
+    assert png_size(tmp_path / "c.png") == (1800, 520)
+
+
+def test_text_histogram_starts_at_one_fire_and_notes_low_thresholds() -> None:
+    activity = NeuronActivity()
+    activity.add("sae", np.array([0, 100, 100]), 1000)  # nothing fires once: bins below are empty but shown
+    text = render_histograms([histogram(activity.components["sae"], 1)], [1e-5], 0.01, width=80)
+    lines = text.splitlines()
+    assert lines[3].split()[:3] == ["-3.00", "..", "-2.00"] and lines[3].split()[3] == "0"
+    assert lines[-2].strip() == "(threshold 1e-05 is below one fire in 1,000 vectors: dead at it means never fired)"
