@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 try:
     from typer import _click as click  # typer vendors click from 0.2x on
@@ -35,6 +35,19 @@ from .output import (
 )
 
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
+
+
+def _plain_metavar(make_metavar: Any) -> Any:
+    """Typer writes a required argument as ``{PATH...}`` in usage lines: write ``PATH...``."""
+
+    def metavar(self: Any, *args: Any, **kwargs: Any) -> str:
+        var = make_metavar(self, *args, **kwargs)
+        return var[1:-1] if var.startswith("{") and var.endswith("}") else var
+
+    return metavar
+
+
+TyperArgument.make_metavar = _plain_metavar(TyperArgument.make_metavar)  # type: ignore[method-assign]
 
 
 class NactGroup(TyperGroup):
@@ -98,7 +111,7 @@ app = typer.Typer(
     name="nact",
     cls=NactGroup,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -257,3 +257,22 @@ def test_top_level_help_and_version() -> None:
     assert result.exit_code == 0 and "scan" in result.stdout and "Exit codes" in result.stdout
     result = nact("--version")
     assert result.exit_code == 0 and result.stdout.startswith("nact ")
+
+
+def test_thresholds_repeated_or_as_percentages() -> None:
+    doc = json.loads(nact("scan", SAMPLE_DATA, "-f", "json", "-t", "1e-5", "-t", "0.00001", "-t", "0.001%").stdout)
+    assert doc["thresholds"] == [1e-05]  # one threshold, typed three ways
+    assert [r["dead"] for r in doc["rows"]] == [3, 2]
+
+
+def test_top_and_neurons_in_csv_and_markdown() -> None:
+    rows = nact("scan", SAMPLE_DATA, "-f", "csv", "-t", "0", "--top", "1").stdout.splitlines()
+    assert rows[0].endswith(",most_active,least_active")
+    assert rows[1].endswith(",4:2563,0:0")
+    md = nact("scan", SAMPLE_DATA, "-f", "markdown", "-t", "0", "--top", "1", "--neurons").stdout
+    assert "blocks.0.hook_sae_acts dead at 0: 0 1" in md
+    assert "blocks.1.hook_sae_acts least active (neuron:fires): 5:0" in md
+
+
+def test_completion_is_offered() -> None:
+    assert "--install-completion" in nact("--help").stdout

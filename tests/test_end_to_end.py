@@ -125,3 +125,92 @@ def test_progress_bar_only_on_a_terminal() -> None:
     assert done.returncode == 0
     assert json.loads(done.stdout)["rows"]  # stdout is only the result
     assert b"scanning" in drawn and b"4/4 shards" in drawn
+
+
+def cron_line(readme: str, nact_path: str, data: Path, state_dir: Path) -> str:
+    """The README's crontab command, with this machine's paths in it."""
+    line = next(l for l in readme.splitlines() if l.startswith("0 * * * *"))
+    command = line.split(None, 5)[5]
+    return (
+        command.replace("/opt/nact/bin/nact", nact_path)
+        .replace("/var/lib/nact", str(state_dir))
+        .replace("/data/acts", str(data))
+    )
+
+
+def test_the_readme_cron_line_works_verbatim_under_cron(tmp_path: Path) -> None:
+    """Run through sh -c with cron's minimal environment: exit 0 and silent when fine, 1 when
+    too many neurons are dead, and the state folder is made."""
+    import shutil as sh
+
+    readme = (SAMPLE_DATA.parent / "README.md").read_text()
+    data = tmp_path / "acts"
+    sh.copytree(SAMPLE_DATA, data, ignore=sh.ignore_patterns("*.py"))
+    state_dir = tmp_path / "var" / "lib" / "nact"
+    command = cron_line(readme, nact_executable(), data, state_dir)
+    cron_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHELL": "/bin/sh", "LOGNAME": "root"}
+    fine = subprocess.run(["sh", "-c", command.replace("0.05", "0.5")], capture_output=True, text=True, env=cron_env, cwd=tmp_path)
+    assert (fine.returncode, fine.stdout, fine.stderr) == (0, "", "")
+    assert (state_dir / "audit.safetensors").is_file()
+    breached = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=cron_env, cwd=tmp_path)
+    assert breached.returncode == 1 and breached.stdout == ""
+    assert breached.stderr.splitlines()[0].startswith("Dead neurons above limit: blocks.0.hook_sae_acts")
+
+
+def test_no_color_empty_keeps_colour_and_set_turns_it_off() -> None:
+    """no-color.org: only a non-empty NO_COLOR turns colour off (a terminal is needed to see it)."""
+    import pty
+
+    def scan_on_a_terminal(no_color: str | None) -> bytes:
+        master, slave = pty.openpty()
+        env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+        if no_color is not None:
+            env["NO_COLOR"] = no_color
+        env["COLUMNS"] = "200"
+        subprocess.run([nact_executable(), "scan", str(SAMPLE_DATA), "-t", "0"], stdout=slave, stderr=subprocess.DEVNULL,
+                       env=env, timeout=120)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(master)
+        return out
+
+    assert b"\x1b[" in scan_on_a_terminal("")
+    assert b"\x1b[" not in scan_on_a_terminal("1")
+
+
+def test_wide_names_are_never_cut_in_a_pipe(tmp_path: Path) -> None:
+    from reference import write_shard
+    import torch
+
+    name = "blocks.8.hook_sae_acts_post_with_a_very_long_name_that_would_fold_at_one_hundred_columns"
+    write_shard(tmp_path / "a.safetensors", {name: torch.ones(3, 2)})
+    done = run("scan", str(tmp_path), "-t", "0")
+    assert done.returncode == 0
+    row = next(l for l in done.stdout.splitlines() if name in l)
+    assert "num_features" in done.stdout and "num_featur…" not in done.stdout
+    assert row.count("│") == 8
+
+
+def test_output_format_from_the_extension(tmp_path: Path) -> None:
+    for suffix, check in ((".csv", lambda t: t.startswith("component,threshold")), (".json", lambda t: json.loads(t)["rows"]),
+                          (".md", lambda t: "| component |" in t), (".txt", lambda t: "┃ component" in t)):
+        out = tmp_path / f"dead{suffix}"
+        assert run("scan", str(SAMPLE_DATA), "-o", str(out)).returncode == 0
+        assert check(out.read_text()), suffix
+    assert run("scan", str(SAMPLE_DATA), "-o", str(tmp_path / "x.csv"), "-f", "json").returncode == 0
+    assert json.loads((tmp_path / "x.csv").read_text())["rows"]  # --format wins over the extension
+
+
+def test_usage_line_and_examples() -> None:
+    done = run("scan", "--help")
+    assert "Usage: nact scan [OPTIONS] PATH..." in done.stdout
+    done = run("density", "--help")
+    assert "pip install matplotlib" in done.stdout
