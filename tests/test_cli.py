@@ -276,3 +276,18 @@ def test_top_and_neurons_in_csv_and_markdown() -> None:
 
 def test_completion_is_offered() -> None:
     assert "--install-completion" in nact("--help").stdout
+
+
+def test_messages_say_what_was_found_and_what_changed(tmp_path: Path) -> None:
+    write_shard(tmp_path / "data" / "a.safetensors", {"acts": torch.ones(3, 2)})
+    result = nact("scan", tmp_path / "data", "--input-format", "npy")
+    assert result.stderr == f"Error: {tmp_path / 'data'}: no npy shards found (it holds safetensors files)\n"
+    state = tmp_path / "s.safetensors"
+    assert nact("scan", tmp_path / "data", "--state", state, "-q").exit_code == 0
+    import os
+
+    os.utime(tmp_path / "data" / "a.safetensors", ns=(1, 1))  # same bytes, another modification time
+    result = nact("scan", tmp_path / "data", "--state", state)
+    assert result.stderr.startswith(f"Error: {tmp_path / 'data' / 'a.safetensors'}: changed since {state} counted it (same size, modification time ")
+    assert result.stderr.endswith("-> 1 ns): use --rescan to count every shard again\n")
+
