@@ -100,6 +100,21 @@ def test_memory_does_not_grow_with_shard_size(tmp_path: Path) -> None:
     assert peak < 250 * 2**20, f"peak RSS {peak / 2**20:.0f} MiB for a 640 MiB shard"
 
 
+def read_terminal(master: int) -> bytes:
+    """Everything written to a pseudo-terminal whose other end is closed; closes ``master``."""
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return out
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
 def test_progress_bar_only_on_a_terminal() -> None:
     """With stderr on a terminal a progress bar of bytes and shards is drawn there; stdout stays clean."""
@@ -112,16 +127,7 @@ def test_progress_bar_only_on_a_terminal() -> None:
         stdout=subprocess.PIPE, stderr=slave, env=env, timeout=120,
     )
     os.close(slave)
-    drawn = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        drawn += chunk
-    os.close(master)
+    drawn = read_terminal(master)
     assert done.returncode == 0
     assert json.loads(done.stdout)["rows"]  # stdout is only the result
     assert b"scanning" in drawn and b"4/4 shards" in drawn
@@ -170,17 +176,7 @@ def test_no_color_empty_keeps_colour_and_set_turns_it_off() -> None:
         subprocess.run([nact_executable(), "scan", str(SAMPLE_DATA), "-t", "0"], stdout=slave, stderr=subprocess.DEVNULL,
                        env=env, timeout=120)
         os.close(slave)
-        out = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        os.close(master)
-        return out
+        return read_terminal(master)
 
     assert b"\x1b[" in scan_on_a_terminal("")
     assert b"\x1b[" not in scan_on_a_terminal("1")

@@ -8,7 +8,6 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
