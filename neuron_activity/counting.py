@@ -243,6 +243,23 @@ class _CudaStager:
 _stagers = threading.local()
 
 
+def fire_mask(bits: object, signed_ranges: tuple[tuple[int, int], ...]) -> object:
+    """Where a torch tensor of raw bits (as signed integers) fires, on its own device; None when
+    nothing can fire. ``signed_ranges``: ``FireRule.signed_fire_ranges()``."""
+    fires = None
+    for a, b in signed_ranges:
+        inside = (bits >= a) & (bits <= b)  # type: ignore[operator]
+        fires = inside if fires is None else fires | inside
+    return fires
+
+
+def nan_mask(bits: object, rule: FireRule) -> object:
+    """Where a torch tensor of raw bits holds NaN (None for integer dtypes, which have none)."""
+    if rule.nan_above is None:
+        return None
+    return (bits & rule.magnitude_mask) > rule.nan_above  # type: ignore[operator]
+
+
 class TorchCounter:
     """Counts with torch on a device (cuda, mps, or cpu for testing); totals stay on the device
     and come back in one transfer at the end."""
@@ -290,19 +307,16 @@ class TorchCounter:
 
     def _count(self, x: object, first_vector: int) -> None:
         torch = self.torch
-        if self._ranges:
-            fires = None
-            for a, b in self._ranges:
-                inside = (x >= a) & (x <= b)
-                fires = inside if fires is None else fires | inside
+        fires = fire_mask(x, self._ranges)
+        if fires is not None:
             self._fire_counts += fires.sum(dim=0, dtype=torch.int64)
             if self._last is not None and fires.shape[0]:
                 rows = fires.shape[0]
                 last_in_chunk = first_vector + rows - 1 - fires.flip(0).to(torch.uint8).argmax(dim=0)
                 candidate = torch.where(fires.any(dim=0), last_in_chunk, -1)
                 torch.maximum(self._last, candidate, out=self._last)
-        if self.rule.nan_above is not None:
-            nans = (x & self.rule.magnitude_mask) > self.rule.nan_above
+        nans = nan_mask(x, self.rule)
+        if nans is not None:
             self._nan_counts += nans.sum(dim=0, dtype=torch.int64)
 
     def result(self) -> States:

@@ -279,6 +279,14 @@ def count_array(
     1
     """
     options = CountOptions(fire_above=fire_above, flatten=flatten, device=device, kernel=kernel, track_last=track_last)
+    if _on_a_gpu(array) and not track_last and not flatten:  # counted where it lies: no copy to the host
+        from .metric import TensorActivity
+
+        shape = tuple(array.shape)  # type: ignore[attr-defined]
+        components = shape[1] if len(shape) == 3 else None
+        counter = TensorActivity(shape[-1], components, fire_above=options.fire_above, name=name)
+        counter.update(array)
+        return counter.activity()
     dtype, bits = raw_bits(array)
     if bits.ndim < 2:
         raise BadOption("array", f"shape {list(bits.shape)}", "has no batch axis: need [N, F] or [..., C, F]")
@@ -293,6 +301,11 @@ def count_array(
         part = slice(i * num_features, (i + 1) * num_features)
         activity.add_states(component, state.select(states, part), num_rows)
     return activity
+
+
+def _on_a_gpu(array: object) -> bool:
+    device = getattr(array, "device", None)
+    return type(array).__module__.startswith("torch") and getattr(device, "type", "cpu") != "cpu" and array.dim() in (2, 3)  # type: ignore[attr-defined]
 
 
 def raw_bits(array: object) -> tuple[str, np.ndarray]:
