@@ -25,6 +25,7 @@ from . import state
 from .activity import NeuronActivity
 from .dtypes import decimal_text, parse_decimal
 from .errors import BadInput, CountsMismatch, NactError, NotCountsFile
+from .options import MAX_FIRE_ABOVE
 
 FORMAT_NAME = "nact-counts"
 SCHEMA_VERSION = 2
@@ -176,6 +177,8 @@ def load_counts(path: Path) -> SavedCounts:
         fire_above = parse_decimal(str(metadata.get("fire_above")), "fire_above")
     except NactError:
         raise BadInput(path, f"corrupt counts file: fire_above {metadata.get('fire_above')!r} is not a number") from None
+    if abs(fire_above) > MAX_FIRE_ABOVE:
+        raise BadInput(path, f"corrupt counts file: fire_above {metadata.get('fire_above')!r} is beyond every float format")
     names = _json(path, metadata, "components", list)
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):  # type: ignore[union-attr]
         raise BadInput(path, "corrupt counts file: the component list is not a list of distinct names")

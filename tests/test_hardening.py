@@ -170,6 +170,7 @@ def test_delphi_locations_outside_the_cache(tmp_path: Path) -> None:
     [
         (lambda t, m: t.__setitem__("sae/num_vectors", np.zeros(0, np.int64)), "num_vectors is not one count"),
         (lambda t, m: m.__setitem__("fire_above", "1/0"), "fire_above '1/0' is not a number"),
+        (lambda t, m: m.__setitem__("fire_above", "1e400"), "fire_above '1e400' is beyond every float format"),
         (lambda t, m: m.__setitem__("components", "[" * 10000 + "]" * 10000), "'components' is not valid JSON"),
         (lambda t, m: m.__setitem__("components", '["sae", "sae"]'), "not a list of distinct names"),
     ],
