@@ -198,3 +198,42 @@ def test_text_histogram_starts_at_one_fire_and_notes_low_thresholds() -> None:
     lines = text.splitlines()
     assert lines[3].split()[:3] == ["-3.00", "..", "-2.00"] and lines[3].split()[3] == "0"
     assert lines[-2].strip() == "(threshold 1e-05 is below one fire in 1,000 vectors: dead at it means never fired)"
+
+
+def test_the_figure_is_drawn_in_its_colours(tmp_path: Path) -> None:
+    """A rendered check: the compared counts' orange outline and the never-fired red are there."""
+    import matplotlib.image
+
+    old, new = NeuronActivity(), NeuronActivity()
+    old.add("sae", synthetic(seed=7), 1_000_000)
+    new.add("sae", synthetic(seed=8), 1_000_000)
+    save_counts(tmp_path / "old.safetensors", SavedCounts(old, []))
+    save_counts(tmp_path / "new.safetensors", SavedCounts(new, []))
+    assert nact("density", tmp_path / "old.safetensors", "--compare", tmp_path / "new.safetensors", "--plot",
+                tmp_path / "c.png", "--dpi", "100").exit_code == 0
+    pixels = (matplotlib.image.imread(tmp_path / "c.png")[..., :3] * 255).round().astype(int)
+
+    def share(rgb: tuple[int, int, int]) -> float:
+        return float((np.abs(pixels - np.array(rgb)).sum(axis=-1) < 30).mean())
+
+    assert share((0xDD, 0x84, 0x52)) > 0.001  # the compared histogram's outline
+    assert share((0xC4, 0x4E, 0x52)) > 0.001  # never-fired bar
+    alive = tuple(round(0.85 * c + 0.15 * 255) for c in (0x4C, 0x72, 0xB0))  # drawn at alpha 0.85 over white
+    assert share(alive) > 0.005  # alive neurons
+    assert share((255, 255, 255)) > 0.5  # and a figure, not a smear
+
+
+def test_density_draws_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+
+    from test_end_to_end import nact_executable, read_terminal
+
+    master, slave = pty.openpty()
+    done = subprocess.run([nact_executable(), "density", str(SAMPLE_DATA), "-f", "json"], stdout=subprocess.PIPE,
+                          stderr=slave, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "120"}, timeout=120)
+    os.close(slave)
+    drawn = read_terminal(master)
+    assert done.returncode == 0 and json.loads(done.stdout)["components"]
+    assert b"scanning" in drawn and b"4/4 shards" in drawn
