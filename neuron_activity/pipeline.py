@@ -92,6 +92,7 @@ def run_scan(
     """Run ``request`` (see the module's docstring for the order of checks and work)."""
     outputs = _outputs(request)
     check_outputs(outputs)
+    device = None if request.distributed else resolve_device(request.count.device)  # ranks pick their own
     shards = discover(list(request.paths), request.count.input_format)
     check_not_inputs(outputs, list(shards))
     tracking = request.count.track_last or request.report.window is not None or request.save_counts is not None
@@ -100,7 +101,7 @@ def run_scan(
         return _audit(request, options, shards, on_plan, on_progress)
     if request.distributed:
         return _on_ranks(request, options, shards)
-    device = resolve_device(options.device)
+    assert device is not None
     plan = plan_for(shards, options)
     mine, record = _part_units(request.part, plan.units())
     if request.part is not None and not mine and request.save_counts is None:
