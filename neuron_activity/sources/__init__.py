@@ -44,6 +44,14 @@ class ComponentGroup:
     first_shape: tuple[int, ...]
     files: list[Path] = field(default_factory=list)
     first_neuron: int = 0  # the index of its first neuron (a partial delphi module's run)
+    _listed: set[Path] = field(default_factory=set, repr=False)
+
+    def add_files(self, paths: tuple[Path, ...]) -> None:
+        """Record files this group is read from, once each, in order (constant time each)."""
+        for p in paths:
+            if p not in self._listed:
+                self._listed.add(p)
+                self.files.append(p)
 
     @property
     def key(self) -> str:  # the stream's name, as slabs call it
@@ -70,7 +78,8 @@ class ScanPlan:
         keep = set(keep)
         self.slabs = [s for s in self.slabs if s.path in keep]
         self.empty_units = [u for u in self.empty_units if u in keep]
-        self.shards = [p for p in self.shards if p in keep or any(p in s.entry.files for s in self.slabs)]
+        files = {f for s in self.slabs for f in s.entry.files}  # the files of kept multi-file units
+        self.shards = [p for p in self.shards if p in keep or p in files]
 
     def shard_bytes(self) -> dict[Path, int]:
         """Bytes to count per shard (0 for shards with nothing to count)."""
@@ -85,11 +94,11 @@ class ScanPlan:
 
     def sources(self) -> dict[str, list[str]]:
         """Per component, the files it is read from (of the units counted), in stream order."""
-        files: dict[str, list[str]] = {}
+        files: dict[str, dict[str, None]] = {}
         for slab in self.slabs:
-            listed = files.setdefault(slab.stream, [])
-            listed += [str(p) for p in (slab.entry.files or (slab.path,)) if str(p) not in listed]
-        return {name: files.get(g.name, []) for g in self.groups.values() for name in g.names}
+            listed = files.setdefault(slab.stream, {})
+            listed.update(dict.fromkeys(str(p) for p in (slab.entry.files or (slab.path,))))
+        return {name: list(files.get(g.name, {})) for g in self.groups.values() for name in g.names}
 
 
 class Shards(dict):  # type: ignore[type-arg]
@@ -404,7 +413,7 @@ def plan_scan(
                     f"but {list(entry.shape)} in {entry.path}: every shard must give a component the same "
                     "number of features (and components)"
                 )
-            group.files += [f for f in (entry.files or (entry.path,)) if f not in group.files]
+            group.add_files(entry.files or (entry.path,))
             plan.slabs.append(TensorSlab(entry, layout.num_rows, len(names) * layout.num_features, stream, index))
     missing = [p for p in patterns if p not in used]
     if missing:
