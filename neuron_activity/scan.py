@@ -122,12 +122,17 @@ WorkItem = tuple[TensorSlab, int, int, int]  # slab, first row, end row, first v
 
 
 def _work(plan: ScanPlan, chunk_rows: int | None) -> Iterator[WorkItem]:
-    """Work items: windows of rows of mapped tensors; whole tensors of other storage. The last
-    number is the stream index (in its component) of the item's first vector."""
+    """Work items: windows of rows of mapped tensors; files of a sparse cache (start and end
+    then number the entry's files); whole tensors of other storage. The last number is the
+    stream index (in its component) of the item's first vector."""
     seen: dict[str, int] = {}
     for slab in plan.slabs:
         first_vector = seen.get(slab.key, 0)
         seen[slab.key] = first_vector + slab.num_rows
+        if slab.entry.storage == SPARSE:  # one item per file: a module's splits count in parallel
+            for i in range(len(slab.entry.files)):
+                yield slab, i, i + 1, first_vector
+            continue
         if slab.entry.storage != MAPPED:
             yield slab, 0, slab.num_rows, first_vector
             continue
@@ -186,7 +191,8 @@ def _count(
                 reader = READERS[slab.entry.format]
                 if slab.entry.storage == SPARSE:
                     sums = counters.setdefault(key, _Sum(slab.width, track_last))
-                    for path, states, nbytes in reader.count(slab, rule_for(slab.dtype), track_last):
+                    files = slab.entry.files[start:end]
+                    for path, states, nbytes in reader.count(slab, rule_for(slab.dtype), track_last, files):
                         sums.add(states, first_vector)  # type: ignore[union-attr]
                         progress(path, nbytes)
                     continue

@@ -120,9 +120,11 @@ class DenseReader(Reader, Protocol):
 
 
 class SparseReader(Reader, Protocol):
-    def count(self, slab: TensorSlab, rule: FireRule, track_last: bool = False) -> Iterator[tuple[Path, dict, int]]:
-        """Per chunk of stored entries: the file, its states over the whole width (``last_fired``
-        as stream indices), and the bytes read."""
+    def count(
+        self, slab: TensorSlab, rule: FireRule, track_last: bool = False, files: tuple[Path, ...] | None = None
+    ) -> Iterator[tuple[Path, dict, int]]:
+        """Per chunk of stored entries (of ``files``, default all): the file, its states over the
+        whole width (``last_fired`` as stream indices), and the bytes read."""
         ...
 
 

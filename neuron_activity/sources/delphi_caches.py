@@ -202,49 +202,68 @@ def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=entry.offset, shape=entry.shape)
 
 
-def count(slab: TensorSlab, rule: FireRule, track_last: bool = False) -> Iterator[tuple[Path, States, int]]:
-    """Per chunk of a split: its path, states over the entry's latents (the last fired as a
-    vector index ``batch * positions + position``), and the bytes read."""
+def count(
+    slab: TensorSlab, rule: FireRule, track_last: bool = False, files: tuple[Path, ...] | None = None
+) -> Iterator[tuple[Path, States, int]]:
+    """Per chunk of a split (of ``files``, default all the entry's): its path, states over the
+    entry's latents (the last fired as a vector index ``batch * positions + position``), and the
+    bytes read. Only the latent column is decoded; batch and position columns are only range
+    checked, and read whole only to track the last vector that fired."""
     width, base = slab.width, first_latent(slab.entry)
     num_latents = None if SPLIT_NAME.match(slab.entry.files[0].stem) else width
-    for path in slab.entry.files:
+    for path in files or slab.entry.files:
         split = _split(path, num_latents)
         tokens = split.tensors.get("tokens")
         batches, positions = tokens.shape if tokens is not None else (None, None)
+        if track_last and positions is None:
+            raise BadInput(path, "no 'tokens' tensor: the vector each entry belongs to is unknown, so the time since last fired is too")
         locations = _mapped(path, split.tensors["locations"], INTEGER_FORMATS[split.tensors["locations"].dtype])
         bits = _mapped(path, split.tensors["activations"], rule.unsigned)
-        shift = (split.start if split.relative else 0) - base
+        first = split.start if split.relative else 0  # the latent that raw index 0 names
+        span = split.end - first + 1  # raw indices 0 .. span - 1 are this file's latents
+        offset = first - base  # where raw index 0 lands in the entry's width
         for lo in range(0, bits.shape[0], ENTRIES_PER_CHUNK):
             a = np.asarray(bits[lo : lo + ENTRIES_PER_CHUNK])
             where = np.asarray(locations[lo : lo + ENTRIES_PER_CHUNK])
-            latents = where[:, 2].astype(np.int64) + shift
-            bad = (latents < split.start - base) | (latents > split.end - base)
-            if bad.any():
-                raw = int(where[np.flatnonzero(bad)[0], 2])
-                raise BadInput(path, f"a location names latent {raw}, outside this file's latents {split.start}..{split.end}")
-            if positions is None:
-                vectors = None
-            else:
-                b, p = where[:, 0].astype(np.int64), where[:, 1].astype(np.int64)
-                outside = (b < 0) | (b >= batches) | (p < 0) | (p >= positions)
-                if outside.any():
-                    i = int(np.flatnonzero(outside)[0])
-                    raise BadInput(
-                        path, f"a location names batch {int(where[i, 0])}, position {int(where[i, 1])}, outside 'tokens' [{batches}, {positions}]"
-                    )
-                vectors = b * positions + p
+            raw = where[:, 2]
+            _check_range(path, raw, split.start - first, span, lambda i: f"latent {int(raw[i])}, outside this file's latents {split.start}..{split.end}")
+            if positions is not None:
+                for column, limit in ((0, batches), (1, positions)):
+                    _check_range(path, where[:, column], 0, limit, lambda i: (
+                        f"batch {int(where[i, 0])}, position {int(where[i, 1])}, outside 'tokens' [{batches}, {positions}]"))
             fires = np.zeros(a.shape, np.bool_)
             if rule.fire_ranges:
                 in_ranges(a, rule.fire_ranges, fires, np.empty_like(a), np.empty_like(fires))
-            states = {"fire_counts": np.bincount(latents[fires], minlength=width).astype(np.int64)}
+            states = {"fire_counts": _placed(np.bincount(raw[fires], minlength=span), offset, width)}
             states["nan_counts"] = np.zeros(width, np.int64)
             if rule.nan_above is not None:
                 nans = (a & np.asarray(rule.magnitude_mask, a.dtype)) > rule.nan_above
-                states["nan_counts"] = np.bincount(latents[nans], minlength=width).astype(np.int64)
+                if nans.any():
+                    states["nan_counts"] = _placed(np.bincount(raw[nans], minlength=span), offset, width)
             if track_last:
-                if vectors is None:
-                    raise BadInput(path, "no 'tokens' tensor: the vector each entry belongs to is unknown, so the time since last fired is too")
-                states["last_fired"] = np.full(width, -1, np.int64)
-                np.maximum.at(states["last_fired"], latents[fires], vectors[fires])
+                hit = where[fires]
+                vectors = hit[:, 0].astype(np.int64) * positions + hit[:, 1]
+                last = np.full(width, -1, np.int64)
+                np.maximum.at(last, hit[:, 2].astype(np.int64) + offset, vectors)
+                states["last_fired"] = last
             yield path, states, a.nbytes + where.nbytes
         del locations, bits
+
+
+def _check_range(path: Path, values: np.ndarray, low: int, stop: int, say: object) -> None:
+    """Every value in ``[low, stop)``, checked by min and max (no copy); else BadInput naming the
+    first that is not (``say(i)`` words entry ``i``)."""
+    if not values.size:
+        return
+    if int(values.min()) >= low and int(values.max()) < stop:
+        return
+    as_int = values.astype(np.int64)
+    i = int(np.flatnonzero((as_int < low) | (as_int >= stop))[0])
+    raise BadInput(path, f"a location names {say(i)}")  # type: ignore[operator]
+
+
+def _placed(counts: np.ndarray, offset: int, width: int) -> np.ndarray:
+    """Counts of a file's raw latent indices, placed at ``offset`` in the entry's ``width``."""
+    out = np.zeros(width, np.int64)
+    out[offset : offset + len(counts)] = counts
+    return out
