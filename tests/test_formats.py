@@ -369,3 +369,56 @@ def test_last_fired_in_a_delphi_cache(tmp_path: Path) -> None:
     write_delphi_module(tmp_path / "m", dense, [(0, 14), (15, 29)])
     got = scan([tmp_path / "m"], track_last=True).activity.components["m"]
     assert got.last_fired.tolist() == last_fired(dense.reshape(35, 30).astype(np.float64))
+
+
+# --- .pt files read without torch ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"])
+def test_pt_files_are_mapped_without_torch_and_agree_with_torch(tmp_path: Path, dtype: str) -> None:
+    from neuron_activity.sources import torch_zip
+
+    rng = np.random.default_rng(20)
+    big = random_activations(rng, (50, 6), dtype)
+    saved = {
+        "blocks.0.hook_sae_acts": big,
+        "view": big[7:19],  # a view: its storage is the whole of big, at an offset
+        "nested": {"layers": [random_activations(rng, (9, 2, 3), dtype)]},
+        "param": torch.nn.Parameter(random_activations(rng, (11, 4), "F32"), requires_grad=False),
+        "step": 7,
+    }
+    torch.save(saved, tmp_path / "cache.pt")
+    mapped = torch_zip.entries(tmp_path / "cache.pt", "torch")
+    assert mapped is not None and {e.key for e in mapped} == {"blocks.0.hook_sae_acts", "view", "nested.layers.0", "param"}
+    assert all(e.storage == "mapped" for e in mapped)
+    got = counts(tmp_path / "cache.pt", chunk_rows=4, fire_above="1e-5")
+    assert got["blocks.0.hook_sae_acts"] == expected(as_float64(big), "1e-5")
+    assert got["view"] == expected(as_float64(big[7:19]), "1e-5")
+    assert got["nested.layers.0[1]"] == expected(as_float64(saved["nested"]["layers"][0])[:, 1, :], "1e-5")
+    assert got["param"] == expected(as_float64(saved["param"].data), "1e-5")
+
+
+def test_pt_files_torch_must_read_fall_back_to_it(tmp_path: Path) -> None:
+    from neuron_activity.sources import torch_zip
+
+    x = torch.arange(24.0).reshape(4, 6)
+    torch.save({"t": x.t()}, tmp_path / "strided.pt")  # not row-major: torch reads it
+    assert torch_zip.entries(tmp_path / "strided.pt", "torch") is None
+    assert counts(tmp_path / "strided.pt") == {"t": expected(x.t().numpy().astype(np.float64))}
+    torch.save({"t": x}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert torch_zip.entries(tmp_path / "legacy.pt", "torch") is None
+    assert counts(tmp_path / "legacy.pt") == {"t": expected(x.numpy().astype(np.float64))}
+
+
+def test_a_pt_scan_does_not_import_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    torch.save({"acts": torch.ones(5, 3)}, tmp_path / "a.pt")
+    code = (
+        "import sys; from neuron_activity import scan\n"
+        f"c = scan([{str(tmp_path / 'a.pt')!r}]).activity.components['acts']\n"
+        "print(c.fire_counts.tolist(), 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("]")[-1].strip() == "False" and done.stdout.startswith("[5, 5, 5]")

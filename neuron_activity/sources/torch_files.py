@@ -9,13 +9,14 @@ from __future__ import annotations
 import pickle
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..dtypes import TORCH_NAMES, UNSIGNED_VIEW
 from ..errors import BadInput, NactError
+from . import torch_zip
 from .base import LOADED, TensorEntry, TensorSlab
 
 FORMAT = "torch"
@@ -62,18 +63,14 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def tensors(obj: object, path: Path | None = None) -> dict[str, object]:
-    """Every tensor in ``obj`` by dotted path (``""`` for a bare tensor), found without
-    recursion; containers nested deeper than ``MAX_NESTING`` are refused."""
-    import torch
-
+def walk(obj: object, is_leaf: Callable[[object], bool], path: Path | None = None) -> dict[str, object]:
+    """Every leaf in ``obj`` by dotted path (``""`` for a bare leaf): dict keys and list indices,
+    in order, found without recursion; containers nested deeper than ``MAX_NESTING`` are refused."""
     found: dict[str, object] = {}
     stack: list[tuple[str, object, int]] = [("", obj, 0)]
     while stack:
         prefix, value, depth = stack.pop()
-        if isinstance(value, torch.Tensor):
-            if value.layout != torch.strided:
-                raise BadInput(path or "", f"tensor {prefix or '(the file)'!r} is {value.layout}: nact counts dense tensors")
+        if is_leaf(value):
             found[prefix] = value
             if len(found) > MAX_TENSORS:
                 raise BadInput(path or "", f"holds more than {MAX_TENSORS} tensors")
@@ -91,9 +88,26 @@ def tensors(obj: object, path: Path | None = None) -> dict[str, object]:
     return found
 
 
+def tensors(obj: object, path: Path | None = None) -> dict[str, object]:
+    """Every tensor in ``obj`` by dotted path; sparse and other layouts are refused."""
+    import torch
+
+    found = walk(obj, lambda v: isinstance(v, torch.Tensor), path)
+    for prefix, value in found.items():
+        if value.layout != torch.strided:  # type: ignore[attr-defined]
+            raise BadInput(path or "", f"tensor {prefix or '(the file)'!r} is {value.layout}: nact counts dense tensors")  # type: ignore[attr-defined]
+    return found
+
+
 def entries(paths: list[Path]) -> list[TensorEntry]:
+    """Entries of each file: read without torch where the file allows (see ``torch_zip``: its
+    tensors are then mapped in place), else loaded with torch."""
     out = []
     for path in paths:
+        mapped = torch_zip.entries(path, FORMAT)
+        if mapped is not None:
+            out += mapped
+            continue
         found = tensors(load(path), path)
         if not found:
             raise BadInput(path, "holds no tensors")

@@ -1,0 +1,164 @@
+"""``torch.save`` files read without torch: a restricted unpickler and storages mapped in place.
+
+A zip-format ``torch.save`` file holds a pickle (``data.pkl``) that rebuilds tensors from
+storages kept as uncompressed members (``data/<key>``). The unpickler here knows only the few
+globals that rebuild plain tensors and containers (``_rebuild_tensor_v2``/``v3``,
+``_rebuild_parameter``, ``OrderedDict``, storage types, dtypes), and they build descriptions,
+never objects of the file's choosing: nothing in the file runs, as with
+``torch.load(weights_only=True)``. A tensor whose storage is stored uncompressed, little-endian
+and whose elements lie contiguously in row-major order becomes a mapped entry, counted like a
+safetensors tensor. Anything else (another global, a compressed member, a strided view, a legacy
+file) makes ``entries`` return None, and the caller loads the file with torch instead.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..dtypes import ITEMSIZE, TORCH_NAMES
+from .base import MAPPED, TensorEntry
+
+STORAGE_TYPES = {
+    "FloatStorage": "F32", "DoubleStorage": "F64", "HalfStorage": "F16", "BFloat16Storage": "BF16",
+    "IntStorage": "I32", "LongStorage": "I64", "ShortStorage": "I16", "CharStorage": "I8",
+    "ByteStorage": "U8", "BoolStorage": "BOOL",
+}
+ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
+class Unsupported(Exception):
+    """The file needs torch to be read (not an error: the caller falls back)."""
+
+
+@dataclass(frozen=True)
+class _Named:
+    """A storage type or dtype the pickle names: only its name is kept."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class _Storage:
+    key: str
+    dtype: str | None  # None: an untyped storage (the tensor names its dtype)
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    storage: _Storage
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str
+
+
+def _ints(values: object) -> tuple[int, ...]:
+    if not isinstance(values, tuple) or not all(type(v) is int and v >= 0 for v in values):
+        raise Unsupported("size or stride")
+    return values
+
+
+def _tensor(storage: object, offset: object, size: object, stride: object, dtype: str | None) -> _Tensor:
+    if not isinstance(storage, _Storage) or type(offset) is not int or offset < 0 or dtype is None:
+        raise Unsupported("tensor")
+    return _Tensor(storage, offset, _ints(size), _ints(stride), dtype)
+
+
+def _rebuild_v2(storage: object, offset: object, size: object, stride: object, *rest: object) -> _Tensor:
+    return _tensor(storage, offset, size, stride, getattr(storage, "dtype", None))
+
+
+def _rebuild_v3(storage: object, offset: object, size: object, stride: object, requires_grad: object,
+                hooks: object, dtype: object, *rest: object) -> _Tensor:
+    name = TORCH_NAMES.get(dtype.name) if isinstance(dtype, _Named) else None
+    return _tensor(storage, offset, size, stride, name)
+
+
+def _rebuild_parameter(data: object, *rest: object) -> object:
+    return data
+
+
+GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_v2,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_v3,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): OrderedDict,
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in GLOBALS:
+            return GLOBALS[(module, name)]
+        if module == "torch" and (name in STORAGE_TYPES or name in TORCH_NAMES):
+            return _Named(name)
+        if (module, name) == ("torch.storage", "UntypedStorage"):
+            return _Named(name)
+        raise Unsupported(f"{module}.{name}")
+
+    def persistent_load(self, pid: object) -> object:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise Unsupported("persistent id")
+        _, kind, key, _location, _numel = pid
+        if not isinstance(kind, _Named) or not isinstance(key, str):
+            raise Unsupported("storage")
+        return _Storage(key, STORAGE_TYPES.get(kind.name))
+
+
+def _row_major(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    expected = 1
+    for n, s in zip(reversed(size), reversed(stride)):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def _member_data(raw: object, info: zipfile.ZipInfo) -> int:
+    raw.seek(info.header_offset)  # type: ignore[attr-defined]
+    signature, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(raw.read(ZIP_LOCAL_HEADER.size))  # type: ignore[attr-defined]
+    if signature != b"PK\x03\x04":
+        raise Unsupported("local header")
+    return info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len
+
+
+def entries(path: Path, fmt: str) -> list[TensorEntry] | None:
+    """The tensors of a zip-format ``torch.save`` file as mapped entries, or None when the file
+    needs torch (see the module's docstring)."""
+    from .torch_files import walk
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z, open(path, "rb") as raw:
+            names = z.namelist()
+            pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(pickles) != 1:
+                return None
+            prefix = pickles[0][: -len("data.pkl")]
+            if f"{prefix}byteorder" in names and z.read(f"{prefix}byteorder").strip() != b"little":
+                return None
+            found = walk(_Unpickler(io.BytesIO(z.read(pickles[0]))).load(), lambda v: isinstance(v, _Tensor), path)
+            out = []
+            for member, t in found.items():
+                info = z.getinfo(f"{prefix}data/{t.storage.key}")
+                itemsize = ITEMSIZE[t.dtype]
+                count = math.prod(t.size)
+                if info.compress_type != zipfile.ZIP_STORED or not _row_major(t.size, t.stride):
+                    return None
+                if (t.offset + count) * itemsize > info.file_size:
+                    return None
+                start = _member_data(raw, info) + t.offset * itemsize
+                key, from_file = (member, False) if member else (path.stem, True)
+                out.append(TensorEntry(path, key, t.dtype, t.size, fmt, offset=start, member=member, storage=MAPPED,
+                                       from_file=from_file))
+    except Exception:  # anything unusual: torch reads it (and refuses what is unsafe)
+        return None
+    return out or None
