@@ -25,6 +25,7 @@ from .render import (
     PARTIAL_LATENTS,
     ULTRALOW_HELP,
     check_format,
+    count_options,
 )
 
 BAR_WIDTH = 50
@@ -72,24 +73,23 @@ def density(
     """
     check_format(fmt, ("table", "json"))
     from neuron_activity.density import histogram, summarize
-    from neuron_activity.options import CountOptions, ReportOptions, check_bins_per_decade
+    from neuron_activity.options import ReportOptions, check_bins_per_decade
     from neuron_activity.pipeline import check_outputs
 
     check_bins_per_decade(bins_per_decade)
     if not 10 <= dpi <= 1200:
         raise typer.BadParameter("must be from 10 to 1200", param_hint="'--dpi'")
     marks = ReportOptions.parse(threshold or ["1e-5", "1e-6"], dense_above=dense_above, ultralow_below=ultralow_below)
-    count_options = CountOptions(
-        keys=tuple(key or ()), flatten=flatten, fire_above=fire_above, device=device, input_format=input_format,
-        component_axis=component_axis, group_by=group_by, num_latents=num_latents, num_vectors=num_vectors,
-        partial_latents=partial_latents,
+    options = count_options(
+        key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents,
+        fire_above=fire_above, device=device,
     )
     if plot is not None:
         from neuron_activity.plot import check_plot_path
 
         check_plot_path(plot)
         check_outputs([plot])
-    activity, warnings = _activity(paths, count_options)
+    activity, warnings = _activity(paths, options)
     components = [c for c in activity.components.values() if c.num_vectors]
     if not components:
         activity.rows(list(marks.thresholds))  # raises: no vectors at all
@@ -97,7 +97,7 @@ def density(
     summaries = [summarize(c, marks.dense_above, marks.ultralow_below) for c in components]
     others = []
     if compare is not None:
-        other, more = _activity([compare], count_options)
+        other, more = _activity([compare], options)
         warnings += more
         shared = [c.name for c in components if c.name in other.components and other.components[c.name].num_vectors]
         if not shared:

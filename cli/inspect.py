@@ -20,6 +20,7 @@ from .render import (
     NUM_LATENTS,
     NUM_VECTORS,
     PARTIAL_LATENTS,
+    count_options,
 )
 
 INSPECT_FORMATS = ("table", "json")
@@ -50,12 +51,9 @@ def inspect(
     if fmt not in INSPECT_FORMATS:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(INSPECT_FORMATS)}", param_hint="'--format'")
     from neuron_activity import inspect as inspect_shards
-    from neuron_activity.options import CountOptions
 
-    options = CountOptions(
-        keys=tuple(key or ()), flatten=flatten, component_axis=component_axis, group_by=group_by,
-        input_format=input_format, num_latents=num_latents, num_vectors=num_vectors,
-        partial_latents=partial_latents, device="cpu",
+    options = count_options(
+        key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents, device="cpu"
     )
     result = inspect_shards(paths, options)
     problems = [word(p) for p in result.problems]

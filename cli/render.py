@@ -64,6 +64,20 @@ NUM_VECTORS = typer.Option(None, "--num-vectors", metavar="N", help="delphi: the
 PARTIAL_LATENTS = typer.Option(
     False, "--partial-latents", help="delphi: count the splits that are there, each run of latents apart, naming the rest."
 )
+def count_options(
+    key: list[str] | None, flatten: bool, component_axis: int | None, group_by: str, input_format: str | None,
+    num_latents: int | None, num_vectors: int | None, partial_latents: bool, **more: object,
+) -> object:
+    """The CountOptions of the input options above (scan, inspect and density), and ``more``."""
+    from neuron_activity.options import CountOptions
+
+    return CountOptions(
+        keys=tuple(key or ()), flatten=flatten, component_axis=component_axis, group_by=group_by,
+        input_format=input_format, num_latents=num_latents, num_vectors=num_vectors,
+        partial_latents=partial_latents, **more,  # type: ignore[arg-type]
+    )
+
+
 DENSE_ABOVE = typer.Option("0.01", "--dense-above", metavar="D", help=DENSE_ABOVE_HELP)
 ULTRALOW_BELOW = typer.Option("1e-4", "--ultralow-below", metavar="D", help=ULTRALOW_HELP)
 NEURONS = typer.Option(False, "--neurons", help="List the dead neurons (indices and fire counts) per threshold.")

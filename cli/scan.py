@@ -31,6 +31,7 @@ from .render import (
     ULTRALOW_BELOW,
     WINDOW,
     check_format,
+    count_options,
     finish,
 )
 
@@ -101,25 +102,15 @@ def scan(
     """
     fmt = check_format(fmt, output=output)
     from neuron_activity.distributed import launched
-    from neuron_activity.options import CountOptions, Part, ReportOptions, ScanRequest
+    from neuron_activity.options import Part, ReportOptions, ScanRequest
     from neuron_activity.pipeline import run_scan
 
     distributed = launched()
     request = ScanRequest(
         paths=tuple(paths),
-        count=CountOptions(
-            keys=tuple(key or ()),
-            flatten=flatten,
-            fire_above=fire_above,
-            device=device,
-            input_format=input_format,
-            chunk_rows=chunk_rows,
-            threads=threads,
-            component_axis=component_axis,
-            group_by=group_by,
-            num_latents=num_latents,
-            num_vectors=num_vectors,
-            partial_latents=partial_latents,
+        count=count_options(  # type: ignore[arg-type]
+            key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents,
+            fire_above=fire_above, device=device, chunk_rows=chunk_rows, threads=threads,
         ),
         report=ReportOptions.parse(
             threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,
