@@ -9,6 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name if it has none): how a third-party
+    library's error is quoted in one-line messages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class NactError(Exception):
     """Base class: bad input or bad usage, with a message fit to show a user as it is."""
 

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import BadOutput, NactError, StateLocked
+from .errors import BadOutput, NactError, StateLocked, first_line
 
 
 def _mode_for(path: Path) -> int:
@@ -48,7 +48,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         if isinstance(e, OSError):
             raise BadOutput(path, f"cannot write: {e.strerror or e}") from None
         if isinstance(e, Exception) and not isinstance(e, NactError):  # a writer's own error (safetensors)
-            raise BadOutput(path, f"cannot write: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+            raise BadOutput(path, f"cannot write: {first_line(e)}") from None
         raise
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dtypes import UNSIGNED_VIEW
-from ..errors import BadInput, NactError
+from ..errors import BadInput, NactError, first_line
 from .base import BATCHES, TensorEntry, TensorSlab
 
 FORMAT = "arrow"
@@ -71,8 +71,7 @@ def _batches(path: Path) -> Iterator[object]:
             batch.validate(full=True)
             yield batch
     except (pa.ArrowException, OSError, ValueError) as e:  # type: ignore[attr-defined]
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInput(path, f"not a readable Arrow file: {first}") from None
+        raise BadInput(path, f"not a readable Arrow file: {first_line(e)}") from None
 
 
 def _storage(column: object) -> object:
@@ -124,8 +123,7 @@ def _reading(path: Path) -> Iterator[None]:
     except NactError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInput(path, f"not a readable Arrow file: {first}") from None
+        raise BadInput(path, f"not a readable Arrow file: {first_line(e)}") from None
 
 
 def entries(paths: list[Path]) -> list[TensorEntry]:

@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..dtypes import NUMPY_NAMES, UNSIGNED_VIEW
-from ..errors import BadInput
+from ..errors import BadInput, first_line
 from dataclasses import replace
 
 from .base import COMPRESSED, FORTRAN, SWAPPED, TensorEntry, TensorSlab
@@ -39,7 +39,7 @@ def read_npy_header(f: BinaryIO, path: Path, what: str = "") -> tuple[str, tuple
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
     except Exception as e:  # numpy's header parser raises many kinds (ValueError, SyntaxError, TokenError, ...)
-        raise BadInput(path, f"{what}not a valid .npy array: {_first_line(e)}") from None
+        raise BadInput(path, f"{what}not a valid .npy array: {first_line(e)}") from None
     if any(type(n) is not int or n < 0 for n in shape) or len(shape) > 64:
         raise BadInput(path, f"{what}not a valid .npy array: shape {shape} is not a list of sizes")
     swapped = dtype.byteorder == ">" and dtype.itemsize > 1
@@ -48,10 +48,6 @@ def read_npy_header(f: BinaryIO, path: Path, what: str = "") -> tuple[str, tuple
         raise BadInput(path, f"{what}dtype {dtype} is not supported (floating, integer or bool arrays only)")
     return name, tuple(int(n) for n in shape), bool(fortran and len(shape) > 1), swapped
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # what zipfile raises on a member it cannot read: corrupt, encrypted, an unknown method
@@ -121,7 +117,7 @@ def npz_entries(path: Path) -> list[TensorEntry]:
                     )
                 out.append(_big_endian(entry) if swapped else entry)
     except (zipfile.BadZipFile, struct.error, EOFError, NotImplementedError, RuntimeError, zlib.error, ValueError) as e:
-        raise BadInput(path, f"not a valid .npz archive: {_first_line(e)}") from None
+        raise BadInput(path, f"not a valid .npz archive: {first_line(e)}") from None
     except OSError as e:
         raise BadInput(path, f"cannot read: {e.strerror or e}") from None
     return out
@@ -149,7 +145,7 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
         with zipfile.ZipFile(entry.path) as z, z.open(entry.member) as member:  # type: ignore[arg-type]
             yield from _member_rows(slab, member, chunk_rows, unsigned, swap)
     except MEMBER_ERRORS as e:
-        raise BadInput(entry.path, f"member {entry.member!r}: corrupt compressed data: {_first_line(e)}") from None
+        raise BadInput(entry.path, f"member {entry.member!r}: corrupt compressed data: {first_line(e)}") from None
 
 
 def _member_rows(slab: TensorSlab, member: BinaryIO, chunk_rows: int, unsigned: type, swap: bool) -> Iterator[np.ndarray]:

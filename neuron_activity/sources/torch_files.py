@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dtypes import TORCH_NAMES, UNSIGNED_VIEW
-from ..errors import BadInput, NactError
+from ..errors import BadInput, NactError, first_line
 from . import torch_zip
 from .base import LOADED, TensorEntry, TensorSlab
 
@@ -49,18 +49,14 @@ def load(path: Path) -> object:
                 return torch.load(path, map_location="cpu", weights_only=True)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError as e:
-            raise BadInput(path, f"refused: it needs unsafe unpickling, and nact loads only tensors ({_first_line(e)})") from None
+            raise BadInput(path, f"refused: it needs unsafe unpickling, and nact loads only tensors ({first_line(e)})") from None
         except RecursionError:
             raise BadInput(path, "not a readable torch.save file: nested too deeply") from None
         except NactError:
             raise
         except Exception as e:  # torch's reader raises many kinds on a corrupt file
-            raise BadInput(path, f"not a readable torch.save file: {_first_line(e)}") from None
+            raise BadInput(path, f"not a readable torch.save file: {first_line(e)}") from None
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def walk(obj: object, is_leaf: Callable[[object], bool], path: Path | None = None) -> dict[str, object]:
