@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .dtypes import FireRule
+from .dtypes import TORCH_SIGNED, FireRule
 from .errors import BadOption, DeviceUnavailable
 
 # Block shape for the numpy kernel, measured on 2-core x86 machines: the comparison output of a
@@ -193,7 +193,6 @@ class NativeCounter:
         return _states(self._fire_counts.copy(), self._nan_counts.copy(), last)
 
 
-TORCH_SIGNED = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}
 
 
 class _CudaStager:

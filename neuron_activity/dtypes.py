@@ -19,6 +19,14 @@ import numpy as np
 from .errors import BadThreshold
 
 UNSIGNED_VIEW: dict[int, type] = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+TORCH_SIGNED: dict[int, str] = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}  # torch has few unsigned types
+
+
+def signed_bits(tensor: object) -> object:
+    """A torch tensor's raw bits: the same memory viewed as signed integers of its item size."""
+    import torch
+
+    return tensor.view(getattr(torch, TORCH_SIGNED[tensor.element_size()]))  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,10 @@ from typing import Any
 from . import state
 from .activity import NeuronActivity, Threshold
 from .counting import fire_mask, nan_mask
-from .dtypes import TORCH_NAMES, as_fraction, fire_rule
+from .dtypes import TORCH_NAMES, as_fraction, fire_rule, signed_bits
 from .errors import BadOption, ShapeMismatch
 
 COUNTED = tuple(f for f in state.FIELDS if not f.optional)  # the per-neuron states kept in training
-TORCH_SIGNED = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}
 
 
 def exact_portion(threshold: float | str | Fraction) -> Fraction:
@@ -55,7 +54,7 @@ def count_tensor(activations: Any, fire_above: str | Fraction | int = 0) -> tupl
     if dtype is None:
         raise BadOption("activations", f"dtype {activations.dtype}", "cannot be counted")
     rule = fire_rule(dtype, as_fraction(fire_above, "fire_above"))
-    bits = activations.detach().view(getattr(torch, TORCH_SIGNED[activations.element_size()]))
+    bits = signed_bits(activations.detach())
     zeros = torch.zeros(activations.shape[1:], dtype=torch.int64, device=activations.device)
     fires, nans = fire_mask(bits, rule.signed_fire_ranges()), nan_mask(bits, rule)
     fire_counts = zeros if fires is None else fires.sum(dim=0, dtype=torch.int64)

@@ -16,7 +16,7 @@ import numpy as np
 from . import state
 from .activity import NeuronActivity
 from .counting import NATIVE_PROBLEM, Counter, States, kernel_for, make_counter, resolve_device
-from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule
+from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, signed_bits
 from .errors import BadInput, BadOption
 from .options import CountOptions
 from .sources import READERS, ScanPlan, TensorSlab, component_layout, discover, plan_scan
@@ -329,8 +329,6 @@ def raw_bits(array: object) -> tuple[str, np.ndarray]:
         dtype = TORCH_NAMES.get(str(array.dtype).removeprefix("torch."))
         if dtype is None:
             raise BadOption("array", f"dtype {array.dtype}", "cannot be counted")
-        size = array.element_size()
-        signed = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[size]
-        bits = array.detach().cpu().contiguous().view(signed).numpy()
-        return dtype, bits.view(f"u{size}")
+        bits = signed_bits(array.detach().cpu().contiguous()).numpy()  # type: ignore[attr-defined]
+        return dtype, bits.view(f"u{array.element_size()}")
     raise BadOption("array", f"of type {type(array).__name__}", "cannot be counted: pass a numpy array or torch tensor")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import TORCH_NAMES, UNSIGNED_VIEW
+from ..dtypes import TORCH_NAMES, UNSIGNED_VIEW, signed_bits
 from ..errors import BadInput, NactError, first_line
 from . import torch_zip
 from .base import LOADED, TensorEntry, TensorSlab
@@ -116,14 +116,10 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
 
 
 def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
-    import torch
-
     tensor = tensors(load(slab.path), slab.path)[slab.entry.member or ""]
     if slab.index is not None:  # the first axis is the component axis: this slab is one block
         tensor = tensor[slab.index]  # type: ignore[index]
     rows = tensor.reshape(slab.num_rows, slab.width)  # type: ignore[attr-defined]
-    itemsize = rows.element_size()
-    signed = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[itemsize]
+    unsigned = UNSIGNED_VIEW[rows.element_size()]
     for start in range(0, slab.num_rows, chunk_rows):
-        block = rows[start : start + chunk_rows].contiguous().view(signed).numpy()
-        yield block.view(UNSIGNED_VIEW[itemsize])
+        yield signed_bits(rows[start : start + chunk_rows].contiguous()).numpy().view(unsigned)  # type: ignore[attr-defined]
