@@ -72,7 +72,7 @@ def count_options(
     from neuron_activity.options import CountOptions
 
     return CountOptions(
-        keys=tuple(key or ()), flatten=flatten, component_axis=component_axis, group_by=group_by,
+        keys=key, flatten=flatten, component_axis=component_axis, group_by=group_by,  # type: ignore[arg-type]
         input_format=input_format, num_latents=num_latents, num_vectors=num_vectors,
         partial_latents=partial_latents, **more,  # type: ignore[arg-type]
     )

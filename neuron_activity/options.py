@@ -69,7 +69,7 @@ class CountOptions:
     partial_latents: bool = False  # delphi: count the splits there are, each run apart
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "keys", tuple(self.keys or ()))
         from .sources.grouping import GROUPINGS
 
         if self.group_by not in GROUPINGS:

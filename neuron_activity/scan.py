@@ -40,7 +40,6 @@ class ScanResult:
 def scan(
     paths: list[Path] | list[str],
     *,
-    count_only: Callable[[list[Path]], list[Path] | set[Path]] | None = None,
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: ProgressCallback | None = None,
     options: CountOptions | None = None,
@@ -49,23 +48,17 @@ def scan(
     """Count how often every neuron fires in the shards under ``paths``.
 
     ``options`` (or, one by one, the settings of ``CountOptions``: ``fire_above``, ``device``,
-    ``track_last``, ...; ``device`` defaults to cpu here) say what to count and how. Reads headers of every shard first (so shape and format
-    errors come before any counting), then counts. ``count_only`` picks, from the planned units,
-    those to count (every shard is still checked); ``on_plan`` sees the plan before counting.
+    ``track_last``, ...; ``device`` defaults to cpu here) say what to count and how. Reads the
+    headers of every shard first (so shape and format errors come before any counting), then
+    counts; ``on_plan`` sees the plan before counting. Parts and audits: ``pipeline.run_scan``.
     """
     if options is None:
-        settings_given.setdefault("device", "cpu")
-        if "keys" in settings_given:
-            settings_given["keys"] = tuple(settings_given["keys"] or ())  # type: ignore[arg-type]
-        options = CountOptions(**settings_given)  # type: ignore[arg-type]
-    settings = options
-    device = resolve_device(settings.device)
-    plan = plan_for(discover([Path(p) for p in paths], settings.input_format), settings)
-    if count_only is not None:
-        plan.restrict(count_only(plan.units()))
+        options = CountOptions(**{"device": "cpu", **settings_given})  # type: ignore[arg-type]
+    device = resolve_device(options.device)
+    plan = plan_for(discover([Path(p) for p in paths], options.input_format), options)
     if on_plan is not None:
         on_plan(plan)
-    return count(plan, settings, device, on_progress)
+    return count(plan, options, device, on_progress)
 
 
 def plan_for(shards: dict[Path, str], options: CountOptions) -> ScanPlan:
