@@ -21,6 +21,8 @@ from .render import (
     NUM_VECTORS,
     PARTIAL_LATENTS,
     count_options,
+    files_span,
+    listed_names,
 )
 
 INSPECT_FORMATS = ("table", "json")
@@ -105,10 +107,8 @@ def _table(result: object, width: int) -> str:
     if result.groups:  # type: ignore[attr-defined]
         console.print("Components, as a scan would count them:", markup=False)
         for g in result.groups:  # type: ignore[attr-defined]
-            names = ", ".join(g.names[:4]) + (f" and {len(g.names) - 4} more" if len(g.names) > 4 else "")
-            files = g.files
-            where = str(files[0]) if len(files) == 1 else f"{len(files)} files, {files[0]} ... {files[-1]}"
-            console.print(f"  {names} ({g.num_features} features): {where}", markup=False, overflow="ignore", crop=False)
+            line = f"  {listed_names(g.names)} ({g.num_features} features): {files_span(g.files)}"
+            console.print(line, markup=False, overflow="ignore", crop=False)
     for note in result.notes:  # type: ignore[attr-defined]
         console.print(f"Note: {note}", markup=False, overflow="ignore", crop=False)
     return buffer.getvalue()

@@ -212,13 +212,19 @@ def density_cells(d: object) -> list[str]:
     ]
 
 
+def listed_names(names: list[str] | tuple[str, ...], most: int = 4) -> str:
+    """Component names for one line: the first ``most``, and how many more."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def files_span(files: list) -> str:
+    """Where a component is read from, in a few words: one file, or how many, first ... last."""
+    return str(files[0]) if len(files) == 1 else f"{len(files)} files, {files[0]} ... {files[-1]}"
+
+
 def grouping_lines(report: Report) -> list[str]:
     """One line per set of files that several files make one component of."""
-    lines = []
-    for names, files in report.file_groups():
-        listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-        lines.append(f"{listed}: read from {len(files)} files, {files[0]} ... {files[-1]}")
-    return lines
+    return [f"{listed_names(names)}: read from {files_span(files)}" for names, files in report.file_groups()]
 
 
 def render_table(report: Report, color: bool = False, width: int = 100) -> str:
