@@ -45,6 +45,8 @@ FLAGS = {
     "num_latents": "--num-latents",
     "num_vectors": "--num-vectors",
     "partial_latents": "--partial-latents",
+    "sae": "--sae",
+    "sae_dtype": "--sae-dtype",
 }
 
 
@@ -74,6 +76,8 @@ def word(error: BaseException) -> str:
         return f"{error} ({' or '.join(flag(o) for o in error.options)})"
     if isinstance(error, errors.KeyNotFound):
         return error.worded("--key")
+    if isinstance(error, errors.SaeNotBound):
+        return f"{error}: bind it with --sae COMPONENT=PATH"
     if isinstance(error, errors.MixedFormats):
         return f"{error}: pick one with --input-format"
     if isinstance(error, errors.ShardChanged):

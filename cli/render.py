@@ -61,6 +61,14 @@ INPUT_FORMAT = typer.Option(
 )
 NUM_LATENTS = typer.Option(None, "--num-latents", metavar="N", help="delphi: the width of caches saved whole (LatentCache.save).")
 NUM_VECTORS = typer.Option(None, "--num-vectors", metavar="N", help="delphi: the vectors of caches saved without tokens.")
+SAE = typer.Option(
+    None, "--sae", metavar="[COMPONENT=]PATH",
+    help="Count the latents of the SAE checkpoint PATH (SAELens, sparsify, dictionary_learning) encoding its hook's "
+    "component, or COMPONENT (repeatable).",
+)
+SAE_DTYPE = typer.Option(
+    "float32", "--sae-dtype", metavar="DTYPE", help="Precision of the SAE's matrix product: float32, or bfloat16/float16 on a GPU."
+)
 PARTIAL_LATENTS = typer.Option(
     False, "--partial-latents", help="delphi: count the splits that are there, each run of latents apart, naming the rest."
 )

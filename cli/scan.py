@@ -21,6 +21,8 @@ from .render import (
     NUM_LATENTS,
     NUM_VECTORS,
     PARTIAL_LATENTS,
+    SAE,
+    SAE_DTYPE,
     FAIL_ABOVE,
     FORMAT,
     NEURONS,
@@ -52,6 +54,8 @@ def scan(
     num_latents: Optional[int] = NUM_LATENTS,
     num_vectors: Optional[int] = NUM_VECTORS,
     partial_latents: bool = PARTIAL_LATENTS,
+    sae: Optional[List[str]] = SAE,
+    sae_dtype: str = SAE_DTYPE,
     fire_above: str = typer.Option(
         "0", "--fire-above", metavar="X", help="A neuron fires when its activation is above X."
     ),
@@ -99,6 +103,8 @@ def scan(
       nact scan shards/ --fail-above 0.05 -q   # for cron
 
       nact scan shards/ --state audit.safetensors --window 10000000
+
+      nact scan cache/ --sae checkpoints/layer_6   # the SAE's dead latents on a model-activation cache
     """
     fmt = check_format(fmt, output=output)
     from neuron_activity.distributed import launched
@@ -110,7 +116,8 @@ def scan(
         paths=tuple(paths),
         count=count_options(  # type: ignore[arg-type]
             key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents,
-            fire_above=fire_above, device=device, chunk_rows=chunk_rows, threads=threads,
+            fire_above=fire_above, device=device, chunk_rows=chunk_rows, threads=threads, saes=tuple(sae or ()),
+            sae_dtype=sae_dtype,
         ),
         report=ReportOptions.parse(
             threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,

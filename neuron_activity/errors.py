@@ -165,3 +165,18 @@ class NotTracked(NactError):
     def __init__(self, component: str) -> None:
         self.component = component
         super().__init__(f"component {component!r} has no record of when neurons last fired")
+
+
+class SaeNotBound(BadInput):
+    """An SAE whose hook is not a component of the cache (or that names none): the SAE must be
+    bound to a component by name. ``hook`` is None when the checkpoint names no hook."""
+
+    def __init__(self, path: object, hook: str | None, components: list[str]) -> None:
+        self.hook, self.components = hook, components
+        listed = ", ".join(components[:8]) + (", ..." if len(components) > 8 else "")
+        problem = (
+            f"its hook {hook!r} is not a component of the cache (components: {listed})"
+            if hook is not None
+            else f"the checkpoint names no hook: name the component it encodes (components: {listed})"
+        )
+        super().__init__(path, problem)

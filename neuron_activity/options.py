@@ -67,6 +67,8 @@ class CountOptions:
     num_latents: int | None = None  # delphi: the width of caches saved whole
     num_vectors: int | None = None  # delphi: the vectors of splits saved without tokens
     partial_latents: bool = False  # delphi: count the splits there are, each run apart
+    saes: tuple = ()  # sae.SaeRequest: SAEs whose latents are counted, each bound to a component
+    sae_dtype: str = "float32"  # the precision of the SAEs' matrix products (bf16/fp16 on a GPU)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", tuple(self.keys or ()))
@@ -76,6 +78,16 @@ class CountOptions:
             raise BadOption("group_by", self.group_by, f"is not a grouping: use {', '.join(GROUPINGS)}")
         if self.flatten and self.component_axis is not None:
             raise Conflict(("flatten", "component_axis"), "flatten makes every axis before the features a batch axis")
+        from .sae import SAE_DTYPES, SaeRequest
+
+        saes = tuple(SaeRequest.parse(r) if isinstance(r, str) else r for r in self.saes or ())
+        object.__setattr__(self, "saes", saes)
+        if self.sae_dtype not in SAE_DTYPES:
+            raise BadOption("sae_dtype", self.sae_dtype, f"is not a dtype: use {', '.join(SAE_DTYPES)}")
+        if self.sae_dtype != "float32" and not saes:
+            raise NeedsOption("sae_dtype", "sae")
+        if saes and self.device == "cpu" and self.sae_dtype != "float32":
+            raise BadOption("sae_dtype", self.sae_dtype, "is for a GPU: on the cpu SAEs encode in float32")
         _at_least_one("num_latents", self.num_latents, 1 << 31)
         _at_least_one("num_vectors", self.num_vectors, 1 << 62)
         object.__setattr__(self, "fire_above", as_fraction(self.fire_above, "fire_above"))

@@ -19,6 +19,7 @@ from .counting import NATIVE_PROBLEM, Counter, States, kernel_for, make_counter,
 from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, signed_bits
 from .errors import BadInput, BadOption
 from .options import CountOptions
+from .sae import SAE_STATS, SaeCounter
 from .sources import READERS, ScanPlan, TensorSlab, component_layout, discover, plan_scan
 from .sources.base import MAPPED, SPARSE
 
@@ -62,8 +63,9 @@ def scan(
 
 
 def plan_for(shards: dict[Path, str], options: CountOptions) -> ScanPlan:
-    """The plan of ``shards`` under ``options`` (headers only)."""
-    return plan_scan(
+    """The plan of ``shards`` under ``options`` (headers only; and the SAEs' checkpoints, whose
+    latents are then what is counted)."""
+    plan = plan_scan(
         shards,
         options.keys,
         options.flatten,
@@ -73,6 +75,11 @@ def plan_for(shards: dict[Path, str], options: CountOptions) -> ScanPlan:
         num_vectors=options.num_vectors,
         partial=options.partial_latents,
     )
+    if options.saes:
+        from .sae import bind, load_sae
+
+        bind(plan, options.saes, [load_sae(r.path) for r in options.saes])
+    return plan
 
 
 def count(
@@ -80,12 +87,13 @@ def count(
 ) -> ScanResult:
     """Count the slabs of ``plan`` on ``device`` (already resolved); ``on_progress(path, nbytes)``
     is called from the counting threads."""
+    if plan.saes and device == "cpu" and options.sae_dtype != "float32":
+        raise BadOption("sae_dtype", options.sae_dtype, "is for a GPU: on the cpu SAEs encode in float32")
     totals, kernel = _count(plan, options, device, on_progress)
     activity = NeuronActivity(options.fire_above)
     for group in plan.groups.values():
         states, num_vectors = totals[group.key]
-        for i, name in enumerate(group.names):
-            part = slice(i * group.num_features, (i + 1) * group.num_features)
+        for name, part in group.spans():
             activity.add_states(name, state.select(states, part), num_vectors)
             activity.components[name].first_neuron = group.first_neuron
     for c in activity.components.values():
@@ -160,6 +168,9 @@ def _count(
     threads = 1 if device == "mps" else options.threads or min(os.cpu_count() or 1, 8)  # mps: one queue
     widest = max((s.width for s in plan.slabs), default=1)
     threads = max(1, min(threads, STATE_BYTES // (widest * 8 * (2 + options.track_last)) or 1))
+    read_ahead = bool(plan.saes)  # encoding is the slow part: the next window is read meanwhile
+    if plan.saes:
+        threads = 1  # the matrix products use every core already (BLAS threads, or the device)
     track_last = options.track_last
     work = _work(plan, options.chunk_rows)
     lock = threading.Lock()
@@ -189,12 +200,17 @@ def _count(
                         sums.add(states, first_vector)  # type: ignore[union-attr]
                         progress(path, nbytes)
                     continue
-                if key not in counters:
+                if key not in counters and slab.key in plan.saes:
+                    saes = [b.sae for b in plan.saes[slab.key]]
+                    counters[key] = SaeCounter(
+                        slab.dtype, saes, device, options.kernel, track_last, options.fire_above, options.sae_dtype
+                    )
+                elif key not in counters:
                     rule = rule_for(slab.dtype)
                     counters[key] = make_counter(rule, slab.width, device, options.kernel, track_last)
                 counter = counters[key]
                 if slab.entry.storage == MAPPED:
-                    _count_chunk(slab, start, end, counter, first_vector)  # type: ignore[arg-type]
+                    _count_chunk(slab, start, end, counter, first_vector, read_ahead)  # type: ignore[arg-type]
                     progress(slab.path, (end - start) * slab.row_bytes)
                     continue
                 for bits in reader.chunks(slab, _chunk_rows(slab, options.chunk_rows)):
@@ -216,7 +232,10 @@ def _count(
             stop.set()
             raise
     optional = state.TRACK_LAST if track_last else ()
-    totals = {g.key: (state.empty(len(g.names) * g.num_features, optional), 0) for g in plan.groups.values()}
+    totals = {
+        g.key: (state.empty(g.width, optional + (SAE_STATS if g.key in plan.saes else ())), 0)
+        for g in plan.groups.values()
+    }
     for slab in plan.slabs:
         states, n = totals[slab.key]
         totals[slab.key] = (states, n + slab.num_rows)
@@ -229,8 +248,11 @@ def _count(
     return totals, kernel
 
 
-def _count_chunk(slab: TensorSlab, start: int, end: int, counter: Counter, first_vector: int) -> None:
-    """Map rows ``[start, end)`` of ``slab`` read-only and count them; the mapping is dropped after."""
+def _count_chunk(
+    slab: TensorSlab, start: int, end: int, counter: Counter, first_vector: int, read_ahead: bool = False
+) -> None:
+    """Map rows ``[start, end)`` of ``slab`` read-only and count them; the mapping is dropped after.
+    ``read_ahead``: ask the kernel to start reading the next window while this one is counted."""
     rule_view = np.dtype(f"u{slab.row_bytes // slab.width}") if slab.width else np.dtype(np.uint8)
     begin = slab.offset + start * slab.row_bytes
     stop = slab.offset + end * slab.row_bytes
@@ -244,6 +266,8 @@ def _count_chunk(slab: TensorSlab, start: int, end: int, counter: Counter, first
         if size < stop:
             raise BadInput(slab.path, f"changed during the scan: now {size} bytes, tensor {slab.key!r} needs {stop}")
         mapped = mmap.mmap(fd, stop - base, access=mmap.ACCESS_READ, offset=base)
+        if read_ahead and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, stop, stop - begin, os.POSIX_FADV_WILLNEED)
     finally:
         os.close(fd)
     faulted = False

@@ -40,6 +40,8 @@ FIELDS: tuple[Field, ...] = (
     Field("fire_counts", SUM, 0, doc="vectors on which the neuron fired"),
     Field("nan_counts", SUM, 0, doc="NaN values the neuron had"),
     Field("last_fired", LAST, -1, optional=True, doc="stream index of the last vector it fired on; -1: never"),
+    Field("act_sums", SUM, 0.0, "float64", optional=True, doc="sum of its activation over the vectors it fired on (SAE latents)"),
+    Field("act_max", MAX, float("-inf"), "float64", optional=True, doc="its largest activation; -inf: none seen (SAE latents)"),
 )
 BY_NAME = {f.name: f for f in FIELDS}
 TRACK_LAST = ("last_fired",)  # the optional fields that tracking the time since last fired keeps

@@ -44,7 +44,22 @@ class ComponentGroup:
     first_shape: tuple[int, ...]
     files: list[Path] = field(default_factory=list)
     first_neuron: int = 0  # the index of its first neuron (a partial delphi module's run)
+    widths: tuple[int, ...] = ()  # per name, where they differ (the latents of several SAEs)
     _listed: set[Path] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        self._listed.update(self.files)
+
+    @property
+    def width(self) -> int:
+        """Neurons of all its components together."""
+        return sum(self.widths) if self.widths else len(self.names) * self.num_features
+
+    def spans(self) -> list[tuple[str, slice]]:
+        """Each component's name and its neurons' place in the group's states."""
+        widths = self.widths or (self.num_features,) * len(self.names)
+        starts = [sum(widths[:i]) for i in range(len(widths))]
+        return [(n, slice(a, a + w)) for n, a, w in zip(self.names, starts, widths)]
 
     def add_files(self, paths: tuple[Path, ...]) -> None:
         """Record files this group is read from, once each, in order (constant time each)."""
@@ -67,6 +82,7 @@ class ScanPlan:
     slabs: list[TensorSlab] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     empty_units: list[Path] = field(default_factory=list)  # units whose tensors hold no vectors
+    saes: dict[str, list] = field(default_factory=dict)  # stream -> the SAEs that encode it (sae.BoundSae)
 
     def units(self) -> list[Path]:
         """What can be counted apart, in stream order: shard files, or a delphi module's folder
