@@ -50,6 +50,16 @@ class ComponentActivity:
         self.states = {n: np.asarray(v, dtype=state.BY_NAME[n].dtype) for n, v in states.items()}
         self.num_vectors = int(num_vectors)
         self.first_neuron = 0  # the index of neuron 0 in its layer (a partial delphi module's run)
+        self.sae: dict[str, object] | None = None  # the SAE whose latents these are (sae.Sae.as_dict)
+
+    def mean_when_firing(self) -> np.ndarray | None:
+        """Per neuron, its mean activation over the vectors it fired on (NaN where it never
+        fired); None when activations were not summed (only SAE latents are)."""
+        sums = self.states.get("act_sums")
+        if sums is None:
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.fire_counts > 0, sums / np.maximum(self.fire_counts, 1), np.nan)
 
     @property
     def fire_counts(self) -> np.ndarray:
@@ -181,6 +191,7 @@ class NeuronActivity:
                                     f"{self.components[c.name].first_neuron} there")
             self.add_states(c.name, c.states, c.num_vectors)
             self.components[c.name].first_neuron = c.first_neuron
+            self.components[c.name].sae = self.components[c.name].sae or c.sae
         return self
 
     def rows(self, thresholds: list[Threshold]) -> list[ActivityRow]:

@@ -3,7 +3,9 @@ safetensors file.
 
 Tensors are ``{component}/{field}`` for every field of ``state.FIELDS`` that was kept (int64
 ``fire_counts``, ``nan_counts`` and, when tracked, ``last_fired``: the stream index of the last
-vector each neuron fired on, -1: never) and ``{component}/num_vectors`` (one value). The
+vector each neuron fired on, -1: never; for SAE latents float64 ``act_sums`` and ``act_max``)
+and ``{component}/num_vectors`` (one value). ``saes`` in the metadata describes the SAE of
+each latent component. The
 metadata holds the schema version, nact's version, ``fire_above`` as an exact fraction, the
 component order, the shards counted (path, size, modification time), and, for a part of a
 split scan, which part it is and where its shards stand in the whole stream.
@@ -96,6 +98,9 @@ def save_counts(path: Path, saved: SavedCounts) -> None:
     }
     if saved.part is not None:
         metadata["part"] = json.dumps(asdict(saved.part))
+    saes = {c.name: c.sae for c in saved.activity.components.values() if c.sae}
+    if saes:
+        metadata["saes"] = json.dumps(saes)
     firsts = {c.name: c.first_neuron for c in saved.activity.components.values() if c.first_neuron}
     if firsts:
         metadata["first_neurons"] = json.dumps(firsts)
@@ -146,6 +151,9 @@ def _check_states(path: Path, name: str, states: dict[str, np.ndarray], num_vect
         "fire_counts": (states["fire_counts"] < 0) | (states["fire_counts"] > num_vectors),
         "nan_counts": (states["nan_counts"] < 0) | (states["nan_counts"] > num_vectors),
     }
+    for stat in ("act_sums", "act_max"):  # kept for SAE latents
+        if stat in states:
+            problems[stat] = np.isnan(states[stat])
     if "last_fired" in states:
         last = states["last_fired"]
         problems["last_fired"] = (last < -1) | (last >= num_vectors) | ((last >= 0) != (states["fire_counts"] > 0))
@@ -209,6 +217,10 @@ def load_counts(path: Path) -> SavedCounts:
             if name not in activity.components or not isinstance(first, int) or first < 0:
                 raise BadInput(path, "corrupt counts file: first_neurons names no component or no index")
             activity.components[name].first_neuron = first
+    if "saes" in metadata:
+        for name, described in _json(path, metadata, "saes", dict).items():  # type: ignore[union-attr]
+            if name in activity.components and isinstance(described, dict):
+                activity.components[name].sae = described
     shards = []
     for s in _json(path, metadata, "shards", list):  # type: ignore[union-attr]
         try:

@@ -78,7 +78,10 @@ class Report:
             density = densities(c)
             out[c.name] = {
                 label: [
-                    {"neuron": i + c.first_neuron, "fire_count": int(c.fire_counts[i]), "density": float(density[i])}
+                    {
+                        "neuron": i + c.first_neuron, "fire_count": int(c.fire_counts[i]), "density": float(density[i]),
+                        **activation_stats(c, i),
+                    }
                     for i in found
                 ]
                 for label, found in (("most_active", most), ("least_active", least))
@@ -99,9 +102,14 @@ class Report:
             d["dead_in_window"] = self.dead_in_window(row)
         if self.neurons:
             dead = self.dead_neurons(row)
-            counts = self.activity.components[row.component].fire_counts[dead].tolist()
+            c = self.activity.components[row.component]
+            at = [i - c.first_neuron for i in dead]
+            counts = c.fire_counts[at].tolist()
             d["dead_neurons"] = " ".join(map(str, dead)) if flat else dead
             d["dead_neuron_fire_counts"] = " ".join(map(str, counts)) if flat else counts
+            if c.mean_when_firing() is not None and not flat:
+                d["dead_neuron_mean_activations"] = [_number(v) for v in c.mean_when_firing()[at]]
+                d["dead_neuron_max_activations"] = [_number(v) for v in c.states["act_max"][at]]
         if flat and self.top:  # CSV rows carry their component's lists (JSON has them under "top")
             top = self._top_cache().get(row.component, {})
             for label, items in top.items():
@@ -148,7 +156,23 @@ class Report:
         files = self.sources.get(c.name)  # type: ignore[attr-defined]
         if files:
             doc["files"] = {"count": len(files), "first": files[0], "last": files[-1]}
+        if getattr(c, "sae", None):
+            doc["sae"] = c.sae  # type: ignore[attr-defined]
         return doc
+
+
+def _number(value: float) -> float | None:
+    """A float as JSON has it: NaN and infinities (never fired, never seen) are null."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def activation_stats(c: object, i: int) -> dict[str, object]:
+    """Neuron ``i``'s mean activation when firing and largest activation, where they are kept."""
+    mean = c.mean_when_firing()  # type: ignore[attr-defined]
+    if mean is None:
+        return {}
+    return {"mean_activation": _number(mean[i]), "max_activation": _number(c.states["act_max"][i])}  # type: ignore[attr-defined]
 
 
 def make_report(

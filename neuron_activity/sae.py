@@ -593,10 +593,11 @@ class SaeCounter:
         from .dtypes import fire_rule
 
         self.dtype, self.device = dtype, device
+        self.on_torch = device != "cpu" or kernel == "torch"  # kernel torch: the device path, on the cpu
         self.rule = fire_rule("F32", fire_above)  # type: ignore[arg-type]
         self.saes = saes
         self.step = min(batch_rows(s) for s in saes)
-        if device == "cpu":
+        if not self.on_torch:
             self.encoders: list[Any] = [NumpyEncoder(s) for s in saes]
             self.counters: list[Any] = [make_counter(self.rule, s.d_sae, "cpu", kernel, track_last) for s in saes]
             self.sums = [np.zeros(s.d_sae, np.float64) for s in saes]
@@ -611,8 +612,10 @@ class SaeCounter:
             self.sums = [torch.zeros(s.d_sae, dtype=torch.float64, device=where) for s in saes]
             self.maxima = [torch.full((s.d_sae,), -math.inf, dtype=torch.float64, device=where) for s in saes]
 
+        self.name = f"sae+{self.counters[0].name}"  # the kernel that counts the latents
+
     def update(self, bits: np.ndarray, first_vector: int = 0) -> None:
-        if self.device == "cpu":
+        if not self.on_torch:
             x = to_float32(bits, self.dtype)
             for start in range(0, x.shape[0], self.step):
                 self._update_cpu(x[start:start + self.step], first_vector + start)
@@ -659,7 +662,7 @@ class SaeCounter:
     def result(self) -> dict[str, np.ndarray]:
         parts = [c.result() for c in self.counters]
         out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        to_host = (lambda a: a) if self.device == "cpu" else (lambda a: a.cpu().numpy())
+        to_host = (lambda a: a.cpu().numpy()) if self.on_torch else (lambda a: a)
         out["act_sums"] = np.concatenate([to_host(s) for s in self.sums])
         out["act_max"] = np.concatenate([to_host(m) for m in self.maxima])
         return out

@@ -96,6 +96,8 @@ def count(
         for name, part in group.spans():
             activity.add_states(name, state.select(states, part), num_vectors)
             activity.components[name].first_neuron = group.first_neuron
+        for bound in plan.saes.get(group.key, ()):
+            activity.components[bound.name].sae = bound.sae.as_dict()
     for c in activity.components.values():
         if c.num_vectors and int(c.fire_counts.max(initial=0)) > c.num_vectors:
             i = int(np.argmax(c.fire_counts))

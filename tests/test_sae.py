@@ -1,0 +1,476 @@
+"""SAE latents (--sae): random SAEs of every architecture saved in each library's own layout,
+encoded by a reference written here from the libraries' formulas in float64, compared per latent.
+
+A float32 encode can decide differently from the float64 one only where a deciding quantity
+(a pre-activation against its threshold, a top-k value against the k-th, ...) lies within float32
+rounding of its boundary; those (vector, latent) pairs are counted as "near" and the tests check
+both that they are few and that nact agrees exactly everywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+from typer.testing import CliRunner
+
+from nact_cli.main import app
+from neuron_activity import scan
+from neuron_activity.sae import NumpyEncoder, load_sae
+
+runner = CliRunner()
+D_IN, D_SAE, ROWS = 24, 96, 1500
+NEAR = 1e-5  # ten times float32 rounding of these dot products (24 terms of |x w| < 2) and more
+HOOK = "blocks.3.hook_resid_post"
+DEAD = 3  # latents 0..2 have a bias that keeps them from ever firing
+
+
+def nact(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# ----------------------------------------------------------------------------- the reference
+
+
+def reference(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Latents (float64) and, per (vector, latent), how far its firing decision is from flipping."""
+    x = x.astype(np.float64)
+    w = {k: np.asarray(v, np.float64) for k, v in arch["weights"].items()}
+    if arch.get("scale") is not None:
+        x = x * arch["scale"]
+    if arch.get("normalize") == "constant_norm_rescale":
+        x = x * np.sqrt(x.shape[1]) / np.linalg.norm(x, axis=1, keepdims=True)
+    elif arch.get("normalize") == "layer_norm":
+        x = x - x.mean(axis=1, keepdims=True)
+        x = x / (x.std(axis=1, ddof=1, keepdims=True) + 1e-5)
+    if arch.get("center") is not None:
+        x = x - w[arch["center"]]
+    pre = x @ w["W"]
+    rule = arch["rule"]
+    if rule == "gated":
+        gate = pre + w["b_gate"]
+        mag = pre * np.exp(w["r_mag"]) + w["b_mag"]
+        latents = np.where(gate > 0, np.maximum(mag, 0), 0)
+        return latents, np.minimum(np.abs(gate), np.abs(mag))
+    h = pre + w["b"]
+    if rule in ("relu", "tanh-relu"):
+        latents = np.maximum(h, 0)
+        return (np.tanh(latents) if rule == "tanh-relu" else latents), np.abs(h)
+    if rule == "jumprelu":
+        return np.where(h > w["threshold"], np.maximum(h, 0), 0), np.minimum(np.abs(h - w["threshold"]), np.abs(h))
+    if rule == "threshold":
+        r = np.maximum(h, 0)
+        return np.where(r > w["threshold"], r, 0), np.minimum(np.abs(r - w["threshold"]), np.abs(h))
+    if rule == "topk":
+        k = arch["k"]
+        if arch.get("decoder_norm"):
+            h = h * np.linalg.norm(w["W_dec"], axis=1)
+        ordered = np.sort(h, axis=1)
+        kth, next_ = ordered[:, -k], ordered[:, -k - 1]
+        chosen = h >= kth[:, None]
+        between = (kth + next_)[:, None] / 2  # in or out of the top k: against the middle of the gap
+        margin = np.minimum(np.abs(h - between), np.where(chosen, np.abs(h), np.inf))
+        return np.where(chosen, np.maximum(h, 0), 0), margin
+    if rule == "groupmax":
+        k = arch["k"]
+        r = np.maximum(h, 0).reshape(len(h), k, -1)
+        ordered = np.sort(r, axis=2)
+        top = ordered[:, :, -1:]
+        best = r == top
+        gap = (ordered[:, :, -1] - ordered[:, :, -2])[:, :, None]
+        margin = np.where(best, np.minimum(gap, np.abs(h.reshape(r.shape))), top - r)
+        margin = np.where(top == 0, np.inf, margin)  # nothing in the group is above 0: none fires
+        return np.where(best, r, 0).reshape(len(h), -1), margin.reshape(len(h), -1)
+    raise AssertionError(rule)
+
+
+def near_boundary(latents: np.ndarray, margin: np.ndarray, fire_above: float = 0.0) -> np.ndarray:
+    """Decisions too close to call in float32: a deciding quantity near its boundary, or a
+    non-zero latent near ``fire_above`` (a latent set to exactly 0 is decided)."""
+    return (margin < NEAR) | ((np.abs(latents - fire_above) < NEAR) & (latents != 0))
+
+
+def expected_counts(arch: dict, x: np.ndarray, fire_above: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per latent: the vectors it surely fires on, those too near a boundary to say, and its
+    latents (float64)."""
+    latents, margin = reference(arch, x)
+    near = near_boundary(latents, margin, fire_above)
+    fires = latents > fire_above
+    return (fires & ~near).sum(axis=0), near.sum(axis=0), latents
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def rng_for(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float32)
+
+
+def base_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    w_dec = rng.standard_normal((D_SAE, D_IN)) * (0.5 + rng.random((D_SAE, 1)))
+    return {
+        "W": f32(rng.standard_normal((D_IN, D_SAE)) * 0.4),
+        "b": f32(np.r_[np.full(DEAD, -30.0), rng.standard_normal(D_SAE - DEAD) * 0.5 - 0.8]),
+        "b_dec": f32(rng.standard_normal(D_IN) * 0.2),
+        "W_dec": f32(w_dec),
+    }
+
+
+def saelens(folder: Path, architecture: str, seed: int = 0, version: str = "6", **cfg_extra: object) -> dict:
+    """A SAELens checkpoint (cfg.json + sae_weights.safetensors) and its reference description."""
+    rng = rng_for(seed)
+    w = base_weights(rng)
+    tensors = {"W_enc": w["W"], "b_dec": w["b_dec"], "W_dec": w["W_dec"]}
+    arch: dict = {"weights": dict(w), "center": "b_dec", "rule": "relu"}
+    if architecture == "gated":
+        extra = {"b_gate": f32(np.r_[np.full(DEAD, -30.0), rng.standard_normal(D_SAE - DEAD) * 0.5]), "b_mag": f32(rng.standard_normal(D_SAE) * 0.5 - 0.3),
+                 "r_mag": f32(rng.standard_normal(D_SAE) * 0.3)}
+        tensors.update(extra)
+        arch["weights"].update(extra)
+        arch["rule"] = "gated"
+    else:
+        tensors["b_enc"] = w["b"]
+    if architecture == "jumprelu":
+        tensors["threshold"] = arch["weights"]["threshold"] = f32(rng.random(D_SAE) * 0.6)
+        arch["rule"] = "jumprelu"
+    if architecture == "topk":
+        arch.update(rule="topk", k=cfg_extra.get("k", 7), decoder_norm=cfg_extra.get("rescale_acts_by_decoder_norm"))
+    cfg: dict = {"d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "apply_b_dec_to_input": True}
+    if version == "6":
+        cfg.update(architecture=architecture, normalize_activations="none",
+                   metadata={"hook_name": HOOK, "sae_lens_version": "6.5.1", "model_name": "gpt2"})
+    else:  # 4.x/5.x: the hook at the top, no architecture unless it is not standard
+        cfg.update(hook_name=HOOK, sae_lens_version="5.9.0", normalize_activations=False)
+        if architecture != "standard":
+            cfg["architecture"] = architecture
+    if cfg_extra.get("apply_b_dec_to_input") is False:
+        arch["center"] = None
+    cfg.update(cfg_extra)
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return arch
+
+
+def sparsify(folder: Path, activation: str = "topk", k: int = 6, seed: int = 1, transcode: bool = False) -> dict:
+    rng = rng_for(seed)
+    w = base_weights(rng)
+    folder.mkdir(parents=True)
+    save_file({"encoder.weight": f32(w["W"].T), "encoder.bias": w["b"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]},
+              str(folder / "sae.safetensors"))
+    cfg = {"activation": activation, "expansion_factor": 4, "normalize_decoder": True, "num_latents": D_SAE, "k": k,
+           "multi_topk": False, "skip_connection": False, "transcode": transcode, "d_in": D_IN}
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return {"weights": w, "center": None if transcode else "b_dec", "rule": activation, "k": k}
+
+
+def dictionary_learning(folder: Path, dict_class: str, seed: int = 2, k: int = 5, threshold: float = 0.3) -> dict:
+    rng = rng_for(seed)
+    w = base_weights(rng)
+    t = {key: torch.from_numpy(v) for key, v in w.items()}
+    arch: dict = {"weights": dict(w), "center": "b_dec", "rule": "relu"}
+    if dict_class == "AutoEncoder":
+        state = OrderedDict(bias=t["b_dec"], **{"encoder.weight": t["W"].T.contiguous(), "encoder.bias": t["b"],
+                                                 "decoder.weight": t["W_dec"].T.contiguous()})
+    elif dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
+        state = OrderedDict(k=torch.tensor(k, dtype=torch.int32), threshold=torch.tensor(threshold),
+                            **{"decoder.weight": t["W_dec"].T.contiguous(), "encoder.weight": t["W"].T.contiguous(),
+                               "encoder.bias": t["b"]}, b_dec=t["b_dec"])
+        arch.update(rule="topk", k=k) if dict_class == "AutoEncoderTopK" else arch.update(rule="threshold")
+        arch["weights"]["threshold"] = np.float32(threshold)
+    elif dict_class == "JumpReluAutoEncoder":
+        thr = f32(rng.random(D_SAE) * 0.5)
+        state = OrderedDict(W_enc=t["W"], b_enc=t["b"], W_dec=t["W_dec"], b_dec=t["b_dec"], threshold=torch.from_numpy(thr))
+        arch.update(rule="jumprelu", center=None)  # apply_b_dec_to_input is False by default there
+        arch["weights"]["threshold"] = thr
+    elif dict_class == "GatedAutoEncoder":
+        extra = {"gate_bias": f32(np.r_[np.full(DEAD, -30.0), rng.standard_normal(D_SAE - DEAD) * 0.5]), "mag_bias": f32(rng.standard_normal(D_SAE) * 0.5 - 0.3),
+                 "r_mag": f32(rng.standard_normal(D_SAE) * 0.3)}
+        state = OrderedDict(decoder_bias=t["b_dec"], **{"encoder.weight": t["W"].T.contiguous()},
+                            **{n: torch.from_numpy(v) for n, v in extra.items()}, **{"decoder.weight": t["W_dec"].T.contiguous()})
+        arch.update(rule="gated")
+        arch["weights"].update(b_gate=extra["gate_bias"], b_mag=extra["mag_bias"], r_mag=extra["r_mag"])
+    else:
+        raise AssertionError(dict_class)
+    folder.mkdir(parents=True)
+    torch.save(state, folder / "ae.pt")
+    cfg = {"trainer": {"dict_class": dict_class, "activation_dim": D_IN, "dict_size": D_SAE, "k": k, "lr": 1e-4,
+                       "submodule_name": HOOK, "layer": 3, "lm_name": "gpt2"},
+           "buffer": {"d_submodule": D_IN}}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return arch
+
+
+def activations(seed: int = 7, rows: int = ROWS) -> np.ndarray:
+    rng = rng_for(seed)
+    return f32(rng.standard_normal((rows, D_IN)) * (1 + rng.random((rows, 1))))
+
+
+def cache(folder: Path, x: np.ndarray, key: str = HOOK, shards: int = 3, **more: np.ndarray) -> Path:
+    """Shards of ``x`` under ``key`` (and of ``more`` under their keys, split alike)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    others = {k: np.array_split(v, shards) for k, v in more.items()}
+    for i, part in enumerate(np.array_split(x, shards)):
+        tensors = {key: f32(part), **{k: f32(v[i]) for k, v in others.items()}}
+        save_file(tensors, str(folder / f"shard_{i:02d}.safetensors"))
+    return folder
+
+
+CASES = {
+    "saelens-standard": lambda p: saelens(p, "standard"),
+    "saelens-standard-5x": lambda p: saelens(p, "standard", version="5"),
+    "saelens-jumprelu": lambda p: saelens(p, "jumprelu", seed=3),
+    "saelens-topk": lambda p: saelens(p, "topk", seed=4, k=7),
+    "saelens-topk-rescaled": lambda p: saelens(p, "topk", seed=5, k=9, rescale_acts_by_decoder_norm=True),
+    "saelens-gated": lambda p: saelens(p, "gated", seed=6),
+    "saelens-no-b_dec": lambda p: saelens(p, "standard", seed=8, apply_b_dec_to_input=False),
+    "saelens-constant-norm": lambda p: {**saelens(p, "standard", seed=9, normalize_activations="constant_norm_rescale"),
+                                        "normalize": "constant_norm_rescale"},
+    "saelens-layer-norm": lambda p: {**saelens(p, "jumprelu", seed=10, normalize_activations="layer_norm"),
+                                     "normalize": "layer_norm"},
+    "sparsify-topk": lambda p: sparsify(p),
+    "sparsify-groupmax": lambda p: sparsify(p, "groupmax", k=8),
+    "sparsify-transcoder": lambda p: sparsify(p, transcode=True, seed=11),
+    "dl-autoencoder": lambda p: dictionary_learning(p, "AutoEncoder"),
+    "dl-topk": lambda p: dictionary_learning(p, "AutoEncoderTopK"),
+    "dl-batchtopk": lambda p: dictionary_learning(p, "BatchTopKSAE"),
+    "dl-jumprelu": lambda p: dictionary_learning(p, "JumpReluAutoEncoder"),
+    "dl-gated": lambda p: dictionary_learning(p, "GatedAutoEncoder"),
+}
+
+
+def sae_folder(tmp_path: Path, case: str) -> Path:
+    # sparsify names a coder's folder after its hook
+    return tmp_path / "run" / HOOK if case.startswith("sparsify") else tmp_path / case
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_encoder_decides_as_the_formulas_do(tmp_path: Path, case: str) -> None:
+    folder = sae_folder(tmp_path, case)
+    arch = CASES[case](folder)
+    x = activations()
+    latents = NumpyEncoder(load_sae(folder)).encode(x)
+    want, margin = reference(arch, x)
+    near = near_boundary(want, margin)
+    assert near.mean() < 0.002, f"{near.sum()} near-boundary decisions: the test data is too close to call"
+    assert ((latents > 0) == (want > 0))[~near].all()
+    np.testing.assert_allclose(latents[~near], want[~near], rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_scan_counts_the_latents(tmp_path: Path, case: str) -> None:
+    folder = sae_folder(tmp_path, case)
+    arch = CASES[case](folder)
+    x = activations(seed=hash(case) % 1000)
+    data = cache(tmp_path / "cache", x)
+    result = scan([data], saes=(str(folder),), chunk_rows=400)
+    name = f"{HOOK}:{load_sae(folder).name}"
+    assert list(result.activity.components) == [name]
+    c = result.activity.components[name]
+    sure, near, latents = expected_counts(arch, x)
+    assert c.num_vectors == ROWS and c.num_features == D_SAE
+    assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all()
+    exact = near == 0
+    assert exact.mean() > 0.8
+    assert (c.fire_counts[exact] == sure[exact]).all()
+    # statistics of the latents that fired: mean when firing, and the largest value
+    fired = latents > 0
+    mean = np.where(fired.any(0), (latents * fired).sum(0) / np.maximum(fired.sum(0), 1), np.nan)
+    np.testing.assert_allclose(c.mean_when_firing()[exact], mean[exact], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(c.states["act_max"][exact], latents.max(0)[exact], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["saelens-topk-rescaled", "saelens-gated", "sparsify-groupmax", "dl-batchtopk",
+                                  "saelens-layer-norm", "saelens-constant-norm"])
+def test_the_torch_encoder_agrees(tmp_path: Path, case: str) -> None:
+    """The encoder that runs on a GPU, run here on the cpu (kernel torch): the same counts."""
+    folder = sae_folder(tmp_path, case)
+    arch = CASES[case](folder)
+    x = activations(seed=3)
+    data = cache(tmp_path / "cache", x)
+    result = scan([data], saes=(str(folder),), kernel="torch", chunk_rows=700, track_last=True)
+    assert result.kernel == "sae+torch"
+    c = next(iter(result.activity.components.values()))
+    sure, near, latents = expected_counts(arch, x)
+    assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all() and (near == 0).mean() > 0.8
+    exact = near == 0
+    np.testing.assert_allclose(c.states["act_max"][exact], latents.max(0)[exact], rtol=1e-4, atol=1e-5)
+    fired = latents > 0
+    last = np.where(fired.any(0), len(x) - 1 - np.argmax(fired[::-1], axis=0), -1)
+    assert (c.last_fired[exact] == last[exact]).all()
+
+
+def test_fire_above_applies_to_the_latents(tmp_path: Path) -> None:
+    arch = saelens(tmp_path / "sae", "standard")
+    x = activations()
+    data = cache(tmp_path / "cache", x)
+    c = next(iter(scan([data], saes=(str(tmp_path / "sae"),), fire_above="0.5").activity.components.values()))
+    sure, near, _ = expected_counts(arch, x, fire_above=0.5)
+    assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all() and (near == 0).mean() > 0.8
+
+
+def test_expected_average_scaling_comes_from_the_checkpoint(tmp_path: Path) -> None:
+    folder = tmp_path / "sae"
+    arch = saelens(folder, "standard", normalize_activations="expected_average_only_in")
+    data = cache(tmp_path / "cache", activations())
+    result = nact("scan", data, "--sae", folder)
+    assert result.exit_code == 2
+    assert "expected_average_only_in, but the checkpoint stores no scaling factor" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    (folder / "activation_scaler.json").write_text(json.dumps({"scaling_factor": 0.37}))
+    c = next(iter(scan([data], saes=(str(folder),)).activity.components.values()))
+    sure, near, _ = expected_counts({**arch, "scale": 0.37}, activations())
+    assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all()
+    assert (c.fire_counts != expected_counts(arch, activations())[0]).any()  # the scale changed the answer
+
+
+def test_several_saes_on_one_read_and_bound_by_name(tmp_path: Path) -> None:
+    a = saelens(tmp_path / "a", "standard", seed=1)
+    b = sparsify(tmp_path / "run" / "layers.3", seed=2)  # its hook is its folder: bound by name
+    x = activations()
+    cache(tmp_path / "cache", x, other=x * 0.5)  # a second component, with no SAE: not counted
+    result = nact("scan", tmp_path / "cache", "--sae", tmp_path / "a", "--sae", f"{HOOK}={tmp_path / 'run' / 'layers.3'}",
+                  "-f", "json", "--top", "2")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    names = [c["component"] for c in doc["components"]]
+    assert names == [f"{HOOK}:a", f"{HOOK}:run/layers.3"]
+    by_name = {c["component"]: c for c in doc["components"]}
+    assert by_name[f"{HOOK}:a"]["sae"]["library"] == "SAELens" and by_name[f"{HOOK}:a"]["num_vectors"] == ROWS
+    assert by_name[f"{HOOK}:run/layers.3"]["sae"]["hook"] == "layers.3"
+    for name, arch in ((f"{HOOK}:a", a), (f"{HOOK}:run/layers.3", b)):
+        sure, near, latents = expected_counts(arch, x)
+        most = doc["top"][name]["most_active"][0]
+        assert most["fire_count"] == max(sure + near) or near.any()
+        assert most["max_activation"] == pytest.approx(latents[:, most["neuron"]].max(), rel=1e-4)
+
+
+def test_dead_latents_listed_with_their_statistics(tmp_path: Path) -> None:
+    folder = tmp_path / "sae"
+    saelens(folder, "standard")
+    x = activations()
+    data = cache(tmp_path / "cache", x)
+    result = nact("scan", data, "--sae", folder, "-t", "0.01", "--neurons", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    row = json.loads(result.stdout)["rows"][0]
+    assert len(row["dead_neurons"]) == len(row["dead_neuron_mean_activations"]) == row["dead"] >= DEAD
+    assert row["dead_neurons"][:DEAD] == list(range(DEAD))
+    c = next(iter(scan([data], saes=(str(folder),)).activity.components.values()))
+    for i, mean in zip(row["dead_neurons"], row["dead_neuron_mean_activations"]):
+        assert (mean is None) == (c.fire_counts[i] == 0)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sae", "{sae}"], "its hook 'blocks.3.hook_resid_post' is not a component of the cache (components: other): "
+                             "bind it with --sae COMPONENT=PATH"),
+        (["--sae", "nope={sae}"], "its hook 'nope' is not a component of the cache"),
+        (["--sae", "other={sae}", "--sae-dtype", "bfloat16", "-d", "cpu"], "--sae-dtype 'bfloat16' is for a GPU"),
+        (["--sae-dtype", "float16"], "--sae-dtype goes with --sae"),
+        (["--sae", "{tmp}"], "not an SAE checkpoint"),
+    ],
+)
+def test_bad_sae_requests_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    saelens(tmp_path / "sae", "standard")
+    data = cache(tmp_path / "cache", activations(), key="other")
+    out = tmp_path / "out.json"
+    args = [a.format(sae=tmp_path / "sae", tmp=tmp_path / "cache") for a in args]
+    result = nact("scan", data, *args, "-o", out)
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.splitlines()) == 1 and message in result.stderr, result.stderr
+    assert not out.exists()
+
+
+def test_d_in_must_match_the_component(tmp_path: Path) -> None:
+    saelens(tmp_path / "sae", "standard")
+    data = tmp_path / "cache"
+    data.mkdir()
+    save_file({HOOK: np.ones((10, D_IN + 1), np.float32)}, str(data / "a.safetensors"))
+    result = nact("scan", data, "--sae", tmp_path / "sae")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"Error: {tmp_path / 'sae'}: d_in is {D_IN}, but component {HOOK!r} has {D_IN + 1} features "
+        f"({data / 'a.safetensors'})\n"
+    )
+
+
+def test_a_checkpoint_that_does_not_say_what_it_is(tmp_path: Path) -> None:
+    folder = tmp_path / "sae"
+    saelens(folder, "topk", k=D_SAE + 1)
+    result = nact("scan", cache(tmp_path / "cache", activations()), "--sae", folder)
+    assert result.exit_code == 2 and f"k is {D_SAE + 1}, not a whole number from 1 to d_sae" in result.stderr
+    gated = tmp_path / "g"
+    saelens(gated, "gated")
+    weights = gated / "sae_weights.safetensors"
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(weights))
+    del tensors["r_mag"]
+    save_file(tensors, str(weights))
+    result = nact("scan", tmp_path / "cache", "--sae", gated)
+    assert result.exit_code == 2 and "has no tensor 'r_mag'" in result.stderr
+
+
+def test_bf16_cache_is_encoded_from_its_values(tmp_path: Path) -> None:
+    arch = saelens(tmp_path / "sae", "standard")
+    x = activations()
+    bf16 = torch.from_numpy(x).to(torch.bfloat16)
+    data = tmp_path / "cache"
+    data.mkdir()
+    from reference import write_shard
+
+    write_shard(data / "a.safetensors", {HOOK: bf16})
+    c = next(iter(scan([data], saes=(str(tmp_path / "sae"),)).activity.components.values()))
+    sure, near, _ = expected_counts(arch, bf16.float().numpy())
+    assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all()
+
+
+def test_nan_inputs_make_nan_latents_that_do_not_fire(tmp_path: Path) -> None:
+    saelens(tmp_path / "sae", "topk", k=5)
+    x = activations()
+    x[3, 2] = np.nan
+    data = cache(tmp_path / "cache", x, shards=1)
+    result = scan([data], saes=(str(tmp_path / "sae"),))
+    c = next(iter(result.activity.components.values()))
+    assert c.nan_count == D_SAE
+    assert any("NaN" in w for w in result.warnings)
+
+
+def test_saved_counts_keep_the_statistics_and_merge(tmp_path: Path) -> None:
+    folder = tmp_path / "sae"
+    arch = saelens(folder, "jumprelu")
+    x = activations()
+    first, second = cache(tmp_path / "a", x[:900], shards=2), cache(tmp_path / "b", x[900:], shards=1)
+    for data, out in ((first, "a.safetensors"), (second, "b.safetensors")):
+        result = nact("scan", data, "--sae", f"{HOOK}={folder}", "--save-counts", tmp_path / out, "-q")
+        assert result.exit_code == 0, result.stderr
+    merged = nact("merge", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "-o", tmp_path / "m.safetensors")
+    assert merged.exit_code == 0, merged.stderr
+    from neuron_activity.counts_file import load_counts
+
+    c = load_counts(tmp_path / "m.safetensors").activity.components[f"{HOOK}:sae"]
+    assert c.sae["architecture"] == "jumprelu" and c.num_vectors == ROWS
+    sure, near, latents = expected_counts(arch, x)
+    exact = near == 0
+    assert (c.fire_counts[exact] == sure[exact]).all()
+    fired = latents > 0
+    np.testing.assert_allclose(c.states["act_sums"][exact], (latents * fired).sum(0)[exact], rtol=1e-4)
+    np.testing.assert_allclose(c.states["act_max"][exact], latents.max(0)[exact], rtol=1e-4)
+    report = nact("report", tmp_path / "m.safetensors", "-f", "json", "--top", "1")
+    assert report.exit_code == 0, report.stderr
+    doc = json.loads(report.stdout)
+    assert doc["components"][0]["sae"]["library"] == "SAELens"
+    assert "mean_activation" in doc["top"][f"{HOOK}:sae"]["most_active"][0]
