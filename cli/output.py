@@ -47,6 +47,7 @@ FLAGS = {
     "partial_latents": "--partial-latents",
     "sae": "--sae",
     "sae_dtype": "--sae-dtype",
+    "skip_positions": "--skip-positions",
 }
 
 

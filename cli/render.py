@@ -69,9 +69,25 @@ SAE = typer.Option(
 SAE_DTYPE = typer.Option(
     "float32", "--sae-dtype", metavar="DTYPE", help="Precision of the SAE's matrix product: float32, or bfloat16/float16 on a GPU."
 )
+SKIP_POSITIONS = typer.Option(
+    None, "--skip-positions", metavar="P[,P...]",
+    help="Leave out these positions of every sequence (0: the BOS token) where the layout has positions "
+    "([batch, position, d] tensors, Arrow caches of sequences).",
+)
 PARTIAL_LATENTS = typer.Option(
     False, "--partial-latents", help="delphi: count the splits that are there, each run of latents apart, naming the rest."
 )
+def positions(text: str | None) -> tuple[int, ...]:
+    """``--skip-positions 0,1`` as numbers (a bad entry is left to CountOptions to refuse)."""
+    if not text:
+        return ()
+    out: list[object] = []
+    for part in text.split(","):
+        part = part.strip()
+        out.append(int(part) if part.isdigit() else part)
+    return tuple(out)  # type: ignore[arg-type]
+
+
 def count_options(
     key: list[str] | None, flatten: bool, component_axis: int | None, group_by: str, input_format: str | None,
     num_latents: int | None, num_vectors: int | None, partial_latents: bool, **more: object,

@@ -23,6 +23,7 @@ from .render import (
     PARTIAL_LATENTS,
     SAE,
     SAE_DTYPE,
+    SKIP_POSITIONS,
     FAIL_ABOVE,
     FORMAT,
     NEURONS,
@@ -35,6 +36,7 @@ from .render import (
     check_format,
     count_options,
     finish,
+    positions,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ def scan(
     partial_latents: bool = PARTIAL_LATENTS,
     sae: Optional[List[str]] = SAE,
     sae_dtype: str = SAE_DTYPE,
+    skip_positions: Optional[str] = SKIP_POSITIONS,
     fire_above: str = typer.Option(
         "0", "--fire-above", metavar="X", help="A neuron fires when its activation is above X."
     ),
@@ -117,7 +120,7 @@ def scan(
         count=count_options(  # type: ignore[arg-type]
             key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents,
             fire_above=fire_above, device=device, chunk_rows=chunk_rows, threads=threads, saes=tuple(sae or ()),
-            sae_dtype=sae_dtype,
+            sae_dtype=sae_dtype, skip_positions=positions(skip_positions),
         ),
         report=ReportOptions.parse(
             threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,

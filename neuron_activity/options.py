@@ -69,6 +69,7 @@ class CountOptions:
     partial_latents: bool = False  # delphi: count the splits there are, each run apart
     saes: tuple = ()  # sae.SaeRequest: SAEs whose latents are counted, each bound to a component
     sae_dtype: str = "float32"  # the precision of the SAEs' matrix products (bf16/fp16 on a GPU)
+    skip_positions: tuple[int, ...] = ()  # positions of each sequence left out (0: the BOS token)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", tuple(self.keys or ()))
@@ -88,6 +89,11 @@ class CountOptions:
             raise NeedsOption("sae_dtype", "sae")
         if saes and self.device == "cpu" and self.sae_dtype != "float32":
             raise BadOption("sae_dtype", self.sae_dtype, "is for a GPU: on the cpu SAEs encode in float32")
+        skip = tuple(self.skip_positions or ())
+        for p in skip:
+            if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < 1 << 31:
+                raise BadOption("skip_positions", p, "is not a position (0, 1, 2, ...)")
+        object.__setattr__(self, "skip_positions", tuple(sorted(set(skip))))
         _at_least_one("num_latents", self.num_latents, 1 << 31)
         _at_least_one("num_vectors", self.num_vectors, 1 << 62)
         object.__setattr__(self, "fire_above", as_fraction(self.fire_above, "fire_above"))

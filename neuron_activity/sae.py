@@ -232,7 +232,6 @@ def _saelens(folder: Path) -> Sae:
     cfg_path = folder / "cfg.json"
     cfg = _json(cfg_path)
     metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
-    version = cfg.get("sae_lens_version") or metadata.get("sae_lens_version")
     # SAELens < 6 kept the hook at the top level ("hook_name", older "hook_point") and named no
     # architecture (standard, or topk through activation_fn); 6.x keeps it under "metadata".
     hook = metadata.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")

@@ -75,11 +75,53 @@ def plan_for(shards: dict[Path, str], options: CountOptions) -> ScanPlan:
         num_vectors=options.num_vectors,
         partial=options.partial_latents,
     )
+    if options.skip_positions:
+        _check_positions(plan, options.skip_positions)
     if options.saes:
         from .sae import bind, load_sae
 
         bind(plan, options.saes, [load_sae(r.path) for r in options.saes])
     return plan
+
+
+def _check_positions(plan: ScanPlan, skip: tuple[int, ...]) -> None:
+    """Positions can be skipped only where every tensor counted says what its positions are."""
+    for slab in plan.slabs:
+        shape = list(slab.entry.shape)
+        if slab.entry.storage == SPARSE:
+            raise BadInput(slab.path, f"component {slab.key!r} is a sparse cache: its positions cannot be skipped")
+        if slab.positions is None:
+            raise BadInput(
+                slab.path,
+                f"tensor {slab.entry.key!r} of shape {shape} does not say which rows are which positions "
+                "(a [batch, position, d] tensor or an Arrow cache of sequences does): nothing can be skipped",
+            )
+        if skip[-1] >= slab.positions:
+            raise BadOption("skip_positions", skip[-1], f"is beyond the {slab.positions} positions of {slab.entry.key!r} ({slab.path})")
+        if len(skip) == slab.positions:
+            raise BadOption("skip_positions", ",".join(map(str, skip)), f"leaves none of the {slab.positions} positions of {slab.entry.key!r}")
+
+
+class _Positions:
+    """The rows of a slab that are counted when some positions of every sequence are skipped."""
+
+    def __init__(self, slab: TensorSlab, skip: tuple[int, ...]) -> None:
+        self.per = slab.positions or 1
+        self.keep = np.ones(self.per, bool)
+        self.keep[list(skip)] = False
+        self.kept_before_position = np.concatenate([[0], np.cumsum(self.keep)])
+
+    def before(self, row: int) -> int:
+        """Rows kept before ``row``."""
+        whole, rest = divmod(row, self.per)
+        return whole * int(self.keep.sum()) + int(self.kept_before_position[rest])
+
+    def mask(self, start: int, end: int) -> np.ndarray:
+        return self.keep[np.arange(start, end) % self.per]
+
+
+def _positions(slab: TensorSlab, skip: tuple[int, ...]) -> _Positions | None:
+    return _Positions(slab, skip) if skip else None
 
 
 def count(
@@ -124,14 +166,15 @@ def count(
 WorkItem = tuple[TensorSlab, int, int, int]  # slab, first row, end row, first vector in the stream
 
 
-def _work(plan: ScanPlan, chunk_rows: int | None) -> Iterator[WorkItem]:
+def _work(plan: ScanPlan, chunk_rows: int | None, skip: tuple[int, ...] = ()) -> Iterator[WorkItem]:
     """Work items: windows of rows of mapped tensors; files of a sparse cache (start and end
     then number the entry's files); whole tensors of other storage. The last number is the
     stream index (in its component) of the item's first vector."""
     seen: dict[str, int] = {}
     for slab in plan.slabs:
+        kept = _positions(slab, skip)
         first_vector = seen.get(slab.key, 0)
-        seen[slab.key] = first_vector + slab.num_rows
+        seen[slab.key] = first_vector + (kept.before(slab.num_rows) if kept else slab.num_rows)
         if slab.entry.storage == SPARSE:  # one item per file: a module's splits count in parallel
             for i in range(len(slab.entry.files)):
                 yield slab, i, i + 1, first_vector
@@ -141,7 +184,7 @@ def _work(plan: ScanPlan, chunk_rows: int | None) -> Iterator[WorkItem]:
             continue
         step = _chunk_rows(slab, chunk_rows)
         for start in range(0, slab.num_rows, step):
-            yield slab, start, min(start + step, slab.num_rows), first_vector + start
+            yield slab, start, min(start + step, slab.num_rows), first_vector + (kept.before(start) if kept else start)
 
 
 def _chunk_rows(slab: TensorSlab, chunk_rows: int | None) -> int:
@@ -174,7 +217,8 @@ def _count(
     if plan.saes:
         threads = 1  # the matrix products use every core already (BLAS threads, or the device)
     track_last = options.track_last
-    work = _work(plan, options.chunk_rows)
+    skip = options.skip_positions
+    work = _work(plan, options.chunk_rows, skip)
     lock = threading.Lock()
     stop = threading.Event()
     rules: dict[str, FireRule] = {}
@@ -211,14 +255,20 @@ def _count(
                     rule = rule_for(slab.dtype)
                     counters[key] = make_counter(rule, slab.width, device, options.kernel, track_last)
                 counter = counters[key]
+                kept = _positions(slab, skip)
                 if slab.entry.storage == MAPPED:
-                    _count_chunk(slab, start, end, counter, first_vector, read_ahead)  # type: ignore[arg-type]
+                    keep = kept.mask(start, end) if kept else None
+                    _count_chunk(slab, start, end, counter, first_vector, read_ahead, keep)  # type: ignore[arg-type]
                     progress(slab.path, (end - start) * slab.row_bytes)
                     continue
+                row = 0
                 for bits in reader.chunks(slab, _chunk_rows(slab, options.chunk_rows)):
+                    nbytes, row = bits.nbytes, row + bits.shape[0]
+                    if kept:
+                        bits = bits[kept.mask(row - bits.shape[0], row)]
                     counter.update(bits, first_vector)  # type: ignore[union-attr]
                     first_vector += bits.shape[0]
-                    progress(slab.path, bits.nbytes)
+                    progress(slab.path, nbytes)
                     if stop.is_set():
                         break
         except BaseException:
@@ -240,7 +290,8 @@ def _count(
     }
     for slab in plan.slabs:
         states, n = totals[slab.key]
-        totals[slab.key] = (states, n + slab.num_rows)
+        kept = _positions(slab, skip)
+        totals[slab.key] = (states, n + (kept.before(slab.num_rows) if kept else slab.num_rows))
     kernels = set()
     for counters in results:
         for (key, _dtype), counter in counters.items():
@@ -251,10 +302,12 @@ def _count(
 
 
 def _count_chunk(
-    slab: TensorSlab, start: int, end: int, counter: Counter, first_vector: int, read_ahead: bool = False
+    slab: TensorSlab, start: int, end: int, counter: Counter, first_vector: int, read_ahead: bool = False,
+    keep: np.ndarray | None = None,
 ) -> None:
-    """Map rows ``[start, end)`` of ``slab`` read-only and count them; the mapping is dropped after.
-    ``read_ahead``: ask the kernel to start reading the next window while this one is counted."""
+    """Map rows ``[start, end)`` of ``slab`` read-only and count them (those ``keep`` marks, if
+    given); the mapping is dropped after. ``read_ahead``: ask the kernel to start reading the
+    next window while this one is counted."""
     rule_view = np.dtype(f"u{slab.row_bytes // slab.width}") if slab.width else np.dtype(np.uint8)
     begin = slab.offset + start * slab.row_bytes
     stop = slab.offset + end * slab.row_bytes
@@ -275,8 +328,9 @@ def _count_chunk(
     faulted = False
     try:
         rows = np.frombuffer(mapped, dtype=rule_view, count=(end - start) * slab.width, offset=begin - base)
+        rows = rows.reshape(end - start, slab.width)
         try:
-            counter.update(rows.reshape(end - start, slab.width), first_vector)
+            counter.update(rows if keep is None else rows[keep], first_vector)
         except BufferError:  # the C kernel caught a SIGBUS: the file shrank under the mapping
             faulted = True
         del rows

@@ -474,3 +474,61 @@ def test_saved_counts_keep_the_statistics_and_merge(tmp_path: Path) -> None:
     doc = json.loads(report.stdout)
     assert doc["components"][0]["sae"]["library"] == "SAELens"
     assert "mean_activation" in doc["top"][f"{HOOK}:sae"]["most_active"][0]
+
+
+def test_skip_positions_drops_the_bos_token(tmp_path: Path) -> None:
+    """A TransformerLens [batch, position, d] hook: position 0 left out, for stored activations
+    and for SAE latents alike, with the stream indices of the vectors that are kept."""
+    arch = saelens(tmp_path / "sae", "standard")
+    batch, positions = 50, 12
+    x = activations(rows=batch * positions)
+    x[::positions] += 40.0  # BOS-like outliers at position 0: latents fire there that fire nowhere else
+    data = tmp_path / "cache"
+    data.mkdir()
+    save_file({HOOK: x.reshape(batch, positions, D_IN)}, str(data / "a.safetensors"))
+    kept = x.reshape(batch, positions, D_IN)[:, 1:].reshape(-1, D_IN)
+    result = scan([data], saes=(str(tmp_path / "sae"),), skip_positions=(0,), chunk_rows=70, track_last=True)
+    c = next(iter(result.activity.components.values()))
+    sure, near, latents = expected_counts(arch, kept)
+    assert c.num_vectors == batch * (positions - 1)
+    assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all() and (near == 0).mean() > 0.8
+    exact = near == 0
+    fired = latents > 0
+    last = np.where(fired.any(0), len(kept) - 1 - np.argmax(fired[::-1], axis=0), -1)
+    assert (c.last_fired[exact] == last[exact]).all()
+    assert (sure != expected_counts(arch, x)[0]).any()  # the skipped position mattered
+    plain = scan([data], skip_positions=(0, 3), chunk_rows=7).activity.components[HOOK]
+    rows = np.delete(x.reshape(batch, positions, D_IN), [0, 3], axis=1).reshape(-1, D_IN)
+    assert plain.num_vectors == len(rows) and plain.fire_counts.tolist() == (rows > 0).sum(0).tolist()
+
+
+def test_skip_positions_where_they_are_not_known(tmp_path: Path) -> None:
+    data = cache(tmp_path / "cache", activations())
+    result = nact("scan", data, "--skip-positions", "0")
+    assert result.exit_code == 2
+    assert "does not say which rows are which positions" in result.stderr and len(result.stderr.splitlines()) == 1
+    other = tmp_path / "seq"
+    other.mkdir()
+    save_file({HOOK: np.ones((4, 5, D_IN), np.float32)}, str(other / "a.safetensors"))
+    result = nact("scan", other, "--skip-positions", "0,5")
+    assert result.exit_code == 2 and "--skip-positions 5 is beyond the 5 positions" in result.stderr
+    result = nact("scan", other, "--skip-positions", "x")
+    assert result.exit_code == 2 and "--skip-positions 'x' is not a position" in result.stderr
+
+
+def test_an_saelens_arrow_cache_encoded_without_bos(tmp_path: Path) -> None:
+    """The cache SAELens' CacheActivationsRunner writes (Arrow, [context, d_in] per row), its
+    SAE bound by the hook's column name, BOS positions left out."""
+    from test_formats import write_saelens_cache
+
+    arch = saelens(tmp_path / "sae", "topk", k=6)
+    x = activations(rows=40 * 8).reshape(40, 8, D_IN)
+    write_saelens_cache(tmp_path / "cache", {HOOK: x, "blocks.4.hook_resid_post": x[:, :, :5]}, batch_rows=6)
+    result = nact("scan", tmp_path / "cache", "--sae", tmp_path / "sae", "--skip-positions", "0", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    (component,) = doc["components"]
+    assert component["component"] == f"{HOOK}:sae" and component["num_vectors"] == 40 * 7
+    c = scan([tmp_path / "cache"], saes=(str(tmp_path / "sae"),), skip_positions=(0,)).activity.components[f"{HOOK}:sae"]
+    sure, near, _ = expected_counts(arch, x[:, 1:].reshape(-1, D_IN))
+    assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all() and (near == 0).mean() > 0.8

@@ -268,6 +268,7 @@ class Layout:
     num_features: int
     first_axis: bool = False
     note: str | None = None
+    positions: int | None = None  # vectors are sequences of this many positions, when known
 
 
 def _looks_like_positions(key: str, shape: tuple[int, ...]) -> str | None:
@@ -293,8 +294,8 @@ def layout_of(
     a batch axis; ``component_axis`` picks the component axis (0 or the one before ``F``).
     """
     features, ndim = shape[-1], len(shape)
-    if ndim == 2 or flatten:
-        return Layout((name,), math.prod(shape[:-1]), features)
+    if ndim == 2 or flatten:  # flattened [batch, position, d]: axis 1 is taken as the positions
+        return Layout((name,), math.prod(shape[:-1]), features, positions=shape[1] if ndim == 3 else None)
     if component_axis is not None:
         axis = component_axis + ndim if component_axis < 0 else component_axis
         if not 0 <= axis <= ndim - 2:
@@ -312,7 +313,7 @@ def layout_of(
             f"component {name!r}: {list(shape)} read as {positions}: {count} positions flattened into "
             f"{math.prod(shape[:-1])} vectors (pick a component axis to count per position)"
         )
-        return Layout((name,), math.prod(shape[:-1]), features, note=note)
+        return Layout((name,), math.prod(shape[:-1]), features, note=note, positions=count)
     if count == 1:
         return Layout((name,), math.prod(shape[:-2]), features)
     if count > MAX_COMPONENTS:
@@ -430,7 +431,10 @@ def plan_scan(
                     "number of features (and components)"
                 )
             group.add_files(entry.files or (entry.path,))
-            plan.slabs.append(TensorSlab(entry, layout.num_rows, len(names) * layout.num_features, stream, index))
+            positions = layout.positions or (entry.positions if len(entry.shape) == 2 else None)
+            plan.slabs.append(
+                TensorSlab(entry, layout.num_rows, len(names) * layout.num_features, stream, index, positions)
+            )
     missing = [p for p in patterns if p not in used]
     if missing:
         raise KeyNotFound(missing, sorted(seen_keys))

@@ -157,7 +157,7 @@ def _file_entries(path: Path) -> list[TensorEntry]:
         context, width = shape or (0, 0)
         out.append(
             TensorEntry(path, name, dtype, (rows * context, width), FORMAT, member=name,
-                        note=f"{rows} rows x {context} positions", storage=BATCHES)
+                        note=f"{rows} rows x {context} positions", storage=BATCHES, positions=context or None)
         )
     return out
 

@@ -53,6 +53,7 @@ class TensorEntry:
     storage: str = MAPPED
     from_file: bool = False  # the key is the file's name (a single-array file)
     byteswap: bool = False  # values are big-endian: swapped to native order when read
+    positions: int | None = None  # rows are sequences of this many positions (the format says so)
 
     @property
     def nbytes(self) -> int:
@@ -78,6 +79,7 @@ class TensorSlab:
     width: int
     stream: str = ""
     index: int | None = None
+    positions: int | None = None  # its rows are sequences of this many positions, when known
 
     @property
     def path(self) -> Path:
