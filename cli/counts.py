@@ -18,6 +18,7 @@ from .render import (
     NEURONS,
     OUTPUT,
     QUIET,
+    SAVE_SPARSITY,
     THRESHOLD,
     TOP,
     ULTRALOW_BELOW,
@@ -52,6 +53,7 @@ def report(
     neurons: bool = NEURONS,
     top: Optional[int] = TOP,
     union: bool = UNION,
+    save_sparsity: Optional[Path] = SAVE_SPARSITY,
 ) -> None:
     """Report dead neurons from saved counts, without the activations. Several files are merged.
 
@@ -72,12 +74,17 @@ def report(
         threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,
         window=window, neurons=neurons, top=top,
     )
-    outputs = [output] if output is not None else []
+    outputs = [p for p in (output, save_sparsity) if p is not None]
     check_outputs(outputs)
     check_not_inputs(outputs, files)
     saved = load_merged(files, union)
     shards = [s.path for s in saved.shards]  # type: ignore[attr-defined]
-    finish(make_report(saved.activity, options, shards), fmt, output, quiet)  # type: ignore[attr-defined]
+    report = make_report(saved.activity, options, shards)  # type: ignore[attr-defined]
+    if save_sparsity is not None:
+        from neuron_activity.counts_file import save_sparsity as write_sparsity
+
+        write_sparsity(save_sparsity, saved.activity)  # type: ignore[attr-defined]
+    finish(report, fmt, output, quiet)
 
 
 def merge(

@@ -23,9 +23,12 @@ from .render import (
     NUM_LATENTS,
     NUM_VECTORS,
     PARTIAL_LATENTS,
+    SAE,
+    SKIP_POSITIONS,
     ULTRALOW_HELP,
     check_format,
     count_options,
+    positions,
 )
 
 BAR_WIDTH = 50
@@ -33,7 +36,8 @@ BAR_WIDTH = 50
 
 def density(
     paths: List[Path] = typer.Argument(
-        ..., metavar="PATH...", help="Activation shards or folders, or saved counts files.", show_default=False
+        ..., metavar="PATH...", help="Activation shards or folders, saved counts files, or SAELens sparsity.safetensors files.",
+        show_default=False
     ),
     threshold: Optional[List[str]] = typer.Option(
         None, "--threshold", "-t", metavar="P", help="Dead thresholds to mark (repeatable).", show_default="1e-5, 1e-6"
@@ -46,6 +50,8 @@ def density(
     num_latents: Optional[int] = NUM_LATENTS,
     num_vectors: Optional[int] = NUM_VECTORS,
     partial_latents: bool = PARTIAL_LATENTS,
+    sae: Optional[List[str]] = SAE,
+    skip_positions: Optional[str] = SKIP_POSITIONS,
     fire_above: str = typer.Option("0", "--fire-above", metavar="X", help="A neuron fires when above X."),
     device: str = typer.Option("auto", "--device", "-d", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
     bins_per_decade: int = typer.Option(4, "--bins-per-decade", metavar="B", help="Histogram bins per factor of 10."),
@@ -61,7 +67,7 @@ def density(
 ) -> None:
     """Show the log10 feature-density histogram of every component: dead neurons apart, thresholds marked.
 
-    Density is the fraction of vectors on which a neuron fires. PATH may be activations (like nact scan) or counts saved with --save-counts. --plot needs matplotlib: pip install matplotlib.
+    Density is the fraction of vectors on which a neuron fires. PATH may be activations (like nact scan), counts saved with --save-counts, or a SAELens sparsity.safetensors (log10 densities; --num-vectors says over how many vectors). --plot needs matplotlib: pip install matplotlib.
 
     Examples:
 
@@ -70,6 +76,8 @@ def density(
       nact density counts.safetensors --plot density.png --log-y
 
       nact density step-1000.safetensors --compare step-2000.safetensors --plot compare.png
+
+      nact density cache/ --sae sae/ --compare sae/sparsity.safetensors   # nact's counts against SAELens' own
     """
     check_format(fmt, ("table", "json"))
     from neuron_activity.density import histogram, summarize
@@ -82,7 +90,7 @@ def density(
     marks = ReportOptions.parse(threshold or ["1e-5", "1e-6"], dense_above=dense_above, ultralow_below=ultralow_below)
     options = count_options(
         key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents,
-        fire_above=fire_above, device=device,
+        fire_above=fire_above, device=device, saes=tuple(sae or ()), skip_positions=positions(skip_positions),
     )
     if plot is not None:
         from neuron_activity.plot import check_plot_path
@@ -145,13 +153,23 @@ def density(
 def _activity(paths: list[Path], options: object) -> tuple[object, list[str]]:
     """The counts of ``paths``: saved counts merged, or activations scanned (with a progress bar
     on a terminal); and warnings."""
-    from neuron_activity.counts_file import is_counts_file
+    from neuron_activity.activity import NeuronActivity
+    from neuron_activity.counts_file import is_counts_file, is_sparsity_file, load_sparsity
     from neuron_activity.scan import scan as scan_shards
 
     from .scan import _progress
 
     if paths and all(p.is_file() and is_counts_file(p) for p in paths):
         return load_merged(paths).activity, []  # type: ignore[attr-defined]
+    if paths and all(is_sparsity_file(p) for p in paths):  # SAELens' log10 densities
+        activity, notes = NeuronActivity(), []
+        for p in paths:
+            one, note = load_sparsity(p, options.num_vectors)  # type: ignore[attr-defined]
+            if set(one.components) & set(activity.components):
+                raise typer.BadParameter(f"{p}: its component {next(iter(one.components))!r} is given twice")
+            activity.merge(one)
+            notes.append(note)
+        return activity, notes
     with _progress(on_terminal(sys.stderr)) as progress:
         hooks = dict(on_plan=progress.start, on_progress=progress.advance) if progress else {}
         result = scan_shards(paths, options=options, **hooks)  # type: ignore[arg-type]

@@ -48,6 +48,8 @@ FLAGS = {
     "sae": "--sae",
     "sae_dtype": "--sae-dtype",
     "skip_positions": "--skip-positions",
+    "save_sparsity": "--save-sparsity",
+    "part": "--shard",
 }
 
 

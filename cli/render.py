@@ -69,6 +69,10 @@ SAE = typer.Option(
 SAE_DTYPE = typer.Option(
     "float32", "--sae-dtype", metavar="DTYPE", help="Precision of the SAE's matrix product: float32, or bfloat16/float16 on a GPU."
 )
+SAVE_SPARSITY = typer.Option(
+    None, "--save-sparsity", metavar="FILE",
+    help="Also save the one component's log10 feature densities as SAELens' sparsity.safetensors.",
+)
 SKIP_POSITIONS = typer.Option(
     None, "--skip-positions", metavar="P[,P...]",
     help="Leave out these positions of every sequence (0: the BOS token) where the layout has positions "

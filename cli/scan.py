@@ -24,6 +24,7 @@ from .render import (
     SAE,
     SAE_DTYPE,
     SKIP_POSITIONS,
+    SAVE_SPARSITY,
     FAIL_ABOVE,
     FORMAT,
     NEURONS,
@@ -79,6 +80,7 @@ def scan(
     state: Optional[Path] = typer.Option(
         None, "--state", metavar="FILE", help="Incremental audit: count only shards FILE has not counted, add, save."
     ),
+    save_sparsity: Optional[Path] = SAVE_SPARSITY,
     rescan: bool = typer.Option(False, "--rescan", help="With --state: count every shard again, from scratch."),
     window: Optional[int] = WINDOW,
     shard: Optional[str] = typer.Option(
@@ -130,6 +132,7 @@ def scan(
         state=state,
         rescan=rescan,
         save_counts=save_counts,
+        save_sparsity=save_sparsity,
         output=output,
         distributed=distributed,
     )

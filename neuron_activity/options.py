@@ -220,6 +220,7 @@ class ScanRequest:
     save_counts: Path | None = None
     output: Path | None = None
     distributed: bool = False
+    save_sparsity: Path | None = None  # the one component's log10 densities, as SAELens saves them
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", tuple(Path(p) for p in self.paths))
@@ -236,6 +237,13 @@ class ScanRequest:
                 ("torchrun", "state"),
                 "run the audit in one process, or save the ranks' counts with save_counts and merge them",
             )
-        outputs = [p for p in (self.output, self.save_counts, self.state) if p is not None]
+        if self.save_sparsity is not None:
+            for other, why in (("state", "an audit"), ("part", "a part of a split scan"), ("distributed", "torchrun")):
+                if getattr(self, other):
+                    raise Conflict(
+                        ("save_sparsity", "shard" if other == "part" else "torchrun" if other == "distributed" else other),
+                        f"{why} does not save sparsity: save counts, then nact report them with save_sparsity",
+                    )
+        outputs = [p for p in (self.output, self.save_counts, self.state, self.save_sparsity) if p is not None]
         if len({os.path.abspath(p) for p in outputs}) < len(outputs):
-            raise Conflict(("output", "save_counts", "state"), "they name the same file")
+            raise Conflict(("output", "save_counts", "state", "save_sparsity"), "they name the same file")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .counting import resolve_device
-from .counts_file import PartRecord, SavedCounts, ShardRecord, save_counts
+from .counts_file import PartRecord, SavedCounts, ShardRecord, check_one_component, save_counts, save_sparsity
 from .errors import BadOutput, NactError
 from .options import CountOptions, Part, ScanRequest
 from .report import Report, make_report
@@ -44,7 +44,7 @@ class ScanOutcome:
 
 
 def _outputs(request: ScanRequest) -> list[Path]:
-    return [p for p in (request.output, request.save_counts, request.state) if p is not None]
+    return [p for p in (request.output, request.save_counts, request.state, request.save_sparsity) if p is not None]
 
 
 def check_outputs(outputs: list[Path]) -> None:
@@ -103,6 +103,8 @@ def run_scan(
         return _on_ranks(request, options, shards)
     assert device is not None
     plan = plan_for(shards, options)
+    if request.save_sparsity is not None:
+        check_one_component(request.save_sparsity, list(plan.sources()))
     mine, record = _part_units(request.part, plan.units())
     if request.part is not None and not mine and request.save_counts is None:
         raise EmptyPart(request.part, record.total_units)  # type: ignore[union-attr]
@@ -148,6 +150,8 @@ def _finish(
     )
     if saved is not None:
         save_counts(request.save_counts, saved)  # type: ignore[arg-type]
+    if request.save_sparsity is not None:
+        save_sparsity(request.save_sparsity, result.activity)
     return ScanOutcome(report, saved)
 
 

@@ -532,3 +532,48 @@ def test_an_saelens_arrow_cache_encoded_without_bos(tmp_path: Path) -> None:
     c = scan([tmp_path / "cache"], saes=(str(tmp_path / "sae"),), skip_positions=(0,)).activity.components[f"{HOOK}:sae"]
     sure, near, _ = expected_counts(arch, x[:, 1:].reshape(-1, D_IN))
     assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all() and (near == 0).mean() > 0.8
+
+
+def test_save_sparsity_as_saelens_does_and_read_it_back(tmp_path: Path) -> None:
+    folder = tmp_path / "sae"
+    saelens(folder, "standard")
+    x = activations()
+    data = cache(tmp_path / "cache", x)
+    out = tmp_path / "sparsity.safetensors"
+    result = nact("scan", data, "--sae", folder, "--save-sparsity", out, "--save-counts", tmp_path / "c.safetensors", "-q")
+    assert result.exit_code == 0, result.stderr
+    from safetensors.numpy import load_file
+
+    c = scan([data], saes=(str(folder),)).activity.components[f"{HOOK}:sae"]
+    saved = load_file(str(out))
+    assert list(saved) == ["sparsity"] and saved["sparsity"].dtype == np.float32
+    want = np.log10(c.fire_counts / ROWS + 1e-10).astype(np.float32)  # SAELens: log10(density + 1e-10)
+    assert saved["sparsity"].tolist() == want.tolist()
+    assert saved["sparsity"][:DEAD].tolist() == [-10.0] * DEAD
+    # the same from saved counts, and read back by density (over the vectors it was measured on)
+    again = tmp_path / "again.safetensors"
+    assert nact("report", tmp_path / "c.safetensors", "--save-sparsity", again, "-q").exit_code == 0
+    assert load_file(str(again))["sparsity"].tolist() == want.tolist()
+    (folder / "sparsity.safetensors").write_bytes(out.read_bytes())
+    result = nact("density", folder / "sparsity.safetensors", "--num-vectors", ROWS, "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)["components"][0]
+    assert doc["component"] == f"{HOOK}:sae" and doc["never_fired"] == DEAD and doc["num_vectors"] == ROWS
+    mine = json.loads(nact("density", data, "--sae", folder, "-f", "json").stdout)["components"][0]
+    assert doc["alive_per_bin"] == mine["alive_per_bin"]  # the densities SAELens would save, read back exactly
+    compared = nact("density", data, "--sae", folder, "--compare", folder / "sparsity.safetensors", "-f", "json")
+    assert compared.exit_code == 0 and json.loads(compared.stdout)["compare"][0]["component"] == f"{HOOK}:sae"
+
+
+def test_save_sparsity_needs_one_component(tmp_path: Path) -> None:
+    data = cache(tmp_path / "cache", activations(), other=activations(seed=2))
+    out = tmp_path / "s.safetensors"
+    result = nact("scan", data, "--save-sparsity", out, "--save-counts", tmp_path / "c.safetensors")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"Error: --save-sparsity {str(out)!r} holds one component's densities, and there are 2 "
+        f"({HOOK}, other): pick one\n"
+    )
+    assert not out.exists() and not (tmp_path / "c.safetensors").exists()
+    result = nact("scan", data, "--save-sparsity", out, "--shard", "0/2")
+    assert result.exit_code == 2 and "--save-sparsity and --shard cannot be used together" in result.stderr
