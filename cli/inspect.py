@@ -20,9 +20,12 @@ from .render import (
     NUM_LATENTS,
     NUM_VECTORS,
     PARTIAL_LATENTS,
+    SAE,
+    SKIP_POSITIONS,
     count_options,
     files_span,
     listed_names,
+    positions,
 )
 
 INSPECT_FORMATS = ("table", "json")
@@ -38,6 +41,8 @@ def inspect(
     num_latents: Optional[int] = NUM_LATENTS,
     num_vectors: Optional[int] = NUM_VECTORS,
     partial_latents: bool = PARTIAL_LATENTS,
+    sae: Optional[List[str]] = SAE,
+    skip_positions: Optional[str] = SKIP_POSITIONS,
     fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help="table or json."),
 ) -> None:
     """Show what nact scan would read: formats, tensors, components and their files, sizes, and any problem.
@@ -55,7 +60,8 @@ def inspect(
     from neuron_activity import inspect as inspect_shards
 
     options = count_options(
-        key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents, device="cpu"
+        key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents, device="cpu",
+        saes=tuple(sae or ()), skip_positions=positions(skip_positions),
     )
     result = inspect_shards(paths, options)
     problems = [word(p) for p in result.problems]
@@ -66,6 +72,7 @@ def inspect(
             "tensors": [t.as_dict() for t in result.tensors],
             "groups": result.groups_as_dicts(),
             "notes": result.notes,
+            "saes": result.saes,
             "problems": problems,
         }
         emit(json.dumps(doc, indent=2) + "\n", None)
@@ -109,6 +116,9 @@ def _table(result: object, width: int) -> str:
         for g in result.groups:  # type: ignore[attr-defined]
             line = f"  {listed_names(g.names)} ({g.num_features} features): {files_span(g.files)}"
             console.print(line, markup=False, overflow="ignore", crop=False)
+    for b in result.saes:  # type: ignore[attr-defined]
+        line = f"SAE {b['path']} encodes {b['component']} into {b['latents']} ({b['d_sae']} latents): {b['encode']}"
+        console.print(line, markup=False, overflow="ignore", crop=False)
     for note in result.notes:  # type: ignore[attr-defined]
         console.print(f"Note: {note}", markup=False, overflow="ignore", crop=False)
     return buffer.getvalue()

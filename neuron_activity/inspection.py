@@ -44,6 +44,7 @@ class Inspection:
     groups: list[ComponentGroup] = field(default_factory=list)  # as a scan would count them
     notes: list[str] = field(default_factory=list)
     problems: list[NactError] = field(default_factory=list)
+    saes: list[dict[str, object]] = field(default_factory=list)  # each SAE: its latents, what it encodes, how
 
     def groups_as_dicts(self) -> list[dict[str, object]]:
         return [
@@ -95,6 +96,10 @@ def inspect(paths: list[Path] | list[str], options: CountOptions | None = None, 
             plan = plan_for(result.shards, options)
             result.groups = list(plan.groups.values())
             result.notes = list(plan.warnings)
+            result.saes = [
+                {"latents": b.name, "component": b.component, **b.sae.as_dict()}
+                for found in plan.saes.values() for b in found
+            ]
         except NactError as e:
             result.problems.append(e)
     return result

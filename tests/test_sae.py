@@ -577,3 +577,15 @@ def test_save_sparsity_needs_one_component(tmp_path: Path) -> None:
     assert not out.exists() and not (tmp_path / "c.safetensors").exists()
     result = nact("scan", data, "--save-sparsity", out, "--shard", "0/2")
     assert result.exit_code == 2 and "--save-sparsity and --shard cannot be used together" in result.stderr
+
+
+def test_inspect_shows_what_each_sae_encodes(tmp_path: Path) -> None:
+    saelens(tmp_path / "sae", "topk", k=4, rescale_acts_by_decoder_norm=True)
+    data = cache(tmp_path / "cache", activations())
+    result = nact("inspect", data, "--sae", tmp_path / "sae", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    (sae,) = json.loads(result.stdout)["saes"]
+    assert (sae["latents"], sae["component"], sae["d_in"], sae["d_sae"]) == (f"{HOOK}:sae", HOOK, D_IN, D_SAE)
+    assert sae["encode"] == "SAELens topk: x - b_dec, h = x @ W_enc + b, top 4 of h * |W_dec|, relu"
+    table = nact("inspect", data, "--sae", tmp_path / "sae")
+    assert f"SAE {tmp_path / 'sae'} encodes {HOOK} into {HOOK}:sae ({D_SAE} latents)" in table.stdout
