@@ -596,6 +596,13 @@ class SaeCounter:
         self.rule = fire_rule("F32", fire_above)  # type: ignore[arg-type]
         self.saes = saes
         self.step = min(batch_rows(s) for s in saes)
+        # Every rule's latents are >= 0 (or NaN): at fire_above <= 0 a latent that does not fire is
+        # 0 and adds nothing, so the sum over the vectors it fired on is the sum of its values;
+        # above 0, values up to the largest float32 <= fire_above (``below``) are left out.
+        ranges = self.rule.fire_ranges
+        self.below = None
+        if self.rule.fire_above > 0:
+            self.below = np.array([ranges[0][0] - 1 if ranges else 0x7F800000], np.uint32).view(np.float32)[0]
         if not self.on_torch:
             self.encoders: list[Any] = [NumpyEncoder(s) for s in saes]
             self.counters: list[Any] = [make_counter(self.rule, s.d_sae, "cpu", kernel, track_last) for s in saes]
@@ -625,13 +632,13 @@ class SaeCounter:
     def _update_cpu(self, x: np.ndarray, first_vector: int) -> None:
         for encoder, counter, sums, maxima in zip(self.encoders, self.counters, self.sums, self.maxima):
             latents = encoder.encode(x)
-            u = latents.view(np.uint32)
-            counter.update(u, first_vector)
-            fires = np.zeros(latents.shape, bool)
-            for a, b in self.rule.fire_ranges:
-                fires |= (u >= a) & (u <= b)
-            sums += np.where(fires, latents, np.float32(0)).sum(axis=0, dtype=np.float64)
-            np.fmax(maxima, np.fmax.reduce(latents, axis=0), out=maxima)
+            counter.update(latents.view(np.uint32), first_vector)
+            if np.isnan(latents[:, 0]).any():  # a vector with a NaN input has NaN latents only
+                latents = latents[~np.isnan(latents[:, 0])]
+            fired = latents if self.below is None else np.where(latents > self.below, latents, np.float32(0))
+            sums += np.ones(len(latents), np.float32) @ fired  # float32 within a batch, float64 across
+            if len(latents):
+                np.fmax(maxima, latents.max(axis=0), out=maxima)
 
     def _update_device(self, bits: np.ndarray, first_vector: int) -> None:
         from .counting import fire_mask

@@ -317,8 +317,12 @@ def test_fire_above_applies_to_the_latents(tmp_path: Path) -> None:
     x = activations()
     data = cache(tmp_path / "cache", x)
     c = next(iter(scan([data], saes=(str(tmp_path / "sae"),), fire_above="0.5").activity.components.values()))
-    sure, near, _ = expected_counts(arch, x, fire_above=0.5)
+    sure, near, latents = expected_counts(arch, x, fire_above=0.5)
     assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all() and (near == 0).mean() > 0.8
+    exact = near == 0
+    fired = latents > 0.5
+    want = np.where(fired.any(0), (latents * fired).sum(0) / np.maximum(fired.sum(0), 1), np.nan)
+    np.testing.assert_allclose(c.mean_when_firing()[exact], want[exact], rtol=1e-4)  # only values above 0.5
 
 
 def test_expected_average_scaling_comes_from_the_checkpoint(tmp_path: Path) -> None:
