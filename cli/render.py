@@ -60,7 +60,10 @@ INPUT_FORMAT = typer.Option(
     show_default="detected",
 )
 NUM_LATENTS = typer.Option(None, "--num-latents", metavar="N", help="delphi: the width of caches saved whole (LatentCache.save).")
-NUM_VECTORS = typer.Option(None, "--num-vectors", metavar="N", help="delphi: the vectors of caches saved without tokens.")
+NUM_VECTORS = typer.Option(
+    None, "--num-vectors", metavar="N",
+    help="delphi: the vectors of caches saved without tokens; density: the vectors a SAELens sparsity file was measured on.",
+)
 SAE = typer.Option(
     None, "--sae", metavar="[COMPONENT=]PATH",
     help="Count the latents of the SAE checkpoint PATH (SAELens, sparsify, dictionary_learning) encoding its hook's "

@@ -44,3 +44,35 @@ def test_cuda_counts_nans(tmp_path: Path) -> None:
 def test_auto_picks_cuda(tmp_path: Path) -> None:
     write_shard(tmp_path / "a.safetensors", {"acts": torch.ones(2, 2)})
     assert scan([tmp_path], device="auto").device == "cuda"
+
+
+@pytest.mark.parametrize("case", ["saelens-standard", "saelens-topk-rescaled", "saelens-gated", "sparsify-groupmax",
+                                  "dl-batchtopk", "saelens-layer-norm"])
+def test_cuda_sae_latents_equal_the_formulas(tmp_path: Path, case: str) -> None:
+    """SAE latents encoded on the GPU (float32): the same decisions as the float64 formulas away
+    from boundaries, through the pinned double buffer, with the statistics."""
+    from test_sae import CASES, activations, cache, expected_counts, sae_folder
+
+    folder = sae_folder(tmp_path, case)
+    arch = CASES[case](folder)
+    x = activations(seed=4)
+    data = cache(tmp_path / "cache", x)
+    result = scan([data], saes=(str(folder),), device="cuda", chunk_rows=333, track_last=True)
+    c = next(iter(result.activity.components.values()))
+    sure, near, latents = expected_counts(arch, x)
+    assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all() and (near == 0).mean() > 0.8
+    exact = near == 0
+    np.testing.assert_allclose(c.states["act_max"][exact], latents.max(0)[exact], rtol=1e-4, atol=1e-5)
+    cpu = next(iter(scan([data], saes=(str(folder),), device="cpu").activity.components.values()))
+    assert (np.abs(cpu.fire_counts - c.fire_counts) <= near).all()
+
+
+def test_cuda_sae_in_bf16_is_close(tmp_path: Path) -> None:
+    from test_sae import CASES, activations, cache, sae_folder
+
+    folder = sae_folder(tmp_path, "saelens-standard")
+    CASES["saelens-standard"](folder)
+    data = cache(tmp_path / "cache", activations(seed=4))
+    f32 = next(iter(scan([data], saes=(str(folder),), device="cuda").activity.components.values()))
+    bf16 = next(iter(scan([data], saes=(str(folder),), device="cuda", sae_dtype="bfloat16").activity.components.values()))
+    assert np.abs(bf16.fire_counts - f32.fire_counts).max() <= 0.02 * len(activations(seed=4))
