@@ -422,3 +422,25 @@ def test_a_pt_scan_does_not_import_torch(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split("]")[-1].strip() == "False" and done.stdout.startswith("[5, 5, 5]")
+
+
+def test_arrow_array2d_as_fixed_size_lists(tmp_path: Path) -> None:
+    """datasets stores Array2D(shape=(context, d)) as fixed-size lists of fixed-size lists: the shape
+    is read from the schema, the values counted in place."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(9)
+    x = np.maximum(rng.standard_normal((30, 5, 7)), 0).astype(np.float32)
+    x[:, :, 3] = 0
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 7)
+    column = pa.FixedSizeListArray.from_arrays(inner, 5)
+    table = pa.table({"blocks.2.hook_resid_post": column, "token_ids": pa.array([[1] * 5] * 30, type=pa.list_(pa.int32()))})
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        for batch in table.to_batches(max_chunksize=8):
+            w.write_batch(batch)
+    got = counts(folder)
+    assert got == {"blocks.2.hook_resid_post": expected(x.astype(np.float64))}
+    sliced = scan([folder], skip_positions=(0,)).activity.components["blocks.2.hook_resid_post"]
+    assert sliced.num_vectors == 30 * 4 and sliced.fire_counts.tolist() == (x[:, 1:] > 0).reshape(-1, 7).sum(0).tolist()
