@@ -244,6 +244,8 @@ class ScanRequest:
                         ("save_sparsity", "shard" if other == "part" else "torchrun" if other == "distributed" else other),
                         f"{why} does not save sparsity: save counts, then nact report them with save_sparsity",
                     )
-        outputs = [p for p in (self.output, self.save_counts, self.state, self.save_sparsity) if p is not None]
-        if len({os.path.abspath(p) for p in outputs}) < len(outputs):
-            raise Conflict(("output", "save_counts", "state", "save_sparsity"), "they name the same file")
+        named = [(n, os.path.abspath(getattr(self, n))) for n in ("output", "save_counts", "state", "save_sparsity")
+                 if getattr(self, n) is not None]
+        same = [n for n, p in named if sum(q == p for _, q in named) > 1]
+        if same:
+            raise Conflict(tuple(same), "they name the same file")

@@ -41,7 +41,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
         (["--ultralow-below", "0"], "Error: --ultralow-below '0' is not a density between 0 and 1"),
         (["-o", "{tmp}/no/such/out.csv"], "Error: {tmp}/no/such/out.csv: cannot write: folder {tmp}/no/such does not exist"),
         (["-o", "{tmp}"], "Error: {tmp}: is a folder, not a file"),
-        (["-o", "{tmp}/c.safetensors"], "Error: --output and --save-counts and --state cannot be used together: they name the same file"),
+        (["-o", "{tmp}/c.safetensors"], "Error: --output and --save-counts cannot be used together: they name the same file"),
+        (["--save-sparsity", "{tmp}/c.safetensors"], "Error: --save-counts and --save-sparsity cannot be used together: they name the same file"),
     ],
 )
 def test_exit_2_writes_no_counts(tmp_path: Path, args: list[str], message: str) -> None:
