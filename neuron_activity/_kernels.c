@@ -17,6 +17,16 @@
  * The module's SOURCE_SHA256 is the hash of this file as built (setup.py passes it), so that a
  * build older than its source is noticed and not used.
  *
+ * count_sparse(locations, loc_code, entries, values, itemsize, ranges, nan_mask, nan_above,
+ *              low, span, batches, positions, fire_counts, nan_counts) -> int
+ *   a sparse cache's entries (delphi): locations is entries x 3 integers (batch, position,
+ *   latent) of the struct code loc_code (H, I: uint16, uint32 as delphi saves them; i, q: int32,
+ *   int64), values the entries' raw bits (2 or 4 bytes). Fires and NaNs of latent l are
+ *   added at l - low of the int64[span] buffers. Returns -1 when every entry's latent is in
+ *   [low, low + span) and (positions > 0) its batch and position inside [0, batches) and
+ *   [0, positions); else the index of the first entry that is not (nothing is then counted
+ *   reliably: the caller raises). One pass over both columns.
+ *
  * Data is often a memory-mapped file: if another process truncates it while it is counted, the
  * read faults with SIGBUS. A handler jumps back out of the counting loop of the thread that
  * faulted (count() then raises BufferError); faults outside a counting loop go to the handler
@@ -240,8 +250,100 @@ done:
     Py_RETURN_NONE;
 }
 
+#define DEFINE_SPARSE(S, L, T)                                                                   \
+    static Py_ssize_t sparse_##S(const L *loc, Py_ssize_t n, const T *v, int nranges, T a0, T d0,  \
+                                 T a1, T d1, T nan_mask, T nan_above, int64_t low, int64_t span,    \
+                                 int64_t batches, int64_t positions, int64_t *fires, int64_t *nans) \
+    {                                                                                            \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                     \
+            const int64_t l = (int64_t)loc[3 * i + 2] - low;                                     \
+            if (l < 0 || l >= span)                                                              \
+                return i;                                                                        \
+            if (positions > 0) {                                                                 \
+                const int64_t b = (int64_t)loc[3 * i], p = (int64_t)loc[3 * i + 1];              \
+                if (b < 0 || b >= batches || p < 0 || p >= positions)                            \
+                    return i;                                                                    \
+            }                                                                                    \
+            const T x = v[i];                                                                    \
+            fires[l] += nranges && (((T)(x - a0) <= d0) | ((T)(x - a1) <= d1));                  \
+            nans[l] += (T)(x & nan_mask) > nan_above;                                            \
+        }                                                                                        \
+        return -1;                                                                               \
+    }
+
+DEFINE_SPARSE(H_u16, uint16_t, uint16_t)
+DEFINE_SPARSE(H_u32, uint16_t, uint32_t)
+DEFINE_SPARSE(I_u16, uint32_t, uint16_t)
+DEFINE_SPARSE(I_u32, uint32_t, uint32_t)
+DEFINE_SPARSE(i_u16, int32_t, uint16_t)
+DEFINE_SPARSE(i_u32, int32_t, uint32_t)
+DEFINE_SPARSE(q_u16, int64_t, uint16_t)
+DEFINE_SPARSE(q_u32, int64_t, uint32_t)
+
+static PyObject *count_sparse(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer loc, values, fires, nans;
+    int loc_code, itemsize;
+    Py_ssize_t n;
+    PyObject *range_list;
+    unsigned long long nan_mask, nan_above;
+    long long low, span, batches, positions;
+    if (!PyArg_ParseTuple(args, "y*Cny*iOKKLLLLw*w*", &loc, &loc_code, &n, &values, &itemsize, &range_list,
+                          &nan_mask, &nan_above, &low, &span, &batches, &positions, &fires, &nans))
+        return NULL;
+    unsigned long long r[4] = {0, 0, 0, 0};
+    int nranges = 0, ok = 0;
+    Py_ssize_t bad = -1;
+    if (parse_ranges(range_list, r, &nranges) < 0)
+        goto done;
+    const int loc_itemsize = loc_code == 'H' ? 2 : loc_code == 'I' || loc_code == 'i' ? 4 : loc_code == 'q' ? 8 : 0;
+    if (n < 0 || span <= 0 || !loc_itemsize || (itemsize != 2 && itemsize != 4) || loc.len < n * 3 * loc_itemsize || values.len < n * itemsize || fires.len < span * 8 || nans.len < span * 8) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match entries, span and item sizes");
+        goto done;
+    }
+    sigjmp_buf jump;
+    volatile int faulted = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (sigsetjmp(jump, 1)) {
+        faulted = 1;
+    } else {
+        fault_jump = &jump;
+#define RUN(S, T)                                                                                \
+    bad = sparse_##S(loc.buf, n, values.buf, nranges, nranges ? (T)r[0] : 0, nranges ? (T)(r[1] - r[0]) : 0, \
+                     nranges > 1 ? (T)r[2] : (T)r[0], nranges > 1 ? (T)(r[3] - r[2]) : (T)(r[1] - r[0]), \
+                     (T)nan_mask, (T)nan_above, low, span, batches, positions, fires.buf, nans.buf)
+        switch (loc_code * 8 + itemsize) {
+        case 'H' * 8 + 2: RUN(H_u16, uint16_t); break;
+        case 'H' * 8 + 4: RUN(H_u32, uint32_t); break;
+        case 'I' * 8 + 2: RUN(I_u16, uint16_t); break;
+        case 'I' * 8 + 4: RUN(I_u32, uint32_t); break;
+        case 'i' * 8 + 2: RUN(i_u16, uint16_t); break;
+        case 'i' * 8 + 4: RUN(i_u32, uint32_t); break;
+        case 'q' * 8 + 2: RUN(q_u16, uint16_t); break;
+        default: RUN(q_u32, uint32_t);
+        }
+#undef RUN
+    }
+    fault_jump = NULL;
+    Py_END_ALLOW_THREADS
+    if (faulted)
+        PyErr_SetString(PyExc_BufferError, "the data went away while it was counted (a mapped file was truncated)");
+    else
+        ok = 1;
+done:
+    PyBuffer_Release(&loc);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&fires);
+    PyBuffer_Release(&nans);
+    if (!ok)
+        return NULL;
+    return PyLong_FromSsize_t(bad);
+}
+
 static PyMethodDef methods[] = {
     {"count", count, METH_VARARGS, "Add exact per-column fire and NaN counts of raw bits into int64 buffers."},
+    {"count_sparse", count_sparse, METH_VARARGS, "Add exact per-latent fire and NaN counts of a sparse cache's entries."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -242,7 +242,8 @@ def _count(
                 if slab.entry.storage == SPARSE:
                     sums = counters.setdefault(key, _Sum(slab.width, track_last))
                     files = slab.entry.files[start:end]
-                    for path, states, nbytes in reader.count(slab, rule_for(slab.dtype), track_last, files):
+                    native = options.kernel in (None, "native")
+                    for path, states, nbytes in reader.count(slab, rule_for(slab.dtype), track_last, files, native):
                         sums.add(states, first_vector)  # type: ignore[union-attr]
                         progress(path, nbytes)
                     continue

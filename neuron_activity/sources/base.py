@@ -123,10 +123,12 @@ class DenseReader(Reader, Protocol):
 
 class SparseReader(Reader, Protocol):
     def count(
-        self, slab: TensorSlab, rule: FireRule, track_last: bool = False, files: tuple[Path, ...] | None = None
+        self, slab: TensorSlab, rule: FireRule, track_last: bool = False, files: tuple[Path, ...] | None = None,
+        native: bool = True,
     ) -> Iterator[tuple[Path, dict, int]]:
         """Per chunk of stored entries (of ``files``, default all): the file, its states over the
-        whole width (``last_fired`` as stream indices), and the bytes read."""
+        whole width (``last_fired`` as stream indices), and the bytes read. ``native``: the C
+        kernel may count (else numpy)."""
         ...
 
 

@@ -203,12 +203,14 @@ def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
 
 
 def count(
-    slab: TensorSlab, rule: FireRule, track_last: bool = False, files: tuple[Path, ...] | None = None
+    slab: TensorSlab, rule: FireRule, track_last: bool = False, files: tuple[Path, ...] | None = None,
+    native: bool = True,
 ) -> Iterator[tuple[Path, States, int]]:
     """Per chunk of a split (of ``files``, default all the entry's): its path, states over the
     entry's latents (the last fired as a vector index ``batch * positions + position``), and the
     bytes read. Only the latent column is decoded; batch and position columns are only range
-    checked, and read whole only to track the last vector that fired."""
+    checked, and read whole only to track the last vector that fired. ``native``: count with the C
+    kernel where it can (one pass over the columns), else with numpy."""
     width, base = slab.width, first_latent(slab.entry)
     num_latents = None if SPLIT_NAME.match(slab.entry.files[0].stem) else width
     for path in files or slab.entry.files:
@@ -222,9 +224,27 @@ def count(
         first = split.start if split.relative else 0  # the latent that raw index 0 names
         span = split.end - first + 1  # raw indices 0 .. span - 1 are this file's latents
         offset = first - base  # where raw index 0 lands in the entry's width
+        kernel = _native_counter(locations, bits, track_last) if native and (positions is None or batches and positions) else None
         for lo in range(0, bits.shape[0], ENTRIES_PER_CHUNK):
             a = np.asarray(bits[lo : lo + ENTRIES_PER_CHUNK])
             where = np.asarray(locations[lo : lo + ENTRIES_PER_CHUNK])
+            if kernel is not None:  # one pass in C: ranges checked, fires and NaNs counted
+                fired, nan = np.zeros(span, np.int64), np.zeros(span, np.int64)
+                try:
+                    bad = kernel(
+                        where, LOCATION_CODES[(where.dtype.kind, where.itemsize)], len(a), a, a.itemsize,
+                        list(rule.fire_ranges),
+                        rule.magnitude_mask if rule.nan_above is not None else 0, rule.nan_above or 0,
+                        split.start - first, span - (split.start - first), batches or 0, positions or 0,
+                        fired[split.start - first:], nan[split.start - first:],
+                    )
+                except BufferError:
+                    raise BadInput(path, "changed during the scan: it was truncated while being counted") from None
+                if bad < 0:
+                    states = {"fire_counts": _placed(fired, offset, width), "nan_counts": _placed(nan, offset, width)}
+                    yield path, states, a.nbytes + where.nbytes
+                    continue
+                # an entry out of range: the checks below name it
             raw = where[:, 2]
             _check_range(path, raw, split.start - first, span, lambda i: f"latent {int(raw[i])}, outside this file's latents {split.start}..{split.end}")
             if positions is not None:
@@ -248,6 +268,24 @@ def count(
                 states["last_fired"] = last
             yield path, states, a.nbytes + where.nbytes
         del locations, bits
+
+
+LOCATION_CODES = {("u", 2): "H", ("u", 4): "I", ("i", 4): "i", ("i", 8): "q"}  # the kernel's location types
+
+
+def _native_counter(locations: np.ndarray, bits: np.ndarray, track_last: bool) -> object | None:
+    """The C kernel's sparse count, where it takes these columns (uint16, uint32, int32 or int64
+    locations, 16- or 32-bit values, contiguous; not when the last vector that fired is tracked),
+    else None."""
+    from ..counting import _kernels
+
+    counter = getattr(_kernels, "count_sparse", None)
+    kind = (locations.dtype.kind, locations.itemsize)
+    if counter is None or track_last or kind not in LOCATION_CODES or bits.itemsize not in (2, 4):
+        return None
+    if not (locations.flags.c_contiguous and bits.flags.c_contiguous) or locations.ndim != 2 or locations.shape[1] != 3:
+        return None
+    return counter
 
 
 def _check_range(path: Path, values: np.ndarray, low: int, stop: int, say: object) -> None:
