@@ -5,8 +5,8 @@ and against what a user would run instead, in one run, in alternation.
     python bench/format_bench.py --gib 2 --runs 5
 
 Writes one shard per format in a temporary folder (or --folder): safetensors, torch.save (.pt),
-.npy, .npz (compressed: a tenth of the rows, it is slow to write), a delphi sparse cache of the
-same values above 0. Every time is a whole process, start-up included; peak RSS is GNU time's.
+.npy, .npz (compressed: a tenth of the rows, it is slow to write), a SAELens Arrow file (Array2D
+of 128 positions), a delphi sparse cache of the same values above 0. Every time is a whole process, start-up included; peak RSS is GNU time's.
 Prints per format: nact's median, the ratio to nact on safetensors, the alternative's median.
 """
 
@@ -29,6 +29,14 @@ ALTERNATIVES = {
     "npy": "import sys, numpy as np; x = np.load(sys.argv[1], mmap_mode='r'); print(int(((x > 0).sum(0) == 0).sum()))",
     "pt": "import sys, torch; x = torch.load(sys.argv[1], mmap=True, weights_only=True)['acts']; print(int(((x > 0).sum(0) == 0).sum()))",
     "npz": "import sys, numpy as np; x = np.load(sys.argv[1])['acts']; print(int(((x > 0).sum(0) == 0).sum()))",
+    "arrow": (
+        "import sys, numpy as np, pyarrow as pa\n"
+        "c = None\n"
+        "for batch in pa.ipc.open_stream(pa.memory_map(sys.argv[1])):\n"
+        "    v = batch.column('acts').flatten().flatten().to_numpy().reshape(-1, 4096)\n"
+        "    s = (v > 0).sum(0); c = s if c is None else c + s\n"
+        "print(int((c == 0).sum()))"
+    ),
     "delphi": (
         "import sys, numpy as np, pathlib; from safetensors.numpy import load_file\n"
         "c = 0\n"
@@ -48,11 +56,13 @@ def write_all(folder: Path, gib: float, features: int = 4096) -> dict[str, Path]
     rng = np.random.default_rng(0)
     x = np.maximum(rng.standard_normal((rows, features), dtype=np.float32) - 2.0, 0)
     out = {"safetensors": folder / "acts.safetensors", "pt": folder / "acts.pt", "npy": folder / "acts.npy",
-           "npz": folder / "acts.npz", "delphi": folder / "latents" / "acts"}
+           "npz": folder / "acts.npz", "arrow": folder / "arrow" / "data-00000-of-00001.arrow",
+           "delphi": folder / "latents" / "acts"}
     save_file({"acts": x}, str(out["safetensors"]))
     torch.save({"acts": torch.from_numpy(x)}, out["pt"])
     np.save(out["npy"], x)
     np.savez_compressed(out["npz"], acts=x[: rows // 10])
+    write_arrow(out["arrow"], x)
     out["delphi"].mkdir(parents=True)
     batch, position = np.divmod(np.arange(rows), 128)
     splits = np.linspace(0, features, 5).astype(int)
@@ -62,6 +72,20 @@ def write_all(folder: Path, gib: float, features: int = 4096) -> dict[str, Path]
         save_file({"locations": locations, "activations": x[r, f + start].astype(np.float16),
                    "tokens": np.zeros((-(-rows // 128), 128), np.int32)}, str(out["delphi"] / f"{start}_{end - 1}.safetensors"))
     return out
+
+
+def write_arrow(path: Path, x: np.ndarray, context: int = 128) -> None:
+    """A SAELens cache file: one [context, d] array per row, stored as datasets stores Array2D
+    (fixed-size lists of fixed-size lists), in record batches of 64 rows."""
+    import pyarrow as pa
+
+    path.parent.mkdir(parents=True)
+    rows = len(x) // context
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(x[: rows * context].reshape(-1)), x.shape[1])
+    table = pa.table({"acts": pa.FixedSizeListArray.from_arrays(inner, context)})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=64):
+            writer.write_batch(batch)
 
 
 def main() -> None:

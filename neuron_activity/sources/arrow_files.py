@@ -2,13 +2,16 @@
 
 Each hook column holds one ``[context_size, d_in]`` array per row (a nested list in Arrow), so
 a column is one component of ``rows x context_size`` vectors. ``token_ids`` and other integer
-columns are not components. Files are memory-mapped and read record batch by record batch; the
-values of a batch are counted in place, never copied. Needs pyarrow: ``pip install pyarrow``.
+columns are not components. A file is planned from a memory map (its schema and the record
+batches' metadata; datasets' Array2D has its shape in the schema) and counted record batch by
+record batch, each read into memory once and dropped before the next, so a scan holds one batch
+of a file, not the file. Needs pyarrow: ``pip install pyarrow``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,16 +72,27 @@ def _fixed_shape(arrow_type: object) -> tuple[int, int] | None:
     return shape[0], shape[1]
 
 
-def _batches(path: Path) -> Iterator[object]:
+def _batches(path: Path, drop_behind: bool = False) -> Iterator[object]:
+    """The record batches of an Arrow file, as zero-copy views of a read-only memory map.
+    ``drop_behind``: once the caller is done with a batch, the pages read so far leave the
+    process (``MADV_DONTNEED``; a file mapping reads them again from the page cache if they are
+    touched after), so that counting a file keeps about one batch resident, not the file."""
+    import mmap
+
     pa = _pyarrow()
+    mapped = None
     try:
-        source = pa.memory_map(str(path))  # type: ignore[attr-defined]
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        source = pa.BufferReader(pa.py_buffer(mapped) if mapped is not None else b"")  # type: ignore[attr-defined]
         try:
             reader = pa.ipc.open_stream(source)  # type: ignore[attr-defined]
         except pa.ArrowInvalid:  # type: ignore[attr-defined]
             source.seek(0)
             file_reader = pa.ipc.open_file(source)  # type: ignore[attr-defined]
             reader = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
+        dropped = 0
         for batch in reader:
             # lengths and offsets checked against the buffers before any kernel reads them: a
             # corrupt batch is an error here, not an abort inside pyarrow later. Without offsets
@@ -86,6 +100,10 @@ def _batches(path: Path) -> Iterator[object]:
             fixed = all(_fixed_shape(f.type) is not None or not _is_nested(f.type) for f in batch.schema)  # type: ignore[attr-defined]
             batch.validate(full=not fixed)  # type: ignore[attr-defined]
             yield batch
+            done = source.tell() - source.tell() % mmap.PAGESIZE
+            if drop_behind and mapped is not None and done > dropped and hasattr(mapped, "madvise"):
+                mapped.madvise(mmap.MADV_DONTNEED, dropped, done - dropped)
+                dropped = done
     except (pa.ArrowException, OSError, ValueError) as e:  # type: ignore[attr-defined]
         raise BadInput(path, f"not a readable Arrow file: {first_line(e)}") from None
 
@@ -205,7 +223,7 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
 def _column_chunks(slab: TensorSlab) -> Iterator[np.ndarray]:
     width = slab.width
     unsigned = UNSIGNED_VIEW[slab.row_bytes // width]
-    for batch in _batches(slab.path):
+    for batch in _batches(slab.path, drop_behind=True):
         column = batch.column(slab.entry.member)  # type: ignore[attr-defined]
         values, _, _ = _values(slab.path, slab.key, column)
         if values.size:
