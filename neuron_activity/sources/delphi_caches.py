@@ -202,6 +202,22 @@ def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=entry.offset, shape=entry.shape)
 
 
+def _drop_behind(array: np.ndarray, rows: int) -> None:
+    """Let the pages of a mapped array's first ``rows`` rows leave the process (``MADV_DONTNEED``:
+    a file mapping reads them again from the page cache if they are touched), so that counting a
+    split keeps about one chunk resident, not the split."""
+    import mmap
+
+    mapped = getattr(array, "_mmap", None)
+    if mapped is None or not hasattr(mapped, "madvise") or not rows:
+        return
+    start = array.offset % mmap.ALLOCATIONGRANULARITY  # type: ignore[attr-defined]  # where the array begins in the map
+    end = start + rows * (array.nbytes // max(len(array), 1))
+    end -= end % mmap.PAGESIZE
+    if end > 0:
+        mapped.madvise(mmap.MADV_DONTNEED, 0, end)
+
+
 def count(
     slab: TensorSlab, rule: FireRule, track_last: bool = False, files: tuple[Path, ...] | None = None,
     native: bool = True,
@@ -228,6 +244,7 @@ def count(
         for lo in range(0, bits.shape[0], ENTRIES_PER_CHUNK):
             a = np.asarray(bits[lo : lo + ENTRIES_PER_CHUNK])
             where = np.asarray(locations[lo : lo + ENTRIES_PER_CHUNK])
+            nbytes = a.nbytes + where.nbytes
             if kernel is not None:  # one pass in C: ranges checked, fires and NaNs counted
                 fired, nan = np.zeros(span, np.int64), np.zeros(span, np.int64)
                 try:
@@ -242,7 +259,10 @@ def count(
                     raise BadInput(path, "changed during the scan: it was truncated while being counted") from None
                 if bad < 0:
                     states = {"fire_counts": _placed(fired, offset, width), "nan_counts": _placed(nan, offset, width)}
-                    yield path, states, a.nbytes + where.nbytes
+                    del a, where
+                    _drop_behind(bits, lo + ENTRIES_PER_CHUNK)
+                    _drop_behind(locations, lo + ENTRIES_PER_CHUNK)
+                    yield path, states, nbytes
                     continue
                 # an entry out of range: the checks below name it
             raw = where[:, 2]
@@ -266,7 +286,9 @@ def count(
                 last = np.full(width, -1, np.int64)
                 np.maximum.at(last, hit[:, 2].astype(np.int64) + offset, vectors)
                 states["last_fired"] = last
-            yield path, states, a.nbytes + where.nbytes
+            yield path, states, nbytes
+            _drop_behind(bits, lo + ENTRIES_PER_CHUNK)
+            _drop_behind(locations, lo + ENTRIES_PER_CHUNK)
         del locations, bits
 
 
