@@ -11,7 +11,6 @@ import os
 import sys
 import threading
 from pathlib import Path
-import hashlib
 from typing import Protocol
 
 import numpy as np
@@ -135,6 +134,19 @@ class NumpyCounter:
 KERNEL_SOURCE = Path(__file__).with_name("_kernels.c")
 
 
+def _sha256(data: bytes) -> str:
+    """SHA-256 from CPython's own module where there is one: hashlib loads OpenSSL, which costs
+    about as much start-up as the rest of nact's modules."""
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found]  # Python 3.12 and later
+    except ImportError:
+        try:
+            from _sha256 import sha256  # type: ignore[import-not-found, no-redef]  # Python 3.11 and earlier
+        except ImportError:
+            from hashlib import sha256  # type: ignore[no-redef]
+    return sha256(data).hexdigest()
+
+
 def _load_native() -> tuple[object | None, str | None]:
     """The C kernel, or None and why it cannot be used.
 
@@ -147,7 +159,7 @@ def _load_native() -> tuple[object | None, str | None]:
     except ImportError:
         return None, "not built (no C compiler when nact was installed)"
     try:
-        source = hashlib.sha256(KERNEL_SOURCE.read_bytes()).hexdigest()
+        source = _sha256(KERNEL_SOURCE.read_bytes())
     except OSError:
         return _kernels, None  # no source to compare with
     if getattr(_kernels, "SOURCE_SHA256", None) != source:

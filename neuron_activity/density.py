@@ -56,6 +56,20 @@ class DensitySummary:
         }
 
 
+def _quantiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """``np.quantile``'s default (linear) quantiles of a non-empty array, without it: it imports
+    ``numpy.ma``, a fifth of nact's start-up."""
+    ordered = np.sort(values)
+    out = []
+    for q in qs:
+        at = q * (len(ordered) - 1)
+        lo = int(math.floor(at))
+        hi = min(lo + 1, len(ordered) - 1)
+        a, b, t = float(ordered[lo]), float(ordered[hi]), at - lo
+        out.append(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)  # numpy's _lerp
+    return out
+
+
 def summarize(
     component: ComponentActivity,
     dense_above: Fraction = DEFAULT_DENSE_ABOVE,
@@ -69,7 +83,7 @@ def summarize(
     ultralow_mask = alive & (counts < math.ceil(ultralow_below * n))
     ultralow = int(ultralow_mask.sum())
     logs = np.log10(counts[alive] / n) if alive.any() else np.empty(0)
-    quantiles = {q: float(v) for q, v in zip(QUANTILES, np.quantile(logs, QUANTILES))} if logs.size else {}
+    quantiles = dict(zip(QUANTILES, _quantiles(logs, QUANTILES))) if logs.size else {}
     present = bool(alive.any()) and Fraction(ultralow, int(alive.sum())) >= ultralow_min_fraction and ultralow > 0
     return DensitySummary(
         component.name,

@@ -6,7 +6,6 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +18,6 @@ from .counting import NATIVE_PROBLEM, Counter, States, kernel_for, make_counter,
 from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, signed_bits
 from .errors import BadInput, BadOption
 from .options import CountOptions
-from .sae import SAE_STATS, SaeCounter
 from .sources import READERS, ScanPlan, TensorSlab, component_layout, discover, plan_scan
 from .sources.base import MAPPED, SPARSE
 
@@ -248,6 +246,8 @@ def _count(
                         progress(path, nbytes)
                     continue
                 if key not in counters and slab.key in plan.saes:
+                    from .sae import SaeCounter
+
                     saes = [b.sae for b in plan.saes[slab.key]]
                     counters[key] = SaeCounter(
                         slab.dtype, saes, device, options.kernel, track_last, options.fire_above, options.sae_dtype
@@ -277,16 +277,10 @@ def _count(
             raise
         return counters
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nact-count") as pool:
-        futures = [pool.submit(worker) for _ in range(threads)]
-        try:
-            results = [f.result() for f in futures]
-        except BaseException:
-            stop.set()
-            raise
+    results = _run_threads(worker, threads, stop)
     optional = state.TRACK_LAST if track_last else ()
     totals = {
-        g.key: (state.empty(g.width, optional + (SAE_STATS if g.key in plan.saes else ())), 0)
+        g.key: (state.empty(g.width, optional + (state.SAE_STATS if g.key in plan.saes else ())), 0)
         for g in plan.groups.values()
     }
     for slab in plan.slabs:
@@ -300,6 +294,35 @@ def _count(
             kernels.add(counter.name)
     kernel = "+".join(sorted(kernels)) or kernel_for(device, options.kernel)
     return totals, kernel
+
+
+def _run_threads(worker: Callable[[], object], threads: int, stop: threading.Event) -> list:
+    """``worker()`` on ``threads`` threads; their results, or the first error raised in one (the
+    others stop at their next item). Plain threads: concurrent.futures costs start-up (logging)."""
+    results: list = [None] * threads
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = worker()
+        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+            errors.append(e)
+
+    pool = [threading.Thread(target=run, args=(i,), name=f"nact-count-{i}", daemon=True) for i in range(threads)]
+    for t in pool:
+        t.start()
+    try:
+        for t in pool:
+            while t.is_alive():
+                t.join(0.2)  # a join with a timeout lets Ctrl-C through
+    except BaseException:
+        stop.set()
+        for t in pool:
+            t.join()
+        raise
+    if errors:
+        raise errors[0]
+    return results
 
 
 def _count_chunk(

@@ -45,6 +45,7 @@ FIELDS: tuple[Field, ...] = (
 )
 BY_NAME = {f.name: f for f in FIELDS}
 TRACK_LAST = ("last_fired",)  # the optional fields that tracking the time since last fired keeps
+SAE_STATS = ("act_sums", "act_max")  # the optional fields a scan of SAE latents keeps
 
 
 def empty(width: int, optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
