@@ -137,26 +137,51 @@ def _json(path: Path) -> dict[str, Any]:
     return value
 
 
-def _safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a safetensors file, in float32 (weights are small next to a cache)."""
-    from .sources.safetensors_files import read_header
+class _Tensors(dict):  # type: ignore[type-arg]
+    """The tensors of a safetensors file by name, each read (in float32) when first looked up:
+    an encoder does not read the decoder it does not use."""
 
-    out = {}
-    with open(path, "rb") as f:
-        for e in read_header(path):
-            f.seek(e.offset)  # type: ignore[arg-type]
-            raw = f.read(e.nbytes)
+    def __init__(self, path: Path) -> None:
+        from .sources.safetensors_files import read_header
+
+        super().__init__()
+        self.path = path
+        self.entries = {e.key: e for e in read_header(path)}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        return self[key] if key in self.entries else default
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if not dict.__contains__(self, key):
+            e = self.entries[key]
+            with open(self.path, "rb") as f:
+                f.seek(e.offset)  # type: ignore[arg-type]
+                raw = f.read(e.nbytes)
             if len(raw) != e.nbytes:
-                raise BadInput(path, f"truncated: tensor {e.key!r}")
-            out[e.key] = _as_float32(raw, e.dtype, e.shape, path, e.key)
-    return out
+                raise BadInput(self.path, f"truncated: tensor {key!r}")
+            dict.__setitem__(self, key, _as_float32(raw, e.dtype, e.shape, self.path, key))
+        return dict.__getitem__(self, key)
+
+
+def _safetensors(path: Path) -> _Tensors:
+    """The tensors of a safetensors file (read when looked up, in float32)."""
+    return _Tensors(path)
 
 
 def _as_float32(raw: bytes, dtype: str, shape: tuple[int, ...], path: Path, key: str) -> np.ndarray:
     if dtype == "BF16":
         values = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
     elif dtype in ("F16", "F32", "F64"):
-        values = np.frombuffer(raw, {"F16": "<f2", "F32": "<f4", "F64": "<f8"}[dtype]).astype(np.float32)
+        values = np.frombuffer(raw, {"F16": "<f2", "F32": "<f4", "F64": "<f8"}[dtype]).astype(np.float32, copy=False)
     elif dtype in ("I32", "I64", "I16", "I8", "U8"):
         values = np.frombuffer(raw, {"I32": "<i4", "I64": "<i8", "I16": "<i2", "I8": "i1", "U8": "u1"}[dtype])
         values = values.astype(np.float32)
@@ -524,7 +549,7 @@ class TorchEncoder:
         self.dtype = getattr(torch, compute)
 
         def put(a: np.ndarray | None, dtype: object = torch.float32) -> object:
-            return None if a is None else torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device, dtype)
+            return None if a is None else torch.tensor(np.asarray(a, np.float32), device=device, dtype=dtype)
 
         self.weight = put(sae.weight, self.dtype)
         self.bias, self.center, self.threshold = put(sae.bias), put(sae.center), put(sae.threshold)
