@@ -186,6 +186,12 @@ class NeuronActivity:
                 f"with fire-above {float(self.fire_above)}"
             )
         for c in other.components.values():
+            mine = self.components.get(c.name)
+            if mine is not None and mine.sae and c.sae and mine.sae.get("fingerprint") != c.sae.get("fingerprint"):
+                raise ShapeMismatch(
+                    f"component {c.name!r} holds the latents of two different SAEs "
+                    f"({mine.sae.get('path')}, {c.sae.get('path')}): their counts do not add up"
+                )
             if c.name in self.components and self.components[c.name].first_neuron != c.first_neuron:
                 raise ShapeMismatch(f"component {c.name!r} starts at neuron {c.first_neuron} here, "
                                     f"{self.components[c.name].first_neuron} there")

@@ -31,6 +31,15 @@ def what_changed(before: ShardRecord, now: ShardRecord) -> str:
     return f"same size, modification time {before.mtime_ns} -> {now.mtime_ns} ns"
 
 
+def _check_same_saes(state: Path, previous: SavedCounts, plan: ScanPlan) -> None:
+    """Latents the state counted with one SAE are not added to latents of another."""
+    for bound in (b for found in plan.saes.values() for b in found):
+        before = previous.activity.components.get(bound.name)
+        old = (before.sae or {}).get("fingerprint") if before is not None else None
+        if old and old != bound.sae.fingerprint:
+            raise StateMismatch(state, "sae", f"{old[:12]} (its fingerprint)", f"{bound.sae.fingerprint[:12]}")
+
+
 def audit(
     paths: list[Path],
     state: Path,
@@ -62,6 +71,8 @@ def audit(
         device = resolve_device(settings.device)
         found = shards if shards is not None else discover(list(paths), settings.input_format)
         plan = plan_for(found, settings)
+        if previous is not None and not rescan:
+            _check_same_saes(state, previous, plan)
         new_units: list[Path] = []
         new_records: list[ShardRecord] = []
         for unit in plan.units():

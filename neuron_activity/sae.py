@@ -64,6 +64,18 @@ class Sae:
     mag_scale: np.ndarray | None = None  # gated: exp(r_mag)
     mag_bias: np.ndarray | None = None  # gated
     notes: tuple[str, ...] = field(default=())
+    fingerprint: str = ""  # SHA-256 of the encoder as nact uses it: which SAE made a count
+
+    def with_fingerprint(self) -> Sae:
+        """This SAE with its fingerprint: the rule, its numbers and every array it encodes with."""
+        from dataclasses import replace
+
+        from .counting import _sha256
+
+        parts = [repr((self.rule, self.d_in, self.d_sae, self.k, self.scale, self.normalize)).encode()]
+        for a in (self.weight, self.bias, self.center, self.threshold, self.topk_scale, self.mag_scale, self.mag_bias):
+            parts.append(b"-" if a is None else np.ascontiguousarray(a, np.float32).tobytes())
+        return replace(self, fingerprint=_sha256(b"|".join(parts)))
 
     @property
     def name(self) -> str:
@@ -94,7 +106,7 @@ class Sae:
     def as_dict(self) -> dict[str, object]:
         return {
             "path": str(self.path), "library": self.library, "architecture": self.architecture, "hook": self.hook,
-            "d_in": self.d_in, "d_sae": self.d_sae, "encode": self.describe(),
+            "d_in": self.d_in, "d_sae": self.d_sae, "encode": self.describe(), "fingerprint": self.fingerprint,
         }
 
 
@@ -109,11 +121,11 @@ def load_sae(path: Path | str) -> Sae:
     if not folder.is_dir():
         raise BadInput(folder, "no such SAE checkpoint folder")
     if (folder / "sae_weights.safetensors").is_file():
-        return _saelens(folder)
+        return _saelens(folder).with_fingerprint()
     if (folder / "sae.safetensors").is_file():
-        return _sparsify(folder)
+        return _sparsify(folder).with_fingerprint()
     if (folder / "ae.pt").is_file():
-        return _dictionary_learning(folder)
+        return _dictionary_learning(folder).with_fingerprint()
     raise BadInput(
         folder,
         "not an SAE checkpoint: nact reads SAELens (cfg.json, sae_weights.safetensors), sparsify "

@@ -593,3 +593,31 @@ def test_inspect_shows_what_each_sae_encodes(tmp_path: Path) -> None:
     assert sae["encode"] == "SAELens topk: x - b_dec, h = x @ W_enc + b, top 4 of h * |W_dec|, relu"
     table = nact("inspect", data, "--sae", tmp_path / "sae")
     assert f"SAE {tmp_path / 'sae'} encodes {HOOK} into {HOOK}:sae ({D_SAE} latents)" in table.stdout
+
+
+def test_counts_of_another_sae_are_never_added(tmp_path: Path) -> None:
+    """An audit whose SAE was replaced (same folder, other weights), or counts of two SAEs under one
+    component name, are refused: latents of different SAEs do not add up."""
+    folder = tmp_path / "sae"
+    saelens(folder, "standard", seed=1)
+    data = cache(tmp_path / "cache", activations())
+    state = tmp_path / "audit.safetensors"
+    assert nact("scan", data, "--sae", folder, "--state", state, "-q").exit_code == 0
+    before = state.read_bytes()
+    import shutil
+
+    shutil.rmtree(folder)
+    saelens(folder, "standard", seed=2)  # retrained in place
+    save_file({HOOK: activations(seed=3)}, str(data / "shard_10.safetensors"))  # a new shard to count
+    result = nact("scan", data, "--sae", folder, "--state", state, "-q")
+    assert result.exit_code == 2
+    assert "counted with sae" in result.stderr and "use the same --sae, or --rescan" in result.stderr
+    assert state.read_bytes() == before
+    assert nact("scan", data, "--sae", folder, "--state", state, "--rescan", "-q").exit_code == 0
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert nact("scan", data / "shard_10.safetensors", "--sae", f"{HOOK}={folder}", "--save-counts", b, "-q").exit_code == 0
+    shutil.rmtree(folder)
+    saelens(folder, "standard", seed=1)
+    assert nact("scan", data / "shard_00.safetensors", "--sae", f"{HOOK}={folder}", "--save-counts", a, "-q").exit_code == 0
+    merged = nact("merge", a, b, "-o", tmp_path / "m.safetensors")
+    assert merged.exit_code == 2 and "holds the latents of two different SAEs" in merged.stderr
