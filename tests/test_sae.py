@@ -148,7 +148,11 @@ def saelens(folder: Path, architecture: str, seed: int = 0, version: str = "6", 
     if version == "6":
         cfg.update(architecture=architecture, normalize_activations="none",
                    metadata={"hook_name": HOOK, "sae_lens_version": "6.5.1", "model_name": "gpt2"})
-    else:  # 4.x/5.x: the hook at the top, no architecture unless it is not standard
+    elif version == "4":  # 4.x: hook_point, activation_fn_str, a topk SAE named by its activation only
+        cfg.update(hook_point=HOOK, normalize_activations=None)
+        if architecture == "topk":
+            cfg.update(activation_fn_str="topk", activation_fn_kwargs={"k": cfg_extra.pop("k", 7)})
+    else:  # 5.x: the hook at the top, no architecture unless it is not standard
         cfg.update(hook_name=HOOK, sae_lens_version="5.9.0", normalize_activations=False)
         if architecture != "standard":
             cfg["architecture"] = architecture
@@ -229,6 +233,8 @@ CASES = {
     "saelens-standard": lambda p: saelens(p, "standard"),
     "saelens-standard-5x": lambda p: saelens(p, "standard", version="5"),
     "saelens-jumprelu": lambda p: saelens(p, "jumprelu", seed=3),
+    "saelens-jumprelu-5x": lambda p: saelens(p, "jumprelu", seed=12, version="5"),
+    "saelens-topk-4x": lambda p: saelens(p, "topk", seed=13, version="4", k=8),
     "saelens-topk": lambda p: saelens(p, "topk", seed=4, k=7),
     "saelens-topk-rescaled": lambda p: saelens(p, "topk", seed=5, k=9, rescale_acts_by_decoder_norm=True),
     "saelens-gated": lambda p: saelens(p, "gated", seed=6),
