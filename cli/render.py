@@ -84,6 +84,8 @@ SKIP_POSITIONS = typer.Option(
 PARTIAL_LATENTS = typer.Option(
     False, "--partial-latents", help="delphi: count the splits that are there, each run of latents apart, naming the rest."
 )
+
+
 def positions(text: str | None) -> tuple[int, ...]:
     """``--skip-positions 0,1`` as numbers (a bad entry is left to CountOptions to refuse)."""
     if not text:
