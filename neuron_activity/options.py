@@ -24,6 +24,7 @@ MAX_FIRE_ABOVE = Fraction(10) ** 308
 KERNELS = ("native", "numpy", "torch")
 KERNEL_VARIABLE = "NACT_KERNEL"  # picks the CPU kernel, for tests and benchmarks
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+SAE_DTYPES = ("float32", "bfloat16", "float16")  # the precisions of an SAE's matrix product
 
 
 def check_device_name(device: str) -> str:
@@ -79,9 +80,11 @@ class CountOptions:
             raise BadOption("group_by", self.group_by, f"is not a grouping: use {', '.join(GROUPINGS)}")
         if self.flatten and self.component_axis is not None:
             raise Conflict(("flatten", "component_axis"), "flatten makes every axis before the features a batch axis")
-        from .sae import SAE_DTYPES, SaeRequest
+        saes = tuple(self.saes or ())
+        if saes:
+            from .sae import SaeRequest
 
-        saes = tuple(SaeRequest.parse(r) if isinstance(r, str) else r for r in self.saes or ())
+            saes = tuple(SaeRequest.parse(r) if isinstance(r, str) else r for r in saes)
         object.__setattr__(self, "saes", saes)
         if self.sae_dtype not in SAE_DTYPES:
             raise BadOption("sae_dtype", self.sae_dtype, f"is not a dtype: use {', '.join(SAE_DTYPES)}")

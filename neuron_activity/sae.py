@@ -35,7 +35,6 @@ import numpy as np
 
 from .errors import BadInput, BadOption, SaeNotBound, first_line
 
-SAE_DTYPES = ("float32", "bfloat16", "float16")
 RULES = ("relu", "tanh-relu", "jumprelu", "threshold", "topk", "groupmax", "gated")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 LAYER_NORM_EPS = 1e-5  # SAELens' run-time layer norm: (x - mean) / (std + eps)

@@ -6,9 +6,7 @@ data stays on disk until read). Importing torch costs seconds, so only these fil
 
 from __future__ import annotations
 
-import pickle
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +14,6 @@ import numpy as np
 
 from ..dtypes import TORCH_NAMES, UNSIGNED_VIEW, signed_bits
 from ..errors import BadInput, NactError, first_line
-from . import torch_zip
 from .base import LOADED, TensorEntry, TensorSlab
 
 FORMAT = "torch"
@@ -35,6 +32,9 @@ def load(path: Path) -> object:
         import torch
     except ImportError:
         raise NactError(f"{path}: reading .pt files needs PyTorch: pip install torch") from None
+    import pickle
+    import zipfile
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's own warnings would add lines to a one-line error
         try:
@@ -100,6 +100,8 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
     tensors are then mapped in place), else loaded with torch."""
     out = []
     for path in paths:
+        from . import torch_zip  # pickle and zipfile: loaded for .pt files only
+
         mapped = torch_zip.entries(path, FORMAT)
         if mapped is not None:
             out += mapped
