@@ -125,6 +125,11 @@ def load_sae(path: Path | str) -> Sae:
         return _sparsify(folder).with_fingerprint()
     if (folder / "ae.pt").is_file():
         return _dictionary_learning(folder).with_fingerprint()
+    inside = sorted(p.parent.name for name in ("sae_weights.safetensors", "sae.safetensors", "ae.pt")
+                    for p in folder.glob(f"*/{name}"))
+    if inside:
+        listed = ", ".join(inside[:4]) + (", ..." if len(inside) > 4 else "")
+        raise BadInput(folder, f"holds {len(inside)} SAE checkpoint(s) in its folders ({listed}): give one of them")
     raise BadInput(
         folder,
         "not an SAE checkpoint: nact reads SAELens (cfg.json, sae_weights.safetensors), sparsify "

@@ -391,13 +391,15 @@ def test_dead_latents_listed_with_their_statistics(tmp_path: Path) -> None:
         (["--sae", "other={sae}", "--sae-dtype", "bfloat16", "-d", "cpu"], "--sae-dtype 'bfloat16' is for a GPU"),
         (["--sae-dtype", "float16"], "--sae-dtype goes with --sae"),
         (["--sae", "{tmp}"], "not an SAE checkpoint"),
+        (["--sae", "{run}"], "holds 1 SAE checkpoint(s) in its folders (blocks.3.hook_resid_post): give one of them"),
     ],
 )
 def test_bad_sae_requests_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     saelens(tmp_path / "sae", "standard")
+    sparsify(tmp_path / "run" / HOOK)  # a sparsify run: one coder per hook folder
     data = cache(tmp_path / "cache", activations(), key="other")
     out = tmp_path / "out.json"
-    args = [a.format(sae=tmp_path / "sae", tmp=tmp_path / "cache") for a in args]
+    args = [a.format(sae=tmp_path / "sae", tmp=tmp_path / "cache", run=tmp_path / "run") for a in args]
     result = nact("scan", data, *args, "-o", out)
     assert result.exit_code == 2, result.output
     assert len(result.stderr.splitlines()) == 1 and message in result.stderr, result.stderr
