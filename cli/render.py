@@ -79,7 +79,7 @@ SAVE_SPARSITY = typer.Option(
 SKIP_POSITIONS = typer.Option(
     None, "--skip-positions", metavar="P[,P...]",
     help="Leave out these positions of every sequence (0: the BOS token) where the layout has positions "
-    "(batch x position x d tensors, Arrow caches of sequences).",
+    "(batch x position x d tensors, Arrow caches of sequences, delphi caches).",
 )
 PARTIAL_LATENTS = typer.Option(
     False, "--partial-latents", help="delphi: count the splits that are there, each run of latents apart, naming the rest."

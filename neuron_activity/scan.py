@@ -86,8 +86,6 @@ def _check_positions(plan: ScanPlan, skip: tuple[int, ...]) -> None:
     """Positions can be skipped only where every tensor counted says what its positions are."""
     for slab in plan.slabs:
         shape = list(slab.entry.shape)
-        if slab.entry.storage == SPARSE:
-            raise BadInput(slab.path, f"component {slab.key!r} is a sparse cache: its positions cannot be skipped")
         if slab.positions is None:
             raise BadInput(
                 slab.path,
@@ -241,7 +239,8 @@ def _count(
                     sums = counters.setdefault(key, _Sum(slab.width, track_last))
                     files = slab.entry.files[start:end]
                     native = options.kernel in (None, "native")
-                    for path, states, nbytes in reader.count(slab, rule_for(slab.dtype), track_last, files, native):
+                    counted = reader.count(slab, rule_for(slab.dtype), track_last, files, native, skip)
+                    for path, states, nbytes in counted:
                         sums.add(states, first_vector)  # type: ignore[union-attr]
                         progress(path, nbytes)
                     continue

@@ -444,3 +444,21 @@ def test_arrow_array2d_as_fixed_size_lists(tmp_path: Path) -> None:
     assert got == {"blocks.2.hook_resid_post": expected(x.astype(np.float64))}
     sliced = scan([folder], skip_positions=(0,)).activity.components["blocks.2.hook_resid_post"]
     assert sliced.num_vectors == 30 * 4 and sliced.fire_counts.tolist() == (x[:, 1:] > 0).reshape(-1, 7).sum(0).tolist()
+
+
+def test_delphi_skip_positions(tmp_path: Path) -> None:
+    """Positions of a delphi cache are known from 'tokens': entries at skipped positions are left
+    out, vectors are those kept, and the last vector each latent fired on counts among them."""
+    rng = np.random.default_rng(11)
+    dense = np.maximum(rng.standard_normal((5, 7, 30)) - 0.8, 0).astype(np.float16)
+    dense[:, 0, 4] = 3.0  # fires only at position 0
+    write_delphi_module(tmp_path / "layers.2.mlp", dense, [(0, 14), (15, 29)])
+    c = scan([tmp_path], skip_positions=(0, 3), track_last=True).activity.components["layers.2.mlp"]
+    kept = np.delete(dense, [0, 3], axis=1).reshape(-1, 30).astype(np.float64)
+    assert (c.fire_counts.tolist(), c.num_vectors) == expected(kept)
+    assert c.fire_counts[4] == 0 or (kept[:, 4] > 0).any()
+    fired = kept > 0
+    last = np.where(fired.any(0), len(kept) - 1 - np.argmax(fired[::-1], axis=0), -1)
+    assert c.last_fired.tolist() == last.tolist()
+    plain = scan([tmp_path]).activity.components["layers.2.mlp"]
+    assert plain.fire_counts[4] > c.fire_counts[4]

@@ -124,11 +124,11 @@ class DenseReader(Reader, Protocol):
 class SparseReader(Reader, Protocol):
     def count(
         self, slab: TensorSlab, rule: FireRule, track_last: bool = False, files: tuple[Path, ...] | None = None,
-        native: bool = True,
+        native: bool = True, skip: tuple[int, ...] = (),
     ) -> Iterator[tuple[Path, dict, int]]:
         """Per chunk of stored entries (of ``files``, default all): the file, its states over the
         whole width (``last_fired`` as stream indices), and the bytes read. ``native``: the C
-        kernel may count (else numpy)."""
+        kernel may count (else numpy). ``skip``: positions left out of every sequence."""
         ...
 
 

@@ -141,8 +141,10 @@ def entries(
         splits = sorted((_split(p, num_latents) for p in files), key=lambda s: s.start)
         dtype = splits[0].tensors["activations"].dtype
         vectors = num_vectors
+        positions = None
         for s in splits:
             if "tokens" in s.tensors:
+                positions = s.tensors["tokens"].shape[1]
                 n = math.prod(s.tensors["tokens"].shape)
                 if vectors is not None and n != vectors:
                     raise BadInput(s.path, f"'tokens' gives {n} vectors, not {vectors} as the rest of {unit.name}")
@@ -170,13 +172,15 @@ def entries(
         if gaps:
             for run in runs:
                 first, last = run[0].start, run[-1].end
-                out.append(_entry(unit, f"{name}:{first}-{last}", dtype, vectors, run, first, last))
+                out.append(_entry(unit, f"{name}:{first}-{last}", dtype, vectors, run, first, last, positions))
         else:
-            out.append(_entry(unit, name, dtype, vectors, splits, 0, width - 1))
+            out.append(_entry(unit, name, dtype, vectors, splits, 0, width - 1, positions))
     return out
 
 
-def _entry(unit: Path, key: str, dtype: str, vectors: int, splits: list[Split], first: int, last: int) -> TensorEntry:
+def _entry(
+    unit: Path, key: str, dtype: str, vectors: int, splits: list[Split], first: int, last: int, positions: int | None
+) -> TensorEntry:
     return TensorEntry(
         unit,
         key,
@@ -188,6 +192,7 @@ def _entry(unit: Path, key: str, dtype: str, vectors: int, splits: list[Split], 
         file_bytes=tuple(s.tensors["activations"].nbytes + s.tensors["locations"].nbytes for s in splits),
         note=NOTE,
         storage=SPARSE,
+        positions=positions or None,  # from 'tokens' [batch, position]
     )
 
 
@@ -220,27 +225,36 @@ def _drop_behind(array: np.ndarray, rows: int) -> None:
 
 def count(
     slab: TensorSlab, rule: FireRule, track_last: bool = False, files: tuple[Path, ...] | None = None,
-    native: bool = True,
+    native: bool = True, skip: tuple[int, ...] = (),
 ) -> Iterator[tuple[Path, States, int]]:
     """Per chunk of a split (of ``files``, default all the entry's): its path, states over the
     entry's latents (the last fired as a vector index ``batch * positions + position``), and the
     bytes read. Only the latent column is decoded; batch and position columns are only range
     checked, and read whole only to track the last vector that fired. ``native``: count with the C
-    kernel where it can (one pass over the columns), else with numpy."""
+    kernel where it can (one pass over the columns), else with numpy. ``skip``: positions whose
+    entries are left out (vectors are then numbered among those kept)."""
     width, base = slab.width, first_latent(slab.entry)
     num_latents = None if SPLIT_NAME.match(slab.entry.files[0].stem) else width
     for path in files or slab.entry.files:
         split = _split(path, num_latents)
         tokens = split.tensors.get("tokens")
         batches, positions = tokens.shape if tokens is not None else (None, None)
+        if positions is None and skip and slab.positions:
+            batches, positions = slab.num_rows // slab.positions, slab.positions  # 'tokens' of another split
         if track_last and positions is None:
             raise BadInput(path, "no 'tokens' tensor: the vector each entry belongs to is unknown, so the time since last fired is too")
+        kept_before = None
+        if skip:
+            keep_position = np.ones(positions, bool)  # type: ignore[arg-type]
+            keep_position[list(skip)] = False
+            kept_before = np.concatenate([[0], np.cumsum(keep_position)])
         locations = _mapped(path, split.tensors["locations"], INTEGER_FORMATS[split.tensors["locations"].dtype])
         bits = _mapped(path, split.tensors["activations"], rule.unsigned)
         first = split.start if split.relative else 0  # the latent that raw index 0 names
         span = split.end - first + 1  # raw indices 0 .. span - 1 are this file's latents
         offset = first - base  # where raw index 0 lands in the entry's width
-        kernel = _native_counter(locations, bits, track_last) if native and (positions is None or batches and positions) else None
+        usable = native and not skip and (positions is None or batches and positions)
+        kernel = _native_counter(locations, bits, track_last) if usable else None
         for lo in range(0, bits.shape[0], ENTRIES_PER_CHUNK):
             a = np.asarray(bits[lo : lo + ENTRIES_PER_CHUNK])
             where = np.asarray(locations[lo : lo + ENTRIES_PER_CHUNK])
@@ -271,6 +285,10 @@ def count(
                 for column, limit in ((0, batches), (1, positions)):
                     _check_range(path, where[:, column], 0, limit, lambda i: (
                         f"batch {int(where[i, 0])}, position {int(where[i, 1])}, outside 'tokens' [{batches}, {positions}]"))
+            if kept_before is not None:  # entries at skipped positions are not counted
+                kept = keep_position[where[:, 1]]
+                a, where = a[kept], where[kept]
+                raw = where[:, 2]
             fires = np.zeros(a.shape, np.bool_)
             if rule.fire_ranges:
                 in_ranges(a, rule.fire_ranges, fires, np.empty_like(a), np.empty_like(fires))
@@ -282,7 +300,10 @@ def count(
                     states["nan_counts"] = _placed(np.bincount(raw[nans], minlength=span), offset, width)
             if track_last:
                 hit = where[fires]
-                vectors = hit[:, 0].astype(np.int64) * positions + hit[:, 1]
+                if kept_before is None:
+                    vectors = hit[:, 0].astype(np.int64) * positions + hit[:, 1]
+                else:
+                    vectors = hit[:, 0].astype(np.int64) * int(kept_before[-1]) + kept_before[hit[:, 1]]
                 last = np.full(width, -1, np.int64)
                 np.maximum.at(last, hit[:, 2].astype(np.int64) + offset, vectors)
                 states["last_fired"] = last
