@@ -90,7 +90,7 @@ def _check_positions(plan: ScanPlan, skip: tuple[int, ...]) -> None:
             raise BadInput(
                 slab.path,
                 f"tensor {slab.entry.key!r} of shape {shape} does not say which rows are which positions "
-                "(a [batch, position, d] tensor or an Arrow cache of sequences does): nothing can be skipped",
+                "(a [batch, position, d] tensor, an Arrow cache of sequences or a delphi cache does): nothing can be skipped",
             )
         if skip[-1] >= slab.positions:
             raise BadOption("skip_positions", skip[-1], f"is beyond the {slab.positions} positions of {slab.entry.key!r} ({slab.path})")
