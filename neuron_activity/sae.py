@@ -194,13 +194,12 @@ def _safetensors(path: Path) -> _Tensors:
 
 
 def _as_float32(raw: bytes, dtype: str, shape: tuple[int, ...], path: Path, key: str) -> np.ndarray:
-    if dtype == "BF16":
-        values = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-    elif dtype in ("F16", "F32", "F64"):
-        values = np.frombuffer(raw, {"F16": "<f2", "F32": "<f4", "F64": "<f8"}[dtype]).astype(np.float32, copy=False)
-    elif dtype in ("I32", "I64", "I16", "I8", "U8"):
-        values = np.frombuffer(raw, {"I32": "<i4", "I64": "<i8", "I16": "<i2", "I8": "i1", "U8": "u1"}[dtype])
-        values = values.astype(np.float32)
+    from .dtypes import INTEGER_FORMATS, ITEMSIZE, UNSIGNED_VIEW
+
+    if dtype in FLOAT_INPUTS:
+        values = to_float32(np.frombuffer(raw, UNSIGNED_VIEW[ITEMSIZE[dtype]]), dtype)
+    elif dtype in ("I32", "I64", "I16", "I8", "U8"):  # buffers such as dictionary_learning's k
+        values = np.frombuffer(raw, INTEGER_FORMATS[dtype]).astype(np.float32)
     else:
         raise BadInput(path, f"tensor {key!r} has dtype {dtype}, not a weight nact reads")
     return values.reshape(shape)
