@@ -28,7 +28,6 @@ from .render import (
     ULTRALOW_HELP,
     check_format,
     count_options,
-    positions,
 )
 
 BAR_WIDTH = 50
@@ -89,8 +88,8 @@ def density(
         raise typer.BadParameter("must be from 10 to 1200", param_hint="'--dpi'")
     marks = ReportOptions.parse(threshold or ["1e-5", "1e-6"], dense_above=dense_above, ultralow_below=ultralow_below)
     options = count_options(
-        key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents,
-        fire_above=fire_above, device=device, saes=tuple(sae or ()), skip_positions=positions(skip_positions),
+        key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents, sae,
+        skip_positions, fire_above=fire_above, device=device,
     )
     if plot is not None:
         from neuron_activity.plot import check_plot_path

@@ -25,7 +25,6 @@ from .render import (
     count_options,
     files_span,
     listed_names,
-    positions,
 )
 
 INSPECT_FORMATS = ("table", "json")
@@ -60,8 +59,8 @@ def inspect(
     from neuron_activity import inspect as inspect_shards
 
     options = count_options(
-        key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents, device="cpu",
-        saes=tuple(sae or ()), skip_positions=positions(skip_positions),
+        key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents, sae,
+        skip_positions, device="cpu",
     )
     result = inspect_shards(paths, options)
     problems = [word(p) for p in result.problems]

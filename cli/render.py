@@ -99,7 +99,8 @@ def positions(text: str | None) -> tuple[int, ...]:
 
 def count_options(
     key: list[str] | None, flatten: bool, component_axis: int | None, group_by: str, input_format: str | None,
-    num_latents: int | None, num_vectors: int | None, partial_latents: bool, **more: object,
+    num_latents: int | None, num_vectors: int | None, partial_latents: bool, sae: list[str] | None,
+    skip_positions: str | None, **more: object,
 ) -> object:
     """The CountOptions of the input options above (scan, inspect and density), and ``more``."""
     from neuron_activity.options import CountOptions
@@ -107,7 +108,8 @@ def count_options(
     return CountOptions(
         keys=key, flatten=flatten, component_axis=component_axis, group_by=group_by,  # type: ignore[arg-type]
         input_format=input_format, num_latents=num_latents, num_vectors=num_vectors,
-        partial_latents=partial_latents, **more,  # type: ignore[arg-type]
+        partial_latents=partial_latents, saes=tuple(sae or ()), skip_positions=positions(skip_positions),
+        **more,  # type: ignore[arg-type]
     )
 
 

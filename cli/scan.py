@@ -37,7 +37,6 @@ from .render import (
     check_format,
     count_options,
     finish,
-    positions,
 )
 
 if TYPE_CHECKING:
@@ -120,9 +119,9 @@ def scan(
     request = ScanRequest(
         paths=tuple(paths),
         count=count_options(  # type: ignore[arg-type]
-            key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents,
-            fire_above=fire_above, device=device, chunk_rows=chunk_rows, threads=threads, saes=tuple(sae or ()),
-            sae_dtype=sae_dtype, skip_positions=positions(skip_positions),
+            key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents, sae,
+            skip_positions, fire_above=fire_above, device=device, chunk_rows=chunk_rows, threads=threads,
+            sae_dtype=sae_dtype,
         ),
         report=ReportOptions.parse(
             threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,
