@@ -4,7 +4,7 @@ Each hook column holds one ``[context_size, d_in]`` array per row (a nested list
 a column is one component of ``rows x context_size`` vectors. ``token_ids`` and other integer
 columns are not components. A file is planned from a memory map (its schema and the record
 batches' metadata; datasets' Array2D has its shape in the schema) and counted record batch by
-record batch, each read into memory once and dropped before the next, so a scan holds one batch
+record batch from the map, its pages dropped behind each batch, so a scan holds about one batch
 of a file, not the file. Needs pyarrow: ``pip install pyarrow``.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..dtypes import UNSIGNED_VIEW
 from ..errors import BadInput, NactError, first_line
-from .base import BATCHES, TensorEntry, TensorSlab
+from .base import BATCHES, TensorEntry, TensorSlab, drop_pages
 
 FORMAT = "arrow"
 FORMATS = (FORMAT,)
@@ -100,10 +100,8 @@ def _batches(path: Path, drop_behind: bool = False) -> Iterator[object]:
             fixed = all(_fixed_shape(f.type) is not None or not _is_nested(f.type) for f in batch.schema)  # type: ignore[attr-defined]
             batch.validate(full=not fixed)  # type: ignore[attr-defined]
             yield batch
-            done = source.tell() - source.tell() % mmap.PAGESIZE
-            if drop_behind and mapped is not None and done > dropped and hasattr(mapped, "madvise"):
-                mapped.madvise(mmap.MADV_DONTNEED, dropped, done - dropped)
-                dropped = done
+            if drop_behind:
+                dropped = drop_pages(mapped, source.tell(), dropped)
     except (pa.ArrowException, OSError, ValueError) as e:  # type: ignore[attr-defined]
         raise BadInput(path, f"not a readable Arrow file: {first_line(e)}") from None
 

@@ -135,6 +135,20 @@ class SparseReader(Reader, Protocol):
 _DIGITS = re.compile(r"([0-9]+)")
 
 
+def drop_pages(mapped: object, end: int, start: int = 0) -> int:
+    """Let the pages of ``[start, end)`` of a read-only file mapping leave the process
+    (``MADV_DONTNEED``: a file mapping reads them again from the page cache if they are touched
+    after), ``end`` rounded down to a page; where the next call may start. Counting that drops
+    behind itself keeps about one window resident, not the file."""
+    import mmap
+
+    end -= end % mmap.PAGESIZE
+    if mapped is None or not hasattr(mapped, "madvise") or end <= start:
+        return start
+    mapped.madvise(mmap.MADV_DONTNEED, start, end - start)  # type: ignore[attr-defined]
+    return end
+
+
 def natural_key(path: Path) -> list[object]:
     """Sort key that puts ``2.safetensors`` before ``10.safetensors``."""
     return [int(part) if part.isascii() and part.isdigit() else part for part in _DIGITS.split(str(path))]

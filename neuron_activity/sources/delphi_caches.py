@@ -31,7 +31,7 @@ import numpy as np
 from ..counting import States, in_ranges
 from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
-from .base import SPARSE, TensorEntry, TensorSlab
+from .base import SPARSE, TensorEntry, TensorSlab, drop_pages
 from .safetensors_files import read_header
 
 FORMAT = "delphi"
@@ -208,19 +208,12 @@ def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
 
 
 def _drop_behind(array: np.ndarray, rows: int) -> None:
-    """Let the pages of a mapped array's first ``rows`` rows leave the process (``MADV_DONTNEED``:
-    a file mapping reads them again from the page cache if they are touched), so that counting a
-    split keeps about one chunk resident, not the split."""
+    """Let the pages of a mapped array's first ``rows`` rows leave the process (``drop_pages``)."""
     import mmap
 
-    mapped = getattr(array, "_mmap", None)
-    if mapped is None or not hasattr(mapped, "madvise") or not rows:
-        return
-    start = array.offset % mmap.ALLOCATIONGRANULARITY  # type: ignore[attr-defined]  # where the array begins in the map
-    end = start + rows * (array.nbytes // max(len(array), 1))
-    end -= end % mmap.PAGESIZE
-    if end > 0:
-        mapped.madvise(mmap.MADV_DONTNEED, 0, end)
+    if rows and getattr(array, "_mmap", None) is not None:
+        start = array.offset % mmap.ALLOCATIONGRANULARITY  # type: ignore[attr-defined]  # where the array begins in the map
+        drop_pages(array._mmap, start + rows * (array.nbytes // max(len(array), 1)))  # type: ignore[attr-defined]
 
 
 def count(
