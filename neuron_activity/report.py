@@ -6,6 +6,7 @@ Renderers (the CLI's table, CSV and Markdown) read this model; none of them comp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -76,11 +77,12 @@ class Report:
                 continue
             most, least = top_neurons(c, self.top or 0)
             density = densities(c)
+            stats = activation_stats(c)
             out[c.name] = {
                 label: [
                     {
                         "neuron": i + c.first_neuron, "fire_count": int(c.fire_counts[i]), "density": float(density[i]),
-                        **activation_stats(c, i),
+                        **stats(i),
                     }
                     for i in found
                 ]
@@ -107,8 +109,9 @@ class Report:
             counts = c.fire_counts[at].tolist()
             d["dead_neurons"] = " ".join(map(str, dead)) if flat else dead
             d["dead_neuron_fire_counts"] = " ".join(map(str, counts)) if flat else counts
-            if c.mean_when_firing() is not None and not flat:
-                d["dead_neuron_mean_activations"] = [_number(v) for v in c.mean_when_firing()[at]]
+            mean = None if flat else c.mean_when_firing()
+            if mean is not None:
+                d["dead_neuron_mean_activations"] = [_number(v) for v in mean[at]]
                 d["dead_neuron_max_activations"] = [_number(v) for v in c.states["act_max"][at]]
         if flat and self.top:  # CSV rows carry their component's lists (JSON has them under "top")
             top = self._top_cache().get(row.component, {})
@@ -167,12 +170,14 @@ def _number(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def activation_stats(c: object, i: int) -> dict[str, object]:
-    """Neuron ``i``'s mean activation when firing and largest activation, where they are kept."""
+def activation_stats(c: object) -> Callable[[int], dict[str, object]]:
+    """Neuron ``i`` of ``c`` -> its mean activation when firing and largest activation, where they
+    are kept (the means worked out once per component)."""
     mean = c.mean_when_firing()  # type: ignore[attr-defined]
     if mean is None:
-        return {}
-    return {"mean_activation": _number(mean[i]), "max_activation": _number(c.states["act_max"][i])}  # type: ignore[attr-defined]
+        return lambda i: {}
+    largest = c.states["act_max"]  # type: ignore[attr-defined]
+    return lambda i: {"mean_activation": _number(mean[i]), "max_activation": _number(largest[i])}
 
 
 def make_report(
