@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import UNSIGNED_VIEW
+from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
 from ..errors import BadInput, NactError, first_line
 from .base import BATCHES, TensorEntry, TensorSlab, drop_pages
 
@@ -128,7 +128,7 @@ def _nested_float(arrow_type: object) -> str | None:
 
 
 def _values(path: Path, name: str, column: object) -> tuple[np.ndarray, int, int]:
-    """The flat values of a batch's column, with its context size and width, checked."""
+    """The flat raw bits of a batch's column, with its context size and width, checked."""
     pa = _pyarrow()
     import pyarrow.compute as pc
 
@@ -156,9 +156,9 @@ def _values(path: Path, name: str, column: object) -> tuple[np.ndarray, int, int
 
 
 def _numpy_view(values: object) -> np.ndarray:
-    """The values of a primitive Arrow array as a numpy view of its data buffer (no copy, and
-    not through ``Array.to_numpy``, which may import pandas)."""
-    dtype = np.dtype({"double": "<f8", "float": "<f4", "halffloat": "<f2"}[str(values.type)])  # type: ignore[attr-defined]
+    """The raw bits of a primitive Arrow float array as a numpy view of its data buffer (no copy,
+    and not through ``Array.to_numpy``, which may import pandas)."""
+    dtype = UNSIGNED_VIEW[ITEMSIZE[ARROW_FLOATS[str(values.type)]]]  # type: ignore[attr-defined]
     data = values.buffers()[1]  # type: ignore[attr-defined]
     offset, length = values.offset, len(values)  # type: ignore[attr-defined, arg-type]
     return np.frombuffer(data, dtype=dtype, count=offset + length)[offset:]
