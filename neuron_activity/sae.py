@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,6 @@ class Sae:
     topk_scale: np.ndarray | None = None  # topk: decoder row norms the pre-activations are scaled by
     mag_scale: np.ndarray | None = None  # gated: exp(r_mag)
     mag_bias: np.ndarray | None = None  # gated
-    notes: tuple[str, ...] = field(default=())
     fingerprint: str = ""  # SHA-256 of the encoder as nact uses it: which SAE made a count
 
     def with_fingerprint(self) -> Sae:
@@ -291,7 +290,6 @@ def _saelens(folder: Path) -> Sae:
     if normalize not in NORMALIZATIONS:
         raise BadInput(cfg_path, f"normalize_activations {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
     scale = None
-    notes: list[str] = []
     if normalize == "expected_average_only_in":
         scale = _stored_scale(folder, cfg_path)
         normalize = "none"
@@ -301,7 +299,7 @@ def _saelens(folder: Path) -> Sae:
     (b_dec,) = _weights(weights_path, tensors, {"b_dec": (d_in,)})
     common: dict[str, Any] = dict(
         path=folder, library="SAELens", architecture=architecture, hook=hook, d_in=d_in, d_sae=d_sae,
-        center=b_dec if apply_b_dec else None, scale=scale, normalize=normalize, notes=tuple(notes),
+        center=b_dec if apply_b_dec else None, scale=scale, normalize=normalize,
     )
     (w_enc,) = _weights(weights_path, tensors, {"W_enc": (d_in, d_sae)})
     if architecture == "gated":
