@@ -756,7 +756,7 @@ def bind(plan: Any, requests: tuple[SaeRequest, ...], saes: list[Sae]) -> None:
         )
     plan.groups = groups
     kept = [s for s in plan.slabs if s.key in bound]
-    plan.restrict({s.path for s in kept} | set())
+    plan.restrict({s.path for s in kept})
     plan.slabs = kept
     plan.saes = bound
 
