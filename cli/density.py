@@ -153,7 +153,8 @@ def _activity(paths: list[Path], options: object) -> tuple[object, list[str]]:
     """The counts of ``paths``: saved counts merged, or activations scanned (with a progress bar
     on a terminal); and warnings."""
     from neuron_activity.activity import NeuronActivity
-    from neuron_activity.counts_file import is_counts_file, is_sparsity_file, load_sparsity
+    from neuron_activity.counts_file import is_sparsity_file, load_sparsity
+    from neuron_activity.sources.safetensors_files import is_counts_file
     from neuron_activity.scan import scan as scan_shards
 
     from .scan import _progress

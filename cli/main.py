@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import sys
+from collections.abc import Iterator, MutableMapping
+from importlib import import_module
 from typing import Any
 
 import typer
@@ -18,10 +20,6 @@ try:
 except ImportError:  # older typer uses click itself
     import click  # type: ignore[no-redef]
 
-from . import counts as counts_commands
-from . import density as density_command
-from . import inspect as inspect_command
-from . import scan as scan_command
 from .output import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -50,8 +48,55 @@ def _plain_metavar(make_metavar: Any) -> Any:
 TyperArgument.make_metavar = _plain_metavar(TyperArgument.make_metavar)  # type: ignore[method-assign]
 
 
+# Each command: its name, then the module of this package and the function that run it, in the
+# order `nact --help` lists them.
+COMMANDS = {
+    "scan": ("scan", "scan"),
+    "inspect": ("inspect", "inspect"),
+    "report": ("counts", "report"),
+    "merge": ("counts", "merge"),
+    "diff": ("counts", "diff"),
+    "density": ("density", "density"),
+}
+
+
+class LazyCommands(MutableMapping):
+    """The group's commands, each imported and made into a Click command the first time it is
+    asked for: a run pays for the command it runs, not for all six (about 30 ms of start-up)."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._made:
+            module, function = COMMANDS[name]  # KeyError: no such command, as a dict says it
+            one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            one.command(name)(getattr(import_module(f"{__package__}.{module}"), function))
+            self._made[name] = typer.main.get_command(one)
+        return self._made[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._made[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._made[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*COMMANDS, *self._made]))
+
+    def __len__(self) -> int:
+        return len(set(COMMANDS) | set(self._made))
+
+
 class NactGroup(TyperGroup):
     """Runs a command and turns whatever ends it into one line on stderr and an exit code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = LazyCommands()
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -136,12 +181,6 @@ def main_callback(
     """
 
 
-app.command("scan")(scan_command.scan)
-app.command("inspect")(inspect_command.inspect)
-app.command("report")(counts_commands.report)
-app.command("merge")(counts_commands.merge)
-app.command("diff")(counts_commands.diff)
-app.command("density")(density_command.density)
 
 
 def main() -> None:

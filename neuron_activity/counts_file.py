@@ -30,11 +30,11 @@ from .activity import NeuronActivity
 from .dtypes import decimal_text, parse_decimal
 from .errors import BadInput, BadOption, CountsMismatch, NactError, NotCountsFile
 from .options import MAX_FIRE_ABOVE
+from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME
+from .sources.safetensors_files import read_metadata
 
-FORMAT_NAME = "nact-counts"
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = ("1", "2")
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -110,25 +110,6 @@ def save_counts(path: Path, saved: SavedCounts) -> None:
         if getattr(saved, key):
             metadata[key] = str(getattr(saved, key))
     write_atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def read_metadata(path: Path) -> dict[str, str] | None:
-    """The ``__metadata__`` of a safetensors file (header only), or None if there is none."""
-    try:
-        with open(path, "rb") as f:
-            length = int.from_bytes(f.read(8), "little")
-            if not 0 < length <= MAX_HEADER_BYTES:
-                return None
-            header = json.loads(f.read(length))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return metadata if isinstance(metadata, dict) else None
-
-
-def is_counts_file(path: Path) -> bool:
-    """Whether ``path`` is a safetensors file that nact saved counts in (reads the header only)."""
-    return (read_metadata(path) or {}).get("format") == FORMAT_NAME
 
 
 def _json(path: Path, metadata: dict[str, str], key: str, kind: type) -> object:

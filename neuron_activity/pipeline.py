@@ -14,14 +14,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .counting import resolve_device
-from .counts_file import PartRecord, SavedCounts, ShardRecord, check_one_component, save_counts, save_sparsity
 from .errors import BadOutput, NactError
 from .options import CountOptions, Part, ScanRequest
 from .report import Report, make_report
 from .scan import ProgressCallback, ScanResult, count, plan_for
 from .sources import ScanPlan, discover
+
+if TYPE_CHECKING:  # counts files are read and written only by the scans that save them
+    from .counts_file import PartRecord, SavedCounts
 
 
 class EmptyPart(NactError):
@@ -104,6 +107,8 @@ def run_scan(
     assert device is not None
     plan = plan_for(shards, options)
     if request.save_sparsity is not None:
+        from .counts_file import check_one_component
+
         check_one_component(request.save_sparsity, list(plan.sources()))
     mine, record = _part_units(request.part, plan.units())
     if request.part is not None and not mine and request.save_counts is None:
@@ -119,6 +124,8 @@ def _part_units(part: Part | None, units: list[Path]) -> tuple[list[Path], PartR
     """The units a (possibly partial) scan counts, and its part record."""
     if part is None:
         return units, None
+    from .counts_file import PartRecord
+
     start, stop = part.bounds(len(units))
     return units[start:stop], PartRecord(part.index, part.of, start, stop - start, len(units))
 
@@ -136,10 +143,12 @@ def _finish(
     ``units`` are those counted (by every rank), ``shards`` their files."""
     saved = None
     if request.save_counts is not None:
+        from .counts_file import SavedCounts, ShardRecord
+
         records = [ShardRecord.of(u) for u in units]
         saved = SavedCounts(result.activity, records, part, result.kernel, result.device)
     if part is not None and not units:
-        save_counts(request.save_counts, saved)  # type: ignore[arg-type]
+        _save_counts(request.save_counts, saved)
         note = (
             f"part {request.part} holds no shards ({part.total_units} in all): "
             f"saved empty counts to {request.save_counts}, which merge with the other parts"
@@ -149,10 +158,18 @@ def _finish(
         result.activity, request.report, shards, result.device, result.kernel, result.warnings, sources
     )
     if saved is not None:
-        save_counts(request.save_counts, saved)  # type: ignore[arg-type]
+        _save_counts(request.save_counts, saved)
     if request.save_sparsity is not None:
+        from .counts_file import save_sparsity
+
         save_sparsity(request.save_sparsity, result.activity)
     return ScanOutcome(report, saved)
+
+
+def _save_counts(path: Path | None, saved: SavedCounts | None) -> None:
+    from .counts_file import save_counts
+
+    save_counts(path, saved)  # type: ignore[arg-type]
 
 
 def _audit(

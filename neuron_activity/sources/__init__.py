@@ -17,9 +17,9 @@ from pathlib import Path
 from types import ModuleType
 
 from ..dtypes import FLOAT_FORMATS, INTEGER_FORMATS, ITEMSIZE
-from ..counts_file import is_counts_file
 from ..errors import AxisProblem, BadInput, KeyNotFound, MixedFormats, NoVectors, ShapeMismatch
 from . import arrow_files, delphi_caches, grouping, numpy_files, safetensors_files, torch_files
+from .safetensors_files import is_counts_file
 from .base import LOADED, MAPPED, SPARSE, TensorEntry, TensorSlab, natural_key
 
 DENSE_READERS: tuple[ModuleType, ...] = (safetensors_files, numpy_files, torch_files, arrow_files)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,10 +49,6 @@ def read_npy_header(f: BinaryIO, path: Path, what: str = "") -> tuple[str, tuple
 
 
 
-# what zipfile raises on a member it cannot read: corrupt, encrypted, an unknown method
-MEMBER_ERRORS = (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError, RuntimeError, ValueError)
-
-
 def _big_endian(entry: TensorEntry) -> TensorEntry:
     """A big-endian entry: read through its reader, which swaps the bytes (mapped rows become
     ``SWAPPED``)."""
@@ -78,6 +73,8 @@ def npy_entries(path: Path) -> list[TensorEntry]:
 
 
 def npz_entries(path: Path) -> list[TensorEntry]:
+    import zipfile  # .npz files only
+
     out = []
     try:
         with zipfile.ZipFile(path) as z, open(path, "rb") as raw:
@@ -141,10 +138,13 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
         for block in _fortran_chunks(slab, chunk_rows, unsigned):
             yield block.byteswap() if swap else block
         return
+    import zipfile  # .npz files only
+
     try:
         with zipfile.ZipFile(entry.path) as z, z.open(entry.member) as member:  # type: ignore[arg-type]
             yield from _member_rows(slab, member, chunk_rows, unsigned, swap)
-    except MEMBER_ERRORS as e:
+    # what zipfile raises on a member it cannot read: corrupt, encrypted, an unknown method
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError, RuntimeError, ValueError) as e:
         raise BadInput(entry.path, f"member {entry.member!r}: corrupt compressed data: {first_line(e)}") from None
 
 
@@ -167,6 +167,8 @@ def _fortran_chunks(slab: TensorSlab, chunk_rows: int, unsigned: type) -> Iterat
             read_npy_header(f, entry.path)
             offset = f.tell()
     else:
+        import zipfile  # .npz files only
+
         with zipfile.ZipFile(entry.path) as z, open(entry.path, "rb") as raw:
             info = z.getinfo(entry.member)
             raw.seek(info.header_offset)

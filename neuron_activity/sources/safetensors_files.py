@@ -18,6 +18,7 @@ FORMAT = "safetensors"
 FORMATS = (FORMAT,)
 SUFFIXES = {".safetensors": FORMAT}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+COUNTS_FORMAT = "nact-counts"  # the metadata "format" of the safetensors files nact saves counts in
 
 
 def read_header(path: Path) -> list[TensorEntry]:
@@ -115,3 +116,22 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     rows = np.memmap(slab.path, dtype=unsigned, mode="r", offset=slab.offset or 0, shape=(slab.num_rows, slab.width))
     for start in range(0, slab.num_rows, chunk_rows):
         yield np.array(rows[start : start + chunk_rows])
+
+
+def read_metadata(path: Path) -> dict[str, str] | None:
+    """The ``__metadata__`` of a safetensors file (header only), or None if there is none."""
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 0 < length <= MAX_HEADER_BYTES:
+                return None
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def is_counts_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file that nact saved counts in (reads the header only)."""
+    return (read_metadata(path) or {}).get("format") == COUNTS_FORMAT
