@@ -28,14 +28,15 @@ from .render import (
     ULTRALOW_HELP,
     check_format,
     count_options,
+    input_paths,
 )
 
 BAR_WIDTH = 50
 
 
 def density(
-    paths: List[Path] = typer.Argument(
-        ..., metavar="PATH...", help="Activation shards or folders, saved counts files, or SAELens sparsity.safetensors files.",
+    paths: List[str] = typer.Argument(
+        ..., metavar="PATH...", help="Activation shards or folders (or their URLs), saved counts files, or SAELens sparsity.safetensors files.",
         show_default=False
     ),
     threshold: Optional[List[str]] = typer.Option(
@@ -96,7 +97,7 @@ def density(
 
         check_plot_path(plot)
         check_outputs([plot])
-    activity, warnings = _activity(paths, options)
+    activity, warnings = _activity(input_paths(paths), options)
     components = [c for c in activity.components.values() if c.num_vectors]
     if not components:
         activity.rows(list(marks.thresholds))  # raises: no vectors at all
@@ -154,14 +155,16 @@ def _activity(paths: list[Path], options: object) -> tuple[object, list[str]]:
     on a terminal); and warnings."""
     from neuron_activity.activity import NeuronActivity
     from neuron_activity.counts_file import is_sparsity_file, load_sparsity
-    from neuron_activity.sources.safetensors_files import is_counts_file
     from neuron_activity.scan import scan as scan_shards
+    from neuron_activity.sources.base import is_remote
+    from neuron_activity.sources.safetensors_files import is_counts_file
 
     from .scan import _progress
 
-    if paths and all(p.is_file() and is_counts_file(p) for p in paths):
+    local = bool(paths) and not any(is_remote(p) for p in paths)  # objects in a store: activations
+    if local and all(p.is_file() and is_counts_file(p) for p in paths):
         return load_merged(paths).activity, []  # type: ignore[attr-defined]
-    if paths and all(is_sparsity_file(p) for p in paths):  # SAELens' log10 densities
+    if local and all(is_sparsity_file(p) for p in paths):  # SAELens' log10 densities
         activity, notes = NeuronActivity(), []
         for p in paths:
             one, note = load_sparsity(p, options.num_vectors)  # type: ignore[attr-defined]

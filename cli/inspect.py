@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -24,6 +23,7 @@ from .render import (
     SKIP_POSITIONS,
     count_options,
     files_span,
+    input_paths,
     listed_names,
 )
 
@@ -31,7 +31,7 @@ INSPECT_FORMATS = ("table", "json")
 
 
 def inspect(
-    paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Shard files or directories.", show_default=False),
+    paths: List[str] = typer.Argument(..., metavar="PATH...", help="Shard files or directories, or URLs.", show_default=False),
     key: Optional[List[str]] = KEY,
     flatten: bool = FLATTEN,
     component_axis: Optional[int] = COMPONENT_AXIS,
@@ -62,7 +62,7 @@ def inspect(
         key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents, sae,
         skip_positions, device="cpu",
     )
-    result = inspect_shards(paths, options)
+    result = inspect_shards(input_paths(paths), options)
     problems = [word(p) for p in result.problems]
     if fmt == "json":
         doc = {

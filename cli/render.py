@@ -119,6 +119,22 @@ NEURONS = typer.Option(False, "--neurons", help="List the dead neurons (indices 
 TOP = typer.Option(None, "--top", metavar="K", help="List the K most and K least active neurons per component.")
 
 
+IO_THREADS = typer.Option(
+    None, "--io-threads", metavar="N", help="Remote objects: range requests in flight (each counted as it arrives).",
+    show_default="8",
+)
+
+
+def input_paths(texts: list[str]) -> list[Path]:
+    """PATH arguments: local files and folders, or URLs of remote objects and prefixes
+    (``s3://bucket/prefix/``, ``https://host/file.safetensors``, any fsspec URL)."""
+    if any("://" in t for t in texts):
+        from neuron_activity.remote import as_path
+
+        return [as_path(t) for t in texts]
+    return [Path(t) for t in texts]
+
+
 def check_format(fmt: str | None, formats: tuple[str, ...] = FORMATS, output: Path | None = None) -> str:
     """The output format: as given, else from the output file's extension, else a table."""
     if fmt is None:

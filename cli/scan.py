@@ -17,6 +17,7 @@ from .render import (
     FLATTEN,
     GROUP_BY,
     INPUT_FORMAT,
+    IO_THREADS,
     KEY,
     NUM_LATENTS,
     NUM_VECTORS,
@@ -37,6 +38,7 @@ from .render import (
     check_format,
     count_options,
     finish,
+    input_paths,
 )
 
 if TYPE_CHECKING:
@@ -44,8 +46,9 @@ if TYPE_CHECKING:
 
 
 def scan(
-    paths: List[Path] = typer.Argument(
-        ..., metavar="PATH...", help="Shard files or directories (searched recursively).", show_default=False
+    paths: List[str] = typer.Argument(
+        ..., metavar="PATH...", help="Shard files or directories (searched recursively), or URLs (s3://, https://).",
+        show_default=False,
     ),
     threshold: Optional[List[str]] = THRESHOLD,
     key: Optional[List[str]] = KEY,
@@ -73,6 +76,7 @@ def scan(
     threads: Optional[int] = typer.Option(
         None, "--threads", metavar="N", help="Counting threads.", show_default="CPU cores, at most 8"
     ),
+    io_threads: Optional[int] = IO_THREADS,
     save_counts: Optional[Path] = typer.Option(
         None, "--save-counts", metavar="FILE", help="Also save the exact counts (safetensors) for report/merge/diff."
     ),
@@ -117,11 +121,11 @@ def scan(
 
     distributed = launched()
     request = ScanRequest(
-        paths=tuple(paths),
+        paths=tuple(input_paths(paths)),
         count=count_options(  # type: ignore[arg-type]
             key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents, sae,
             skip_positions, fire_above=fire_above, device=device, chunk_rows=chunk_rows, threads=threads,
-            sae_dtype=sae_dtype,
+            io_threads=io_threads, sae_dtype=sae_dtype,
         ),
         report=ReportOptions.parse(
             threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,

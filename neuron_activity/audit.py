@@ -28,6 +28,8 @@ def what_changed(before: ShardRecord, now: ShardRecord) -> str:
     """How a shard differs from its record, in words."""
     if before.size != now.size:
         return f"size {before.size} -> {now.size} bytes"
+    if before.tag != now.tag:
+        return f"ETag {before.tag} -> {now.tag}"
     return f"same size, modification time {before.mtime_ns} -> {now.mtime_ns} ns"
 
 

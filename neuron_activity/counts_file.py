@@ -31,6 +31,7 @@ from .dtypes import decimal_text, parse_decimal
 from .errors import BadInput, BadOption, CountsMismatch, NactError, NotCountsFile
 from .options import MAX_FIRE_ABOVE
 from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME
+from .sources.base import is_remote
 from .sources.safetensors_files import read_metadata
 
 SCHEMA_VERSION = 2
@@ -44,10 +45,17 @@ class ShardRecord:
     path: str
     size: int
     mtime_ns: int
+    tag: str = ""  # a remote object's version tag (its ETag); "" for files
 
     @classmethod
     def of(cls, path: Path) -> ShardRecord:
-        """The record of a shard file, or of a folder counted as one unit (its files summed)."""
+        """The record of a shard file, or of a folder counted as one unit (its files summed),
+        or of a remote object (its URL, size, last modified and ETag as its store says now)."""
+        if is_remote(path):
+            from .remote import info
+
+            now = info(path, refresh=True)  # type: ignore[arg-type]
+            return cls(str(path), now.size, now.modified_ns, now.tag)
         resolved = Path(path).resolve()
         if resolved.is_dir():
             stats = [p.stat() for p in sorted(resolved.rglob("*")) if p.is_file()]
@@ -95,7 +103,7 @@ def save_counts(path: Path, saved: SavedCounts) -> None:
         "nact_version": __version__,
         "fire_above": str(saved.activity.fire_above),
         "components": json.dumps(list(saved.activity.components)),
-        "shards": json.dumps([asdict(s) for s in saved.shards]),
+        "shards": json.dumps([{k: v for k, v in asdict(s).items() if k != "tag" or v} for s in saved.shards]),
         "order": "shards in the order counted (natural path order), rows in file order",
     }
     if saved.part is not None:
@@ -207,7 +215,7 @@ def load_counts(path: Path) -> SavedCounts:
     shards = []
     for s in _json(path, metadata, "shards", list):  # type: ignore[union-attr]
         try:
-            shards.append(ShardRecord(str(s["path"]), int(s["size"]), int(s["mtime_ns"])))
+            shards.append(ShardRecord(str(s["path"]), int(s["size"]), int(s["mtime_ns"]), str(s.get("tag", ""))))
         except (KeyError, TypeError, ValueError):
             raise BadInput(path, "corrupt counts file: a shard record is not {path, size, mtime_ns}") from None
     part = None

@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import NactError
 from .options import CountOptions
 from .sources import READERS, SPARSE_FORMATS, ComponentGroup, TensorEntry, discover, layout_of, why_not_counted
+from .sources.base import to_path
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def inspect(paths: list[Path] | list[str], options: CountOptions | None = None, 
     options = options or CountOptions(device="cpu", **settings)  # type: ignore[arg-type]
     result = Inspection()
     try:
-        result.shards = discover([Path(p) for p in paths], options.input_format)
+        result.shards = discover([to_path(p) for p in paths], options.input_format)
     except NactError as e:
         result.problems.append(e)
         return result

@@ -71,6 +71,7 @@ class CountOptions:
     saes: tuple = ()  # sae.SaeRequest: SAEs whose latents are counted, each bound to a component
     sae_dtype: str = "float32"  # the precision of the SAEs' matrix products (bf16/fp16 on a GPU)
     skip_positions: tuple[int, ...] = ()  # positions of each sequence left out (0: the BOS token)
+    io_threads: int | None = None  # remote objects: range requests in flight (None: remote.IO_THREADS)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", tuple(self.keys or ()))
@@ -105,6 +106,7 @@ class CountOptions:
         object.__setattr__(self, "device", check_device_name(self.device))
         _at_least_one("chunk_rows", self.chunk_rows)
         _at_least_one("threads", self.threads, MAX_THREADS)
+        _at_least_one("io_threads", self.io_threads, MAX_THREADS)
         kernel = self.kernel or os.environ.get(KERNEL_VARIABLE) or None
         if kernel is not None and kernel not in KERNELS:
             raise BadOption("kernel", kernel, f"is not a kernel: use {', '.join(KERNELS)}")
@@ -226,7 +228,9 @@ class ScanRequest:
     save_sparsity: Path | None = None  # the one component's log10 densities, as SAELens saves them
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "paths", tuple(Path(p) for p in self.paths))
+        from .sources.base import to_path
+
+        object.__setattr__(self, "paths", tuple(to_path(p) for p in self.paths))
         if not self.paths:
             raise BadOption("paths", "", "are needed: give at least one file or folder")
         if self.state is not None and self.save_counts is not None:

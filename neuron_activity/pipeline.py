@@ -22,6 +22,7 @@ from .options import CountOptions, Part, ScanRequest
 from .report import Report, make_report
 from .scan import ProgressCallback, ScanResult, count, plan_for
 from .sources import ScanPlan, discover
+from .sources.base import is_remote
 
 if TYPE_CHECKING:  # counts files are read and written only by the scans that save them
     from .counts_file import PartRecord, SavedCounts
@@ -75,6 +76,8 @@ def check_not_inputs(outputs: list[Path], inputs: list[Path]) -> None:
         return
     identities = set()
     for path in inputs:
+        if is_remote(path):  # an object in a store is never a local output
+            continue
         try:
             st = os.stat(path)
         except OSError:

@@ -19,7 +19,7 @@ from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, signed_bits
 from .errors import BadInput, BadOption
 from .options import CountOptions
 from .sources import READERS, ScanPlan, TensorSlab, component_layout, discover, plan_scan
-from .sources.base import MAPPED, SPARSE
+from .sources.base import MAPPED, SPARSE, is_remote, to_path
 
 CHUNK_BYTES = 32 * 1024 * 1024  # default window mapped at a time, per thread
 STATE_BYTES = 512 * 1024 * 1024  # per-neuron state of all threads: wide layers count with fewer threads
@@ -54,7 +54,7 @@ def scan(
     if options is None:
         options = CountOptions(**{"device": "cpu", **settings_given})  # type: ignore[arg-type]
     device = resolve_device(options.device)
-    plan = plan_for(discover([Path(p) for p in paths], options.input_format), options)
+    plan = plan_for(discover([to_path(p) for p in paths], options.input_format), options)
     if on_plan is not None:
         on_plan(plan)
     return count(plan, options, device, on_progress)
@@ -128,6 +128,11 @@ def count(
     if plan.saes and device == "cpu" and options.sae_dtype != "float32":
         raise BadOption("sae_dtype", options.sae_dtype, "is for a GPU: on the cpu SAEs encode in float32")
     totals, kernel = _count(plan, options, device, on_progress)
+    remote = [p for p in plan.shards if is_remote(p)]
+    if remote:
+        from .remote import check_unchanged
+
+        check_unchanged(remote)  # type: ignore[arg-type]
     activity = NeuronActivity(options.fire_above)
     for group in plan.groups.values():
         states, num_vectors = totals[group.key]
@@ -184,7 +189,13 @@ def _work(plan: ScanPlan, chunk_rows: int | None, skip: tuple[int, ...] = ()) ->
 
 
 def _chunk_rows(slab: TensorSlab, chunk_rows: int | None) -> int:
-    return chunk_rows or max(1, CHUNK_BYTES // max(slab.row_bytes, 1))
+    if chunk_rows:
+        return chunk_rows
+    if is_remote(slab.path):
+        from .remote import WINDOW_BYTES
+
+        return max(1, WINDOW_BYTES // max(slab.row_bytes, 1))
+    return max(1, CHUNK_BYTES // max(slab.row_bytes, 1))
 
 
 class _Sum:
@@ -207,6 +218,10 @@ def _count(
 ) -> tuple[dict[str, tuple[States, int]], str]:
     """Per key: the states over its whole width and its number of vectors; and the kernel."""
     threads = 1 if device == "mps" else options.threads or min(os.cpu_count() or 1, 8)  # mps: one queue
+    if any(is_remote(p) for p in plan.shards):  # each thread waits on its range request, then counts
+        from .remote import IO_THREADS
+
+        threads = options.io_threads or IO_THREADS
     widest = max((s.width for s in plan.slabs), default=1)
     threads = max(1, min(threads, STATE_BYTES // (widest * 8 * (2 + options.track_last)) or 1))
     read_ahead = bool(plan.saes)  # encoding is the slow part: the next window is read meanwhile
@@ -334,6 +349,13 @@ def _count_chunk(
     rule_view = np.dtype(f"u{slab.row_bytes // slab.width}") if slab.width else np.dtype(np.uint8)
     begin = slab.offset + start * slab.row_bytes
     stop = slab.offset + end * slab.row_bytes
+    if is_remote(slab.path):  # one range request; the counting threads keep several in flight
+        from .remote import read_range
+
+        data = read_range(slab.path, begin, stop)  # type: ignore[arg-type]
+        rows = np.frombuffer(data, dtype=rule_view).reshape(end - start, slab.width)
+        counter.update(rows if keep is None else rows[keep], first_vector)
+        return
     base = begin - begin % mmap.ALLOCATIONGRANULARITY
     try:
         fd = os.open(slab.path, os.O_RDONLY)

@@ -20,7 +20,7 @@ from ..dtypes import FLOAT_FORMATS, INTEGER_FORMATS, ITEMSIZE
 from ..errors import AxisProblem, BadInput, KeyNotFound, MixedFormats, NoVectors, ShapeMismatch
 from . import arrow_files, delphi_caches, grouping, numpy_files, safetensors_files, torch_files
 from .safetensors_files import is_counts_file
-from .base import LOADED, MAPPED, SPARSE, TensorEntry, TensorSlab, natural_key
+from .base import COMPRESSED, LOADED, MAPPED, SPARSE, TensorEntry, TensorSlab, is_remote, natural_key
 
 DENSE_READERS: tuple[ModuleType, ...] = (safetensors_files, numpy_files, torch_files, arrow_files)
 SPARSE_READERS: tuple[ModuleType, ...] = (delphi_caches,)
@@ -178,8 +178,13 @@ def discover(paths: list[Path], input_format: str | None = None) -> Shards:
     found: dict[Path, str] = {}
     notes: list[str] = []
     named: set[Path] = set()
+    remote = [p for p in paths if is_remote(p)]
+    if remote and len(remote) < len(paths):
+        raise BadInput(remote[0], "remote objects and local files cannot be scanned together: give one kind")
     for path in paths:
-        if path.is_dir():
+        if is_remote(path):
+            _discover_remote(path, input_format, found, notes, named)
+        elif path.is_dir():
             try:
                 files, hidden, counts = _files_under(path)
             except OSError as e:
@@ -215,6 +220,50 @@ def discover(paths: list[Path], input_format: str | None = None) -> Shards:
     if len(kinds) > 1:
         raise MixedFormats({k: sum(1 for f in found.values() if f == k) for k in kinds})
     return Shards({p: found[p] for p in sorted(found, key=natural_key)}, notes, named)
+
+
+# formats whose reading a remote object allows: a header, then windows of rows by range requests
+REMOTE_FORMATS = ("safetensors", "npy", "npz")
+
+
+def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str], notes: list[str], named: set[Path]) -> None:
+    """The remote twin of a folder search: ``path`` is an object, or a prefix listed as a folder
+    (natural order, hidden objects skipped, saved counts skipped, SAE checkpoints refused)."""
+    from ..remote import listing
+
+    objects, hidden = listing(path)  # type: ignore[arg-type]
+    alone = objects == [path]
+    names = {o.parent / o.name for o in objects}
+    formats: dict[Path, str] = {}
+    counts: list[Path] = []
+    for obj in objects:
+        kind = SAE_CHECKPOINTS.get(obj.name)
+        if kind and (obj.name == "sparsity.safetensors" or obj.parent / "cfg.json" in names):
+            raise _refuse_sae(obj.parent, kind)
+        if not alone and obj.suffix not in SUFFIX_FORMATS:
+            continue
+        fmt = input_format if input_format and alone else detect(obj)
+        if input_format is not None and fmt != input_format:
+            continue
+        if fmt not in REMOTE_FORMATS:
+            raise BadInput(obj, f"{fmt} caches are read from local files only (remote: {', '.join(REMOTE_FORMATS)}): download it first")
+        if obj.suffix == ".safetensors" and is_counts_file(obj):
+            if alone:
+                raise BadInput(obj, "saved counts, not activations: read it with nact report or nact density")
+            counts.append(obj)
+            continue
+        formats[obj] = fmt
+    if not formats:
+        kind = f"{input_format} " if input_format else ""
+        raise BadInput(path, f"no {kind}shards found ({', '.join(REMOTE_FORMATS)} objects)")
+    found.update(formats)
+    if alone:
+        named.add(path)
+    if hidden:
+        notes.append(f"{path}: skipped {hidden} hidden object(s) (names starting with '.')")
+    if counts:
+        listed = ", ".join(str(p) for p in counts[:3]) + (", ..." if len(counts) > 3 else "")
+        notes.append(f"{path}: skipped {len(counts)} object(s) of saved counts, not activations ({listed})")
 
 
 def _files_under(folder: Path) -> tuple[list[Path], int, list[Path]]:
@@ -344,6 +393,9 @@ def read_entries(formats: dict[Path, str], **reader_options: object) -> list[Ten
             found += reader.entries(paths, named=getattr(formats, "named", frozenset()), **reader_options)
         else:
             found += reader.entries(paths)
+    for entry in found:
+        if is_remote(entry.path) and entry.storage not in (MAPPED, COMPRESSED):
+            raise BadInput(entry.path, f"tensor {entry.key!r} ({entry.note}) is read from local files only: download it first")
     order = {p: i for i, p in enumerate(formats)}
     return sorted(found, key=lambda e: order.get(e.files[0] if e.files else e.path, 0))
 

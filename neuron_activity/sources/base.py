@@ -9,11 +9,12 @@ track_last)`` and counts its stored entries itself.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..dtypes import ITEMSIZE
 
@@ -147,6 +148,39 @@ def drop_pages(mapped: object, end: int, start: int = 0) -> int:
         return start
     mapped.madvise(mmap.MADV_DONTNEED, start, end - start)  # type: ignore[attr-defined]
     return end
+
+
+def is_remote(path: object) -> bool:
+    """Whether ``path`` names an object of a remote store (a ``remote.RemotePath``)."""
+    return type(path).__name__ == "RemotePath"
+
+
+def to_path(path: object) -> Path:
+    """An input the library is given: a ``Path`` or ``RemotePath`` as it is; text (or a path-like)
+    that is a URL becomes a ``RemotePath``, anything else a ``Path``."""
+    if isinstance(path, Path) or is_remote(path):
+        return path  # type: ignore[return-value]
+    text = os.fspath(path)  # type: ignore[call-overload]
+    if "://" in text:
+        from ..remote import as_path
+
+        return as_path(text)
+    return Path(text)
+
+
+def open_shard(path: Path) -> BinaryIO:
+    """A shard opened for reading its header: the local file, or the remote object through
+    range requests. Its size is ``shard_size(f)``."""
+    if is_remote(path):
+        from ..remote import open_object
+
+        return open_object(path)  # type: ignore[arg-type]
+    return open(path, "rb")
+
+
+def shard_size(f: BinaryIO) -> int:
+    size = getattr(f, "size", None)
+    return int(size) if isinstance(size, int) else os.fstat(f.fileno()).st_size
 
 
 def natural_key(path: Path) -> list[object]:

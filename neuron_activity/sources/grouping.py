@@ -78,7 +78,7 @@ def is_numbered_folder(name: str) -> bool:
 def common_folder(files: list[Path]) -> Path:
     """The deepest folder that holds every file."""
     parents = [str(p.parent.absolute()) for p in files]
-    return Path(os.path.commonpath(parents)) if parents else Path(".")
+    return type(files[0])(os.path.commonpath(parents)) if parents else Path(".")
 
 
 def scope(file: Path, root: Path, grouping: str) -> str:

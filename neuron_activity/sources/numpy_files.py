@@ -7,7 +7,6 @@ decompressed as a stream, chunk by chunk, and never loaded whole.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from ..dtypes import NUMPY_NAMES, UNSIGNED_VIEW
 from ..errors import BadInput, first_line
 from dataclasses import replace
 
-from .base import COMPRESSED, FORTRAN, SWAPPED, TensorEntry, TensorSlab
+from .base import COMPRESSED, FORTRAN, SWAPPED, TensorEntry, TensorSlab, open_shard, shard_size
 
 NPY, NPZ = "npy", "npz"
 FORMATS = (NPY, NPZ)
@@ -58,10 +57,10 @@ def _big_endian(entry: TensorEntry) -> TensorEntry:
 
 def npy_entries(path: Path) -> list[TensorEntry]:
     try:
-        with open(path, "rb") as f:
+        with open_shard(path) as f:
             dtype, shape, fortran, swapped = read_npy_header(f, path)
             offset = f.tell()
-            size = os.fstat(f.fileno()).st_size
+            size = shard_size(f)
     except OSError as e:
         raise BadInput(path, f"cannot read: {e.strerror or e}") from None
     entry = TensorEntry(path, path.stem, dtype, shape, NPY, offset=offset, from_file=True)
@@ -77,7 +76,7 @@ def npz_entries(path: Path) -> list[TensorEntry]:
 
     out = []
     try:
-        with zipfile.ZipFile(path) as z, open(path, "rb") as raw:
+        with open_shard(path) as raw, zipfile.ZipFile(raw) as z:
             members = [i.filename for i in z.infolist()]
             if len(set(members)) != len(members):
                 twice = sorted({m for m in members if members.count(m) > 1})
@@ -141,7 +140,7 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     import zipfile  # .npz files only
 
     try:
-        with zipfile.ZipFile(entry.path) as z, z.open(entry.member) as member:  # type: ignore[arg-type]
+        with open_shard(entry.path) as raw, zipfile.ZipFile(raw) as z, z.open(entry.member) as member:  # type: ignore[arg-type]
             yield from _member_rows(slab, member, chunk_rows, unsigned, swap)
     # what zipfile raises on a member it cannot read: corrupt, encrypted, an unknown method
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError, RuntimeError, ValueError) as e:

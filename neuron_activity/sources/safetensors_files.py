@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 
 from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
 from ..errors import BadInput
-from .base import TensorEntry, TensorSlab
+from .base import TensorEntry, TensorSlab, open_shard, shard_size
 
 FORMAT = "safetensors"
 FORMATS = (FORMAT,)
@@ -24,8 +23,8 @@ COUNTS_FORMAT = "nact-counts"  # the metadata "format" of the safetensors files 
 def read_header(path: Path) -> list[TensorEntry]:
     """The tensors of a safetensors file, each checked against the file's size."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        with open_shard(path) as f:
+            size = shard_size(f)
             head = f.read(8)
             if len(head) < 8:
                 raise BadInput(path, f"not a safetensors file: {size} bytes, too short for a header")
@@ -121,7 +120,7 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
 def read_metadata(path: Path) -> dict[str, str] | None:
     """The ``__metadata__`` of a safetensors file (header only), or None if there is none."""
     try:
-        with open(path, "rb") as f:
+        with open_shard(path) as f:
             length = int.from_bytes(f.read(8), "little")
             if not 0 < length <= MAX_HEADER_BYTES:
                 return None
