@@ -110,6 +110,9 @@ def _key(fs: Any, path: RemotePath) -> str:
 def transient(error: BaseException) -> bool:
     """Whether a failed request may succeed when tried again (timeouts, 5xx, throttling), as
     opposed to a permanent answer (no such object, access denied, a bad request)."""
+    cause = error.__cause__
+    if isinstance(error, FileNotFoundError) and cause is not None and cause is not error:
+        return transient(cause)  # fsspec's HTTP info says "not found" for any failure: the cause tells
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
     if isinstance(error, (TimeoutError, ConnectionError)):
@@ -196,26 +199,24 @@ def info(path: RemotePath, refresh: bool = False) -> ObjectInfo:
 def listing(path: RemotePath) -> tuple[list[RemotePath], int]:
     """The objects ``path`` names: itself if it is an object, else every object under it as a
     prefix (folder), hidden ones (a dot name anywhere below ``path``) left out and counted.
-    Nothing found is an error naming ``path``."""
+    Nothing found is an error naming ``path``. Web servers list nothing: a URL there is one
+    object."""
     fs = filesystem(path)
     key = _key(fs, path).rstrip("/")
-
-    def find() -> dict:
-        return fs.find(key, detail=True, withdirs=False)
-
     try:
-        found = retrying(path, find)
-    except BadInput:
-        found = {}
-    if not found:  # perhaps an object: HTTP servers list nothing
-        info(path)
+        detail = retrying(path, lambda: fs.info(key))
+    except BadInput as e:
+        if path.protocol in ("http", "https"):
+            raise
+        detail, missing = None, e
+    if detail is not None and detail.get("type") != "directory":
+        _remember(path, detail)
         return [path], 0
-    if key in found and len(found) == 1:  # the object itself
-        with _lock:
-            _infos[str(path)] = _info_of(found[key])
-        return [path], 0
+    found = retrying(path, lambda: fs.find(key, detail=True, withdirs=False))
+    if not found:
+        raise missing if detail is None else BadInput(path, "no objects under this prefix")
     objects, hidden = [], 0
-    for name, detail in found.items():
+    for name, detail in sorted(found.items()):
         if detail.get("type") == "directory" or not name.startswith(key + "/"):
             continue
         below = name[len(key) + 1:]
@@ -223,10 +224,20 @@ def listing(path: RemotePath) -> tuple[list[RemotePath], int]:
             hidden += 1
             continue
         child = path.joinpath(*below.split("/"))
-        with _lock:
-            _infos[str(child)] = _info_of(detail)
+        _remember(child, detail)
         objects.append(child)
     return objects, hidden
+
+
+def _remember(path: RemotePath, detail: dict) -> None:
+    """Keep what a listing said of an object; ask the object itself where the listing did not
+    say its size (web servers' index pages)."""
+    found = _info_of(detail)
+    if found.size < 0:
+        info(path)
+        return
+    with _lock:
+        _infos[str(path)] = found
 
 
 class _Ranges(io.RawIOBase):

@@ -1,0 +1,367 @@
+"""Remote caches: an S3 API served on 127.0.0.1 by moto's server, and a local HTTP server with
+range requests, ETags and injected failures. Counts must equal numpy's on the same values, and
+the local scan of the same files, exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from typer.testing import CliRunner
+
+pytest.importorskip("fsspec")
+pytest.importorskip("s3fs")
+pytest.importorskip("aiohttp")
+moto_server = pytest.importorskip("moto.server")
+
+from nact_cli.main import app  # noqa: E402
+from neuron_activity import remote, scan  # noqa: E402
+
+runner = CliRunner()
+
+
+def nact(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# --- servers --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3 endpoint on 127.0.0.1, found through AWS_ENDPOINT_URL as a user's store would be."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        import fsspec
+
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fsspec.filesystem("s3").invalidate_cache()
+        yield fs
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = f"acts-{uuid.uuid4().hex[:12]}"
+    s3.mkdir(name)
+    remote._infos.clear()
+    remote._heads.clear()
+    return name
+
+
+def upload(s3, folder: Path, bucket: str, prefix: str) -> None:
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            s3.put_file(str(p), f"{bucket}/{prefix}/{p.relative_to(folder).as_posix()}")
+    s3.invalidate_cache()
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Files of ``root`` with HEAD, Range and ETag; ``failures[path]`` 503s come first."""
+
+    root: Path
+    failures: dict[str, int] = {}
+    requests: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _file(self) -> Path | None:
+        path = self.root / self.path.lstrip("/")
+        return path if path.is_file() else None
+
+    def _headers(self, status: int, length: int, etag: str, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(length))
+        self.send_header("ETag", etag)
+        self.send_header("Accept-Ranges", "bytes")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+
+    def _serve(self, body: bool) -> None:
+        self.requests.append(f"{self.command} {self.path} {self.headers.get('Range', '')}")
+        if self.failures.get(self.path, 0) > 0:
+            self.failures[self.path] -= 1
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path = self._file()
+        if path is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = path.read_bytes()
+        etag = '"' + hashlib.md5(data).hexdigest() + '"'
+        wanted = self.headers.get("Range")
+        if wanted and wanted.startswith("bytes="):
+            first, _, last = wanted[len("bytes="):].partition("-")
+            start, stop = int(first), min(int(last) + 1 if last else len(data), len(data))
+            part = data[start:stop]
+            self._headers(206, len(part), etag, {"Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"})
+            if body:
+                self.wfile.write(part)
+            return
+        self._headers(200, len(data), etag)
+        if body:
+            self.wfile.write(data)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._serve(body=False)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._serve(body=True)
+
+
+@pytest.fixture
+def web(tmp_path: Path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = type("Handler", (RangeHandler,), {"root": root, "failures": {}, "requests": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    remote._infos.clear()
+    remote._heads.clear()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote, "BACKOFF_S", 0.001)
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def activations(rng: np.random.Generator, rows: int, width: int, dtype: str = "float32") -> np.ndarray:
+    values = rng.standard_normal((rows, width)).astype(dtype)
+    values[:, : width // 4] = -np.abs(values[:, : width // 4])  # some neurons never fire
+    return values
+
+
+def make_cache(folder: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """Two layers in folders, three shards each (one split over windows), a hidden object, and
+    a saved-counts file kept beside them: what a store prefix holds."""
+    rng = np.random.default_rng(seed)
+    truth: dict[str, list[np.ndarray]] = {}
+    for layer in ("blocks.3.hook_resid_post", "blocks.7.hook_resid_post"):
+        for shard in range(3):
+            x = activations(rng, 300 + 77 * shard, 40)
+            (folder / layer).mkdir(parents=True, exist_ok=True)
+            save_file({"activations": x}, str(folder / layer / f"shard_{shard:03d}.safetensors"))
+            truth.setdefault(layer, []).append(x)
+    (folder / ".partial").write_bytes(b"not a shard")
+    return {k: np.concatenate(v) for k, v in truth.items()}
+
+
+def fire_counts(values: np.ndarray) -> list[int]:
+    return (values > 0).sum(axis=0).tolist()
+
+
+# --- S3 -------------------------------------------------------------------------------------------
+
+
+def test_a_prefix_scans_as_its_folder_does(s3, bucket: str, tmp_path: Path) -> None:
+    truth = make_cache(tmp_path / "cache")
+    upload(s3, tmp_path / "cache", bucket, "run-1/acts")
+    url = f"s3://{bucket}/run-1/acts/"
+    result = scan([url], chunk_rows=64)  # windows that split shards
+    local = scan([tmp_path / "cache"], chunk_rows=64)
+    assert set(result.activity.components) == set(local.activity.components) == set(truth)
+    for name, values in truth.items():
+        component = result.activity.components[name]
+        assert component.fire_counts.tolist() == fire_counts(values)
+        assert component.num_vectors == len(values)
+    assert [str(p) for p in result.plan.shards] == [
+        f"s3://{bucket}/run-1/acts/{layer}/shard_{i:03d}.safetensors"
+        for layer in ("blocks.3.hook_resid_post", "blocks.7.hook_resid_post") for i in range(3)
+    ]
+    done = nact("scan", url, "-f", "json", "--io-threads", "3")
+    assert done.exit_code == 0, done.output
+    document = json.loads(done.stdout)
+    assert document["rows"] == json.loads(nact("scan", tmp_path / "cache", "-f", "json").stdout)["rows"]
+    assert "skipped 1 hidden object(s)" in done.stderr
+
+
+def test_objects_named_one_by_one_npy_and_npz(s3, bucket: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    a, b, c = activations(rng, 500, 24, "float16"), activations(rng, 200, 24, "float16"), activations(rng, 90, 24, "float16")
+    np.save(tmp_path / "a.npy", a)
+    np.savez(tmp_path / "stored.npz", acts=b)
+    np.savez_compressed(tmp_path / "packed.npz", acts=c)
+    upload(s3, tmp_path, bucket, "np")
+    for name, values, key in (("a.npy", a, "a"), ("stored.npz", b, "acts"), ("packed.npz", c, "acts")):
+        result = scan([f"s3://{bucket}/np/{name}"], chunk_rows=33)
+        assert result.activity.components[key].fire_counts.tolist() == fire_counts(values), name
+
+
+def test_inspect_lists_the_objects_and_their_components(s3, bucket: str, tmp_path: Path) -> None:
+    make_cache(tmp_path / "cache")
+    upload(s3, tmp_path / "cache", bucket, "acts")
+    done = nact("inspect", f"s3://{bucket}/acts", "--format", "json")
+    assert done.exit_code == 0, done.output
+    document = json.loads(done.stdout)
+    paths = {t["path"] for t in document["tensors"]}
+    assert f"s3://{bucket}/acts/blocks.3.hook_resid_post/shard_000.safetensors" in paths and len(paths) == 6
+
+
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("s3://{bucket}/nothing/here/", "no such object"),
+        ("s3://{bucket}-missing/acts/shard.safetensors", "no such object"),
+        ("s3://{bucket}/acts/blocks.3.hook_resid_post/shard_009.safetensors", "no such object"),
+    ],
+)
+def test_a_missing_object_is_one_line_exit_2_and_nothing_written(s3, bucket: str, tmp_path: Path, url: str, says: str) -> None:
+    make_cache(tmp_path / "cache")
+    upload(s3, tmp_path / "cache", bucket, "acts")
+    url = url.format(bucket=bucket)
+    out = tmp_path / "out.json"
+    done = nact("scan", url, "-o", out)
+    assert done.exit_code == 2
+    assert done.stderr.count("\n") == 1 and says in done.stderr and url.rstrip("/") in done.stderr
+    assert not out.exists()
+
+
+def test_formats_that_need_local_files_are_refused_by_name(s3, bucket: str, tmp_path: Path) -> None:
+    (tmp_path / "x.pt").write_bytes(b"PK")
+    upload(s3, tmp_path, bucket, "pt")
+    done = nact("scan", f"s3://{bucket}/pt/")
+    assert done.exit_code == 2 and "read from local files only" in done.stderr and "x.pt" in done.stderr
+
+
+def test_local_files_and_objects_are_not_mixed(s3, bucket: str, tmp_path: Path) -> None:
+    make_cache(tmp_path / "cache")
+    upload(s3, tmp_path / "cache", bucket, "acts")
+    done = nact("scan", f"s3://{bucket}/acts", tmp_path / "cache")
+    assert done.exit_code == 2 and "cannot be scanned together" in done.stderr
+
+
+def test_an_object_replaced_during_the_scan_is_an_error(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    truth = make_cache(tmp_path / "cache")
+    upload(s3, tmp_path / "cache", bucket, "acts")
+    target = f"{bucket}/acts/blocks.7.hook_resid_post/shard_001.safetensors"
+    replacement = tmp_path / "replacement.safetensors"
+    x = truth["blocks.7.hook_resid_post"][377:754].copy()
+    save_file({"activations": -x}, str(replacement))  # same size, other values: only the ETag tells
+    read_range = remote.read_range
+    replaced = []
+
+    def replacing(path, start, stop):
+        if not replaced and start > 0:  # after planning (headers are read from byte 0), while rows are counted
+            s3.put_file(str(replacement), target)
+            replaced.append(True)
+        return read_range(path, start, stop)
+
+    monkeypatch.setattr(remote, "read_range", replacing)
+    out = tmp_path / "out.json"
+    done = nact("scan", f"s3://{bucket}/acts/", "-o", out, "--threads", "1", "--io-threads", "1")
+    assert replaced and done.exit_code == 2, done.output
+    assert "changed during the scan" in done.stderr and "ETag" in done.stderr
+    assert not out.exists()
+
+
+def test_an_audit_over_a_prefix_counts_new_objects_only(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    shards = [activations(rng, 100 + i, 16) for i in range(3)]
+    folder = tmp_path / "acts"
+    folder.mkdir()
+    for i, x in enumerate(shards[:2]):
+        save_file({"acts": x}, str(folder / f"shard_{i:03d}.safetensors"))
+    upload(s3, folder, bucket, "audit")
+    state = tmp_path / "state.safetensors"
+    url = f"s3://{bucket}/audit/"
+    assert nact("scan", url, "--state", state, "-q").exit_code == 0
+    save_file({"acts": shards[2]}, str(folder / "shard_002.safetensors"))
+    upload(s3, folder, bucket, "audit")  # the first two again, byte for byte: the same objects
+    fetched = []
+    read_range = remote.read_range
+    monkeypatch.setattr(remote, "read_range", lambda p, a, b: (a and fetched.append(str(p))) or read_range(p, a, b))
+    done = nact("scan", url, "--state", state, "-f", "json", "--neurons")
+    assert done.exit_code == 0, done.output
+    assert set(fetched) == {f"s3://{bucket}/audit/shard_002.safetensors"}  # rows read: the new object's only
+    from neuron_activity.counts_file import load_counts
+
+    saved = load_counts(state)
+    assert saved.activity.components["acts"].fire_counts.tolist() == fire_counts(np.concatenate(shards))
+    assert [s.path for s in saved.shards] == [f"s3://{bucket}/audit/shard_{i:03d}.safetensors" for i in range(3)]
+    assert all(s.tag.startswith('"') and s.size > 0 for s in saved.shards)
+    # an object replaced after it was counted: named, with what changed, unless --rescan
+    save_file({"acts": -shards[0]}, str(folder / "shard_000.safetensors"))
+    upload(s3, folder, bucket, "audit")
+    done = nact("scan", url, "--state", state, "-q")
+    assert done.exit_code == 2 and "shard_000.safetensors" in done.stderr and "ETag" in done.stderr
+    assert nact("scan", url, "--state", state, "--rescan", "-q").exit_code == 0
+    expected = fire_counts(np.concatenate([-shards[0], shards[1], shards[2]]))
+    assert load_counts(state).activity.components["acts"].fire_counts.tolist() == expected
+
+
+# --- HTTP -----------------------------------------------------------------------------------------
+
+
+def test_an_http_object_scans_by_range_requests(web, tmp_path: Path) -> None:
+    root, base, handler = web
+    rng = np.random.default_rng(2)
+    x = activations(rng, 1000, 32)
+    save_file({"acts": x}, str(root / "shard.safetensors"))
+    result = scan([f"{base}/shard.safetensors"], chunk_rows=100, io_threads=4)
+    assert result.activity.components["acts"].fire_counts.tolist() == fire_counts(x)
+    ranges = [r for r in handler.requests if r.startswith("GET") and "bytes=" in r]
+    assert len(ranges) >= 10  # a window per request, never the whole object at once
+    assert not any(r.startswith("GET") and not r.rstrip().endswith(tuple("0123456789")) for r in handler.requests)
+
+
+def test_a_503_that_recovers_is_tried_again(web) -> None:
+    root, base, handler = web
+    x = activations(np.random.default_rng(3), 64, 8)
+    save_file({"acts": x}, str(root / "flaky.safetensors"))
+    handler.failures["/flaky.safetensors"] = 3
+    result = scan([f"{base}/flaky.safetensors"])
+    assert result.activity.components["acts"].fire_counts.tolist() == fire_counts(x)
+    assert handler.failures["/flaky.safetensors"] == 0
+
+
+def test_a_503_that_lasts_ends_after_the_tries_in_one_line(web, tmp_path: Path) -> None:
+    root, base, handler = web
+    save_file({"acts": activations(np.random.default_rng(4), 64, 8)}, str(root / "down.safetensors"))
+    handler.failures["/down.safetensors"] = 10_000
+    out = tmp_path / "out.csv"
+    done = nact("scan", f"{base}/down.safetensors", "-o", out)
+    assert done.exit_code == 2 and done.stderr.count("\n") == 1
+    assert f"{base}/down.safetensors" in done.stderr and f"after {remote.TRIES} tries" in done.stderr
+    assert not out.exists()
+
+
+def test_an_http_404_is_no_such_object(web) -> None:
+    _, base, _ = web
+    done = nact("scan", f"{base}/gone.safetensors")
+    assert done.exit_code == 2 and "no such object" in done.stderr
+
+
+def test_remote_paths_keep_their_urls() -> None:
+    path = remote.RemotePath("s3://bucket/run/blocks.3/shard_001.safetensors")
+    assert str(path) == "s3://bucket/run/blocks.3/shard_001.safetensors"
+    assert str(path.parent) == "s3://bucket/run/blocks.3" and path.suffix == ".safetensors"
+    assert str(remote.as_path("https://host/a/b.npy")) == "https://host/a/b.npy"
+    with pytest.raises(TypeError):
+        open(path, "rb")  # noqa: SIM115 - never a local file
+    assert remote.transient(TimeoutError()) and not remote.transient(FileNotFoundError())
