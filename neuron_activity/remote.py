@@ -311,13 +311,36 @@ def read_range(path: RemotePath, start: int, stop: int) -> bytes:
     return data
 
 
-def check_unchanged(paths: list[RemotePath]) -> None:
+def each(paths: list[RemotePath], call: Callable[[RemotePath], object], threads: int = IO_THREADS) -> None:
+    """``call(path)`` for every path, ``threads`` at a time (requests wait on the network, not
+    on each other); the first error is raised."""
+    if len(paths) < 2:
+        for path in paths:
+            call(path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(paths)), thread_name_prefix="nact-io") as pool:
+        for _ in pool.map(call, paths):
+            pass
+
+
+def prefetch_heads(paths: list[RemotePath], threads: int = IO_THREADS) -> None:
+    """Fetch the first block of every object at once: detection and planning then read headers
+    from memory, not one round trip after another."""
+    each(paths, lambda p: _head_or_range(p, info(p).size, 0, 0), threads)
+
+
+def check_unchanged(paths: list[RemotePath], threads: int = IO_THREADS) -> None:
     """Each object still has the size and version tag it had when it was planned; one that
     changed during the scan is an error (its counts may mix two versions)."""
-    for path in paths:
+
+    def check(path: RemotePath) -> None:
         with _lock:
             before = _infos.get(str(path))
         now = info(path, refresh=True)
         if before is not None and (before.size, before.tag) != (now.size, now.tag):
             what = f"size {before.size} -> {now.size} bytes" if before.size != now.size else f"ETag {before.tag} -> {now.tag}"
             raise BadInput(path, f"changed during the scan ({what}): scan it again")
+
+    each(paths, check, threads)

@@ -229,10 +229,11 @@ REMOTE_FORMATS = ("safetensors", "npy", "npz")
 def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str], notes: list[str], named: set[Path]) -> None:
     """The remote twin of a folder search: ``path`` is an object, or a prefix listed as a folder
     (natural order, hidden objects skipped, saved counts skipped, SAE checkpoints refused)."""
-    from ..remote import listing
+    from ..remote import listing, prefetch_heads
 
     objects, hidden = listing(path)  # type: ignore[arg-type]
     alone = objects == [path]
+    prefetch_heads([o for o in objects if alone or o.suffix in SUFFIX_FORMATS])  # type: ignore[misc]
     names = {o.parent / o.name for o in objects}
     formats: dict[Path, str] = {}
     counts: list[Path] = []
