@@ -96,11 +96,11 @@ def filesystem(path: RemotePath) -> Any:
     try:
         import fsspec
     except ImportError:
-        raise BadInput(path, "reading remote caches needs fsspec: pip install 'nact[remote]'") from None
+        raise BadInput(path, "reading remote caches needs fsspec: pip install fsspec s3fs aiohttp (nact's remote extra)") from None
     try:
         return fsspec.filesystem(path.protocol)
     except (ImportError, ValueError) as e:
-        raise BadInput(path, f"cannot read {path.protocol}:// URLs: {first_line(e)} (pip install 'nact[remote]')") from None
+        raise BadInput(path, f"cannot read {path.protocol}:// URLs: {first_line(e)}") from None
 
 
 def _key(fs: Any, path: RemotePath) -> str:

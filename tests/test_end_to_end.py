@@ -74,6 +74,15 @@ def test_a_machine_readable_scan_loads_only_what_it_uses() -> None:
     assert done.stdout.split() == ["0"]
 
 
+def test_a_url_without_the_remote_extra_is_one_line() -> None:
+    from conftest import invoke_without
+
+    code, stderr = invoke_without("fsspec", ["scan", "s3://bucket/acts/"])
+    assert code == 2 and stderr == (
+        "Error: s3://bucket/acts: reading remote caches needs fsspec: pip install fsspec s3fs aiohttp (nact's remote extra)\n"
+    )
+
+
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
 def test_memory_does_not_grow_with_shard_size(tmp_path: Path) -> None:
     """A 640 MiB shard scans in far less resident memory than its size."""
