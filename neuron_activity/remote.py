@@ -15,6 +15,7 @@ way: the AWS environment and config files (``AWS_ENDPOINT_URL`` for S3-compatibl
 
 from __future__ import annotations
 
+import errno
 import io
 import re
 import threading
@@ -107,6 +108,9 @@ def _key(fs: Any, path: RemotePath) -> str:
     return fs._strip_protocol(str(path))
 
 
+_BUSY = (errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE)
+
+
 def transient(error: BaseException) -> bool:
     """Whether a failed request may succeed when tried again (timeouts, 5xx, throttling), as
     opposed to a permanent answer (no such object, access denied, a bad request)."""
@@ -117,12 +121,14 @@ def transient(error: BaseException) -> bool:
         return False
     if isinstance(error, (TimeoutError, ConnectionError)):
         return True
+    if getattr(error, "errno", None) in _BUSY:  # s3fs's word for 503 SlowDown / ServiceUnavailable
+        return True
     status = getattr(error, "status", None) or getattr(error, "status_code", None)
     if isinstance(status, int):
         return status in (408, 429) or status >= 500
     text = f"{type(error).__name__} {error}"
     words = ("Timeout", "SlowDown", "Throttl", "ServiceUnavailable", "InternalError", "ServerDisconnected",
-             "Connection", "503", "502", "504", "500 ")
+             "Connection", "reduce your request rate", "503", "502", "504", "500 ")
     return any(w in text for w in words)
 
 
@@ -134,10 +140,11 @@ def _describe(path: RemotePath, error: BaseException) -> BadInput:
     return BadInput(path, f"cannot read: {type(error).__name__}: {first_line(error)}")
 
 
-def retrying(path: RemotePath, call: Callable[[], T], tries: int = TRIES) -> T:
+def retrying(path: RemotePath, call: Callable[[], T], tries: int | None = None) -> T:
     """``call()``, tried again after transient failures with exponential backoff, at most
-    ``tries`` times; a permanent failure, or the last transient one, is a ``BadInput`` naming
-    ``path``."""
+    ``tries`` (default ``TRIES``) times; a permanent failure, or the last transient one, is a
+    ``BadInput`` naming ``path``."""
+    tries = tries or TRIES
     wait = BACKOFF_S
     for attempt in range(1, tries + 1):
         try:
@@ -303,6 +310,8 @@ def open_object(path: RemotePath) -> Any:
 def read_range(path: RemotePath, start: int, stop: int) -> bytes:
     """Bytes ``[start, stop)`` of the object ``path``, by one range request (tried again after
     transient failures). Fewer bytes than asked means the object changed: an error."""
+    if stop <= start:
+        return b""  # fsspec reads a whole object for an empty range
     fs = filesystem(path)
     key = _key(fs, path)
     data = retrying(path, lambda: fs.cat_file(key, start=start, end=stop))

@@ -315,6 +315,84 @@ def test_an_audit_over_a_prefix_counts_new_objects_only(s3, bucket: str, tmp_pat
     assert load_counts(state).activity.components["acts"].fire_counts.tolist() == expected
 
 
+class FlakyProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards requests to the S3 server; the first ``failures`` reads of object data get a 503
+    ServiceUnavailable, as S3 answers when it sheds load."""
+
+    upstream: str
+    failures = 0
+    failed = 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _forward(self) -> None:
+        import http.client
+
+        if self.command == "GET" and "Range" in self.headers and type(self).failures > 0:
+            type(self).failures -= 1
+            type(self).failed += 1
+            body = b"<Error><Code>ServiceUnavailable</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        connection = http.client.HTTPConnection(self.upstream, timeout=30)
+        connection.request(self.command, self.path, body=body, headers={k: v for k, v in self.headers.items()})
+        answer = connection.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for k, v in answer.getheaders():
+            if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", answer.getheader("Content-Length") if self.command == "HEAD" else str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        connection.close()
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward  # noqa: N815
+
+
+def test_an_s3_503_that_recovers_is_tried_again(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import s3fs
+
+    x = activations(np.random.default_rng(8), 640, 16)
+    save_file({"acts": x}, str(tmp_path / "shard.safetensors"))
+    upload(s3, tmp_path, bucket, "flaky")
+    upstream = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://")
+    handler = type("Proxy", (FlakyProxy,), {"upstream": upstream, "failures": 7, "failed": 0})  # more than s3fs tries
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore does not try again: nact's own retries do
+    s3fs.S3FileSystem.clear_instance_cache()
+    retried = []
+    transient = remote.transient
+    monkeypatch.setattr(remote, "transient", lambda e: transient(e) and not retried.append(e))
+    try:
+        result = scan([f"s3://{bucket}/flaky/shard.safetensors"], chunk_rows=64, io_threads=2)
+        assert handler.failed == 7 and handler.failures == 0 and retried  # nact's retries, not only s3fs's
+        assert result.activity.components["acts"].fire_counts.tolist() == fire_counts(x)
+        handler.failures = 10_000  # a store that stays down: exit 2 after the tries, one line
+        monkeypatch.setattr(remote, "TRIES", 2)
+        remote._infos.clear()
+        remote._heads.clear()
+        done = nact("scan", f"s3://{bucket}/flaky/shard.safetensors", "-o", tmp_path / "out.json")
+        assert done.exit_code == 2 and f"after {remote.TRIES} tries" in done.stderr and "reduce your request rate" in done.stderr
+        assert done.stderr.count("\n") == 1 and not (tmp_path / "out.json").exists()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        monkeypatch.undo()
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
 # --- HTTP -----------------------------------------------------------------------------------------
 
 
