@@ -52,8 +52,14 @@ class ShardRecord:
         """The record of a shard file, or of a folder counted as one unit (its files summed),
         or of a remote object (its URL, size, last modified and ETag as its store says now)."""
         if is_remote(path):
-            from .remote import info
+            import hashlib
 
+            from .remote import info, objects_under
+
+            if path.is_dir():  # a folder of objects (a delphi module): its objects' sum and tags
+                found = objects_under(path)  # type: ignore[arg-type]
+                tag = hashlib.sha256("\n".join(f"{u} {f.tag}" for u, f in found.items()).encode()).hexdigest()[:32]
+                return cls(str(path), sum(f.size for f in found.values()), max(f.modified_ns for f in found.values()), tag)
             now = info(path, refresh=True)  # type: ignore[arg-type]
             return cls(str(path), now.size, now.modified_ns, now.tag)
         resolved = Path(path).resolve()

@@ -66,6 +66,31 @@ class RemotePath(PurePosixPath):
     def protocol(self) -> str:
         return str(self).split("://", 1)[0].lower()
 
+    # What readers ask of a file, answered from the listing or by a request.
+    def is_file(self) -> bool:
+        try:
+            info(self)
+        except BadInput as e:
+            if e.problem.startswith(("no such object", "is a folder")):
+                return False
+            raise
+        return True
+
+    def is_dir(self) -> bool:
+        """A prefix that holds listed objects."""
+        below = str(self).rstrip("/") + "/"
+        with _lock:
+            return any(url.startswith(below) for url in _infos)
+
+    def exists(self) -> bool:
+        return self.is_dir() or self.is_file()
+
+    def read_bytes(self) -> bytes:
+        return read_range(self, 0, info(self).size)
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
 
 def as_path(text: str) -> Any:
     """A command-line path: a ``RemotePath`` for a URL, else a local ``Path``."""
@@ -338,6 +363,40 @@ def prefetch_heads(paths: list[RemotePath], threads: int = IO_THREADS) -> None:
     """Fetch the first block of every object at once: detection and planning then read headers
     from memory, not one round trip after another."""
     each(paths, lambda p: _head_or_range(p, info(p).size, 0, 0), threads)
+
+
+def objects_under(folder: RemotePath) -> dict[str, ObjectInfo]:
+    """The listed objects below the prefix ``folder``, by URL."""
+    below = str(folder).rstrip("/") + "/"
+    with _lock:
+        return {url: found for url, found in sorted(_infos.items()) if url.startswith(below)}
+
+
+class RemoteArray:
+    """A tensor that lies contiguously in an object (a safetensors entry): rows sliced from it
+    are fetched by one range request. Enough of an array for the sparse readers' chunk loop."""
+
+    def __init__(self, path: RemotePath, offset: int, shape: tuple[int, ...], dtype: Any) -> None:
+        import numpy as np
+
+        self.path, self.offset, self.shape = path, offset, tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim, self.itemsize = len(self.shape), self.dtype.itemsize
+        self.row_bytes = self.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        self.flags = type("Flags", (), {"c_contiguous": True})()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> Any:
+        import numpy as np
+
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("rows of a remote array are read as one range")
+        stop = max(start, stop)
+        data = read_range(self.path, self.offset + start * self.row_bytes, self.offset + stop * self.row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
 
 
 def check_unchanged(paths: list[RemotePath], threads: int = IO_THREADS) -> None:

@@ -242,11 +242,48 @@ def test_a_missing_object_is_one_line_exit_2_and_nothing_written(s3, bucket: str
     assert not out.exists()
 
 
-def test_formats_that_need_local_files_are_refused_by_name(s3, bucket: str, tmp_path: Path) -> None:
-    (tmp_path / "x.pt").write_bytes(b"PK")
+def test_torch_save_files_are_read_by_their_zip_directory(s3, bucket: str, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    x = activations(np.random.default_rng(9), 700, 12)
+    torch.save({"blocks.2.hook_resid_post": torch.from_numpy(x), "step": 3}, tmp_path / "cache.pt")
+    torch.save(torch.from_numpy(x), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     upload(s3, tmp_path, bucket, "pt")
-    done = nact("scan", f"s3://{bucket}/pt/")
-    assert done.exit_code == 2 and "read from local files only" in done.stderr and "x.pt" in done.stderr
+    result = scan([f"s3://{bucket}/pt/cache.pt"], chunk_rows=50)
+    assert result.activity.components["blocks.2.hook_resid_post"].fire_counts.tolist() == fire_counts(x)
+    done = nact("scan", f"s3://{bucket}/pt/legacy.pt")
+    assert done.exit_code == 2 and "needs torch to load it whole" in done.stderr and "legacy.pt" in done.stderr
+
+
+def test_a_delphi_cache_is_read_by_windows_of_entries(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_formats import expected, write_delphi_module
+
+    from neuron_activity.sources import delphi_caches
+
+    rng = np.random.default_rng(7)
+    dense = np.maximum(rng.standard_normal((6, 16, 40)) - 1.0, 0).astype(np.float16)
+    write_delphi_module(tmp_path / "latents" / "layers.3.mlp", dense, [(0, 12), (13, 26), (27, 39)])
+    (tmp_path / "latents" / "layers.3.mlp" / "config.json").write_text(json.dumps({"n_splits": 3}))
+    upload(s3, tmp_path / "latents", bucket, "latents")
+    monkeypatch.setattr(delphi_caches, "ENTRIES_PER_CHUNK", 17)  # many windows per split
+    for native in (True, False):
+        result = scan([f"s3://{bucket}/latents/"], kernel=None if native else "numpy")
+        c = result.activity.components["layers.3.mlp"]
+        assert (c.fire_counts.tolist(), c.num_vectors) == expected(dense.astype(np.float64), "0")
+    state = tmp_path / "state.safetensors"
+    assert nact("scan", f"s3://{bucket}/latents/", "--state", state, "-q").exit_code == 0
+    assert nact("scan", f"s3://{bucket}/latents/", "--state", state, "-q").exit_code == 0  # nothing new
+    (tmp_path / "latents" / "layers.3.mlp" / "config.json").write_text(json.dumps({"n_splits": 4}))
+    s3.put_file(str(tmp_path / "latents" / "layers.3.mlp" / "config.json"), f"{bucket}/latents/layers.3.mlp/config.json")
+    done = nact("scan", f"s3://{bucket}/latents/", "--state", state, "-q")
+    assert done.exit_code == 2 and "config.json says 4 splits but 3 are here" in done.stderr
+
+
+def test_an_arrow_cache_is_refused_by_name(s3, bucket: str, tmp_path: Path) -> None:
+    (tmp_path / "data-00000-of-00001.arrow").write_bytes(b"\xff\xff\xff\xff")
+    upload(s3, tmp_path, bucket, "arrow")
+    done = nact("scan", f"s3://{bucket}/arrow/")
+    assert done.exit_code == 2 and done.stderr.count("\n") == 1
+    assert "data-00000-of-00001.arrow: an Arrow IPC stream has no index" in done.stderr and "download it first" in done.stderr
 
 
 def test_local_files_and_objects_are_not_mixed(s3, bucket: str, tmp_path: Path) -> None:

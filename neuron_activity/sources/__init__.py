@@ -222,8 +222,12 @@ def discover(paths: list[Path], input_format: str | None = None) -> Shards:
     return Shards({p: found[p] for p in sorted(found, key=natural_key)}, notes, named)
 
 
-# formats whose reading a remote object allows: a header, then windows of rows by range requests
-REMOTE_FORMATS = ("safetensors", "npy", "npz")
+# formats whose layout lets a remote object be read by range requests: a header (or a zip
+# directory), then windows of rows (of entries, for delphi splits)
+REMOTE_FORMATS = ("safetensors", "npy", "npz", "torch", "delphi")
+NOT_REMOTE = {  # why the others are not
+    "arrow": "an Arrow IPC stream has no index of its record batches: it is read whole from the start",
+}
 
 
 def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str], notes: list[str], named: set[Path]) -> None:
@@ -247,7 +251,8 @@ def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str
         if input_format is not None and fmt != input_format:
             continue
         if fmt not in REMOTE_FORMATS:
-            raise BadInput(obj, f"{fmt} caches are read from local files only (remote: {', '.join(REMOTE_FORMATS)}): download it first")
+            why = NOT_REMOTE.get(fmt, f"{fmt} files are read from local files only")
+            raise BadInput(obj, f"{why}: download it first (remote: {', '.join(REMOTE_FORMATS)})")
         if obj.suffix == ".safetensors" and is_counts_file(obj):
             if alone:
                 raise BadInput(obj, "saved counts, not activations: read it with nact report or nact density")
@@ -395,7 +400,7 @@ def read_entries(formats: dict[Path, str], **reader_options: object) -> list[Ten
         else:
             found += reader.entries(paths)
     for entry in found:
-        if is_remote(entry.path) and entry.storage not in (MAPPED, COMPRESSED):
+        if is_remote(entry.path) and entry.storage not in (MAPPED, COMPRESSED, SPARSE):
             raise BadInput(entry.path, f"tensor {entry.key!r} ({entry.note}) is read from local files only: download it first")
     order = {p: i for i, p in enumerate(formats)}
     return sorted(found, key=lambda e: order.get(e.files[0] if e.files else e.path, 0))

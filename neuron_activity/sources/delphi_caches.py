@@ -31,7 +31,7 @@ import numpy as np
 from ..counting import States, in_ranges
 from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
-from .base import SPARSE, TensorEntry, TensorSlab, drop_pages
+from .base import SPARSE, TensorEntry, TensorSlab, drop_pages, is_remote
 from .safetensors_files import read_header
 
 FORMAT = "delphi"
@@ -204,6 +204,10 @@ def first_latent(entry: TensorEntry) -> int:
 def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
     if math.prod(entry.shape) == 0:
         return np.empty(entry.shape, dtype)
+    if is_remote(path):  # chunks of entries fetched by range requests as the loop slices them
+        from ..remote import RemoteArray
+
+        return RemoteArray(path, entry.offset or 0, entry.shape, dtype)  # type: ignore[arg-type, return-value]
     return np.memmap(path, dtype=dtype, mode="r", offset=entry.offset, shape=entry.shape)
 
 

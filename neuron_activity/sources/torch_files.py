@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dtypes import TORCH_NAMES, UNSIGNED_VIEW, signed_bits
 from ..errors import BadInput, NactError, first_line
-from .base import LOADED, TensorEntry, TensorSlab
+from .base import LOADED, TensorEntry, TensorSlab, is_remote
 
 FORMAT = "torch"
 FORMATS = (FORMAT,)
@@ -106,6 +106,8 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
         if mapped is not None:
             out += mapped
             continue
+        if is_remote(path):
+            raise BadInput(path, "this .pt file needs torch to load it whole (legacy, compressed or not plain tensors): download it first")
         found = tensors(load(path), path)
         if not found:
             raise BadInput(path, "holds no tensors")

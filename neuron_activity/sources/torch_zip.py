@@ -21,9 +21,11 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..dtypes import ITEMSIZE, TORCH_NAMES
-from .base import MAPPED, TensorEntry
+from ..errors import NactError
+from .base import MAPPED, TensorEntry, is_remote, open_shard
 
 STORAGE_TYPES = {
     "FloatStorage": "F32", "DoubleStorage": "F64", "HalfStorage": "F16", "BFloat16Storage": "BF16",
@@ -131,34 +133,44 @@ def _member_data(raw: object, info: zipfile.ZipInfo) -> int:
 
 def entries(path: Path, fmt: str) -> list[TensorEntry] | None:
     """The tensors of a zip-format ``torch.save`` file as mapped entries, or None when the file
-    needs torch (see the module's docstring)."""
-    from .torch_files import walk
-
+    needs torch (see the module's docstring). A remote object's zip directory and pickle are
+    read by range requests."""
     try:
-        if not zipfile.is_zipfile(path):
-            return None
-        with zipfile.ZipFile(path) as z, open(path, "rb") as raw:
-            names = z.namelist()
-            pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
-            if len(pickles) != 1:
+        with open_shard(path) as raw:
+            if not zipfile.is_zipfile(raw):
                 return None
-            prefix = pickles[0][: -len("data.pkl")]
-            if f"{prefix}byteorder" in names and z.read(f"{prefix}byteorder").strip() != b"little":
-                return None
-            found = walk(_Unpickler(io.BytesIO(z.read(pickles[0]))).load(), lambda v: isinstance(v, _Tensor), path)
-            out = []
-            for member, t in found.items():
-                info = z.getinfo(f"{prefix}data/{t.storage.key}")
-                itemsize = ITEMSIZE[t.dtype]
-                count = math.prod(t.size)
-                if info.compress_type != zipfile.ZIP_STORED or not _row_major(t.size, t.stride):
-                    return None
-                if (t.offset + count) * itemsize > info.file_size:
-                    return None
-                start = _member_data(raw, info) + t.offset * itemsize
-                key, from_file = (member, False) if member else (path.stem, True)
-                out.append(TensorEntry(path, key, t.dtype, t.size, fmt, offset=start, member=member, storage=MAPPED,
-                                       from_file=from_file))
+            return _entries(path, fmt, raw)
+    except NactError:
+        if is_remote(path):
+            raise  # an object that cannot be read says so; torch cannot read it either
+        return None
     except Exception:  # anything unusual: torch reads it (and refuses what is unsafe)
         return None
+
+
+def _entries(path: Path, fmt: str, raw: BinaryIO) -> list[TensorEntry] | None:
+    from .torch_files import walk
+
+    with zipfile.ZipFile(raw) as z:
+        names = z.namelist()
+        pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pickles) != 1:
+            return None
+        prefix = pickles[0][: -len("data.pkl")]
+        if f"{prefix}byteorder" in names and z.read(f"{prefix}byteorder").strip() != b"little":
+            return None
+        found = walk(_Unpickler(io.BytesIO(z.read(pickles[0]))).load(), lambda v: isinstance(v, _Tensor), path)
+        out = []
+        for member, t in found.items():
+            info = z.getinfo(f"{prefix}data/{t.storage.key}")
+            itemsize = ITEMSIZE[t.dtype]
+            count = math.prod(t.size)
+            if info.compress_type != zipfile.ZIP_STORED or not _row_major(t.size, t.stride):
+                return None
+            if (t.offset + count) * itemsize > info.file_size:
+                return None
+            start = _member_data(raw, info) + t.offset * itemsize
+            key, from_file = (member, False) if member else (path.stem, True)
+            out.append(TensorEntry(path, key, t.dtype, t.size, fmt, offset=start, member=member, storage=MAPPED,
+                                   from_file=from_file))
     return out or None
