@@ -187,7 +187,9 @@ def retrying(path: RemotePath, call: Callable[[], T], tries: int | None = None) 
 
 
 def _info_of(detail: dict) -> ObjectInfo:
-    tag = detail.get("ETag") or detail.get("etag") or detail.get("Content-MD5") or detail.get("Digest") or ""
+    # a version tag: S3's and HTTP's ETag, else what other stores give (GCS, the Hugging Face Hub)
+    tag = next((str(detail[k]) for k in ("ETag", "etag", "Content-MD5", "Digest", "md5Hash", "generation",
+                                         "blob_id", "VersionId") if detail.get(k)), "")
     modified = detail.get("LastModified") or detail.get("Last-Modified") or detail.get("mtime")
     ns = 0
     if hasattr(modified, "timestamp"):
