@@ -359,6 +359,7 @@ class FlakyProxy(http.server.BaseHTTPRequestHandler):
     upstream: str
     failures = 0
     failed = 0
+    deny = False  # every object read is refused (403 AccessDenied), as for credentials without rights
 
     def log_message(self, *args: object) -> None:
         pass
@@ -366,6 +367,14 @@ class FlakyProxy(http.server.BaseHTTPRequestHandler):
     def _forward(self) -> None:
         import http.client
 
+        if type(self).deny and self.command in ("GET", "HEAD") and "list-type" not in self.path:
+            body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+            self.send_response(403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+            return
         if self.command == "GET" and "Range" in self.headers and type(self).failures > 0:
             type(self).failures -= 1
             type(self).failed += 1
@@ -394,7 +403,7 @@ class FlakyProxy(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward  # noqa: N815
 
 
-def test_an_s3_503_that_recovers_is_tried_again(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_faults_503_that_recovers_lasts_and_access_denied(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     import s3fs
@@ -423,6 +432,14 @@ def test_an_s3_503_that_recovers_is_tried_again(s3, bucket: str, tmp_path: Path,
         done = nact("scan", f"s3://{bucket}/flaky/shard.safetensors", "-o", tmp_path / "out.json")
         assert done.exit_code == 2 and f"after {remote.TRIES} tries" in done.stderr and "reduce your request rate" in done.stderr
         assert done.stderr.count("\n") == 1 and not (tmp_path / "out.json").exists()
+        handler.failures, handler.deny = 0, True  # credentials that may list but not read: at once, no tries
+        remote._infos.clear()
+        remote._heads.clear()
+        retried.clear()
+        done = nact("scan", f"s3://{bucket}/flaky/", "-o", tmp_path / "out.json")
+        assert done.exit_code == 2 and done.stderr.count("\n") == 1 and not retried
+        assert f"s3://{bucket}/flaky/shard.safetensors: access denied" in done.stderr
+        assert not (tmp_path / "out.json").exists()
     finally:
         proxy.shutdown()
         proxy.server_close()
