@@ -11,6 +11,7 @@ written, so a scan that is going to fail writes nothing.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,6 +57,8 @@ def check_outputs(outputs: list[Path]) -> None:
     no two outputs are one file (symlinks followed). Nothing is created."""
     seen: dict[str, Path] = {}
     for path in outputs:
+        if is_remote(path) or re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(path)):  # s3://... folds to s3:/...
+            raise BadOutput(path, "outputs are local files: nact does not write to a URL")
         target = Path(os.path.realpath(path))
         if target.is_dir():
             raise BadOutput(path, "is a folder, not a file")

@@ -381,3 +381,8 @@ def test_shapes_of_state_files_are_int64_per_field(tmp_path: Path) -> None:
     names = {k.split("/")[1] for k in tensors}
     assert names == {f.name for f in state.FIELDS if f.dtype == "int64"} | {"num_vectors"}  # the others: SAE latents
     assert all(v.dtype == np.int64 for v in tensors.values())
+
+
+def test_an_output_url_is_refused_before_any_work(tmp_path: Path) -> None:
+    done = nact("scan", SAMPLE_DATA, "-o", "s3://bucket/out.json")
+    assert done.exit_code == 2 and done.stderr == "Error: s3:/bucket/out.json: outputs are local files: nact does not write to a URL\n"
