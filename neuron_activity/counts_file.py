@@ -50,7 +50,7 @@ class ShardRecord:
     @classmethod
     def of(cls, path: Path) -> ShardRecord:
         """The record of a shard file, or of a folder counted as one unit (its files summed),
-        or of a remote object (its URL, size, last modified and ETag as its store says now)."""
+        or of a remote object (its URL, size, last modified and ETag as this run's listing said)."""
         if is_remote(path):
             import hashlib
 
@@ -60,7 +60,7 @@ class ShardRecord:
                 found = objects_under(path)  # type: ignore[arg-type]
                 tag = hashlib.sha256("\n".join(f"{u} {f.tag}" for u, f in found.items()).encode()).hexdigest()[:32]
                 return cls(str(path), sum(f.size for f in found.values()), max(f.modified_ns for f in found.values()), tag)
-            now = info(path, refresh=True)  # type: ignore[arg-type]
+            now = info(path)  # type: ignore[arg-type]  # as this run's listing (or HEAD) found it
             return cls(str(path), now.size, now.modified_ns, now.tag)
         resolved = Path(path).resolve()
         if resolved.is_dir():
