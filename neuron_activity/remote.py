@@ -230,6 +230,15 @@ def info(path: RemotePath, refresh: bool = False) -> ObjectInfo:
     return found
 
 
+def forget(path: RemotePath) -> None:
+    """Drop what was learned of ``path`` and the objects under it (a new scan asks again)."""
+    base = str(path).rstrip("/")
+    with _lock:
+        for known in (_infos, _heads):
+            for url in [u for u in known if u == base or u.startswith(base + "/")]:
+                del known[url]
+
+
 def listing(path: RemotePath) -> tuple[list[RemotePath], int]:
     """The objects ``path`` names: itself if it is an object, else every object under it as a
     prefix (folder), hidden ones (a dot name anywhere below ``path``) left out and counted.

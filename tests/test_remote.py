@@ -278,12 +278,69 @@ def test_a_delphi_cache_is_read_by_windows_of_entries(s3, bucket: str, tmp_path:
     assert done.exit_code == 2 and "config.json says 4 splits but 3 are here" in done.stderr
 
 
-def test_an_arrow_cache_is_refused_by_name(s3, bucket: str, tmp_path: Path) -> None:
-    (tmp_path / "data-00000-of-00001.arrow").write_bytes(b"\xff\xff\xff\xff")
-    upload(s3, tmp_path, bucket, "arrow")
-    done = nact("scan", f"s3://{bucket}/arrow/")
-    assert done.exit_code == 2 and done.stderr.count("\n") == 1
-    assert "data-00000-of-00001.arrow: an Arrow IPC stream has no index" in done.stderr and "download it first" in done.stderr
+def arrow_cache(folder: Path, x: np.ndarray, outer: str, inner: str, batch_rows: int, files: int = 2) -> None:
+    """A saved datasets folder of one hook (``x``: rows x context x width) and token_ids, its
+    lists fixed-size or with offsets (datasets' Array2D) as asked."""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True)
+    rows, context, width = x.shape
+    names = []
+    per_file = -(-rows // files)
+    for i in range(files):
+        part = x[i * per_file:(i + 1) * per_file]
+        n = len(part)
+        leaf = pa.array(part.reshape(-1))
+        middle = (pa.FixedSizeListArray.from_arrays(leaf, width) if inner == "fixed" else
+                  pa.ListArray.from_arrays(pa.array(np.arange(0, n * context * width + 1, width, dtype=np.int32)), leaf))
+        column = (pa.FixedSizeListArray.from_arrays(middle, context) if outer == "fixed" else
+                  pa.ListArray.from_arrays(pa.array(np.arange(0, n * context + 1, context, dtype=np.int32)), middle))
+        table = pa.table({"token_ids": pa.array([[1] * context] * n, type=pa.list_(pa.int32())),
+                          "blocks.4.hook_resid_post": column, "text": pa.array(["a"] * n)})
+        name = f"data-{i:05d}-of-{files:05d}.arrow"
+        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=batch_rows):
+                writer.write_batch(batch)
+        names.append(name)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": n} for n in names]}))
+    (folder / "cache-1234.arrow").write_bytes(b"a datasets cache file, not data")
+
+
+@pytest.mark.parametrize("outer, inner", [("var", "var"), ("var", "fixed"), ("fixed", "fixed")])
+def test_an_arrow_cache_is_planned_from_its_message_headers(s3, bucket: str, tmp_path: Path, outer: str, inner: str) -> None:
+    pytest.importorskip("pyarrow")
+    x = activations(np.random.default_rng(11), 53 * 6, 24, "float32").reshape(53, 6, 24)
+    arrow_cache(tmp_path / "cache", x, outer, inner, batch_rows=7)
+    upload(s3, tmp_path / "cache", bucket, "cache")
+    reads: list[tuple[int, int]] = []
+    read_range = remote.read_range
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(remote, "read_range", lambda p, a, b: reads.append((a, b)) or read_range(p, a, b))
+    try:
+        result = scan([f"s3://{bucket}/cache/"], chunk_rows=20)
+    finally:
+        monkey.undo()
+    c = result.activity.components["blocks.4.hook_resid_post"]
+    assert c.fire_counts.tolist() == fire_counts(x.reshape(-1, 24)) and c.num_vectors == 53 * 6
+    local = scan([tmp_path / "cache"]).activity.components["blocks.4.hook_resid_post"]
+    assert local.fire_counts.tolist() == c.fire_counts.tolist()
+    data = 53 * 6 * 24 * 4
+    assert sum(b - a for a, b in reads if a > 0) < data * 1.2  # past the first block: offsets, then the values once
+    skipped = scan([f"s3://{bucket}/cache/"], skip_positions=(0,)).activity.components["blocks.4.hook_resid_post"]
+    assert skipped.fire_counts.tolist() == fire_counts(x[:, 1:, :].reshape(-1, 24))
+
+
+def test_an_arrow_cache_with_rows_of_different_shapes_is_refused(s3, bucket: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    column = pa.array([[[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0]]], type=pa.list_(pa.list_(pa.float32())))
+    table = pa.table({"h": column})
+    (tmp_path / "c").mkdir()
+    with pa.OSFile(str(tmp_path / "c" / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    upload(s3, tmp_path / "c", bucket, "ragged")
+    done = nact("scan", f"s3://{bucket}/ragged/")
+    assert done.exit_code == 2 and "column 'h' has rows of different shapes" in done.stderr
 
 
 def test_local_files_and_objects_are_not_mixed(s3, bucket: str, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from ..dtypes import FLOAT_FORMATS, INTEGER_FORMATS, ITEMSIZE
 from ..errors import AxisProblem, BadInput, KeyNotFound, MixedFormats, NoVectors, ShapeMismatch
 from . import arrow_files, delphi_caches, grouping, numpy_files, safetensors_files, torch_files
 from .safetensors_files import is_counts_file
-from .base import COMPRESSED, LOADED, MAPPED, SPARSE, TensorEntry, TensorSlab, is_remote, natural_key
+from .base import BATCHES, COMPRESSED, LOADED, MAPPED, SPARSE, TensorEntry, TensorSlab, is_remote, natural_key
 
 DENSE_READERS: tuple[ModuleType, ...] = (safetensors_files, numpy_files, torch_files, arrow_files)
 SPARSE_READERS: tuple[ModuleType, ...] = (delphi_caches,)
@@ -224,23 +224,24 @@ def discover(paths: list[Path], input_format: str | None = None) -> Shards:
 
 # formats whose layout lets a remote object be read by range requests: a header (or a zip
 # directory), then windows of rows (of entries, for delphi splits)
-REMOTE_FORMATS = ("safetensors", "npy", "npz", "torch", "delphi")
-NOT_REMOTE = {  # why the others are not
-    "arrow": "an Arrow IPC stream has no index of its record batches: it is read whole from the start",
-}
+REMOTE_FORMATS = ("safetensors", "npy", "npz", "torch", "delphi", "arrow")
 
 
 def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str], notes: list[str], named: set[Path]) -> None:
     """The remote twin of a folder search: ``path`` is an object, or a prefix listed as a folder
     (natural order, hidden objects skipped, saved counts skipped, SAE checkpoints refused)."""
-    from ..remote import listing, prefetch_heads
+    from ..remote import forget, listing, prefetch_heads
+    from .arrow_remote import forget as forget_plans
 
+    forget(path)  # type: ignore[arg-type]  # each scan lists and reads headers afresh
+    forget_plans(path)
     objects, hidden = listing(path)  # type: ignore[arg-type]
     alone = objects == [path]
     prefetch_heads([o for o in objects if alone or o.suffix in SUFFIX_FORMATS])  # type: ignore[misc]
     names = {o.parent / o.name for o in objects}
     formats: dict[Path, str] = {}
     counts: list[Path] = []
+    datasets: dict[Path, list[Path] | None] = {}
     for obj in objects:
         kind = SAE_CHECKPOINTS.get(obj.name)
         if kind and (obj.name == "sparsity.safetensors" or obj.parent / "cfg.json" in names):
@@ -251,8 +252,12 @@ def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str
         if input_format is not None and fmt != input_format:
             continue
         if fmt not in REMOTE_FORMATS:
-            why = NOT_REMOTE.get(fmt, f"{fmt} files are read from local files only")
-            raise BadInput(obj, f"{why}: download it first (remote: {', '.join(REMOTE_FORMATS)})")
+            raise BadInput(obj, f"{fmt} files are read from local files only: download it first (remote: {', '.join(REMOTE_FORMATS)})")
+        if fmt == "arrow" and not alone:  # a saved datasets folder: only the files its state.json lists
+            if obj.parent not in datasets:
+                datasets[obj.parent] = arrow_files.dataset_files(obj.parent)
+            if datasets[obj.parent] is not None and obj not in datasets[obj.parent]:  # type: ignore[operator]
+                continue
         if obj.suffix == ".safetensors" and is_counts_file(obj):
             if alone:
                 raise BadInput(obj, "saved counts, not activations: read it with nact report or nact density")
@@ -400,7 +405,7 @@ def read_entries(formats: dict[Path, str], **reader_options: object) -> list[Ten
         else:
             found += reader.entries(paths)
     for entry in found:
-        if is_remote(entry.path) and entry.storage not in (MAPPED, COMPRESSED, SPARSE):
+        if is_remote(entry.path) and entry.storage not in (MAPPED, COMPRESSED, SPARSE, BATCHES):
             raise BadInput(entry.path, f"tensor {entry.key!r} ({entry.note}) is read from local files only: download it first")
     order = {p: i for i, p in enumerate(formats)}
     return sorted(found, key=lambda e: order.get(e.files[0] if e.files else e.path, 0))

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
 from ..errors import BadInput, NactError, first_line
-from .base import BATCHES, TensorEntry, TensorSlab, drop_pages
+from .base import BATCHES, TensorEntry, TensorSlab, drop_pages, is_remote
 
 FORMAT = "arrow"
 FORMATS = (FORMAT,)
@@ -177,8 +177,21 @@ def _reading(path: Path) -> Iterator[None]:
 
 
 def entries(paths: list[Path]) -> list[TensorEntry]:
+    remote = [p for p in paths if is_remote(p)]
+    if remote:  # the files' message headers are read one after another: the files at once
+        from ..remote import each
+        from . import arrow_remote
+
+        _pyarrow()
+        each(remote, arrow_remote.entries)  # type: ignore[arg-type]
     out = []
     for path in paths:
+        if is_remote(path):  # planned from the messages' metadata (arrow_remote)
+            from . import arrow_remote
+
+            _pyarrow()
+            out += arrow_remote.entries(path)
+            continue
         with _reading(path):
             out += _file_entries(path)
     return out
@@ -214,6 +227,11 @@ def _file_entries(path: Path) -> list[TensorEntry]:
 
 def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     """Vectors of one column, a record batch at a time (batches are written bounded)."""
+    if is_remote(slab.path):
+        from . import arrow_remote
+
+        yield from arrow_remote.chunks(slab, chunk_rows)
+        return
     with _reading(slab.path):
         yield from _column_chunks(slab)
 
