@@ -174,10 +174,9 @@ def write_saelens_cache(folder: Path, hooks: dict[str, np.ndarray], batch_rows: 
     """A saved datasets folder as SAELens writes it: one [context, d_in] array per row per hook."""
     import pyarrow as pa
 
-    folder.mkdir(parents=True)
     rows = next(iter(hooks.values())).shape[0]
     context = next(iter(hooks.values())).shape[1]
-    names = []
+    tables = []
     per_file = -(-rows // files)
     for i in range(files):
         lo, hi = i * per_file, min((i + 1) * per_file, rows)
@@ -188,14 +187,25 @@ def write_saelens_cache(folder: Path, hooks: dict[str, np.ndarray], batch_rows: 
             inner = pa.FixedSizeListArray.from_arrays(flat, d_in)
             columns[name] = pa.ListArray.from_arrays(pa.array(np.arange(0, (hi - lo) * context + 1, context, dtype=np.int32)), inner)
         columns["token_ids"] = pa.array([[1] * context] * (hi - lo), type=pa.list_(pa.int32()))
-        table = pa.table(columns)
-        name = f"data-{i:05d}-of-{files:05d}.arrow"
+        tables.append(pa.table(columns))
+    write_datasets_folder(folder, tables, batch_rows)
+    (folder / "dataset_info.json").write_text(json.dumps({"features": {k: {"_type": "Array2D"} for k in hooks}}))
+
+
+def write_datasets_folder(folder: Path, tables: list, batch_rows: int) -> None:
+    """Arrow stream files, one per table in record batches of ``batch_rows``, and the
+    ``state.json`` that lists them, as ``datasets.save_to_disk`` writes."""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True)
+    names = []
+    for i, table in enumerate(tables):
+        name = f"data-{i:05d}-of-{len(tables):05d}.arrow"
         with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
             for batch in table.to_batches(max_chunksize=batch_rows):
                 writer.write_batch(batch)
         names.append(name)
     (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": n} for n in names]}))
-    (folder / "dataset_info.json").write_text(json.dumps({"features": {k: {"_type": "Array2D"} for k in hooks}}))
 
 
 def test_saelens_arrow_cache(tmp_path: Path) -> None:

@@ -279,13 +279,13 @@ def test_a_delphi_cache_is_read_by_windows_of_entries(s3, bucket: str, tmp_path:
 
 
 def arrow_cache(folder: Path, x: np.ndarray, outer: str, inner: str, batch_rows: int, files: int = 2) -> None:
-    """A saved datasets folder of one hook (``x``: rows x context x width) and token_ids, its
-    lists fixed-size or with offsets (datasets' Array2D) as asked."""
+    """A saved datasets folder of one hook (``x``: rows x context x width) beside token_ids and
+    text, its lists fixed-size or with offsets (datasets' Array2D) as asked."""
     import pyarrow as pa
+    from test_formats import write_datasets_folder
 
-    folder.mkdir(parents=True)
     rows, context, width = x.shape
-    names = []
+    tables = []
     per_file = -(-rows // files)
     for i in range(files):
         part = x[i * per_file:(i + 1) * per_file]
@@ -295,14 +295,9 @@ def arrow_cache(folder: Path, x: np.ndarray, outer: str, inner: str, batch_rows:
                   pa.ListArray.from_arrays(pa.array(np.arange(0, n * context * width + 1, width, dtype=np.int32)), leaf))
         column = (pa.FixedSizeListArray.from_arrays(middle, context) if outer == "fixed" else
                   pa.ListArray.from_arrays(pa.array(np.arange(0, n * context + 1, context, dtype=np.int32)), middle))
-        table = pa.table({"token_ids": pa.array([[1] * context] * n, type=pa.list_(pa.int32())),
-                          "blocks.4.hook_resid_post": column, "text": pa.array(["a"] * n)})
-        name = f"data-{i:05d}-of-{files:05d}.arrow"
-        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-            for batch in table.to_batches(max_chunksize=batch_rows):
-                writer.write_batch(batch)
-        names.append(name)
-    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": n} for n in names]}))
+        tables.append(pa.table({"token_ids": pa.array([[1] * context] * n, type=pa.list_(pa.int32())),
+                                "blocks.4.hook_resid_post": column, "text": pa.array(["a"] * n)}))
+    write_datasets_folder(folder, tables, batch_rows)
     (folder / "cache-1234.arrow").write_bytes(b"a datasets cache file, not data")
 
 

@@ -199,11 +199,7 @@ def discover(paths: list[Path], input_format: str | None = None) -> Shards:
                 kind = f"{input_format} " if input_format else ""
                 raise BadInput(path, f"no {kind}shards found ({', '.join(sorted(SUFFIX_FORMATS))} files)")
             found.update(formats)
-            if hidden:
-                notes.append(f"{path}: skipped {hidden} hidden file(s) or folder(s) (names starting with '.')")
-            if counts:
-                listed = ", ".join(str(p) for p in counts[:3]) + (", ..." if len(counts) > 3 else "")
-                notes.append(f"{path}: skipped {len(counts)} file(s) of saved counts, not activations ({listed})")
+            notes += _skipped(path, hidden, "file(s) or folder(s)", counts, "file(s)")
         elif path.is_file():
             if path.suffix == ".safetensors" and is_counts_file(path):
                 raise BadInput(path, "saved counts, not activations: read it with nact report or nact density")
@@ -270,11 +266,18 @@ def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str
     found.update(formats)
     if alone:
         named.add(path)
+    notes += _skipped(path, hidden, "object(s)", counts, "object(s)")
+
+
+def _skipped(path: Path, hidden: int, hidden_things: str, counts: list[Path], count_things: str) -> list[str]:
+    """The notes of a folder (or prefix) search: hidden entries and saved counts left out."""
+    notes = []
     if hidden:
-        notes.append(f"{path}: skipped {hidden} hidden object(s) (names starting with '.')")
+        notes.append(f"{path}: skipped {hidden} hidden {hidden_things} (names starting with '.')")
     if counts:
         listed = ", ".join(str(p) for p in counts[:3]) + (", ..." if len(counts) > 3 else "")
-        notes.append(f"{path}: skipped {len(counts)} object(s) of saved counts, not activations ({listed})")
+        notes.append(f"{path}: skipped {len(counts)} {count_things} of saved counts, not activations ({listed})")
+    return notes
 
 
 def _files_under(folder: Path) -> tuple[list[Path], int, list[Path]]:
