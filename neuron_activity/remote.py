@@ -352,7 +352,7 @@ def read_range(path: RemotePath, start: int, stop: int) -> bytes:
     key = _key(fs, path)
     data = retrying(path, lambda: fs.cat_file(key, start=start, end=stop))
     if len(data) != stop - start:
-        raise BadInput(path, f"changed during the scan: bytes {start}-{stop} gave {len(data)} bytes")
+        raise BadInput(path, f"changed during the scan, or the server ignores range requests: bytes {start}-{stop} gave {len(data)} bytes")
     return data
 
 
