@@ -113,6 +113,8 @@ def scan(
       nact scan shards/ --state audit.safetensors --window 10000000
 
       nact scan cache/ --sae checkpoints/layer_6   # the SAE's dead latents on a model-activation cache
+
+      nact scan s3://bucket/acts/   # a cache in an object store, by range requests (the remote extra)
     """
     fmt = check_format(fmt, output=output)
     from neuron_activity.distributed import launched
