@@ -237,6 +237,8 @@ def forget(path: RemotePath) -> None:
         for known in (_infos, _heads):
             for url in [u for u in known if u == base or u.startswith(base + "/")]:
                 del known[url]
+        for key in [k for k in _ahead if k[0] == base or k[0].startswith(base + "/")]:
+            _ahead.pop(key).cancel()
 
 
 def listing(path: RemotePath) -> tuple[list[RemotePath], int]:
@@ -343,9 +345,36 @@ def open_object(path: RemotePath) -> Any:
     return f
 
 
+_ahead: dict[tuple[str, int, int], Any] = {}  # (url, start, stop) -> the future of a fetch begun early
+_ahead_pool: Any = None
+
+
+def fetch_ahead(path: RemotePath, start: int, stop: int, threads: int = IO_THREADS) -> None:
+    """Begin fetching bytes ``[start, stop)`` in the background; ``read_range`` of the same range
+    takes them (for a scan that counts on one thread: the next windows arrive meanwhile)."""
+    global _ahead_pool
+    with _lock:
+        if (str(path), start, stop) in _ahead:
+            return
+        if _ahead_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _ahead_pool = ThreadPoolExecutor(threads, thread_name_prefix="nact-ahead")
+        _ahead[(str(path), start, stop)] = _ahead_pool.submit(_fetch, path, start, stop)
+
+
 def read_range(path: RemotePath, start: int, stop: int) -> bytes:
     """Bytes ``[start, stop)`` of the object ``path``, by one range request (tried again after
-    transient failures). Fewer bytes than asked means the object changed: an error."""
+    transient failures), or from a fetch begun ahead. Fewer bytes than asked means the object
+    changed: an error."""
+    with _lock:
+        early = _ahead.pop((str(path), start, stop), None)
+    if early is not None:
+        return early.result()
+    return _fetch(path, start, stop)
+
+
+def _fetch(path: RemotePath, start: int, stop: int) -> bytes:
     if stop <= start:
         return b""  # fsspec reads a whole object for an empty range
     fs = filesystem(path)

@@ -188,6 +188,30 @@ def _work(plan: ScanPlan, chunk_rows: int | None, skip: tuple[int, ...] = ()) ->
             yield slab, start, min(start + step, slab.num_rows), first_vector + (kept.before(start) if kept else start)
 
 
+def _fetch_ahead(work: Iterator[WorkItem], io_threads: int | None) -> Iterator[WorkItem]:
+    """Work items as they come, the remote windows of the next ``io_threads`` already being
+    fetched: one counting thread (an SAE's encoding, ``--io-threads 1``) overlaps them too."""
+    from collections import deque
+
+    from .remote import IO_THREADS, fetch_ahead
+
+    n = io_threads or IO_THREADS
+    queue: deque[WorkItem] = deque()
+    for item in work:
+        slab, start, end, _ = item
+        if slab.entry.storage == MAPPED:
+            fetch_ahead(slab.path, *_window(slab, start, end), n)  # type: ignore[arg-type]
+        queue.append(item)
+        if len(queue) > n:
+            yield queue.popleft()
+    yield from queue
+
+
+def _window(slab: TensorSlab, start: int, end: int) -> tuple[int, int]:
+    """The bytes of rows ``[start, end)`` of a mapped slab."""
+    return slab.offset + start * slab.row_bytes, slab.offset + end * slab.row_bytes
+
+
 def _chunk_rows(slab: TensorSlab, chunk_rows: int | None) -> int:
     if chunk_rows:
         return chunk_rows
@@ -230,6 +254,8 @@ def _count(
     track_last = options.track_last
     skip = options.skip_positions
     work = _work(plan, options.chunk_rows, skip)
+    if threads == 1 and any(is_remote(p) for p in plan.shards):
+        work = _fetch_ahead(work, options.io_threads)
     lock = threading.Lock()
     stop = threading.Event()
     rules: dict[str, FireRule] = {}
@@ -347,12 +373,11 @@ def _count_chunk(
     given); the mapping is dropped after. ``read_ahead``: ask the kernel to start reading the
     next window while this one is counted."""
     rule_view = np.dtype(f"u{slab.row_bytes // slab.width}") if slab.width else np.dtype(np.uint8)
-    begin = slab.offset + start * slab.row_bytes
-    stop = slab.offset + end * slab.row_bytes
+    begin, stop = _window(slab, start, end)
     if is_remote(slab.path):  # one range request; the counting threads keep several in flight
         from .remote import read_range
 
-        data = read_range(slab.path, begin, stop)  # type: ignore[arg-type]
+        data = read_range(slab.path, begin, stop)  # type: ignore[arg-type]  # (the same range as _fetch_ahead's)
         rows = np.frombuffer(data, dtype=rule_view).reshape(end - start, slab.width)
         counter.update(rows if keep is None else rows[keep], first_vector)
         return

@@ -338,6 +338,26 @@ def test_an_arrow_cache_with_rows_of_different_shapes_is_refused(s3, bucket: str
     assert done.exit_code == 2 and "column 'h' has rows of different shapes" in done.stderr
 
 
+def test_an_sae_encodes_a_remote_cache_with_its_windows_fetched_ahead(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")  # test_sae's helpers
+    from test_sae import activations as model_activations
+    from test_sae import cache, saelens
+
+    saelens(tmp_path / "sae", "standard")
+    cache(tmp_path / "cache", model_activations(seed=3))
+    upload(s3, tmp_path / "cache", bucket, "model")
+    ahead: list[tuple[int, int]] = []
+    fetch_ahead = remote.fetch_ahead
+    monkeypatch.setattr(remote, "fetch_ahead", lambda p, a, b, n: ahead.append((a, b)) or fetch_ahead(p, a, b, n))
+    there = scan([f"s3://{bucket}/model/"], saes=(str(tmp_path / "sae"),), chunk_rows=64, track_last=True)
+    here = scan([tmp_path / "cache"], saes=(str(tmp_path / "sae"),), chunk_rows=64, track_last=True)
+    assert len(ahead) > 10 and not remote._ahead  # every window was fetched ahead, and taken
+    assert list(there.activity.components) == list(here.activity.components)
+    for name, c in there.activity.components.items():
+        assert c.fire_counts.tolist() == here.activity.components[name].fire_counts.tolist()
+        assert c.last_fired.tolist() == here.activity.components[name].last_fired.tolist()
+
+
 def test_local_files_and_objects_are_not_mixed(s3, bucket: str, tmp_path: Path) -> None:
     make_cache(tmp_path / "cache")
     upload(s3, tmp_path / "cache", bucket, "acts")
