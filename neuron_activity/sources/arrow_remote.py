@@ -173,6 +173,8 @@ def plan(path: Path) -> dict[str, Column]:
 
     size = info(path).size  # type: ignore[arg-type]
     pos, schema = 0, None
+    if size >= 8 and _read(path, 0, 6) == b"ARROW1":  # the file format: a stream after 8 bytes of magic
+        pos = 8
     layout: list[tuple[str, tuple[str, list[int]] | None, int, int]] = []  # name, float lists, first node, first buffer
     found: dict[str, _Found] = {}
     while pos + 8 <= size:
