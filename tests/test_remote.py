@@ -575,3 +575,17 @@ def test_remote_paths_keep_their_urls() -> None:
     with pytest.raises(TypeError):
         open(path, "rb")  # noqa: SIM115 - never a local file
     assert remote.transient(TimeoutError()) and not remote.transient(FileNotFoundError())
+
+
+def test_objects_are_in_natural_order(s3, bucket: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    parts = {n: activations(rng, 10 + n, 8) for n in (10, 2, 1)}
+    for n, x in parts.items():
+        save_file({"acts": x}, str(tmp_path / f"{n}.safetensors"))
+    upload(s3, tmp_path, bucket, "order")
+    result = scan([f"s3://{bucket}/order"], track_last=True)
+    assert [p.name for p in result.plan.shards] == ["1.safetensors", "2.safetensors", "10.safetensors"]
+    stream = np.concatenate([parts[1], parts[2], parts[10]])
+    fired = stream > 0
+    last = np.where(fired.any(0), len(stream) - 1 - np.argmax(fired[::-1], axis=0), -1)
+    assert result.activity.components["acts"].last_fired.tolist() == last.tolist()
