@@ -242,7 +242,8 @@ def _count(
 ) -> tuple[dict[str, tuple[States, int]], str]:
     """Per key: the states over its whole width and its number of vectors; and the kernel."""
     threads = 1 if device == "mps" else options.threads or min(os.cpu_count() or 1, 8)  # mps: one queue
-    if any(is_remote(p) for p in plan.shards):  # each thread waits on its range request, then counts
+    remote = any(is_remote(p) for p in plan.shards)
+    if remote:  # each thread waits on its range request, then counts
         from .remote import IO_THREADS
 
         threads = options.io_threads or IO_THREADS
@@ -254,7 +255,7 @@ def _count(
     track_last = options.track_last
     skip = options.skip_positions
     work = _work(plan, options.chunk_rows, skip)
-    if threads == 1 and any(is_remote(p) for p in plan.shards):
+    if threads == 1 and remote:
         work = _fetch_ahead(work, options.io_threads)
     lock = threading.Lock()
     stop = threading.Event()
