@@ -127,12 +127,11 @@ IO_THREADS = typer.Option(
 
 def input_paths(texts: list[str]) -> list[Path]:
     """PATH arguments: local files and folders, or URLs of remote objects and prefixes
-    (``s3://bucket/prefix/``, ``https://host/file.safetensors``, any fsspec URL)."""
-    if any("://" in t for t in texts):
-        from neuron_activity.remote import as_path
+    (``s3://bucket/prefix/``, ``https://host/file.safetensors``, any fsspec URL), as the
+    library takes them."""
+    from neuron_activity.sources.base import to_path
 
-        return [as_path(t) for t in texts]
-    return [Path(t) for t in texts]
+    return [to_path(t) for t in texts]
 
 
 def check_format(fmt: str | None, formats: tuple[str, ...] = FORMATS, output: Path | None = None) -> str:

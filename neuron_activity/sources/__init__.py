@@ -234,7 +234,7 @@ def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str
     objects, hidden = listing(path)  # type: ignore[arg-type]
     alone = objects == [path]
     prefetch_heads([o for o in objects if alone or o.suffix in SUFFIX_FORMATS])  # type: ignore[misc]
-    names = {o.parent / o.name for o in objects}
+    names = set(objects)
     formats: dict[Path, str] = {}
     counts: list[Path] = []
     datasets: dict[Path, list[Path] | None] = {}
