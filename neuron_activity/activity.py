@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -11,12 +10,12 @@ import numpy as np
 from .dtypes import parse_decimal
 from . import state
 from .errors import BadThreshold, NoVectors, NotTracked, ShapeMismatch
+from .records import Record
 
 DEFAULT_THRESHOLDS = ("0", "1e-5", "1e-6")
 
 
-@dataclass(frozen=True)
-class Threshold:
+class Threshold(Record):
     """A dead threshold: a portion of vectors, kept exactly as the decimal the user typed."""
 
     text: str
@@ -111,8 +110,7 @@ class ComponentActivity:
         self.num_vectors += int(num_vectors)
 
 
-@dataclass(frozen=True)
-class ActivityRow:
+class ActivityRow(Record):
     """One row of the result: a component at one threshold."""
 
     component: str

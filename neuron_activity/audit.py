@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .counting import resolve_device
@@ -13,12 +12,12 @@ from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, sa
 from .errors import ShardChanged, StateMismatch
 from .files import locked
 from .options import CountOptions
+from .records import Record, replace
 from .scan import ProgressCallback, ScanResult, count, plan_for
 from .sources import ScanPlan, discover
 
 
-@dataclass
-class AuditResult:
+class AuditResult(Record, frozen=False):
     saved: SavedCounts  # everything counted so far, as now saved
     scan: ScanResult | None  # the scan of the new shards (None when there were none)
     new_shards: list[Path]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 from fractions import Fraction
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from .activity import NeuronActivity
 from .dtypes import decimal_text, parse_decimal
 from .errors import BadInput, BadOption, CountsMismatch, NactError, NotCountsFile
 from .options import MAX_FIRE_ABOVE
+from .records import Record, asdict, field
 from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME
 from .sources.base import is_remote
 from .sources.safetensors_files import read_metadata
@@ -38,8 +38,7 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = ("1", "2")
 
 
-@dataclass(frozen=True)
-class ShardRecord:
+class ShardRecord(Record):
     """Which shard was counted, and what it looked like then."""
 
     path: str
@@ -70,8 +69,7 @@ class ShardRecord:
         return cls(str(resolved), st.st_size, st.st_mtime_ns)
 
 
-@dataclass(frozen=True)
-class PartRecord:
+class PartRecord(Record):
     """Part ``index`` of ``of`` of a split scan: units ``[first_unit, first_unit + units)`` of
     the ``total_units`` sorted units of the whole scan."""
 
@@ -82,8 +80,7 @@ class PartRecord:
     total_units: int
 
 
-@dataclass
-class SavedCounts:
+class SavedCounts(Record, frozen=False):
     activity: NeuronActivity
     shards: list[ShardRecord] = field(default_factory=list)
     part: PartRecord | None = None
@@ -228,7 +225,7 @@ def load_counts(path: Path) -> SavedCounts:
     if "part" in metadata:
         record = _json(path, metadata, "part", dict)
         try:
-            part = PartRecord(**{k: int(record[k]) for k in PartRecord.__dataclass_fields__})  # type: ignore[index]
+            part = PartRecord(**{k: int(record[k]) for k in PartRecord.__record_fields__})  # type: ignore[index]
         except (KeyError, TypeError, ValueError):
             raise BadInput(path, "corrupt counts file: the part record is incomplete") from None
     return SavedCounts(activity, shards, part, metadata.get("kernel"), metadata.get("device"))

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
 from .errors import BadThreshold
+from .records import Record
 
 UNSIGNED_VIEW: dict[int, type] = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 TORCH_SIGNED: dict[int, str] = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}  # torch has few unsigned types
@@ -29,8 +29,7 @@ def signed_bits(tensor: object) -> object:
     return tensor.view(getattr(torch, TORCH_SIGNED[tensor.element_size()]))  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True)
-class FloatFormat:
+class FloatFormat(Record):
     """A binary floating-point format: sign, exponent and mantissa bits."""
 
     name: str
@@ -141,8 +140,7 @@ TORCH_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class FireRule:
+class FireRule(Record):
     """Which raw bit patterns of one dtype fire, and which are NaN.
 
     ``fire_ranges`` are inclusive ranges of the unsigned integer that has the element's bits.

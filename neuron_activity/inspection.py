@@ -3,17 +3,16 @@ is read from, and every problem that would stop the scan."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import NactError
 from .options import CountOptions
+from .records import Record, field
 from .sources import READERS, SPARSE_FORMATS, ComponentGroup, TensorEntry, discover, layout_of, why_not_counted
 from .sources.base import to_path
 
 
-@dataclass(frozen=True)
-class InspectedTensor:
+class InspectedTensor(Record):
     entry: TensorEntry
     components: tuple[str, ...]
     num_vectors: int
@@ -38,8 +37,7 @@ class InspectedTensor:
         }
 
 
-@dataclass
-class Inspection:
+class Inspection(Record, frozen=False):
     shards: dict[Path, str] = field(default_factory=dict)
     tensors: list[InspectedTensor] = field(default_factory=list)
     groups: list[ComponentGroup] = field(default_factory=list)  # as a scan would count them

@@ -9,13 +9,13 @@ the files it names are checked by the pipeline before anything is read or writte
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 from .activity import DEFAULT_THRESHOLDS, Threshold
 from .dtypes import as_fraction, parse_decimal
 from .errors import BadOption, Conflict, NeedsOption
+from .records import Record, field
 
 MAX_THREADS = 256
 MAX_PARTS = 1_000_000
@@ -50,8 +50,7 @@ def _density(option: str, value: Fraction) -> None:
         raise BadOption(option, value, "is not a density between 0 and 1")
 
 
-@dataclass(frozen=True)
-class CountOptions:
+class CountOptions(Record):
     """What to count and how. ``kernel`` None: ``$NACT_KERNEL``, else the fastest built one."""
 
     keys: tuple[str, ...] = ()
@@ -118,8 +117,7 @@ class CountOptions:
                 raise BadOption("input_format", self.input_format, f"is not a format: use {', '.join(INPUT_FORMATS)}")
 
 
-@dataclass(frozen=True)
-class ReportOptions:
+class ReportOptions(Record):
     """What a report shows. Repeated thresholds are shown once, in the order first given."""
 
     thresholds: tuple[Threshold, ...] = tuple(Threshold.parse(t) for t in DEFAULT_THRESHOLDS)
@@ -172,8 +170,7 @@ def check_bins_per_decade(bins: int) -> int:
     return bins
 
 
-@dataclass(frozen=True)
-class Part:
+class Part(Record):
     """Part ``index`` of ``of`` (from 0) of the sorted units: a contiguous run of them."""
 
     index: int
@@ -206,8 +203,7 @@ class Part:
         return f"{self.index}/{self.of}"
 
 
-@dataclass(frozen=True)
-class ScanRequest:
+class ScanRequest(Record):
     """One scan: inputs, options, mode and outputs, checked together when made.
 
     Modes: plain; ``part`` (count part I of N, for a scheduler's array of jobs); ``state`` (an

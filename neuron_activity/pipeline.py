@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .counting import resolve_device
 from .errors import BadOutput, NactError
 from .options import CountOptions, Part, ScanRequest
+from .records import Record, field, replace
 from .report import Report, make_report
 from .scan import ProgressCallback, ScanResult, count, plan_for
 from .sources import ScanPlan, discover
@@ -38,8 +38,7 @@ class EmptyPart(NactError):
         super().__init__(f"part {part} holds no shards ({units} in all): nothing to count")
 
 
-@dataclass
-class ScanOutcome:
+class ScanOutcome(Record, frozen=False):
     """What a scan gives its caller: the report to show (None on a torchrun rank other than 0,
     and for an empty part), the counts saved (if any), and notes for stderr."""
 

@@ -21,11 +21,11 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 from .errors import BadInput, first_line
+from .records import Record
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 TRIES = 6  # a transient failure (timeout, 5xx, throttling) is tried again, up to this many tries
@@ -103,8 +103,7 @@ def as_path(text: str) -> Any:
     return Path(text)
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
+class ObjectInfo(Record):
     """What the store said of an object: its size, its version tag (ETag or last modified) and
     its modification time in ns (0 if the store gives none)."""
 

@@ -7,7 +7,6 @@ Renderers (the CLI's table, CSV and Markdown) read this model; none of them comp
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
@@ -16,12 +15,12 @@ from ._version import __version__
 from .activity import ROW_COLUMNS, ActivityRow, NeuronActivity
 from .density import DensitySummary, densities, summarize, top_neurons
 from .options import ReportOptions
+from .records import Record, field
 
 JSON_SCHEMA_VERSION = 1
 
 
-@dataclass
-class Report:
+class Report(Record, frozen=False):
     """What scan and report show: rows, and what they came from."""
 
     activity: NeuronActivity

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import BadInput, BadOption, SaeNotBound, first_line
+from .records import Record, replace
 
 RULES = ("relu", "tanh-relu", "jumprelu", "threshold", "topk", "groupmax", "gated")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
@@ -41,8 +41,7 @@ LAYER_NORM_EPS = 1e-5  # SAELens' run-time layer norm: (x - mean) / (std + eps)
 ENCODE_BYTES = 64 * 1024 * 1024  # latents of one encoded batch
 
 
-@dataclass(frozen=True)
-class Sae:
+class Sae(Record):
     """One SAE's encoder in float32, as a rule of the module's docstring."""
 
     path: Path
@@ -66,8 +65,6 @@ class Sae:
 
     def with_fingerprint(self) -> Sae:
         """This SAE with its fingerprint: the rule, its numbers and every array it encodes with."""
-        from dataclasses import replace
-
         from .counting import _sha256
 
         parts = [repr((self.rule, self.d_in, self.d_sae, self.k, self.scale, self.normalize)).encode()]
@@ -428,8 +425,7 @@ def _scalar(weights_path: Path, tensors: dict[str, np.ndarray]) -> np.ndarray:
 # ----------------------------------------------------------------------------- binding
 
 
-@dataclass(frozen=True)
-class SaeRequest:
+class SaeRequest(Record):
     """An ``--sae [KEY=]PATH`` as given: the component it binds to (None: the SAE's own hook)."""
 
     path: Path
@@ -445,8 +441,7 @@ class SaeRequest:
         return cls(Path(path), key or None)
 
 
-@dataclass(frozen=True)
-class BoundSae:
+class BoundSae(Record):
     """An SAE bound to the component whose activations it encodes; its latents' component name."""
 
     sae: Sae

@@ -6,7 +6,6 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from .counting import NATIVE_PROBLEM, Counter, States, kernel_for, make_counter,
 from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, signed_bits
 from .errors import BadInput, BadOption
 from .options import CountOptions
+from .records import Record, field
 from .sources import READERS, ScanPlan, TensorSlab, component_layout, discover, plan_scan
 from .sources.base import MAPPED, SPARSE, is_remote, to_path
 
@@ -27,8 +27,7 @@ STATE_BYTES = 512 * 1024 * 1024  # per-neuron state of all threads: wide layers 
 ProgressCallback = Callable[[Path, int], None]
 
 
-@dataclass
-class ScanResult:
+class ScanResult(Record, frozen=False):
     activity: NeuronActivity
     plan: ScanPlan
     device: str

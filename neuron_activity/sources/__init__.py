@@ -12,13 +12,13 @@ import fnmatch
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 from ..dtypes import FLOAT_FORMATS, INTEGER_FORMATS, ITEMSIZE
 from ..errors import AxisProblem, BadInput, KeyNotFound, MixedFormats, NoVectors, ShapeMismatch
 from . import arrow_files, delphi_caches, grouping, numpy_files, safetensors_files, torch_files
+from ..records import Record, field
 from .safetensors_files import is_counts_file
 from .base import BATCHES, COMPRESSED, LOADED, MAPPED, SPARSE, TensorEntry, TensorSlab, is_remote, natural_key
 
@@ -32,8 +32,7 @@ SUFFIX_FORMATS: dict[str, str] = {
 }
 
 
-@dataclass
-class ComponentGroup:
+class ComponentGroup(Record, frozen=False):
     """The components that one named stream holds (one, or one per index of a component axis),
     identical in every file that has it, and the files it is read from."""
 
@@ -73,8 +72,7 @@ class ComponentGroup:
         return self.name
 
 
-@dataclass
-class ScanPlan:
+class ScanPlan(Record, frozen=False):
     shards: list[Path]
     formats: dict[Path, str] = field(default_factory=dict)
     entries: list[TensorEntry] = field(default_factory=list)
@@ -321,8 +319,7 @@ MAX_COMPONENTS = 64  # a longer axis before the features is positions, not compo
 MAX_FEATURES = 1 << 24  # per component: far above any layer or SAE, and bounds per-neuron state
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(Record):
     """How a tensor is counted: component names, vectors and features per component; whether
     its first axis is the component axis (each component then a block of its own); a note."""
 

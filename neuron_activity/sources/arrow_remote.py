@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
 from ..errors import BadInput, first_line
+from ..records import Record
 from .base import BATCHES, TensorEntry, TensorSlab
 
 CONTINUATION = 0xFFFFFFFF
@@ -31,8 +31,7 @@ class Unsupported(Exception):
     """A layout this reader does not plan remotely."""
 
 
-@dataclass(frozen=True)
-class Column:
+class Column(Record):
     """A float hook column: its dtype, shape per row, and its values' place in each batch."""
 
     dtype: str

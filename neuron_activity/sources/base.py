@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..dtypes import ITEMSIZE
+from ..records import Record
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,8 +33,7 @@ BATCHES = "batches"  # record batches of an Arrow file
 SPARSE = "sparse"  # stored (location, value) entries: its reader counts them
 
 
-@dataclass(frozen=True)
-class TensorEntry:
+class TensorEntry(Record):
     """One tensor (or sparse cache) as a reader found it, with what is needed to read it again.
 
     ``offset`` is set when the tensor's rows lie contiguously in ``path`` at that byte offset:
@@ -67,8 +66,7 @@ class TensorEntry:
         return n
 
 
-@dataclass(frozen=True)
-class TensorSlab:
+class TensorSlab(Record):
     """A planned tensor seen as ``[num_rows, width]`` elements: the unit the engine counts.
 
     ``stream`` names the component group it belongs to (its rows continue that stream).

@@ -23,7 +23,6 @@ import json
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ import numpy as np
 from ..counting import States, in_ranges
 from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
+from ..records import Record
 from .base import SPARSE, TensorEntry, TensorSlab, drop_pages, is_remote
 from .safetensors_files import read_header
 
@@ -52,8 +52,7 @@ def is_split(header: list[TensorEntry]) -> bool:
     return a is not None and loc is not None and len(a.shape) == 1 and loc.shape[1:] == (3,)
 
 
-@dataclass(frozen=True)
-class Split:
+class Split(Record):
     path: Path
     start: int  # first latent (inclusive)
     end: int  # last latent (inclusive)

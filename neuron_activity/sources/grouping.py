@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+
+from ..records import Record
 
 GROUPINGS = ("auto", "key", "file", "folder")
 GENERIC_KEYS = frozenset({"activations", "arr_0", ""})
@@ -39,8 +40,7 @@ _TRAILING_NUMBER = re.compile(r"^(.*?)([-_.]?)(\d+)$")
 _WORDS = re.compile(r"[A-Za-z]+")
 
 
-@dataclass(frozen=True)
-class StemName:
+class StemName(Record):
     """A single-array file's name as a key: ``key``, and whether its trailing number was taken
     as a layer only because it was not zero-padded (``ambiguous``)."""
 

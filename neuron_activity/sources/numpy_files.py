@@ -17,7 +17,7 @@ import numpy as np
 
 from ..dtypes import NUMPY_NAMES, UNSIGNED_VIEW
 from ..errors import BadInput, first_line
-from dataclasses import replace
+from ..records import replace
 
 from .base import COMPRESSED, FORTRAN, SWAPPED, TensorEntry, TensorSlab, open_shard, shard_size
 

@@ -19,12 +19,12 @@ import pickle
 import struct
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from ..dtypes import ITEMSIZE, TORCH_NAMES
 from ..errors import NactError
+from ..records import Record
 from .base import MAPPED, TensorEntry, is_remote, open_shard
 
 STORAGE_TYPES = {
@@ -39,21 +39,18 @@ class Unsupported(Exception):
     """The file needs torch to be read (not an error: the caller falls back)."""
 
 
-@dataclass(frozen=True)
-class _Named:
+class _Named(Record):
     """A storage type or dtype the pickle names: only its name is kept."""
 
     name: str
 
 
-@dataclass(frozen=True)
-class _Storage:
+class _Storage(Record):
     key: str
     dtype: str | None  # None: an untyped storage (the tensor names its dtype)
 
 
-@dataclass(frozen=True)
-class _Tensor:
+class _Tensor(Record):
     storage: _Storage
     offset: int
     size: tuple[int, ...]
