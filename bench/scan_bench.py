@@ -125,12 +125,28 @@ def bench_file(path: Path, devices: list[str], runs: int, naive: bool, extra: li
         print(line)
 
 
-def startup(runs: int) -> None:
+def startup(folder: Path, runs: int) -> None:
+    """Start-up against ``python -c "import numpy"`` (the least a numpy tool can start in), in
+    alternation: a scan of a tiny shard to JSON, of sample_data/ to JSON, and ``nact --help``."""
     exe = shutil.which("nact") or str(Path(sys.executable).parent / "nact")
-    sample, _ = median_of([exe, "scan", str(ROOT / "sample_data"), "--format", "json"], runs)
-    helps, _ = median_of([exe, "--help"], runs)
-    print(f"\nnact scan sample_data/ --format json: {sample:.3f} s (median of {runs})")
-    print(f"nact --help:                          {helps:.3f} s (median of {runs})")
+    tiny = folder / "tiny.safetensors"
+    write_shard(tiny, 64 * 32 * 4, "f32", 32)
+    commands = {
+        'python -c "import numpy"': [sys.executable, "-c", "import numpy"],
+        "nact scan tiny.safetensors --format json": [exe, "scan", str(tiny), "--format", "json"],
+        "nact scan sample_data/ --format json": [exe, "scan", str(ROOT / "sample_data"), "--format", "json"],
+        "nact --help": [exe, "--help"],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            times[name].append(timed(cmd)[0])
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    base = medians['python -c "import numpy"']
+    print(f"\nstart-up, medians of {runs} in alternation (whole processes):")
+    for name, med in medians.items():
+        print(f"  {name:42s} {med:6.3f} s  {med / base:5.2f}x import numpy")
+    tiny.unlink()
 
 
 def main() -> None:
@@ -143,13 +159,15 @@ def main() -> None:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop (slow)")
     parser.add_argument("--folder", type=Path, help="where to write shards (default: a temp folder)")
     parser.add_argument("--nact-args", default="", help="extra arguments for nact scan, e.g. '--threads 2'")
+    parser.add_argument("--startup-runs", type=int, default=21, help="runs of each start-up command")
+    parser.add_argument("--startup-only", action="store_true", help="time start-up only")
     args = parser.parse_args()
     folder = args.folder or Path(tempfile.mkdtemp(prefix="nact-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     print(f"cores: {os.cpu_count()}, python {sys.version.split()[0]}, numpy {np.__version__}, folder {folder}")
     try:
-        startup(max(args.runs, 5))
-        for size in args.sizes:
+        startup(folder, args.startup_runs)
+        for size in [] if args.startup_only else args.sizes:
             for dtype in args.dtypes:
                 path = folder / f"bench_{dtype}_{size:g}gib.safetensors"
                 if not path.exists():

@@ -109,8 +109,6 @@ class NactGroup(TyperGroup):
 
 def run_guarded(call: Any) -> int:
     """Call ``call`` (a Click main in non-standalone mode) and map its outcome to an exit code."""
-    from neuron_activity.errors import NactError
-
     try:
         result = call()
         code = result if isinstance(result, int) else EXIT_OK
@@ -131,9 +129,6 @@ def run_guarded(call: Any) -> int:
     except (KeyboardInterrupt, typer.Abort):
         say("Error: interrupted")
         return EXIT_INTERRUPTED
-    except NactError as e:
-        say(f"Error: {one_line(word(e))}")
-        return EXIT_USAGE
     except StdoutGone:
         quiet_stdout()
         return EXIT_BROKEN_PIPE
@@ -148,8 +143,14 @@ def run_guarded(call: Any) -> int:
         return EXIT_USAGE
     except RecursionError as e:
         return internal_error(e)
-    except Exception as e:  # a bug: say so in one line, never exit 1
-        return internal_error(e)
+    except Exception as e:
+        # A library error is bad input or usage. Its module is looked up, not imported: a run that
+        # never imported the library raised none, and `nact --help` need not import numpy.
+        errors = sys.modules.get("neuron_activity.errors")
+        if errors is not None and isinstance(e, errors.NactError):
+            say(f"Error: {one_line(word(e))}")
+            return EXIT_USAGE
+        return internal_error(e)  # a bug: say so in one line, never exit 1
 
 
 app = typer.Typer(

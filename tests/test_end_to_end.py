@@ -74,6 +74,16 @@ def test_a_machine_readable_scan_loads_only_what_it_uses() -> None:
     assert done.stdout.split() == ["0"]
 
 
+def test_help_imports_neither_numpy_nor_the_library() -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from nact_cli.main import app; "
+        "r = CliRunner().invoke(app, ['--help']); "
+        "print(r.exit_code, *[m for m in ('numpy', 'neuron_activity') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0"]
+
+
 def test_every_command_collects_garbage_while_it_works(tmp_path: Path) -> None:
     """The console script turns the cyclic collector off for start-up; every command turns it
     back on (imports frozen out of its passes) before its work, so a long run collects as usual."""
