@@ -3,7 +3,6 @@ and finishing a command the same way everywhere: output, warnings, --fail-above.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import sys
@@ -193,6 +192,8 @@ def headers(report: Report) -> list[str]:
 
 
 def render_csv(report: Report, **_: object) -> str:
+    import csv
+
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=report.columns(), lineterminator="\n")
     writer.writeheader()
