@@ -127,12 +127,14 @@ def bench_file(path: Path, devices: list[str], runs: int, naive: bool, extra: li
 
 def startup(folder: Path, runs: int) -> None:
     """Start-up against ``python -c "import numpy"`` (the least a numpy tool can start in), in
-    alternation: a scan of a tiny shard to JSON, of sample_data/ to JSON, and ``nact --help``."""
+    alternation: numpy and Typer imported, a scan of a tiny shard to JSON, of sample_data/ to
+    JSON, and ``nact --help``."""
     exe = shutil.which("nact") or str(Path(sys.executable).parent / "nact")
     tiny = folder / "tiny.safetensors"
     write_shard(tiny, 64 * 32 * 4, "f32", 32)
     commands = {
         'python -c "import numpy"': [sys.executable, "-c", "import numpy"],
+        'python -c "import numpy, typer"': [sys.executable, "-c", "import numpy, typer"],  # a Typer CLI's floor
         "nact scan tiny.safetensors --format json": [exe, "scan", str(tiny), "--format", "json"],
         "nact scan sample_data/ --format json": [exe, "scan", str(ROOT / "sample_data"), "--format", "json"],
         "nact --help": [exe, "--help"],
