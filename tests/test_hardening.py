@@ -145,6 +145,16 @@ def test_arrow_cache_problems(tmp_path: Path) -> None:
     with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
     assert_one_line_error(nact("scan", folder), "column 'h' appears twice")
+    # Array2D storage (fixed-size lists of fixed-size lists) with a null position: an error, not
+    # the values that happen to lie under the null
+    folder = tmp_path / "null_position"
+    folder.mkdir()
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(12, np.float32)), 2, mask=pa.array([False, True] + [False] * 4))
+    column = pa.FixedSizeListArray.from_arrays(inner, 3)
+    table = pa.table({"h": column})
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    assert_one_line_error(nact("scan", folder), "column 'h' has null values")
 
 
 def test_delphi_locations_outside_the_cache(tmp_path: Path) -> None:
