@@ -167,9 +167,10 @@ WorkItem = tuple[TensorSlab, int, int, int]  # slab, first row, end row, first v
 
 
 def _work(plan: ScanPlan, chunk_rows: int | None, skip: tuple[int, ...] = ()) -> Iterator[WorkItem]:
-    """Work items: windows of rows of mapped tensors; files of a sparse cache (start and end
-    then number the entry's files); whole tensors of other storage. The last number is the
-    stream index (in its component) of the item's first vector."""
+    """Work items: windows of rows of mapped tensors, each within one run of rows (an Arrow
+    column has a run per record batch); files of a sparse cache (start and end then number the
+    entry's files); whole tensors of other storage. The last number is the stream index (in its
+    component) of the item's first vector."""
     seen: dict[str, int] = {}
     for slab in plan.slabs:
         kept = _positions(slab, skip)
@@ -183,8 +184,10 @@ def _work(plan: ScanPlan, chunk_rows: int | None, skip: tuple[int, ...] = ()) ->
             yield slab, 0, slab.num_rows, first_vector
             continue
         step = _chunk_rows(slab, chunk_rows)
-        for start in range(0, slab.num_rows, step):
-            yield slab, start, min(start + step, slab.num_rows), first_vector + (kept.before(start) if kept else start)
+        for first, rows, _ in slab.runs:  # windows of each run of rows (one, unless in regions)
+            for start in range(first, first + rows, step):
+                end = min(start + step, first + rows)
+                yield slab, start, end, first_vector + (kept.before(start) if kept else start)
 
 
 def _fetch_ahead(work: Iterator[WorkItem], io_threads: int | None) -> Iterator[WorkItem]:
@@ -207,8 +210,8 @@ def _fetch_ahead(work: Iterator[WorkItem], io_threads: int | None) -> Iterator[W
 
 
 def _window(slab: TensorSlab, start: int, end: int) -> tuple[int, int]:
-    """The bytes of rows ``[start, end)`` of a mapped slab."""
-    return slab.offset + start * slab.row_bytes, slab.offset + end * slab.row_bytes
+    """The bytes of rows ``[start, end)`` of a mapped slab (a window of one of its runs)."""
+    return slab.byte_range(start, end)
 
 
 def _chunk_rows(slab: TensorSlab, chunk_rows: int | None) -> int:

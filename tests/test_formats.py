@@ -220,6 +220,58 @@ def test_saelens_arrow_cache(tmp_path: Path) -> None:
     assert got == {name: expected(x.astype(np.float64)) for name, x in hooks.items()}
 
 
+def test_arrow_columns_are_mapped_a_run_per_record_batch(tmp_path: Path) -> None:
+    """Each record batch's values lie in the file: the column is mapped from its runs and counted
+    in windows on every thread (windows of 3 vectors never cross a batch of 7 rows x 6 positions),
+    with positions skipped and last fires tracked as for any mapped tensor."""
+    from neuron_activity import CountOptions
+    from neuron_activity.scan import _work, plan_for
+    from neuron_activity.sources import discover
+
+    rng = np.random.default_rng(12)
+    x = np.maximum(rng.standard_normal((45, 6, 10)) - 0.5, 0).astype(np.float32)
+    x[:, :, 2] = 0
+    x[44, 5, 2] = 1.0  # fires once, on the last vector
+    write_saelens_cache(tmp_path / "cache", {"h": x}, batch_rows=7, files=2)
+    plan = plan_for(discover([tmp_path / "cache"]), CountOptions())
+    assert [s.entry.storage for s in plan.slabs] == ["mapped", "mapped"]
+    assert [len(s.runs) for s in plan.slabs] == [4, 4]  # 23 and 22 rows in batches of 7
+    assert [r[1] for r in plan.slabs[0].runs] == [42, 42, 42, 12]
+    items = list(_work(plan, 3))
+    for slab, start, end, _ in items:
+        first, rows, _ = next(r for r in slab.runs if r[0] <= start < r[0] + r[1])
+        assert first <= start < end <= first + rows
+    flat = x.reshape(-1, 10).astype(np.float64)
+    for threads in (1, 3):
+        got = scan([tmp_path / "cache"], chunk_rows=3, threads=threads, track_last=True).activity.components["h"]
+        assert (got.fire_counts.tolist(), got.num_vectors) == expected(flat)
+        assert got.last_fired[2] == len(flat) - 1
+    kept = scan([tmp_path / "cache"], chunk_rows=4, skip_positions=(0, 5)).activity.components["h"]
+    assert (kept.fire_counts.tolist(), kept.num_vectors) == expected(x[:, 1:5].astype(np.float64))
+
+
+def test_compressed_arrow_is_read_batch_by_batch(tmp_path: Path) -> None:
+    """A compressed stream's values are not in the file as they lie: pyarrow decodes each batch."""
+    import pyarrow as pa
+
+    from neuron_activity import CountOptions
+    from neuron_activity.scan import plan_for
+    from neuron_activity.sources import discover
+
+    rng = np.random.default_rng(13)
+    x = np.maximum(rng.standard_normal((20, 4, 6)), 0).astype(np.float32)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 6)
+    table = pa.table({"h": pa.FixedSizeListArray.from_arrays(inner, 4)})
+    folder = tmp_path / "zstd"
+    folder.mkdir()
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema, options=options) as w:
+        for batch in table.to_batches(max_chunksize=6):
+            w.write_batch(batch)
+    assert [s.entry.storage for s in plan_for(discover([folder]), CountOptions()).slabs] == ["batches"]
+    assert counts(folder) == {"h": expected(x.astype(np.float64))}
+
+
 def test_arrow_without_pyarrow_says_which_extra(tmp_path: Path) -> None:
     write_saelens_cache(tmp_path / "cache", {"h": np.ones((2, 3, 4), np.float32)}, batch_rows=2, files=1)
     code, stderr = invoke_without("pyarrow", ["scan", str(tmp_path / "cache")])

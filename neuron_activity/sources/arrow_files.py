@@ -20,7 +20,7 @@ import numpy as np
 
 from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
 from ..errors import BadInput, NactError, first_line
-from .base import BATCHES, TensorEntry, TensorSlab, drop_pages, is_remote
+from .base import BATCHES, MAPPED, TensorEntry, TensorSlab, drop_pages, is_remote, mapped_chunks
 
 FORMAT = "arrow"
 FORMATS = (FORMAT,)
@@ -72,9 +72,9 @@ def _fixed_shape(arrow_type: object) -> tuple[int, int] | None:
     return shape[0], shape[1]
 
 
-def _batches(path: Path, drop_behind: bool = False) -> Iterator[object]:
-    """The record batches of an Arrow file, as zero-copy views of a read-only memory map.
-    ``drop_behind``: once the caller is done with a batch, the pages read so far leave the
+def _batches(path: Path, drop_behind: bool = False) -> Iterator[tuple[object, int, int]]:
+    """The record batches of an Arrow file, as zero-copy views of a read-only memory map, each
+    with the map's address and size (where the file's bytes lie in memory). ``drop_behind``: once the caller is done with a batch, the pages read so far leave the
     process (``MADV_DONTNEED``; a file mapping reads them again from the page cache if they are
     touched after), so that counting a file keeps about one batch resident, not the file."""
     import mmap
@@ -85,7 +85,8 @@ def _batches(path: Path, drop_behind: bool = False) -> Iterator[object]:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        source = pa.BufferReader(pa.py_buffer(mapped) if mapped is not None else b"")  # type: ignore[attr-defined]
+        whole = pa.py_buffer(mapped if mapped is not None else b"")  # type: ignore[attr-defined]
+        source = pa.BufferReader(whole)  # type: ignore[attr-defined]
         try:
             reader = pa.ipc.open_stream(source)  # type: ignore[attr-defined]
         except pa.ArrowInvalid:  # type: ignore[attr-defined]
@@ -99,7 +100,7 @@ def _batches(path: Path, drop_behind: bool = False) -> Iterator[object]:
             # (only fixed-size lists and primitives) the cheap check of buffer sizes is complete.
             fixed = all(_fixed_shape(f.type) is not None or not _is_nested(f.type) for f in batch.schema)  # type: ignore[attr-defined]
             batch.validate(full=not fixed)  # type: ignore[attr-defined]
-            yield batch
+            yield batch, whole.address, whole.size
             if drop_behind:
                 dropped = drop_pages(mapped, source.tell(), dropped)
     except (pa.ArrowException, OSError, ValueError) as e:  # type: ignore[attr-defined]
@@ -205,9 +206,13 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
 
 
 def _file_entries(path: Path) -> list[TensorEntry]:
+    """A float column's values lie in the file, a run of rows per record batch: the entry is
+    mapped from ``regions``, windows of it counted in parallel. Where they do not (a compressed
+    file: pyarrow decompresses each batch) it is read batch by batch (``BATCHES``)."""
     out = []
     columns: dict[str, list] = {}
-    for batch in _batches(path):
+    regions: dict[str, list[tuple[int, int]] | None] = {}
+    for batch, base, size in _batches(path):
         names = batch.schema.names  # type: ignore[attr-defined]
         if len(set(names)) != len(names):
             twice = sorted({n for n in names if names.count(n) > 1})
@@ -223,21 +228,33 @@ def _file_entries(path: Path) -> list[TensorEntry]:
             if len(column):
                 seen[1] += len(column)
                 seen[2] = (context, width)
+                runs = regions.setdefault(field.name, [])
+                offset = values.ctypes.data - base
+                if runs is not None and 0 <= offset and offset + values.nbytes <= size:
+                    runs.append((offset, len(column) * context))
+                else:  # not in the file as it lies on disk
+                    regions[field.name] = None
     for name, (dtype, rows, shape) in columns.items():
         context, width = shape or (0, 0)
+        runs = regions.get(name, [])
         out.append(
             TensorEntry(path, name, dtype, (rows * context, width), FORMAT, member=name,
-                        note=f"{rows} rows x {context} positions", storage=BATCHES, positions=context or None)
+                        note=f"{rows} rows x {context} positions", storage=MAPPED if runs is not None else BATCHES,
+                        positions=context or None, regions=tuple(runs or ()))
         )
     return out
 
 
 def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
-    """Vectors of one column, a record batch at a time (batches are written bounded)."""
+    """Vectors of one column: of a mapped one, from the file's map; else a record batch at a
+    time, as pyarrow decodes them (batches are written bounded)."""
     if is_remote(slab.path):
         from . import arrow_remote
 
         yield from arrow_remote.chunks(slab, chunk_rows)
+        return
+    if slab.entry.storage == MAPPED:
+        yield from mapped_chunks(slab, chunk_rows)
         return
     with _reading(slab.path):
         yield from _column_chunks(slab)
@@ -246,7 +263,7 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
 def _column_chunks(slab: TensorSlab) -> Iterator[np.ndarray]:
     width = slab.width
     unsigned = UNSIGNED_VIEW[slab.row_bytes // width]
-    for batch in _batches(slab.path, drop_behind=True):
+    for batch, _, _ in _batches(slab.path, drop_behind=True):
         column = batch.column(slab.entry.member)  # type: ignore[attr-defined]
         values, _, _ = _values(slab.path, slab.key, column)
         if values.size:

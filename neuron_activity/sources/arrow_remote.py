@@ -5,8 +5,9 @@ length of its body. A remote file is planned by reading only the messages' metad
 range request per record batch; the bodies are skipped): the schema, then, per batch, its rows
 and where each buffer lies in its body. A hook column stored as datasets' Array2D (a fixed-size
 list of fixed-size lists of floats, SAELens' layout) has its values in one contiguous buffer per
-batch: those are counted by windows of range requests, as safetensors rows are. Other layouts
-(variable-length lists, compressed bodies, nulls) are refused with the reason.
+batch: the column is mapped from those runs, and windows of them counted by range requests on
+the I/O threads, as safetensors rows are. Other layouts (variable-length lists, compressed
+bodies, nulls) are refused with the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
 from ..errors import BadInput, first_line
 from ..records import Record
-from .base import BATCHES, TensorEntry, TensorSlab
+from .base import MAPPED, TensorEntry, TensorSlab
 
 CONTINUATION = 0xFFFFFFFF
 MAX_METADATA = 64 << 20
@@ -305,17 +306,17 @@ def entries(path: Path) -> list[TensorEntry]:
     for name, c in columns.items():
         rows = sum(n for _, n in c.regions) // c.context if c.context else 0
         out.append(TensorEntry(path, name, c.dtype, (rows * c.context, c.width), "arrow", member=name,
-                               note=f"{rows} rows x {c.context} positions", storage=BATCHES, positions=c.context or None))
+                               note=f"{rows} rows x {c.context} positions", storage=MAPPED, positions=c.context or None,
+                               regions=c.regions))
     return out
 
 
 def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
-    """Vectors of one column, by range requests of at most ``chunk_rows`` vectors per batch."""
-    column = plan(slab.path)[slab.entry.member]  # type: ignore[index]
-    unsigned = UNSIGNED_VIEW[ITEMSIZE[column.dtype]]
-    row_bytes = column.width * ITEMSIZE[column.dtype]
-    for offset, vectors in column.regions:
+    """Vectors of one column, by range requests of at most ``chunk_rows`` vectors per batch (the
+    engine requests windows of the column's runs itself, on its I/O threads)."""
+    unsigned = UNSIGNED_VIEW[ITEMSIZE[slab.dtype]]
+    for _, vectors, offset in slab.runs:
         for start in range(0, vectors, chunk_rows):
             stop = min(start + chunk_rows, vectors)
-            data = _read(slab.path, offset + start * row_bytes, offset + stop * row_bytes)
-            yield np.frombuffer(data, dtype=unsigned).reshape(stop - start, column.width)
+            data = _read(slab.path, offset + start * slab.row_bytes, offset + stop * slab.row_bytes)
+            yield np.frombuffer(data, dtype=unsigned).reshape(stop - start, slab.width)

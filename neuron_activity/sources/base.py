@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+from bisect import bisect_right
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -24,20 +26,21 @@ if TYPE_CHECKING:
     from ..dtypes import FireRule
 
 # How an entry's values are stored, which says how the engine reads them.
-MAPPED = "mapped"  # rows lie contiguously at ``offset``: mapped window by window
+MAPPED = "mapped"  # rows lie contiguously at ``offset`` (or in ``regions``): mapped window by window
 FORTRAN = "fortran"  # a Fortran-ordered array: its reader gathers rows
 COMPRESSED = "compressed"  # a compressed member: its reader decompresses it as a stream
 LOADED = "loaded"  # a tensor its reader loads (torch.save files)
 SWAPPED = "swapped"  # rows at ``offset`` in big-endian order: its reader maps and byte-swaps them
-BATCHES = "batches"  # record batches of an Arrow file
+BATCHES = "batches"  # an Arrow column whose values are not in the file as they lie (compressed)
 SPARSE = "sparse"  # stored (location, value) entries: its reader counts them
 
 
 class TensorEntry(Record):
     """One tensor (or sparse cache) as a reader found it, with what is needed to read it again.
 
-    ``offset`` is set when the tensor's rows lie contiguously in ``path`` at that byte offset:
-    the engine then maps them window by window. Otherwise the format's reader streams them.
+    ``offset`` is set when the tensor's rows lie contiguously in ``path`` at that byte offset,
+    ``regions`` when they lie in several runs (an Arrow column, a run per record batch): the
+    engine then maps them window by window. Otherwise the format's reader streams them.
     """
 
     path: Path
@@ -54,6 +57,7 @@ class TensorEntry(Record):
     from_file: bool = False  # the key is the file's name (a single-array file)
     byteswap: bool = False  # values are big-endian: swapped to native order when read
     positions: int | None = None  # rows are sequences of this many positions (the format says so)
+    regions: tuple[tuple[int, int], ...] = ()  # (byte offset, rows) of each run of rows, in order
 
     @property
     def nbytes(self) -> int:
@@ -102,6 +106,24 @@ class TensorSlab(Record):
     def row_bytes(self) -> int:
         return self.width * ITEMSIZE[self.dtype]
 
+    @cached_property
+    def runs(self) -> tuple[tuple[int, int, int], ...]:
+        """``(first row, rows, byte offset)`` of each run of contiguous rows of a mapped slab."""
+        if not self.entry.regions:
+            return ((0, self.num_rows, self.offset or 0),)
+        runs, row = [], 0
+        for offset, rows in self.entry.regions:
+            runs.append((row, rows, offset))
+            row += rows
+        return tuple(runs)
+
+    def byte_range(self, start: int, end: int) -> tuple[int, int]:
+        """The bytes of rows ``[start, end)``, which lie in one run."""
+        runs = self.runs
+        first, rows, offset = runs[bisect_right(runs, (start, float("inf"))) - 1]
+        assert first <= start and end <= first + rows, "a window crosses a run"
+        return offset + (start - first) * self.row_bytes, offset + (end - first) * self.row_bytes
+
     @property
     def nbytes(self) -> int:
         return self.entry.nbytes if self.entry.files else self.num_rows * self.row_bytes
@@ -132,6 +154,22 @@ class SparseReader(Reader, Protocol):
 
 
 _DIGITS = re.compile(r"([0-9]+)")
+
+
+def mapped_chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
+    """Rows of a mapped slab of a local file, copied out of a read-only map (the engine maps
+    windows itself; this is the same read for callers that want a reader's chunks)."""
+    import numpy as np
+
+    from ..dtypes import UNSIGNED_VIEW
+
+    unsigned = UNSIGNED_VIEW[slab.row_bytes // slab.width] if slab.width else np.uint8
+    for _, rows, offset in slab.runs:
+        if not rows:
+            continue
+        mapped = np.memmap(slab.path, dtype=unsigned, mode="r", offset=offset, shape=(rows, slab.width))
+        for start in range(0, rows, chunk_rows):
+            yield np.array(mapped[start : start + chunk_rows])
 
 
 def drop_pages(mapped: object, end: int, start: int = 0) -> int:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
+from ..dtypes import ITEMSIZE
 from ..errors import BadInput
-from .base import TensorEntry, TensorSlab, open_shard, shard_size
+from .base import TensorEntry, TensorSlab, mapped_chunks, open_shard, shard_size
 
 FORMAT = "safetensors"
 FORMATS = (FORMAT,)
@@ -107,14 +107,8 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
 
 
 def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
-    """Rows of a tensor through a read-only map (the engine maps windows itself; this is the
-    same read for callers that want a reader's chunks)."""
-    unsigned = UNSIGNED_VIEW[slab.row_bytes // slab.width]
-    if not slab.num_rows:
-        return
-    rows = np.memmap(slab.path, dtype=unsigned, mode="r", offset=slab.offset or 0, shape=(slab.num_rows, slab.width))
-    for start in range(0, slab.num_rows, chunk_rows):
-        yield np.array(rows[start : start + chunk_rows])
+    """Rows of a tensor through a read-only map (the engine maps windows itself)."""
+    return mapped_chunks(slab, chunk_rows)
 
 
 def read_metadata(path: Path) -> dict[str, str] | None:
