@@ -63,7 +63,7 @@ def write_all(folder: Path, gib: float, features: int = 4096) -> dict[str, Path]
     np.save(out["npy"], x)
     np.savez_compressed(out["npz"], acts=x[: rows // 10])
     write_arrow(out["arrow"], x)
-    out["delphi"].mkdir(parents=True)
+    out["delphi"].mkdir(parents=True, exist_ok=True)
     batch, position = np.divmod(np.arange(rows), 128)
     splits = np.linspace(0, features, 5).astype(int)
     for start, end in zip(splits[:-1], splits[1:]):
@@ -79,7 +79,7 @@ def write_arrow(path: Path, x: np.ndarray, context: int = 128) -> None:
     (fixed-size lists of fixed-size lists), in record batches of 64 rows."""
     import pyarrow as pa
 
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     rows = len(x) // context
     inner = pa.FixedSizeListArray.from_arrays(pa.array(x[: rows * context].reshape(-1)), x.shape[1])
     table = pa.table({"acts": pa.FixedSizeListArray.from_arrays(inner, context)})
