@@ -3,6 +3,7 @@
     python bench/scan_bench.py                       # 4 GiB fp32 and bf16 shards, 3 runs each
     python bench/scan_bench.py --sizes 1 4 16 --dtypes f32
     python bench/scan_bench.py --device cuda --device cpu
+    python bench/scan_bench.py --sizes 2 --dtypes f32 --no-naive --cold   # also from disk
 
 Generates its own shards in a temporary folder (or --folder), reads each once so it sits in the
 page cache, then times in alternation, several runs each: ``cat FILE > /dev/null``, the naive
@@ -125,6 +126,39 @@ def bench_file(path: Path, devices: list[str], runs: int, naive: bool, extra: li
         print(line)
 
 
+def evict(path: Path) -> None:
+    """Drop ``path``'s pages from the page cache (clean pages; no root needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def bench_cold(path: Path, runs: int, extra: list[str]) -> None:
+    """``cat`` and ``nact scan`` each on the file just evicted from the page cache, in alternation;
+    nact's time also net of its start-up (a scan of a tiny file, measured alongside)."""
+    size = path.stat().st_size
+    tiny = path.parent / "cold_tiny.safetensors"
+    write_shard(tiny, 64 * 32 * 4, "f32", 32)
+    times: dict[str, list[float]] = {"cat": [], "nact[cpu]": [], "start-up": []}
+    for _ in range(runs):
+        evict(path)
+        times["cat"].append(timed(["cat", str(path), ">", "/dev/null"], True)[0])
+        evict(path)
+        times["nact[cpu]"].append(timed(nact_cmd(path, "cpu", extra))[0])
+        times["start-up"].append(timed(nact_cmd(tiny, "cpu", []))[0])
+    tiny.unlink()
+    med = {name: statistics.median(t) for name, t in times.items()}
+    net = med["nact[cpu]"] - med["start-up"]
+    print(f"\n{path.name}: {size / GIB:.2f} GiB, cold (evicted before each run), medians of {runs}")
+    print(f"  cat          {med['cat']:8.3f} s  {size / med['cat'] / 1e9:7.2f} GB/s")
+    print(f"  nact[cpu]    {med['nact[cpu]']:8.3f} s  {size / med['nact[cpu]'] / 1e9:7.2f} GB/s"
+          f"   net of start-up ({med['start-up']:.3f} s): {size / net / 1e9:.2f} GB/s")
+    print(f"  nact[cpu]/cat throughput: {med['cat'] / med['nact[cpu]']:.2f}x, net of start-up {med['cat'] / net:.2f}x")
+
+
 def startup(folder: Path, runs: int) -> None:
     """Start-up against ``python -c "import numpy"`` (the least a numpy tool can start in), in
     alternation: numpy and Typer imported, a scan of a tiny shard to JSON, of sample_data/ to
@@ -163,6 +197,7 @@ def main() -> None:
     parser.add_argument("--nact-args", default="", help="extra arguments for nact scan, e.g. '--threads 2'")
     parser.add_argument("--startup-runs", type=int, default=21, help="runs of each start-up command")
     parser.add_argument("--startup-only", action="store_true", help="time start-up only")
+    parser.add_argument("--cold", action="store_true", help="also time each f32 file evicted from the page cache")
     args = parser.parse_args()
     folder = args.folder or Path(tempfile.mkdtemp(prefix="nact-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -175,6 +210,8 @@ def main() -> None:
                 if not path.exists():
                     write_shard(path, int(size * GIB), dtype, args.features)
                 bench_file(path, args.device or ["cpu"], args.runs, not args.no_naive, args.nact_args.split())
+                if args.cold and dtype == "f32":
+                    bench_cold(path, args.runs, args.nact_args.split())
                 if args.folder is None:
                     path.unlink()
     finally:
