@@ -250,6 +250,42 @@ def test_arrow_columns_are_mapped_a_run_per_record_batch(tmp_path: Path) -> None
     assert (kept.fire_counts.tolist(), kept.num_vectors) == expected(x[:, 1:5].astype(np.float64))
 
 
+@pytest.mark.parametrize("kind", ["list_", "large_list"])
+def test_arrow_lists_of_any_length(tmp_path: Path, kind: str) -> None:
+    """Hooks stored as variable-size lists of lists (or large lists): every row's lengths are
+    read from the offsets, and the values counted where they lie."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(14)
+    x = np.maximum(rng.standard_normal((23, 5, 6)), 0).astype(np.float32)
+    make = getattr(pa, kind)
+    column = pa.array(x.tolist(), type=make(make(pa.float32())))
+    folder = tmp_path / kind.strip("_")
+    write_datasets_folder(folder, [pa.table({"h": column, "token_ids": pa.array([[1] * 5] * 23, type=pa.list_(pa.int32()))})], 4)
+    got = scan([folder], chunk_rows=7, threads=2).activity.components["h"]
+    assert (got.fire_counts.tolist(), got.num_vectors) == expected(x.astype(np.float64))
+
+
+def test_arrow_flattening_agrees_with_pyarrow_on_sliced_arrays() -> None:
+    """nact flattens list arrays from their offsets (pyarrow's flatten imports pyarrow.compute):
+    on sliced arrays, whose rows do not start at offset 0, both give the same values and lengths."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from neuron_activity.sources.arrow_files import _flat, _lengths
+
+    arrays = [
+        pa.array([[1.0], [2.0, 3.0], [4.0, 5.0, 6.0], [7.0]], type=pa.list_(pa.float32())),
+        pa.array([[1.0], [2.0, 3.0], [4.0, 5.0, 6.0], [7.0]], type=pa.large_list(pa.float32())),
+        pa.FixedSizeListArray.from_arrays(pa.array(np.arange(12, dtype=np.float32)), 3),
+    ]
+    for array in arrays:
+        for part in (array, array.slice(1), array.slice(1, 2), array.slice(3)):
+            assert _flat(part).to_pylist() == part.flatten().to_pylist()
+            lengths = pc.list_value_length(part).to_pylist()
+            assert _lengths(part) == (min(lengths), max(lengths))
+
+
 def test_compressed_arrow_is_read_batch_by_batch(tmp_path: Path) -> None:
     """A compressed stream's values are not in the file as they lie: pyarrow decodes each batch."""
     import pyarrow as pa

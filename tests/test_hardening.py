@@ -155,6 +155,21 @@ def test_arrow_cache_problems(tmp_path: Path) -> None:
     with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
     assert_one_line_error(nact("scan", folder), "column 'h' has null values")
+    # rows of different shapes: positions per row, or features per position; shapes across batches
+    for name, rows in [("ragged_rows", [[[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0]]]), ("ragged_positions", [[[1.0, 2.0], [3.0]]])]:
+        folder = tmp_path / name
+        folder.mkdir()
+        table = pa.table({"h": pa.array(rows, type=pa.list_(pa.list_(pa.float32())))})
+        with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        assert_one_line_error(nact("scan", folder), "column 'h' has rows of different shapes")
+    folder = tmp_path / "reshaped"
+    folder.mkdir()
+    table = pa.table({"h": pa.array([[[1.0, 2.0]], [[1.0, 2.0], [3.0, 4.0]]], type=pa.list_(pa.list_(pa.float32())))})
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        for batch in table.to_batches(max_chunksize=1):
+            w.write_batch(batch)
+    assert_one_line_error(nact("scan", folder), "column 'h' changes shape between record batches")
 
 
 def test_delphi_locations_outside_the_cache(tmp_path: Path) -> None:
