@@ -13,7 +13,8 @@ subclass gets the same behaviour from methods written once, here:
 - frozen (the default; ``class X(Record, frozen=False)`` is not): assigning or deleting a field
   after ``__init__`` raises ``FrozenRecordError`` (``__post_init__`` sets fields with
   ``object.__setattr__``, as with a frozen dataclass), and records hash by their fields. A record
-  that is not frozen is not hashable.
+  that is not frozen is not hashable;
+- ``inspect.signature`` and ``help`` show the fields as the parameters of ``__init__``.
 
 ``replace`` and ``asdict`` are ``dataclasses.replace`` and ``dataclasses.asdict`` (one level).
 """
@@ -51,6 +52,33 @@ class FrozenRecordError(AttributeError):
     """A frozen record's field was assigned or deleted after ``__init__``."""
 
 
+class _Factory:
+    def __repr__(self) -> str:
+        return "<factory>"  # as dataclasses shows a default_factory in a signature
+
+
+class _Signature:
+    """``Record.__signature__``: the fields as ``__init__``'s parameters, made when asked for
+    (``inspect.signature``, ``help``), as a dataclass's generated ``__init__`` shows them."""
+
+    def __get__(self, instance: object, owner: type) -> Any:
+        import inspect
+
+        annotations: dict[str, Any] = {}
+        for klass in reversed(owner.__mro__):
+            annotations.update(klass.__dict__.get("__annotations__", {}))
+        parameters = []
+        for name in owner.__record_fields__:  # type: ignore[attr-defined]
+            default = owner.__record_defaults__.get(name, inspect.Parameter.empty)  # type: ignore[attr-defined]
+            if name in owner.__record_factories__:  # type: ignore[attr-defined]
+                default = _Factory()
+            parameters.append(inspect.Parameter(
+                name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                annotation=annotations.get(name, inspect.Parameter.empty),
+            ))
+        return inspect.Signature(parameters, return_annotation=None)
+
+
 @dataclass_transform(field_specifiers=(field,), frozen_default=True)
 class Record:
     """The base of a record class; see the module's docstring."""
@@ -59,6 +87,7 @@ class Record:
     __record_defaults__: dict[str, Any] = {}
     __record_factories__: dict[str, Callable[[], Any]] = {}
     __record_shown__: tuple[str, ...] = ()  # the fields repr shows
+    __signature__ = _Signature()
 
     def __init_subclass__(cls, *, frozen: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -138,6 +138,15 @@ def test_replace_and_asdict_agree_with_dataclasses() -> None:
         dataclasses.replace(theirs, z=1)  # type: ignore[call-arg]
 
 
+def test_signature_and_help_show_the_fields_as_a_dataclass_does() -> None:
+    import inspect
+    import pydoc
+
+    for mine, theirs in ((Point, PointDC), (Loose, LooseDC)):
+        assert str(inspect.signature(mine)) == str(inspect.signature(theirs))
+    assert "Point(x: 'int', y: 'int' = 0, tags: 'list' = <factory>, note: 'str' = '')" in pydoc.render_doc(Point)
+
+
 def test_a_field_without_a_default_cannot_follow_one_with_a_default() -> None:
     with pytest.raises(TypeError, match="'b' without a default follows 'a'"):
 
