@@ -64,9 +64,7 @@ class _Signature:
     def __get__(self, instance: object, owner: type) -> Any:
         import inspect
 
-        annotations: dict[str, Any] = {}
-        for klass in reversed(owner.__mro__):
-            annotations.update(klass.__dict__.get("__annotations__", {}))
+        annotations = owner.__record_annotations__  # type: ignore[attr-defined]
         parameters = []
         for name in owner.__record_fields__:  # type: ignore[attr-defined]
             default = owner.__record_defaults__.get(name, inspect.Parameter.empty)  # type: ignore[attr-defined]
@@ -87,6 +85,7 @@ class Record:
     __record_defaults__: dict[str, Any] = {}
     __record_factories__: dict[str, Callable[[], Any]] = {}
     __record_shown__: tuple[str, ...] = ()  # the fields repr shows
+    __record_annotations__: dict[str, Any] = {}  # each field's annotation, as written
     __signature__ = _Signature()
 
     def __init_subclass__(cls, *, frozen: bool = True, **kwargs: Any) -> None:
@@ -95,6 +94,7 @@ class Record:
         defaults: dict[str, Any] = {}
         factories: dict[str, Callable[[], Any]] = {}
         hidden: set[str] = set()
+        annotations: dict[str, Any] = {}
         for klass in reversed(cls.__mro__):  # a base record's fields first, as dataclasses order them
             if klass is Record or not issubclass(klass, Record):
                 continue
@@ -103,6 +103,7 @@ class Record:
                     continue
                 if name not in names:
                     names.append(name)
+                annotations[name] = annotation
                 value = klass.__dict__.get(name, _MISSING)
                 if isinstance(value, _Field):
                     spec, value = value, value.default
@@ -123,6 +124,7 @@ class Record:
         cls.__record_defaults__ = defaults
         cls.__record_factories__ = factories
         cls.__record_shown__ = tuple(n for n in names if n not in hidden)
+        cls.__record_annotations__ = annotations
         if frozen:
             cls.__setattr__ = _refuse_assignment  # type: ignore[method-assign, assignment]
             cls.__delattr__ = _refuse_deletion  # type: ignore[method-assign, assignment]

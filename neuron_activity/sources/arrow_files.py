@@ -3,9 +3,11 @@
 Each hook column holds one ``[context_size, d_in]`` array per row (a nested list in Arrow), so
 a column is one component of ``rows x context_size`` vectors. ``token_ids`` and other integer
 columns are not components. A file is planned from a memory map (its schema and the record
-batches' metadata; datasets' Array2D has its shape in the schema) and counted record batch by
-record batch from the map, its pages dropped behind each batch, so a scan holds about one batch
-of a file, not the file. Needs pyarrow: ``pip install pyarrow``.
+batches' metadata; datasets' Array2D has its shape in the schema). A column's values lie in the
+file, contiguous within each record batch: the column is mapped from those runs and the engine
+counts windows of them on every thread, as it counts safetensors rows. A compressed file's
+values do not lie in it: its batches are decoded one at a time, pages dropped behind each, so a
+scan holds about one batch of a file. Needs pyarrow: ``pip install pyarrow``.
 """
 
 from __future__ import annotations
@@ -74,9 +76,10 @@ def _fixed_shape(arrow_type: object) -> tuple[int, int] | None:
 
 def _batches(path: Path, drop_behind: bool = False) -> Iterator[tuple[object, int, int]]:
     """The record batches of an Arrow file, as zero-copy views of a read-only memory map, each
-    with the map's address and size (where the file's bytes lie in memory). ``drop_behind``: once the caller is done with a batch, the pages read so far leave the
-    process (``MADV_DONTNEED``; a file mapping reads them again from the page cache if they are
-    touched after), so that counting a file keeps about one batch resident, not the file."""
+    with the map's address and size (where the file's bytes lie in memory). ``drop_behind``:
+    once the caller is done with a batch, the pages read so far leave the process
+    (``MADV_DONTNEED``; a file mapping reads them again from the page cache if they are touched
+    after), so that counting a file keeps about one batch resident, not the file."""
     import mmap
 
     pa = _pyarrow()
@@ -155,8 +158,8 @@ def _offsets(array: object) -> np.ndarray:
     """Where each row of a variable-size list array starts in its values, and where the last
     ends (the batch was validated: they rise and stay within the values)."""
     width = 8 if "large" in str(array.type) else 4  # type: ignore[attr-defined]
-    offsets = np.frombuffer(array.buffers()[1], dtype=f"<i{width}", count=array.offset + len(array) + 1)  # type: ignore[attr-defined, arg-type]
-    return offsets[array.offset :]  # type: ignore[attr-defined]
+    first, rows = array.offset, len(array)  # type: ignore[attr-defined, arg-type]
+    return np.frombuffer(array.buffers()[1], dtype=f"<i{width}", count=first + rows + 1)[first:]  # type: ignore[attr-defined]
 
 
 def _lengths(array: object) -> tuple[int, int]:
