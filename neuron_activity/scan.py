@@ -202,16 +202,11 @@ def _fetch_ahead(work: Iterator[WorkItem], io_threads: int | None) -> Iterator[W
     for item in work:
         slab, start, end, _ = item
         if slab.entry.storage == MAPPED:
-            fetch_ahead(slab.path, *_window(slab, start, end), n)  # type: ignore[arg-type]
+            fetch_ahead(slab.path, *slab.byte_range(start, end), n)  # type: ignore[arg-type]
         queue.append(item)
         if len(queue) > n:
             yield queue.popleft()
     yield from queue
-
-
-def _window(slab: TensorSlab, start: int, end: int) -> tuple[int, int]:
-    """The bytes of rows ``[start, end)`` of a mapped slab (a window of one of its runs)."""
-    return slab.byte_range(start, end)
 
 
 def _chunk_rows(slab: TensorSlab, chunk_rows: int | None) -> int:
@@ -376,7 +371,7 @@ def _count_chunk(
     given); the mapping is dropped after. ``read_ahead``: ask the kernel to start reading the
     next window while this one is counted."""
     rule_view = np.dtype(f"u{slab.row_bytes // slab.width}") if slab.width else np.dtype(np.uint8)
-    begin, stop = _window(slab, start, end)
+    begin, stop = slab.byte_range(start, end)
     if is_remote(slab.path):  # one range request; the counting threads keep several in flight
         from .remote import read_range
 

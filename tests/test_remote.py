@@ -331,6 +331,29 @@ def test_an_arrow_cache_is_planned_from_its_message_headers(s3, bucket: str, tmp
     assert skipped.fire_counts.tolist() == fire_counts(x[:, 1:, :].reshape(-1, 24))
 
 
+def test_a_readers_chunks_are_the_rows_of_a_mapped_slab_local_or_remote(s3, bucket: str, tmp_path: Path) -> None:
+    """``chunks``, for callers that want a reader's rows (the engine maps or fetches windows
+    itself): an Arrow column's runs and a safetensors tensor, from files and from objects."""
+    pytest.importorskip("pyarrow")
+    from safetensors.numpy import save_file
+
+    from neuron_activity import CountOptions
+    from neuron_activity.scan import plan_for
+    from neuron_activity.sources import READERS, discover
+    from neuron_activity.sources.base import to_path
+
+    x = activations(np.random.default_rng(15), 23 * 6, 8, "float32").reshape(23, 6, 8)
+    arrow_cache(tmp_path / "cache", x, "fixed", "fixed", batch_rows=5)
+    save_file({"acts": x.reshape(-1, 8)}, str(tmp_path / "acts.safetensors"))
+    upload(s3, tmp_path, bucket, "both")
+    for root in (str(tmp_path), f"s3://{bucket}/both"):
+        for where, fmt in ((f"{root}/cache/", "arrow"), (f"{root}/acts.safetensors", "safetensors")):
+            plan = plan_for(discover([to_path(where)]), CountOptions())
+            assert [(s.entry.format, s.entry.storage) for s in plan.slabs][0] == (fmt, "mapped")
+            rows = [np.concatenate(list(READERS[fmt].chunks(s, 4))) for s in plan.slabs]
+            assert np.array_equal(np.concatenate(rows), x.reshape(-1, 8).view(np.uint32)), where
+
+
 def test_an_arrow_cache_with_rows_of_different_shapes_is_refused(s3, bucket: str, tmp_path: Path) -> None:
     import pyarrow as pa
 

@@ -268,13 +268,8 @@ def _file_entries(path: Path) -> list[TensorEntry]:
 
 
 def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
-    """Vectors of one column: of a mapped one, from the file's map; else a record batch at a
-    time, as pyarrow decodes them (batches are written bounded)."""
-    if is_remote(slab.path):
-        from . import arrow_remote
-
-        yield from arrow_remote.chunks(slab, chunk_rows)
-        return
+    """Vectors of one column: of a mapped one (every remote column is), from its runs; else a
+    record batch at a time, as pyarrow decodes them (batches are written bounded)."""
     if slab.entry.storage == MAPPED:
         yield from mapped_chunks(slab, chunk_rows)
         return

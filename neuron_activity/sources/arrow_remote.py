@@ -13,15 +13,14 @@ bodies, nulls) are refused with the reason.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
+from ..dtypes import ITEMSIZE
 from ..errors import BadInput, first_line
 from ..records import Record
-from .base import MAPPED, TensorEntry, TensorSlab
+from .base import MAPPED, TensorEntry
 
 CONTINUATION = 0xFFFFFFFF
 MAX_METADATA = 64 << 20
@@ -309,14 +308,3 @@ def entries(path: Path) -> list[TensorEntry]:
                                note=f"{rows} rows x {c.context} positions", storage=MAPPED, positions=c.context or None,
                                regions=c.regions))
     return out
-
-
-def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
-    """Vectors of one column, by range requests of at most ``chunk_rows`` vectors per batch (the
-    engine requests windows of the column's runs itself, on its I/O threads)."""
-    unsigned = UNSIGNED_VIEW[ITEMSIZE[slab.dtype]]
-    for _, vectors, offset in slab.runs:
-        for start in range(0, vectors, chunk_rows):
-            stop = min(start + chunk_rows, vectors)
-            data = _read(slab.path, offset + start * slab.row_bytes, offset + stop * slab.row_bytes)
-            yield np.frombuffer(data, dtype=unsigned).reshape(stop - start, slab.width)

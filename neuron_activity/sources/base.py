@@ -157,8 +157,9 @@ _DIGITS = re.compile(r"([0-9]+)")
 
 
 def mapped_chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
-    """Rows of a mapped slab of a local file, copied out of a read-only map (the engine maps
-    windows itself; this is the same read for callers that want a reader's chunks)."""
+    """Rows of a mapped slab, run by run: copied out of a read-only map of a file, or fetched by
+    range requests from an object (the engine maps or fetches windows itself; this is the same
+    read for callers that want a reader's chunks)."""
     import numpy as np
 
     from ..dtypes import UNSIGNED_VIEW
@@ -166,6 +167,15 @@ def mapped_chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     unsigned = UNSIGNED_VIEW[slab.row_bytes // slab.width] if slab.width else np.uint8
     for _, rows, offset in slab.runs:
         if not rows:
+            continue
+        if is_remote(slab.path):
+            from ..remote import read_range
+
+            for start in range(0, rows, chunk_rows):
+                stop = min(start + chunk_rows, rows)
+                begin, end = offset + start * slab.row_bytes, offset + stop * slab.row_bytes
+                data = read_range(slab.path, begin, end)  # type: ignore[arg-type]
+                yield np.frombuffer(data, dtype=unsigned).reshape(stop - start, slab.width)
             continue
         mapped = np.memmap(slab.path, dtype=unsigned, mode="r", offset=offset, shape=(rows, slab.width))
         for start in range(0, rows, chunk_rows):
