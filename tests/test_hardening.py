@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import write_shard
 from test_end_to_end import nact_executable
-from test_formats import write_delphi_module, write_saelens_cache
+from test_formats import write_datasets_folder, write_delphi_module, write_saelens_cache
 from typer.testing import CliRunner
 
 from nact_cli.main import app
@@ -147,29 +147,17 @@ def test_arrow_cache_problems(tmp_path: Path) -> None:
     assert_one_line_error(nact("scan", folder), "column 'h' appears twice")
     # Array2D storage (fixed-size lists of fixed-size lists) with a null position: an error, not
     # the values that happen to lie under the null
-    folder = tmp_path / "null_position"
-    folder.mkdir()
     inner = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(12, np.float32)), 2, mask=pa.array([False, True] + [False] * 4))
-    column = pa.FixedSizeListArray.from_arrays(inner, 3)
-    table = pa.table({"h": column})
-    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    assert_one_line_error(nact("scan", folder), "column 'h' has null values")
+    write_datasets_folder(tmp_path / "null_position", [pa.table({"h": pa.FixedSizeListArray.from_arrays(inner, 3)})], 10)
+    assert_one_line_error(nact("scan", tmp_path / "null_position"), "column 'h' has null values")
     # rows of different shapes: positions per row, or features per position; shapes across batches
+    lists = pa.list_(pa.list_(pa.float32()))
     for name, rows in [("ragged_rows", [[[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0]]]), ("ragged_positions", [[[1.0, 2.0], [3.0]]])]:
-        folder = tmp_path / name
-        folder.mkdir()
-        table = pa.table({"h": pa.array(rows, type=pa.list_(pa.list_(pa.float32())))})
-        with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
-            w.write_table(table)
-        assert_one_line_error(nact("scan", folder), "column 'h' has rows of different shapes")
-    folder = tmp_path / "reshaped"
-    folder.mkdir()
-    table = pa.table({"h": pa.array([[[1.0, 2.0]], [[1.0, 2.0], [3.0, 4.0]]], type=pa.list_(pa.list_(pa.float32())))})
-    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
-        for batch in table.to_batches(max_chunksize=1):
-            w.write_batch(batch)
-    assert_one_line_error(nact("scan", folder), "column 'h' changes shape between record batches")
+        write_datasets_folder(tmp_path / name, [pa.table({"h": pa.array(rows, type=lists)})], 10)
+        assert_one_line_error(nact("scan", tmp_path / name), "column 'h' has rows of different shapes")
+    table = pa.table({"h": pa.array([[[1.0, 2.0]], [[1.0, 2.0], [3.0, 4.0]]], type=lists)})
+    write_datasets_folder(tmp_path / "reshaped", [table], 1)  # a batch per row
+    assert_one_line_error(nact("scan", tmp_path / "reshaped"), "column 'h' changes shape between record batches")
 
 
 def test_delphi_locations_outside_the_cache(tmp_path: Path) -> None:
