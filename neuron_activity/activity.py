@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 from fractions import Fraction
 
@@ -10,12 +11,12 @@ import numpy as np
 from .dtypes import parse_decimal
 from . import state
 from .errors import BadThreshold, NoVectors, NotTracked, ShapeMismatch
-from .records import Record
 
 DEFAULT_THRESHOLDS = ("0", "1e-5", "1e-6")
 
 
-class Threshold(Record):
+@dataclass(frozen=True, slots=True)
+class Threshold:
     """A dead threshold: a portion of vectors, kept exactly as the decimal the user typed."""
 
     text: str
@@ -110,7 +111,8 @@ class ComponentActivity:
         self.num_vectors += int(num_vectors)
 
 
-class ActivityRow(Record):
+@dataclass(frozen=True, slots=True)
+class ActivityRow:
     """One row of the result: a component at one threshold."""
 
     component: str

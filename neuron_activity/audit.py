@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,12 +13,12 @@ from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, sa
 from .errors import ShardChanged, StateMismatch
 from .files import locked
 from .options import CountOptions
-from .records import Record, replace
 from .scan import ProgressCallback, ScanResult, count, plan_for
 from .sources import ScanPlan, discover
 
 
-class AuditResult(Record, frozen=False):
+@dataclass
+class AuditResult:
     saved: SavedCounts  # everything counted so far, as now saved
     scan: ScanResult | None  # the scan of the new shards (None when there were none)
     new_shards: list[Path]

@@ -17,6 +17,7 @@ version 1 (no part record) load as they are.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field, fields
 import json
 import math
 from fractions import Fraction
@@ -29,7 +30,6 @@ from .activity import NeuronActivity
 from .dtypes import decimal_text, parse_decimal
 from .errors import BadInput, BadOption, CountsMismatch, NactError, NotCountsFile
 from .options import MAX_FIRE_ABOVE
-from .records import Record, asdict, field
 from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME
 from .sources.base import is_remote
 from .sources.safetensors_files import read_metadata
@@ -38,7 +38,8 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = ("1", "2")
 
 
-class ShardRecord(Record):
+@dataclass(frozen=True, slots=True)
+class ShardRecord:
     """Which shard was counted, and what it looked like then."""
 
     path: str
@@ -69,7 +70,8 @@ class ShardRecord(Record):
         return cls(str(resolved), st.st_size, st.st_mtime_ns)
 
 
-class PartRecord(Record):
+@dataclass(frozen=True)
+class PartRecord:
     """Part ``index`` of ``of`` of a split scan: units ``[first_unit, first_unit + units)`` of
     the ``total_units`` sorted units of the whole scan."""
 
@@ -80,7 +82,8 @@ class PartRecord(Record):
     total_units: int
 
 
-class SavedCounts(Record, frozen=False):
+@dataclass
+class SavedCounts:
     activity: NeuronActivity
     shards: list[ShardRecord] = field(default_factory=list)
     part: PartRecord | None = None
@@ -225,7 +228,7 @@ def load_counts(path: Path) -> SavedCounts:
     if "part" in metadata:
         record = _json(path, metadata, "part", dict)
         try:
-            part = PartRecord(**{k: int(record[k]) for k in PartRecord.__record_fields__})  # type: ignore[index]
+            part = PartRecord(**{k: int(record[k]) for k in [f.name for f in fields(PartRecord)]})  # type: ignore[index]
         except (KeyError, TypeError, ValueError):
             raise BadInput(path, "corrupt counts file: the part record is incomplete") from None
     return SavedCounts(activity, shards, part, metadata.get("kernel"), metadata.get("device"))

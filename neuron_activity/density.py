@@ -8,13 +8,13 @@ reported present when they are at least ``ultralow_min_fraction`` (default 1%) o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 from fractions import Fraction
 
 import numpy as np
 
 from .activity import ComponentActivity
-from .records import Record
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 DEFAULT_DENSE_ABOVE = Fraction(1, 100)
@@ -27,7 +27,8 @@ def densities(component: ComponentActivity) -> np.ndarray:
     return component.fire_counts / max(component.num_vectors, 1)
 
 
-class DensitySummary(Record):
+@dataclass(frozen=True)
+class DensitySummary:
     component: str
     num_features: int
     never_fired: int
@@ -98,7 +99,8 @@ def summarize(
     )
 
 
-class DensityHistogram(Record):
+@dataclass(frozen=True)
+class DensityHistogram:
     """Counts of alive neurons per log10-density bin, and the dead ones apart."""
 
     component: str

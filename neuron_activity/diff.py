@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 
 from .activity import NeuronActivity, Threshold
 from .dtypes import decimal_text
 from .errors import CountsMismatch, NactError, ShapeMismatch
-from .records import Record
 
 
-class ComponentChange(Record):
+@dataclass(frozen=True)
+class ComponentChange:
     component: str
     died: list[int]  # alive in old, dead in new
     revived: list[int]  # dead in old, alive in new

@@ -9,6 +9,7 @@ the format that is ``<= t``; negative values and NaNs have larger patterns and f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 import re
 from fractions import Fraction
@@ -16,7 +17,6 @@ from fractions import Fraction
 import numpy as np
 
 from .errors import BadThreshold
-from .records import Record
 
 UNSIGNED_VIEW: dict[int, type] = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 TORCH_SIGNED: dict[int, str] = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}  # torch has few unsigned types
@@ -29,7 +29,8 @@ def signed_bits(tensor: object) -> object:
     return tensor.view(getattr(torch, TORCH_SIGNED[tensor.element_size()]))  # type: ignore[attr-defined]
 
 
-class FloatFormat(Record):
+@dataclass(frozen=True)
+class FloatFormat:
     """A binary floating-point format: sign, exponent and mantissa bits."""
 
     name: str
@@ -140,7 +141,8 @@ TORCH_NAMES = {
 }
 
 
-class FireRule(Record):
+@dataclass(frozen=True)
+class FireRule:
     """Which raw bit patterns of one dtype fire, and which are NaN.
 
     ``fire_ranges`` are inclusive ranges of the unsigned integer that has the element's bits.

@@ -3,16 +3,17 @@ is read from, and every problem that would stop the scan."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import NactError
 from .options import CountOptions
-from .records import Record, field
 from .sources import READERS, SPARSE_FORMATS, ComponentGroup, TensorEntry, discover, layout_of, why_not_counted
 from .sources.base import to_path
 
 
-class InspectedTensor(Record):
+@dataclass(frozen=True)
+class InspectedTensor:
     entry: TensorEntry
     components: tuple[str, ...]
     num_vectors: int
@@ -37,7 +38,8 @@ class InspectedTensor(Record):
         }
 
 
-class Inspection(Record, frozen=False):
+@dataclass
+class Inspection:
     shards: dict[Path, str] = field(default_factory=dict)
     tensors: list[InspectedTensor] = field(default_factory=list)
     groups: list[ComponentGroup] = field(default_factory=list)  # as a scan would count them

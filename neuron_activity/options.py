@@ -8,6 +8,7 @@ the files it names are checked by the pipeline before anything is read or writte
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -15,7 +16,6 @@ from pathlib import Path
 from .activity import DEFAULT_THRESHOLDS, Threshold
 from .dtypes import as_fraction, parse_decimal
 from .errors import BadOption, Conflict, NeedsOption
-from .records import Record, field
 
 MAX_THREADS = 256
 MAX_PARTS = 1_000_000
@@ -50,7 +50,8 @@ def _density(option: str, value: Fraction) -> None:
         raise BadOption(option, value, "is not a density between 0 and 1")
 
 
-class CountOptions(Record):
+@dataclass(frozen=True)
+class CountOptions:
     """What to count and how. ``kernel`` None: ``$NACT_KERNEL``, else the fastest built one."""
 
     keys: tuple[str, ...] = ()
@@ -117,7 +118,8 @@ class CountOptions(Record):
                 raise BadOption("input_format", self.input_format, f"is not a format: use {', '.join(INPUT_FORMATS)}")
 
 
-class ReportOptions(Record):
+@dataclass(frozen=True)
+class ReportOptions:
     """What a report shows. Repeated thresholds are shown once, in the order first given."""
 
     thresholds: tuple[Threshold, ...] = tuple(Threshold.parse(t) for t in DEFAULT_THRESHOLDS)
@@ -170,7 +172,8 @@ def check_bins_per_decade(bins: int) -> int:
     return bins
 
 
-class Part(Record):
+@dataclass(frozen=True)
+class Part:
     """Part ``index`` of ``of`` (from 0) of the sorted units: a contiguous run of them."""
 
     index: int
@@ -203,7 +206,8 @@ class Part(Record):
         return f"{self.index}/{self.of}"
 
 
-class ScanRequest(Record):
+@dataclass(frozen=True)
+class ScanRequest:
     """One scan: inputs, options, mode and outputs, checked together when made.
 
     Modes: plain; ``part`` (count part I of N, for a scheduler's array of jobs); ``state`` (an

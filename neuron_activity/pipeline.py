@@ -10,6 +10,7 @@ written, so a scan that is going to fail writes nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 import os
 import re
 from collections.abc import Callable
@@ -19,7 +20,6 @@ from typing import TYPE_CHECKING
 from .counting import resolve_device
 from .errors import BadOutput, NactError
 from .options import CountOptions, Part, ScanRequest
-from .records import Record, field, replace
 from .report import Report, make_report
 from .scan import ProgressCallback, ScanResult, count, plan_for
 from .sources import ScanPlan, discover
@@ -38,7 +38,8 @@ class EmptyPart(NactError):
         super().__init__(f"part {part} holds no shards ({units} in all): nothing to count")
 
 
-class ScanOutcome(Record, frozen=False):
+@dataclass
+class ScanOutcome:
     """What a scan gives its caller: the report to show (None on a torchrun rank other than 0,
     and for an empty part), the counts saved (if any), and notes for stderr."""
 

@@ -15,6 +15,7 @@ way: the AWS environment and config files (``AWS_ENDPOINT_URL`` for S3-compatibl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import errno
 import io
 import re
@@ -25,7 +26,6 @@ from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 from .errors import BadInput, first_line
-from .records import Record
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 TRIES = 6  # a transient failure (timeout, 5xx, throttling) is tried again, up to this many tries
@@ -103,7 +103,8 @@ def as_path(text: str) -> Any:
     return Path(text)
 
 
-class ObjectInfo(Record):
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
     """What the store said of an object: its size, its version tag (ETag or last modified) and
     its modification time in ns (0 if the store gives none)."""
 

@@ -6,6 +6,7 @@ Renderers (the CLI's table, CSV and Markdown) read this model; none of them comp
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -15,12 +16,12 @@ from ._version import __version__
 from .activity import ROW_COLUMNS, ActivityRow, NeuronActivity
 from .density import DensitySummary, densities, summarize, top_neurons
 from .options import ReportOptions
-from .records import Record, field
 
 JSON_SCHEMA_VERSION = 1
 
 
-class Report(Record, frozen=False):
+@dataclass
+class Report:
     """What scan and report show: rows, and what they came from."""
 
     activity: NeuronActivity

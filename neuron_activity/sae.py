@@ -25,6 +25,7 @@ restricted reader of ``sources.torch_zip`` (or ``torch.load(weights_only=True)``
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 import json
 import math
 from pathlib import Path
@@ -33,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInput, BadOption, SaeNotBound, first_line
-from .records import Record, replace
 
 RULES = ("relu", "tanh-relu", "jumprelu", "threshold", "topk", "groupmax", "gated")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
@@ -41,7 +41,8 @@ LAYER_NORM_EPS = 1e-5  # SAELens' run-time layer norm: (x - mean) / (std + eps)
 ENCODE_BYTES = 64 * 1024 * 1024  # latents of one encoded batch
 
 
-class Sae(Record):
+@dataclass(frozen=True)
+class Sae:
     """One SAE's encoder in float32, as a rule of the module's docstring."""
 
     path: Path
@@ -425,7 +426,8 @@ def _scalar(weights_path: Path, tensors: dict[str, np.ndarray]) -> np.ndarray:
 # ----------------------------------------------------------------------------- binding
 
 
-class SaeRequest(Record):
+@dataclass(frozen=True)
+class SaeRequest:
     """An ``--sae [KEY=]PATH`` as given: the component it binds to (None: the SAE's own hook)."""
 
     path: Path
@@ -441,7 +443,8 @@ class SaeRequest(Record):
         return cls(Path(path), key or None)
 
 
-class BoundSae(Record):
+@dataclass(frozen=True)
+class BoundSae:
     """An SAE bound to the component whose activations it encodes; its latents' component name."""
 
     sae: Sae

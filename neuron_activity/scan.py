@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import mmap
 import os
 import threading
@@ -17,7 +18,6 @@ from .counting import NATIVE_PROBLEM, Counter, States, kernel_for, make_counter,
 from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, signed_bits
 from .errors import BadInput, BadOption
 from .options import CountOptions
-from .records import Record, field
 from .sources import READERS, ScanPlan, TensorSlab, component_layout, discover, plan_scan
 from .sources.base import MAPPED, SPARSE, is_remote, to_path
 
@@ -27,7 +27,8 @@ STATE_BYTES = 512 * 1024 * 1024  # per-neuron state of all threads: wide layers 
 ProgressCallback = Callable[[Path, int], None]
 
 
-class ScanResult(Record, frozen=False):
+@dataclass
+class ScanResult:
     activity: NeuronActivity
     plan: ScanPlan
     device: str

@@ -16,15 +16,16 @@ stream index ``first_vector`` (the index, in its component's stream, of the part
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 
-from .records import Record
 
 SUM, MAX, LAST = "sum", "max", "last"
 
 
-class Field(Record):
+@dataclass(frozen=True, slots=True)
+class Field:
     """One per-neuron state: its name (also its name in saved counts), how parts combine, the
     value of a neuron that has seen nothing, and whether it is kept only when asked for."""
 

@@ -59,10 +59,9 @@ def test_help_does_not_import_torch_or_numpy() -> None:
 
 def test_a_machine_readable_scan_loads_only_what_it_uses() -> None:
     """A CPU scan of safetensors to CSV runs one command: no torch, no rich (tables and progress
-    only), no pyarrow, no zip reader, no counts-file code, no other command's module, and no
-    dataclasses (records compile nothing at import)."""
+    only), no pyarrow, no zip reader, no counts-file code, and no other command's module."""
     unused = [
-        "torch", "rich", "pyarrow", "zipfile", "fsspec", "dataclasses", "neuron_activity.remote",
+        "torch", "rich", "pyarrow", "zipfile", "fsspec", "neuron_activity.remote",
         "neuron_activity.counts_file", "neuron_activity.sae", "neuron_activity.inspection",
         "nact_cli.counts", "nact_cli.density", "nact_cli.inspect",
     ]

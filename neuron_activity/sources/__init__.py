@@ -8,6 +8,7 @@ built from the formats and suffixes the readers declare.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import fnmatch
 import math
 import os
@@ -18,7 +19,6 @@ from types import ModuleType
 from ..dtypes import FLOAT_FORMATS, INTEGER_FORMATS, ITEMSIZE
 from ..errors import AxisProblem, BadInput, KeyNotFound, MixedFormats, NoVectors, ShapeMismatch
 from . import arrow_files, delphi_caches, grouping, numpy_files, safetensors_files, torch_files
-from ..records import Record, field
 from .safetensors_files import is_counts_file
 from .base import BATCHES, COMPRESSED, LOADED, MAPPED, SPARSE, TensorEntry, TensorSlab, is_remote, natural_key
 
@@ -32,7 +32,8 @@ SUFFIX_FORMATS: dict[str, str] = {
 }
 
 
-class ComponentGroup(Record, frozen=False):
+@dataclass
+class ComponentGroup:
     """The components that one named stream holds (one, or one per index of a component axis),
     identical in every file that has it, and the files it is read from."""
 
@@ -44,7 +45,7 @@ class ComponentGroup(Record, frozen=False):
     files: list[Path] = field(default_factory=list)
     first_neuron: int = 0  # the index of its first neuron (a partial delphi module's run)
     widths: tuple[int, ...] = ()  # per name, where they differ (the latents of several SAEs)
-    _listed: set[Path] = field(default_factory=set, repr=False)
+    _listed: set[Path] = field(default_factory=set, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._listed.update(self.files)
@@ -72,7 +73,8 @@ class ComponentGroup(Record, frozen=False):
         return self.name
 
 
-class ScanPlan(Record, frozen=False):
+@dataclass
+class ScanPlan:
     shards: list[Path]
     formats: dict[Path, str] = field(default_factory=dict)
     entries: list[TensorEntry] = field(default_factory=list)
@@ -319,7 +321,8 @@ MAX_COMPONENTS = 64  # a longer axis before the features is positions, not compo
 MAX_FEATURES = 1 << 24  # per component: far above any layer or SAE, and bounds per-neuron state
 
 
-class Layout(Record):
+@dataclass(frozen=True)
+class Layout:
     """How a tensor is counted: component names, vectors and features per component; whether
     its first axis is the component axis (each component then a block of its own); a note."""
 

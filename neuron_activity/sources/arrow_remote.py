@@ -12,6 +12,7 @@ bodies, nulls) are refused with the reason.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import struct
 from pathlib import Path
 
@@ -19,7 +20,6 @@ import numpy as np
 
 from ..dtypes import ITEMSIZE
 from ..errors import BadInput, first_line
-from ..records import Record
 from .base import MAPPED, TensorEntry
 
 CONTINUATION = 0xFFFFFFFF
@@ -31,7 +31,8 @@ class Unsupported(Exception):
     """A layout this reader does not plan remotely."""
 
 
-class Column(Record):
+@dataclass(frozen=True, slots=True)
+class Column:
     """A float hook column: its dtype, shape per row, and its values' place in each batch."""
 
     dtype: str

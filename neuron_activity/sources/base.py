@@ -9,6 +9,7 @@ track_last)`` and counts its stored entries itself.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import os
 import re
 from bisect import bisect_right
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..dtypes import ITEMSIZE
-from ..records import Record
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,7 +35,8 @@ BATCHES = "batches"  # an Arrow column whose values are not in the file as they 
 SPARSE = "sparse"  # stored (location, value) entries: its reader counts them
 
 
-class TensorEntry(Record):
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
     """One tensor (or sparse cache) as a reader found it, with what is needed to read it again.
 
     ``offset`` is set when the tensor's rows lie contiguously in ``path`` at that byte offset,
@@ -70,7 +71,8 @@ class TensorEntry(Record):
         return n
 
 
-class TensorSlab(Record):
+@dataclass(frozen=True)
+class TensorSlab:
     """A planned tensor seen as ``[num_rows, width]`` elements: the unit the engine counts.
 
     ``stream`` names the component group it belongs to (its rows continue that stream).

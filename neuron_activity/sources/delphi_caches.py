@@ -19,6 +19,7 @@ dropped counts as not firing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import json
 import math
 import re
@@ -30,7 +31,6 @@ import numpy as np
 from ..counting import States, in_ranges
 from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
-from ..records import Record
 from .base import SPARSE, TensorEntry, TensorSlab, drop_pages, is_remote
 from .safetensors_files import read_header
 
@@ -52,7 +52,8 @@ def is_split(header: list[TensorEntry]) -> bool:
     return a is not None and loc is not None and len(a.shape) == 1 and loc.shape[1:] == (3,)
 
 
-class Split(Record):
+@dataclass(frozen=True, slots=True)
+class Split:
     path: Path
     start: int  # first latent (inclusive)
     end: int  # last latent (inclusive)

@@ -23,11 +23,11 @@ one component per folder and key, numbered folders included.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import os
 import re
 from pathlib import Path
 
-from ..records import Record
 
 GROUPINGS = ("auto", "key", "file", "folder")
 GENERIC_KEYS = frozenset({"activations", "arr_0", ""})
@@ -40,7 +40,8 @@ _TRAILING_NUMBER = re.compile(r"^(.*?)([-_.]?)(\d+)$")
 _WORDS = re.compile(r"[A-Za-z]+")
 
 
-class StemName(Record):
+@dataclass(frozen=True, slots=True)
+class StemName:
     """A single-array file's name as a key: ``key``, and whether its trailing number was taken
     as a layer only because it was not zero-padded (``ambiguous``)."""
 

@@ -7,6 +7,7 @@ decompressed as a stream, chunk by chunk, and never loaded whole.
 
 from __future__ import annotations
 
+from dataclasses import replace
 import struct
 import zlib
 from collections.abc import Iterator
@@ -17,7 +18,6 @@ import numpy as np
 
 from ..dtypes import NUMPY_NAMES, UNSIGNED_VIEW
 from ..errors import BadInput, first_line
-from ..records import replace
 
 from .base import COMPRESSED, FORTRAN, SWAPPED, TensorEntry, TensorSlab, open_shard, shard_size
 

@@ -13,6 +13,7 @@ file) makes ``entries`` return None, and the caller loads the file with torch in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import io
 import math
 import pickle
@@ -24,7 +25,6 @@ from typing import BinaryIO
 
 from ..dtypes import ITEMSIZE, TORCH_NAMES
 from ..errors import NactError
-from ..records import Record
 from .base import MAPPED, TensorEntry, is_remote, open_shard
 
 STORAGE_TYPES = {
@@ -39,18 +39,21 @@ class Unsupported(Exception):
     """The file needs torch to be read (not an error: the caller falls back)."""
 
 
-class _Named(Record):
+@dataclass(frozen=True)
+class _Named:
     """A storage type or dtype the pickle names: only its name is kept."""
 
     name: str
 
 
-class _Storage(Record):
+@dataclass(frozen=True)
+class _Storage:
     key: str
     dtype: str | None  # None: an untyped storage (the tensor names its dtype)
 
 
-class _Tensor(Record):
+@dataclass(frozen=True)
+class _Tensor:
     storage: _Storage
     offset: int
     size: tuple[int, ...]
