@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from .output import EXIT_BREACH, console_width, emit, on_terminal, say, started
+from .output import EXIT_BREACH, console_width, emit, on_terminal, say
 from .render import (
     DENSE_ABOVE,
     FAIL_ABOVE,
@@ -70,7 +70,6 @@ def report(
     from neuron_activity.pipeline import check_not_inputs, check_outputs
     from neuron_activity.report import make_report
 
-    started()
     options = ReportOptions.parse(
         threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,
         window=window, neurons=neurons, top=top,
@@ -106,7 +105,6 @@ def merge(
     from neuron_activity.counts_file import save_counts
     from neuron_activity.pipeline import check_not_inputs, check_outputs
 
-    started()
     check_outputs([output])
     check_not_inputs([output], files)
     save_counts(output, load_merged(files, union))  # type: ignore[arg-type]
@@ -135,7 +133,6 @@ def diff(
     from neuron_activity.counts_file import load_counts
     from neuron_activity.diff import compare
 
-    started()
     dead_at = Threshold.parse(threshold)
     changes = compare(load_counts(old).activity, load_counts(new).activity, dead_at)
     if fmt == "json":

@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from .counts import load_merged
-from .output import emit, on_terminal, say, started
+from .output import emit, on_terminal, say
 from .render import (
     COMPONENT_AXIS,
     DENSE_ABOVE_HELP,
@@ -84,7 +84,6 @@ def density(
     from neuron_activity.options import ReportOptions, check_bins_per_decade
     from neuron_activity.pipeline import check_outputs
 
-    started()
     check_bins_per_decade(bins_per_decade)
     if not 10 <= dpi <= 1200:
         raise typer.BadParameter("must be from 10 to 1200", param_hint="'--dpi'")

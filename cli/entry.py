@@ -4,15 +4,12 @@ app is still being imported ends in one line and exit code 130."""
 import signal
 import sys
 
-from .output import defer_collector
-
 
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed on the way out
 
 
 def main() -> None:
-    defer_collector()  # each command calls output.started once it has imported what it runs
     signal.signal(signal.SIGTERM, _terminate)
     if sys.stdout is not None:
         sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # file names that are not UTF-8

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .output import console_width, emit, on_terminal, say, started, word
+from .output import console_width, emit, on_terminal, say, word
 from .render import (
     COMPONENT_AXIS,
     FLATTEN,
@@ -58,7 +58,6 @@ def inspect(
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(INSPECT_FORMATS)}", param_hint="'--format'")
     from neuron_activity import inspect as inspect_shards
 
-    started()
     options = count_options(
         key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents, sae,
         skip_positions, device="cpu",

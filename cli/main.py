@@ -180,11 +180,3 @@ def main_callback(
 
     Exit codes: 0 ok, 1 a --fail-above limit was breached, 2 bad usage or bad input, 3 an internal error, 130 interrupted.
     """
-
-
-
-
-def main() -> None:
-    from .entry import main as entry
-
-    entry()

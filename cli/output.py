@@ -7,7 +7,6 @@ Exit codes: 0 ok; 1 a --fail-above or --fail-on-new-dead limit was breached (not
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import sys
@@ -52,30 +51,6 @@ FLAGS = {
     "save_sparsity": "--save-sparsity",
     "part": "--shard",
 }
-
-
-_collector_deferred = False
-
-
-def defer_collector() -> None:
-    """Start-up: no cyclic garbage collection until ``started``. Imports allocate hundreds of
-    thousands of objects that live until exit, and the collector's passes over them cost about
-    a tenth of a short run's start-up; they make no cyclic garbage worth collecting."""
-    global _collector_deferred
-    if gc.isenabled():
-        gc.disable()
-        _collector_deferred = True
-
-
-def started() -> None:
-    """A command has imported what it runs: the collector back on, with everything that exists
-    now frozen out of its passes (modules live until exit). Called before a command's work,
-    so a long scan collects its garbage as usual; a no-op unless ``defer_collector`` ran."""
-    global _collector_deferred
-    if _collector_deferred:
-        _collector_deferred = False
-        gc.freeze()
-        gc.enable()
 
 
 def flag(option: str) -> str:

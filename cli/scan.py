@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import typer
 
-from .output import on_terminal, say, started
+from .output import on_terminal, say
 from .render import (
     COMPONENT_AXIS,
     DENSE_ABOVE,
@@ -121,7 +121,6 @@ def scan(
     from neuron_activity.options import Part, ReportOptions, ScanRequest
     from neuron_activity.pipeline import run_scan
 
-    started()
     distributed = launched()
     request = ScanRequest(
         paths=tuple(input_paths(paths)),

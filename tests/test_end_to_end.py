@@ -84,42 +84,6 @@ def test_help_imports_neither_numpy_nor_the_library() -> None:
     assert done.stdout.split() == ["0"]
 
 
-def test_every_command_collects_garbage_while_it_works(tmp_path: Path) -> None:
-    """The console script turns the cyclic collector off for start-up; every command turns it
-    back on (imports frozen out of its passes) before its work, so a long run collects as usual."""
-    counts, part = tmp_path / "counts.safetensors", tmp_path / "part.safetensors"
-    assert run("scan", str(SAMPLE_DATA), "-q", "--shard", "0/2", "--save-counts", str(counts)).returncode == 0
-    assert run("scan", str(SAMPLE_DATA), "-q", "--shard", "1/2", "--save-counts", str(part)).returncode == 0
-    commands = {
-        "scan": ["scan", str(SAMPLE_DATA), "-f", "csv"],
-        "inspect": ["inspect", str(SAMPLE_DATA)],
-        "density": ["density", str(SAMPLE_DATA)],
-        "report": ["report", str(counts), "-f", "csv"],
-        "merge": ["merge", str(counts), str(part), "-o", str(tmp_path / "merged.safetensors")],
-        "diff": ["diff", str(counts), str(counts)],
-    }
-    driver = (
-        "import atexit, gc, sys\n"
-        "import neuron_activity.pipeline as p\n"
-        "real = p.run_scan\n"
-        "def run_scan(*a, **k):\n"
-        "    print('working', gc.isenabled(), file=sys.stderr)\n"
-        "    return real(*a, **k)\n"
-        "p.run_scan = run_scan\n"
-        "atexit.register(lambda: print('exit', gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr))\n"
-        "sys.argv = ['nact', *sys.argv[1:]]\n"
-        "from nact_cli.entry import main\n"
-        "main()\n"
-    )
-    for name, args in commands.items():
-        done = subprocess.run([sys.executable, "-c", driver, *args], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, (name, done.stderr)
-        expected = ["working True", "exit True True"] if name == "scan" else ["exit True True"]
-        assert [line for line in done.stderr.splitlines() if not line.startswith("Note:")] == expected, name
-    done = subprocess.run([sys.executable, "-c", driver, "--help"], capture_output=True, text=True, timeout=120)
-    assert done.stderr.splitlines() == ["exit False False"]  # no command ran: off until exit
-
-
 def test_a_url_without_the_remote_extra_is_one_line() -> None:
     from conftest import invoke_without
 
