@@ -202,7 +202,7 @@ def render_csv(report: Report, **_: object) -> str:
 
 
 def dead_title(report: Report) -> str:
-    from neuron_activity.dtypes import decimal_text
+    from neuron_activity.decimals import decimal_text
 
     order = ", ".join(t.text for t in report.options.thresholds)
     return f"Dead neurons (fire = activation > {decimal_text(report.activity.fire_above)}; thresholds in the order given: {order})"

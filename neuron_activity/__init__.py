@@ -16,7 +16,7 @@ from .activity import (
     NeuronActivity,
     Threshold,
 )
-from .dtypes import parse_decimal
+from .decimals import parse_decimal
 from .errors import (
     BadInput,
     BadOption,

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .dtypes import parse_decimal
+from .decimals import parse_decimal
 from . import state
 from .errors import BadThreshold, NoVectors, NotTracked, ShapeMismatch
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .counting import resolve_device
-from .dtypes import decimal_text
+from .decimals import decimal_text
 from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, save_counts
 from .errors import ShardChanged, StateMismatch
 from .files import locked

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import state
 from .activity import NeuronActivity
-from .dtypes import decimal_text, parse_decimal
+from .decimals import decimal_text, parse_decimal
 from .errors import BadInput, BadOption, CountsMismatch, NactError, NotCountsFile
 from .options import MAX_FIRE_ABOVE
 from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activity import NeuronActivity, Threshold
-from .dtypes import decimal_text
+from .decimals import decimal_text
 from .errors import CountsMismatch, NactError, ShapeMismatch
 
 

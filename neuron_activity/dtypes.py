@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
-import re
 from fractions import Fraction
 
 import numpy as np
 
-from .errors import BadThreshold
 
 UNSIGNED_VIEW: dict[int, type] = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 TORCH_SIGNED: dict[int, str] = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}  # torch has few unsigned types
@@ -206,56 +204,3 @@ def fire_rule(dtype: str, fire_above: Fraction) -> FireRule:
             ranges = ((0, int(info.max)), (lowest_firing + (1 << bits), (1 << bits) - 1))
         return FireRule(dtype, fire_above, ranges, None)
     raise KeyError(dtype)
-
-
-def decimal_text(value: Fraction) -> str:
-    """``value`` as an exact decimal when it has one (``0.1``, ``1e-05`` as ``0.00001``), else
-    as a ratio (``1/3``): how nact shows exact values in messages."""
-    from decimal import Decimal, localcontext
-
-    rest = value.denominator
-    for p in (2, 5):
-        while rest % p == 0:
-            rest //= p
-    if rest != 1:
-        return str(value)
-    with localcontext() as context:
-        context.prec = 2 * (MAX_DIGITS + MAX_EXPONENT)
-        exact = Decimal(value.numerator) / Decimal(value.denominator)
-    return "{:g}".format(exact) if abs(exact.adjusted()) > 20 else format(exact.normalize(), "f")
-
-
-def as_fraction(value: str | Fraction | int, what: str) -> Fraction:
-    """``value`` exactly: a decimal string as typed, or a number."""
-    return parse_decimal(value, what) if isinstance(value, str) else Fraction(value)
-
-
-_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-_RATIO = re.compile(r"[+-]?\d+/\d+")
-MAX_DIGITS = 400  # digits of a decimal or of a ratio's terms
-MAX_EXPONENT = 400  # |exponent| of a decimal: far past every float format's range
-
-
-def parse_decimal(text: str, what: str) -> Fraction:
-    """The exact value of a decimal the user typed (``1e-6``, ``0.05``) or a ratio (``1/3``).
-
-    Exponents and digits are bounded, so that no input makes an exact value of huge size.
-    ``what`` is the option's library name, for the error.
-    """
-    stripped = text.strip()
-    decimal = _DECIMAL.fullmatch(stripped)
-    if decimal is None and _RATIO.fullmatch(stripped) is None:
-        try:
-            special = float(stripped)
-        except ValueError:
-            special = 0.0
-        problem = "must be finite" if math.isinf(special) else "is not a number"
-        raise BadThreshold(what, text, problem)
-    if len(stripped) > MAX_DIGITS + 10 or (
-        decimal and decimal.group(2) and abs(int(decimal.group(2)[1:])) > MAX_EXPONENT
-    ):
-        raise BadThreshold(what, text, f"is out of range (at most {MAX_DIGITS} digits and exponents within +-{MAX_EXPONENT})")
-    try:
-        return Fraction(stripped)
-    except ZeroDivisionError:
-        raise BadThreshold(what, text, "is not a number") from None

@@ -71,13 +71,7 @@ class BadOption(NactError):
         super().__init__(self.worded(option.replace("_", " ")))
 
     def worded(self, name: str) -> str:
-        from fractions import Fraction
-
-        value = self.value
-        if isinstance(value, Fraction):
-            from .dtypes import decimal_text
-
-            value = decimal_text(value)
+        value = self.value  # exact values come as the decimal text of decimals.decimal_text
         shown = value if isinstance(value, int) else repr(value)
         return f"{name} {shown} {self.problem}"
 

@@ -24,7 +24,8 @@ from typing import Any
 from . import state
 from .activity import NeuronActivity, Threshold
 from .counting import fire_mask, nan_mask
-from .dtypes import TORCH_NAMES, as_fraction, fire_rule, signed_bits
+from .decimals import as_fraction, decimal_text
+from .dtypes import TORCH_NAMES, fire_rule, signed_bits
 from .errors import BadOption, ShapeMismatch
 
 COUNTED = tuple(f for f in state.FIELDS if not f.optional)  # the per-neuron states kept in training
@@ -40,7 +41,7 @@ def exact_portion(threshold: float | str | Fraction) -> Fraction:
     else:
         value = Fraction(repr(float(threshold)))
     if not 0 <= value <= 1:
-        raise BadOption("threshold", threshold, "is not a portion of vectors between 0 and 1")
+        raise BadOption("threshold", decimal_text(value) if isinstance(threshold, Fraction) else threshold, "is not a portion of vectors between 0 and 1")
     return value
 
 

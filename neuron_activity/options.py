@@ -14,7 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from .activity import DEFAULT_THRESHOLDS, Threshold
-from .dtypes import as_fraction, parse_decimal
+from .decimals import as_fraction, decimal_text, parse_decimal
 from .errors import BadOption, Conflict, NeedsOption
 
 MAX_THREADS = 256
@@ -47,7 +47,7 @@ def _at_least_one(option: str, value: int | None, most: int | None = None) -> No
 
 def _density(option: str, value: Fraction) -> None:
     if not 0 < value <= 1:
-        raise BadOption(option, value, "is not a density between 0 and 1")
+        raise BadOption(option, decimal_text(value), "is not a density between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class CountOptions:
         _at_least_one("num_vectors", self.num_vectors, 1 << 62)
         object.__setattr__(self, "fire_above", as_fraction(self.fire_above, "fire_above"))
         if abs(self.fire_above) > MAX_FIRE_ABOVE:
-            raise BadOption("fire_above", self.fire_above, "is out of range: beyond every float format (|x| <= 1e308)")
+            raise BadOption("fire_above", decimal_text(self.fire_above), "is out of range: beyond every float format (|x| <= 1e308)")
         object.__setattr__(self, "device", check_device_name(self.device))
         _at_least_one("chunk_rows", self.chunk_rows)
         _at_least_one("threads", self.threads, MAX_THREADS)
@@ -144,7 +144,7 @@ class ReportOptions:
         if self.fail_above is not None:
             limit = as_fraction(self.fail_above, "fail_above")
             if not 0 <= limit <= 1:
-                raise BadOption("fail_above", limit, "is not a portion between 0 and 1")
+                raise BadOption("fail_above", decimal_text(limit), "is not a portion between 0 and 1")
             object.__setattr__(self, "fail_above", limit)
 
     @classmethod

@@ -1,0 +1,61 @@
+"""Exact decimals: the numbers a user types (thresholds, bounds, ``fire_above``) parsed into
+exact fractions, and exact values shown back as decimals."""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, localcontext
+from fractions import Fraction
+
+from .errors import BadThreshold
+
+def decimal_text(value: Fraction) -> str:
+    """``value`` as an exact decimal when it has one (``0.1``, ``1e-05`` as ``0.00001``), else
+    as a ratio (``1/3``): how nact shows exact values in messages."""
+    rest = value.denominator
+    for p in (2, 5):
+        while rest % p == 0:
+            rest //= p
+    if rest != 1:
+        return str(value)
+    with localcontext() as context:
+        context.prec = 2 * (MAX_DIGITS + MAX_EXPONENT)
+        exact = Decimal(value.numerator) / Decimal(value.denominator)
+    return "{:g}".format(exact) if abs(exact.adjusted()) > 20 else format(exact.normalize(), "f")
+
+
+def as_fraction(value: str | Fraction | int, what: str) -> Fraction:
+    """``value`` exactly: a decimal string as typed, or a number."""
+    return parse_decimal(value, what) if isinstance(value, str) else Fraction(value)
+
+
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_RATIO = re.compile(r"[+-]?\d+/\d+")
+MAX_DIGITS = 400  # digits of a decimal or of a ratio's terms
+MAX_EXPONENT = 400  # |exponent| of a decimal: far past every float format's range
+
+
+def parse_decimal(text: str, what: str) -> Fraction:
+    """The exact value of a decimal the user typed (``1e-6``, ``0.05``) or a ratio (``1/3``).
+
+    Exponents and digits are bounded, so that no input makes an exact value of huge size.
+    ``what`` is the option's library name, for the error.
+    """
+    stripped = text.strip()
+    decimal = _DECIMAL.fullmatch(stripped)
+    if decimal is None and _RATIO.fullmatch(stripped) is None:
+        try:
+            special = float(stripped)
+        except ValueError:
+            special = 0.0
+        problem = "must be finite" if math.isinf(special) else "is not a number"
+        raise BadThreshold(what, text, problem)
+    if len(stripped) > MAX_DIGITS + 10 or (
+        decimal and decimal.group(2) and abs(int(decimal.group(2)[1:])) > MAX_EXPONENT
+    ):
+        raise BadThreshold(what, text, f"is out of range (at most {MAX_DIGITS} digits and exponents within +-{MAX_EXPONENT})")
+    try:
+        return Fraction(stripped)
+    except ZeroDivisionError:
+        raise BadThreshold(what, text, "is not a number") from None
