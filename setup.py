@@ -1,7 +1,7 @@
 """The optional C kernel; without a compiler nact installs anyway and counts with numpy.
 
-The extension is built with the SHA-256 of its source, so that a stale build is noticed at run
-time. ``NACT_KERNEL_CFLAGS`` adds compiler and linker flags (CI builds once with sanitizers).
+The extension is built with the SHA-256 of its source: the tests check that a build is current,
+and ``nact --version`` names it. ``NACT_KERNEL_CFLAGS`` adds compiler and linker flags (CI builds once with sanitizers).
 """
 
 import hashlib

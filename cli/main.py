@@ -166,7 +166,8 @@ app = typer.Typer(
 def _version(value: bool) -> None:
     if value:
         from neuron_activity._version import __version__
-        from neuron_activity.counting import describe_devices, describe_kernels
+        from neuron_activity.devices import describe_devices
+        from neuron_activity.native import describe_kernels
 
         typer.echo(f"nact {__version__}\n{describe_kernels()}\n{describe_devices()}")
         raise typer.Exit()

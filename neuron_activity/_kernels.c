@@ -14,8 +14,8 @@
  * are treated as one row of k * width columns. The last row that fired is tracked the same way,
  * as a row number within the block (0: none) blended in lane by lane. The GIL is released.
  *
- * The module's SOURCE_SHA256 is the hash of this file as built (setup.py passes it), so that a
- * build older than its source is noticed and not used.
+ * The module's SOURCE_SHA256 is the hash of this file as built (setup.py passes it): the tests
+ * check that a build is current, and --version names it.
  *
  * count_sparse(locations, loc_code, entries, values, itemsize, ranges, nan_mask, nan_above,
  *              low, span, batches, positions, fire_counts, nan_counts) -> int

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .counting import resolve_device
+from .devices import resolve_device
 from .decimals import decimal_text
 from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, save_counts
 from .errors import ShardChanged, StateMismatch

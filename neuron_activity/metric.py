@@ -23,7 +23,7 @@ from typing import Any
 
 from . import state
 from .activity import NeuronActivity, Threshold
-from .counting import fire_mask, nan_mask
+from .torch_counting import fire_mask, nan_mask
 from .decimals import as_fraction, decimal_text
 from .dtypes import TORCH_NAMES, fire_rule, signed_bits
 from .errors import BadOption, ShapeMismatch

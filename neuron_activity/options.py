@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .activity import DEFAULT_THRESHOLDS, Threshold
 from .decimals import as_fraction, decimal_text, parse_decimal
+from .devices import check_device_name
 from .errors import BadOption, Conflict, NeedsOption
 
 MAX_THREADS = 256
@@ -23,17 +24,7 @@ MAX_BINS_PER_DECADE = 100
 MAX_FIRE_ABOVE = Fraction(10) ** 308
 KERNELS = ("native", "numpy", "torch")
 KERNEL_VARIABLE = "NACT_KERNEL"  # picks the CPU kernel, for tests and benchmarks
-DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 SAE_DTYPES = ("float32", "bfloat16", "float16")  # the precisions of an SAE's matrix product
-
-
-def check_device_name(device: str) -> str:
-    """``device`` in its canonical spelling, if it is a name nact knows (nothing is imported)."""
-    name = device.strip().lower()
-    kind, colon, index = name.partition(":")
-    if kind not in DEVICE_KINDS or (colon and (kind != "cuda" or not index.isdigit() or len(index) > 4)):
-        raise BadOption("device", device, "is not a device: use auto, cpu, cuda, cuda:N or mps")
-    return name
 
 
 def _at_least_one(option: str, value: int | None, most: int | None = None) -> None:

@@ -26,6 +26,7 @@ restricted reader of ``sources.torch_zip`` (or ``torch.load(weights_only=True)``
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -66,12 +67,10 @@ class Sae:
 
     def with_fingerprint(self) -> Sae:
         """This SAE with its fingerprint: the rule, its numbers and every array it encodes with."""
-        from .counting import _sha256
-
         parts = [repr((self.rule, self.d_in, self.d_sae, self.k, self.scale, self.normalize)).encode()]
         for a in (self.weight, self.bias, self.center, self.threshold, self.topk_scale, self.mag_scale, self.mag_bias):
             parts.append(b"-" if a is None else np.ascontiguousarray(a, np.float32).tobytes())
-        return replace(self, fingerprint=_sha256(b"|".join(parts)))
+        return replace(self, fingerprint=hashlib.sha256(b"|".join(parts)).hexdigest())
 
     @property
     def name(self) -> str:
@@ -623,7 +622,8 @@ class SaeCounter:
         self, dtype: str, saes: list[Sae], device: str, kernel: str | None, track_last: bool,
         fire_above: object, compute: str = "float32",
     ) -> None:
-        from .counting import TorchCounter, make_counter
+        from .counting import make_counter
+        from .torch_counting import TorchCounter
         from .dtypes import fire_rule
 
         self.dtype, self.device = dtype, device
@@ -676,29 +676,20 @@ class SaeCounter:
                 np.fmax(maxima, latents.max(axis=0), out=maxima)
 
     def _update_device(self, bits: np.ndarray, first_vector: int) -> None:
-        from .counting import fire_mask
-        from .dtypes import TORCH_SIGNED
+        from .torch_counting import fire_mask
 
         torch = self.torch
-        counter0 = self.counters[0]
-        signed = bits.view(np.dtype(f"i{bits.itemsize}"))
-        if counter0._stager is not None:
-            raw, slot = counter0._stager.to_device(signed)
-        else:
-            raw, slot = torch.from_numpy(signed.copy()).to(counter0.device), None
         view = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}[self.dtype]
-        x = raw.view(view).float()
-        signed32 = getattr(torch, TORCH_SIGNED[4])
         ranges = self.rule.signed_fire_ranges()
-        for encoder, counter, sums, maxima in zip(self.encoders, self.counters, self.sums, self.maxima):
-            latents = encoder.encode(x)
-            latent_bits = latents.view(signed32)
-            counter._count(latent_bits, first_vector)
-            fires = fire_mask(latent_bits, ranges)
-            sums += torch.where(fires, latents, 0.0).sum(dim=0, dtype=torch.float64)
-            torch.fmax(maxima, torch.nan_to_num(latents, nan=-math.inf).amax(dim=0).double(), out=maxima)
-        if slot is not None:
-            counter0._stager.release(slot)
+        with self.counters[0].on_device(bits) as raw:
+            x = raw.view(view).float()
+            for encoder, counter, sums, maxima in zip(self.encoders, self.counters, self.sums, self.maxima):
+                latents = encoder.encode(x)
+                latent_bits = latents.view(torch.int32)
+                counter.count_bits(latent_bits, first_vector)
+                fires = fire_mask(latent_bits, ranges)
+                sums += torch.where(fires, latents, 0.0).sum(dim=0, dtype=torch.float64)
+                torch.fmax(maxima, torch.nan_to_num(latents, nan=-math.inf).amax(dim=0).double(), out=maxima)
 
     def result(self) -> dict[str, np.ndarray]:
         parts = [c.result() for c in self.counters]

@@ -14,7 +14,9 @@ import numpy as np
 
 from . import state
 from .activity import NeuronActivity
-from .counting import NATIVE_PROBLEM, Counter, States, kernel_for, make_counter, resolve_device
+from .counters import Counter, States
+from .counting import kernel_for, make_counter
+from .devices import resolve_device
 from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, signed_bits
 from .errors import BadInput, BadOption
 from .options import CountOptions
@@ -151,8 +153,6 @@ def count(
                 "the cache stores some entries twice",
             )
     warnings = list(plan.warnings)
-    if NATIVE_PROBLEM and device == "cpu" and options.kernel is None and "stale" in NATIVE_PROBLEM:
-        warnings.append(f"the C kernel is {NATIVE_PROBLEM}: counted with numpy instead")
     for c in activity.components.values():
         if c.nan_count:
             having = np.flatnonzero(c.nan_counts > 0)

@@ -8,7 +8,8 @@ import torch
 from reference import TORCH_DTYPES, greater_than
 
 from neuron_activity import count_array
-from neuron_activity.counting import CPU_KERNELS, make_counter
+from neuron_activity.counting import make_counter
+from neuron_activity.native import CPU_KERNELS
 from neuron_activity.dtypes import FLOAT_FORMATS, fire_rule
 
 KERNELS = ["native", "numpy", "torch"]

@@ -365,18 +365,18 @@ def test_a_shard_truncated_while_it_is_counted(tmp_path: Path, monkeypatch: pyte
     The file is cut after it is mapped and before the kernel reads it, so the fault is certain
     (a timer racing the scan was not: on a fast machine the cut could land before planning).
     """
-    from neuron_activity import BadInput, counting, scan
+    from neuron_activity import BadInput, cpu_counting, native, scan
 
-    if counting.NATIVE_PROBLEM is not None:
-        pytest.skip(f"no C kernel here: {counting.NATIVE_PROBLEM}")
+    if native.NATIVE_PROBLEM is not None:
+        pytest.skip(f"no C kernel here: {native.NATIVE_PROBLEM}")
     path = big_shard(tmp_path / "big.safetensors", rows=1 << 10, width=4096)
-    real_update = counting.NativeCounter.update
+    real_update = cpu_counting.NativeCounter.update
 
     def cut_then_update(self, bits, first_vector=0):  # type: ignore[no-untyped-def]
         os.truncate(path, 4096)
         return real_update(self, bits, first_vector)
 
-    monkeypatch.setattr(counting.NativeCounter, "update", cut_then_update)
+    monkeypatch.setattr(cpu_counting.NativeCounter, "update", cut_then_update)
     with pytest.raises(BadInput) as caught:
         scan([path], chunk_rows=1 << 10, threads=1, kernel="native")
     assert str(caught.value) == f"{path}: changed during the scan: it was truncated while being counted"

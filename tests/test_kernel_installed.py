@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_c_kernel_is_loaded_and_current() -> None:
-    from neuron_activity import counting
+    from neuron_activity import native
 
-    assert counting._kernels is not None, f"the C kernel is {counting.NATIVE_PROBLEM}"
-    assert counting.CPU_KERNELS[0] == "native"
+    assert native.kernels is not None, f"the C kernel is {native.NATIVE_PROBLEM}"
+    assert native.CPU_KERNELS[0] == "native"
 
 
 @pytest.mark.skipif(not os.environ.get("NACT_TEST_INSTALLED"), reason="set where the tests must run on an installed wheel")

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..counting import States, in_ranges
+from ..counters import States
+from ..cpu_counting import in_ranges
 from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
 from .base import SPARSE, TensorEntry, TensorSlab, drop_pages, is_remote
@@ -317,9 +318,9 @@ def _native_counter(locations: np.ndarray, bits: np.ndarray, track_last: bool) -
     """The C kernel's sparse count, where it takes these columns (uint16, uint32, int32 or int64
     locations, 16- or 32-bit values, contiguous; not when the last vector that fired is tracked),
     else None."""
-    from ..counting import _kernels
+    from ..native import kernels
 
-    counter = getattr(_kernels, "count_sparse", None)
+    counter = getattr(kernels, "count_sparse", None)
     kind = (locations.dtype.kind, locations.itemsize)
     if counter is None or track_last or kind not in LOCATION_CODES or bits.itemsize not in (2, 4):
         return None

@@ -1,0 +1,162 @@
+"""Counting with torch on a device (cuda, mps; cpu for testing): the fire rule on raw bits as
+tensors, and a counter whose totals stay on the device until they are read once.
+
+torch is imported by the functions that use it (about 3 s here): a CPU scan never pays for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .dtypes import TORCH_SIGNED, FireRule
+from .errors import DeviceUnavailable
+from .counters import States, check_rows, states
+
+if TYPE_CHECKING:
+    import torch
+
+
+def fire_mask(bits: torch.Tensor, signed_ranges: tuple[tuple[int, int], ...]) -> torch.Tensor | None:
+    """Where a torch tensor of raw bits (as signed integers) fires, on its own device; None when
+    nothing can fire. ``signed_ranges``: ``FireRule.signed_fire_ranges()``."""
+    fires = None
+    for a, b in signed_ranges:
+        inside = (bits >= a) & (bits <= b)
+        fires = inside if fires is None else fires | inside
+    return fires
+
+
+def nan_mask(bits: torch.Tensor, rule: FireRule) -> torch.Tensor | None:
+    """Where a torch tensor of raw bits holds NaN (None for integer dtypes, which have none)."""
+    if rule.nan_above is None:
+        return None
+    return (bits & rule.magnitude_mask) > rule.nan_above
+
+
+class CudaStager:
+    """Moves chunks to one CUDA device through two reused pinned host buffers.
+
+    While the GPU counts chunk i from one buffer, the host fills the other with chunk i+1 and a
+    side stream copies it over (``non_blocking``), so reading, copying and counting overlap.
+    One stager per counting thread and device (``for_device``); every counter of that thread
+    shares it.
+    """
+
+    _per_thread = threading.local()
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> CudaStager:
+        stagers: dict[torch.device, CudaStager] = cls._per_thread.__dict__.setdefault("by_device", {})
+        if device not in stagers:
+            stagers[device] = cls(device)
+        return stagers[device]
+
+    def __init__(self, device: torch.device) -> None:
+        import torch
+
+        self.device = device
+        self.copy_stream = torch.cuda.Stream(device=device)
+        self.slots: list[dict[str, Any]] = [{}, {}]
+        self.turn = 0
+
+    @contextmanager
+    def on_device(self, host_bits: np.ndarray) -> Iterator[torch.Tensor]:
+        """A device tensor holding ``host_bits`` (int8/16/32/64), valid inside the block."""
+        import torch
+
+        slot = self.slots[self.turn]
+        self.turn ^= 1
+        nbytes = host_bits.nbytes
+        if slot.get("capacity", 0) < nbytes:
+            torch.cuda.synchronize(self.device)  # nothing may still use the buffers being replaced
+            slot.update(
+                capacity=nbytes,
+                host=torch.empty(nbytes, dtype=torch.uint8, pin_memory=True),
+                dev=torch.empty(nbytes, dtype=torch.uint8, device=self.device),
+                copied=torch.cuda.Event(),
+                consumed=torch.cuda.Event(),
+            )
+        slot["copied"].synchronize()  # the host buffer's previous copy is done: it may be refilled
+        np.copyto(slot["host"].numpy()[:nbytes].view(host_bits.dtype), host_bits.reshape(-1))
+        with torch.cuda.stream(self.copy_stream):
+            self.copy_stream.wait_event(slot["consumed"])  # the device buffer's last chunk is counted
+            slot["dev"][:nbytes].copy_(slot["host"][:nbytes], non_blocking=True)
+            slot["copied"].record(self.copy_stream)
+        torch.cuda.current_stream(self.device).wait_event(slot["copied"])
+        dtype = getattr(torch, TORCH_SIGNED[host_bits.itemsize])
+        try:
+            yield slot["dev"][:nbytes].view(dtype).view(host_bits.shape)
+        finally:
+            slot["consumed"].record(torch.cuda.current_stream(self.device))
+
+
+class TorchCounter:
+    """Counts with torch on a device; totals stay on the device and come back in one transfer
+    at the end. Follows ``counters.Counter``; ``on_device`` and ``count_bits`` let an encoder
+    count what it computed on the device without a trip to the host."""
+
+    name = "torch"
+
+    def __init__(self, rule: FireRule, width: int, device: str, track_last: bool = False) -> None:
+        import torch
+
+        self.rule = rule
+        self.width = width
+        self.device = torch.device(device)
+        self._np_signed = np.dtype(f"i{np.dtype(rule.unsigned).itemsize}")
+        self._fire_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
+        self._nan_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
+        self._ranges = rule.signed_fire_ranges()
+        self._last = torch.full((width,), -1, dtype=torch.int64, device=self.device) if track_last else None
+        self._stager = CudaStager.for_device(self.device) if self.device.type == "cuda" else None
+
+    @contextmanager
+    def on_device(self, bits: np.ndarray) -> Iterator[torch.Tensor]:
+        """Rows of raw bits (any integer view) as a signed-integer tensor on the device, valid
+        inside the block (on cuda, through the thread's pinned double buffer)."""
+        import torch
+
+        signed = bits.view(np.dtype(f"i{bits.itemsize}"))
+        if self._stager is not None:
+            with self._stager.on_device(signed) as x:
+                yield x
+        else:  # a copy: the chunk may be a read-only mapping that is closed after this call
+            yield torch.from_numpy(signed.copy()).to(self.device)
+
+    def update(self, bits: np.ndarray, first_vector: int = 0) -> None:
+        check_rows(bits, self.width, self.rule.unsigned)
+        try:
+            with self.on_device(bits) as x:
+                self.count_bits(x, first_vector)
+        except (RuntimeError, TypeError) as e:
+            if self.device.type != "mps":
+                raise
+            raise DeviceUnavailable(  # int64 sums need a recent macOS
+                f"device 'mps' cannot count {self.rule.dtype} tensors on this macOS ({e}); count on the cpu instead"
+            ) from None
+
+    def count_bits(self, x: torch.Tensor, first_vector: int = 0) -> None:
+        """Add the counts of rows of raw bits that are already on the device (signed integers of
+        the rule's width), numbered from ``first_vector`` in the stream."""
+        import torch
+
+        fires = fire_mask(x, self._ranges)
+        if fires is not None:
+            self._fire_counts += fires.sum(dim=0, dtype=torch.int64)
+            if self._last is not None and fires.shape[0]:
+                rows = fires.shape[0]
+                last_in_chunk = first_vector + rows - 1 - fires.flip(0).to(torch.uint8).argmax(dim=0)
+                candidate = torch.where(fires.any(dim=0), last_in_chunk, -1)
+                torch.maximum(self._last, candidate, out=self._last)
+        nans = nan_mask(x, self.rule)
+        if nans is not None:
+            self._nan_counts += nans.sum(dim=0, dtype=torch.int64)
+
+    def result(self) -> States:
+        last = None if self._last is None else self._last.cpu().numpy()
+        return states(self._fire_counts.cpu().numpy(), self._nan_counts.cpu().numpy(), last)
