@@ -1,0 +1,191 @@
+"""Finding shards: files under folders (or objects under a prefix) that nact can read, in
+natural path order, with their formats and notes on what was skipped."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import BadInput, BadOption, MixedFormats
+from . import arrow_files
+from .base import is_remote, natural_key
+from .registry import INPUT_FORMATS, READERS, REMOTE_FORMATS, SUFFIX_FORMATS, detect
+from .safetensors_files import is_counts_file
+
+
+class Shards(dict):  # type: ignore[type-arg]
+    """Shard files and their formats, in natural path order, with notes on what was skipped."""
+
+    def __init__(self, items: dict[Path, str], notes: list[str] | None = None, named: set[Path] | None = None) -> None:
+        super().__init__(items)
+        self.notes = list(notes or [])
+        self.named = frozenset(named or ())  # files named one by one, not found in a folder
+
+
+SAE_CHECKPOINTS = {
+    "sae_weights.safetensors": "a SAELens SAE checkpoint",
+    "sae.safetensors": "a sparsify SAE checkpoint",
+    "sparsity.safetensors": "a SAELens feature-sparsity file",
+}
+
+
+def sae_checkpoint(path: Path) -> str | None:
+    """What kind of SAE file ``path`` is (weights or sparsity, not activations), or None."""
+    kind = SAE_CHECKPOINTS.get(path.name)
+    if kind is None:
+        return None
+    if path.name == "sparsity.safetensors" or (path.parent / "cfg.json").is_file():
+        return kind
+    return None
+
+
+def _refuse_sae(path: Path, kind: str) -> BadInput:
+    return BadInput(path, f"{kind}, not activations: scan the cache of activations the SAE reads")
+
+
+def discover(paths: list[Path], input_format: str | None = None) -> Shards:
+    """Shard files under ``paths`` with their formats, in natural path order.
+
+    Directories are searched recursively for files nact can read; hidden files and folders
+    (dot names) are skipped, and so are saved counts (an audit's state), both with a note. A
+    saved ``datasets`` folder gives only the files its ``state.json`` lists. An SAE checkpoint
+    is refused. Files of several formats are refused unless ``input_format`` picks one (files
+    named on the command line are then read as that format).
+    """
+    if input_format is not None and input_format not in READERS:
+        raise BadOption("input_format", input_format, f"is not a format: use {', '.join(INPUT_FORMATS)}")
+    found: dict[Path, str] = {}
+    notes: list[str] = []
+    named: set[Path] = set()
+    remote = [p for p in paths if is_remote(p)]
+    if remote and len(remote) < len(paths):
+        raise BadInput(remote[0], "remote objects and local files cannot be scanned together: give one kind")
+    for path in paths:
+        if is_remote(path):
+            _discover_remote(path, input_format, found, notes, named)
+        elif path.is_dir():
+            try:
+                files, hidden, counts = _files_under(path)
+            except OSError as e:
+                raise BadInput(e.filename or path, f"cannot list: {e.strerror or e}") from None
+            formats = {p: detect(p) for p in files}
+            if input_format is not None:
+                other = sorted({f for f in formats.values() if f != input_format})
+                formats = {p: f for p, f in formats.items() if f == input_format}
+                if not formats and other:
+                    raise BadInput(path, f"no {input_format} shards found (it holds {', '.join(other)} files)")
+            if not formats:
+                kind = f"{input_format} " if input_format else ""
+                raise BadInput(path, f"no {kind}shards found ({', '.join(sorted(SUFFIX_FORMATS))} files)")
+            found.update(formats)
+            notes += _skipped(path, hidden, "file(s) or folder(s)", counts, "file(s)")
+        elif path.is_file():
+            if path.suffix == ".safetensors" and is_counts_file(path):
+                raise BadInput(path, "saved counts, not activations: read it with nact report or nact density")
+            kind = sae_checkpoint(path)
+            if kind is not None:
+                raise _refuse_sae(path, kind)
+            found[path] = input_format or detect(path)
+            named.add(path)
+        elif path.exists():
+            raise BadInput(path, "not a regular file or directory")
+        else:
+            raise BadInput(path, "no such file or directory")
+    kinds = sorted(set(found.values()))
+    if len(kinds) > 1:
+        raise MixedFormats({k: sum(1 for f in found.values() if f == k) for k in kinds})
+    return Shards({p: found[p] for p in sorted(found, key=natural_key)}, notes, named)
+
+
+def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str], notes: list[str], named: set[Path]) -> None:
+    """The remote twin of a folder search: ``path`` is an object, or a prefix listed as a folder
+    (natural order, hidden objects skipped, saved counts skipped, SAE checkpoints refused)."""
+    from ..remote import forget, listing, prefetch_heads
+    from .arrow_remote import forget as forget_plans
+
+    forget(path)  # type: ignore[arg-type]  # each scan lists and reads headers afresh
+    forget_plans(path)
+    objects, hidden = listing(path)  # type: ignore[arg-type]
+    alone = objects == [path]
+    prefetch_heads([o for o in objects if alone or o.suffix in SUFFIX_FORMATS])  # type: ignore[misc]
+    names = set(objects)
+    formats: dict[Path, str] = {}
+    counts: list[Path] = []
+    datasets: dict[Path, list[Path] | None] = {}
+    for obj in objects:
+        kind = SAE_CHECKPOINTS.get(obj.name)
+        if kind and (obj.name == "sparsity.safetensors" or obj.parent / "cfg.json" in names):
+            raise _refuse_sae(obj.parent, kind)
+        if not alone and obj.suffix not in SUFFIX_FORMATS:
+            continue
+        fmt = input_format if input_format and alone else detect(obj)
+        if input_format is not None and fmt != input_format:
+            continue
+        if fmt not in REMOTE_FORMATS:
+            raise BadInput(obj, f"{fmt} files are read from local files only: download it first (remote: {', '.join(REMOTE_FORMATS)})")
+        if fmt == "arrow" and not alone:  # a saved datasets folder: only the files its state.json lists
+            if obj.parent not in datasets:
+                datasets[obj.parent] = arrow_files.dataset_files(obj.parent)
+            if datasets[obj.parent] is not None and obj not in datasets[obj.parent]:  # type: ignore[operator]
+                continue
+        if obj.suffix == ".safetensors" and is_counts_file(obj):
+            if alone:
+                raise BadInput(obj, "saved counts, not activations: read it with nact report or nact density")
+            counts.append(obj)
+            continue
+        formats[obj] = fmt
+    if not formats:
+        kind = f"{input_format} " if input_format else ""
+        raise BadInput(path, f"no {kind}shards found ({', '.join(REMOTE_FORMATS)} objects)")
+    found.update(formats)
+    if alone:
+        named.add(path)
+    notes += _skipped(path, hidden, "object(s)", counts, "object(s)")
+
+
+def _skipped(path: Path, hidden: int, hidden_things: str, counts: list[Path], count_things: str) -> list[str]:
+    """The notes of a folder (or prefix) search: hidden entries and saved counts left out."""
+    notes = []
+    if hidden:
+        notes.append(f"{path}: skipped {hidden} hidden {hidden_things} (names starting with '.')")
+    if counts:
+        listed = ", ".join(str(p) for p in counts[:3]) + (", ..." if len(counts) > 3 else "")
+        notes.append(f"{path}: skipped {len(counts)} {count_things} of saved counts, not activations ({listed})")
+    return notes
+
+
+def _files_under(folder: Path) -> tuple[list[Path], int, list[Path]]:
+    """Readable files under ``folder``, the number of hidden entries skipped, and the saved
+    counts skipped. Unreadable sub-folders are errors, not skipped."""
+    files: list[Path] = []
+    hidden = 0
+    counts: list[Path] = []
+    listed: dict[Path, set[Path] | None] = {}
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    for top, dirs, names in os.walk(folder, onerror=fail, followlinks=True):
+        here = Path(top)
+        hidden += sum(1 for d in dirs if d.startswith(".")) + sum(1 for n in names if n.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if "cfg.json" in names or "sparsity.safetensors" in names:
+            for name in names:
+                kind = sae_checkpoint(here / name)
+                if kind is not None:
+                    raise _refuse_sae(here, kind)
+        for name in names:
+            p = here / name
+            if name.startswith(".") or p.suffix not in SUFFIX_FORMATS or not p.is_file():
+                continue
+            if p.suffix == ".safetensors" and is_counts_file(p):
+                counts.append(p)  # saved counts (an audit's state, say) kept beside the shards
+                continue
+            if p.suffix == ".arrow":
+                if p.parent not in listed:
+                    data = arrow_files.dataset_files(p.parent)
+                    listed[p.parent] = None if data is None else set(data)
+                if listed[p.parent] is not None and p not in listed[p.parent]:  # type: ignore[operator]
+                    continue  # a datasets cache file, not a data file
+            files.append(p)
+    return files, hidden, counts

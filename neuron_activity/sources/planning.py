@@ -1,0 +1,244 @@
+"""Planning a scan: every shard's header read, each tensor given its component, layout and
+place in its component's stream, and every problem found before anything is counted."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..dtypes import FLOAT_FORMATS, INTEGER_FORMATS, ITEMSIZE
+from ..errors import AxisProblem, BadInput, KeyNotFound, NoVectors, ShapeMismatch
+from . import delphi_caches, grouping
+from .base import BATCHES, COMPRESSED, LOADED, MAPPED, SPARSE, TensorEntry, TensorSlab, is_remote, natural_key
+from .layout import layout_of
+from .registry import READERS, SPARSE_FORMATS
+
+MAX_FEATURES = 1 << 24  # per component: far above any layer or SAE, and bounds per-neuron state
+
+
+@dataclass
+class ComponentGroup:
+    """The components that one named stream holds (one, or one per index of a component axis),
+    identical in every file that has it, and the files it is read from."""
+
+    name: str
+    names: tuple[str, ...]
+    num_features: int
+    first_path: Path
+    first_shape: tuple[int, ...]
+    files: list[Path] = field(default_factory=list)
+    first_neuron: int = 0  # the index of its first neuron (a partial delphi module's run)
+    widths: tuple[int, ...] = ()  # per name, where they differ (the latents of several SAEs)
+    _listed: set[Path] = field(default_factory=set, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._listed.update(self.files)
+
+    @property
+    def width(self) -> int:
+        """Neurons of all its components together."""
+        return sum(self.widths) if self.widths else len(self.names) * self.num_features
+
+    def spans(self) -> list[tuple[str, slice]]:
+        """Each component's name and its neurons' place in the group's states."""
+        widths = self.widths or (self.num_features,) * len(self.names)
+        starts = [sum(widths[:i]) for i in range(len(widths))]
+        return [(n, slice(a, a + w)) for n, a, w in zip(self.names, starts, widths)]
+
+    def add_files(self, paths: tuple[Path, ...]) -> None:
+        """Record files this group is read from, once each, in order (constant time each)."""
+        for p in paths:
+            if p not in self._listed:
+                self._listed.add(p)
+                self.files.append(p)
+
+    @property
+    def key(self) -> str:  # the stream's name, as slabs call it
+        return self.name
+
+
+@dataclass
+class ScanPlan:
+    shards: list[Path]
+    formats: dict[Path, str] = field(default_factory=dict)
+    entries: list[TensorEntry] = field(default_factory=list)
+    groups: dict[str, ComponentGroup] = field(default_factory=dict)
+    slabs: list[TensorSlab] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    empty_units: list[Path] = field(default_factory=list)  # units whose tensors hold no vectors
+    saes: dict[str, list] = field(default_factory=dict)  # stream -> the SAEs that encode it (sae.BoundSae)
+
+    def units(self) -> list[Path]:
+        """What can be counted apart, in stream order: shard files, or a delphi module's folder
+        (units with nothing to count included, so that they are recorded as counted)."""
+        return sorted(dict.fromkeys([*(s.path for s in self.slabs), *self.empty_units]), key=natural_key)
+
+    def restrict(self, keep: list[Path] | set[Path]) -> None:
+        """Count only the slabs of these units; every component keeps its place and shape."""
+        keep = set(keep)
+        self.slabs = [s for s in self.slabs if s.path in keep]
+        self.empty_units = [u for u in self.empty_units if u in keep]
+        files = {f for s in self.slabs for f in s.entry.files}  # the files of kept multi-file units
+        self.shards = [p for p in self.shards if p in keep or p in files]
+
+    def shard_bytes(self) -> dict[Path, int]:
+        """Bytes to count per shard (0 for shards with nothing to count)."""
+        out = {p: 0 for p in self.shards}
+        for s in self.slabs:
+            if s.entry.files:
+                for path, nbytes in zip(s.entry.files, s.entry.file_bytes):
+                    out[path] += nbytes
+            else:
+                out[s.path] += s.nbytes
+        return out
+
+    def sources(self) -> dict[str, list[str]]:
+        """Per component, the files it is read from (of the units counted), in stream order."""
+        files: dict[str, dict[str, None]] = {}
+        for slab in self.slabs:
+            listed = files.setdefault(slab.stream, {})
+            listed.update(dict.fromkeys(str(p) for p in (slab.entry.files or (slab.path,))))
+        return {name: list(files.get(g.name, {})) for g in self.groups.values() for name in g.names}
+
+
+def read_entries(formats: dict[Path, str], **reader_options: object) -> list[TensorEntry]:
+    """Every tensor entry of the shards, shard by shard in their order."""
+    by_format: dict[str, list[Path]] = {}
+    for path, fmt in formats.items():
+        by_format.setdefault(fmt, []).append(path)
+    found = []
+    for fmt, paths in by_format.items():
+        reader = READERS[fmt]
+        if fmt in SPARSE_FORMATS:
+            found += reader.entries(paths, named=getattr(formats, "named", frozenset()), **reader_options)
+        else:
+            found += reader.entries(paths)
+    for entry in found:
+        if is_remote(entry.path) and entry.storage not in (MAPPED, COMPRESSED, SPARSE, BATCHES):
+            raise BadInput(entry.path, f"tensor {entry.key!r} ({entry.note}) is read from local files only: download it first")
+    order = {p: i for i, p in enumerate(formats)}
+    return sorted(found, key=lambda e: order.get(e.files[0] if e.files else e.path, 0))
+
+
+def _matches(patterns: list[str], *names: str) -> list[str]:
+    return [p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)]
+
+
+def plan_scan(
+    shards: dict[Path, str],
+    keys: tuple[str, ...] | list[str] | None = None,
+    flatten: bool = False,
+    *,
+    component_axis: int | None = None,
+    group_by: str = "auto",
+    **reader_options: object,
+) -> ScanPlan:
+    """Read every shard's header and decide what to count; raises on any problem found.
+
+    ``keys`` are names or glob patterns matched against tensor keys and component names.
+    ``group_by`` is a rule of ``grouping.GROUPINGS``; ``reader_options`` go to sparse readers.
+    """
+    plan = ScanPlan(shards=list(shards), formats=dict(shards))
+    plan.warnings += getattr(shards, "notes", [])
+    plan.entries = read_entries(shards, **reader_options)
+    patterns = list(keys or ())
+    used: set[str] = set()
+    seen_keys: set[str] = set()
+    skipped: dict[str, tuple[str, str, int]] = {}  # key -> (dtype, why, shard count)
+    notes: dict[str, str] = {}
+    ambiguous: dict[str, list[Path]] = {}
+    empty: dict[str, None] = {}
+    root = grouping.common_folder([e.path for e in plan.entries])  # a delphi module's path is its folder
+    for entry in plan.entries:
+        key, file = entry.key, entry.path
+        if entry.from_file:
+            stem = grouping.stem_key(key, group_by)
+            key = stem.key
+            if stem.ambiguous:
+                ambiguous.setdefault(str(file.parent / re.sub(r"\d+$", "*", entry.key)), []).append(file)
+        name = grouping.component_name(key, file, root, group_by, entry.from_file)
+        seen_keys.add(entry.key)
+        hits = _matches(patterns, entry.key, name)
+        if patterns and not hits:
+            continue
+        used.update(hits)
+        named = bool(hits)
+        why = why_not_counted(entry, explicitly_named=named)
+        if why is not None:
+            if named:
+                raise BadInput(entry.path, f"tensor {entry.key!r}: {why}")
+            dtype, reason, count = skipped.get(entry.key, (entry.dtype, why, 0))
+            skipped[entry.key] = (dtype, reason, count + 1)
+            continue
+        if math.prod(entry.shape) == 0:  # no vectors: nothing to count, and no state to keep
+            empty.setdefault(name, None)
+            plan.empty_units.append(entry.path)
+            continue
+        if entry.shape[-1] > MAX_FEATURES:
+            raise BadInput(entry.path, f"tensor {entry.key!r} has {entry.shape[-1]} features, more than nact counts ({MAX_FEATURES})")
+        try:
+            layout = layout_of(name, entry.key, entry.shape, flatten, component_axis)
+        except AxisProblem as e:
+            e.path = str(entry.path)
+            raise
+        if layout.note and name not in notes:
+            notes[name] = layout.note
+        if entry.storage == SPARSE:
+            notes.setdefault(name, f"component {name!r}: {entry.note}")
+        if layout.first_axis and entry.storage not in (MAPPED, LOADED):
+            raise AxisProblem(name, entry.shape, "component axis 0 is read only from safetensors, .npy and .pt files", entry.path)
+        parts = (
+            [(f, (f,), i) for i, f in enumerate(layout.names)] if layout.first_axis else [(name, layout.names, None)]
+        )
+        for stream, names, index in parts:
+            group = plan.groups.get(stream)
+            if group is None:
+                first = delphi_caches.first_latent(entry) if entry.storage == SPARSE else 0
+                group = ComponentGroup(stream, names, layout.num_features, entry.path, entry.shape, first_neuron=first)
+                plan.groups[stream] = group
+            elif (group.names, group.num_features) != (names, layout.num_features):
+                raise ShapeMismatch(
+                    f"tensor {entry.key!r} has shape {list(group.first_shape)} in {group.first_path} "
+                    f"but {list(entry.shape)} in {entry.path}: every shard must give a component the same "
+                    "number of features (and components)"
+                )
+            group.add_files(entry.files or (entry.path,))
+            positions = layout.positions or (entry.positions if len(entry.shape) == 2 else None)
+            plan.slabs.append(
+                TensorSlab(entry, layout.num_rows, len(names) * layout.num_features, stream, index, positions)
+            )
+    missing = [p for p in patterns if p not in used]
+    if missing:
+        raise KeyNotFound(missing, sorted(seen_keys))
+    for key, (dtype, why, count) in skipped.items():
+        plan.warnings.append(f"skipped tensor {key!r} ({dtype}) in {count} shard(s): {why}")
+    for pattern, files in ambiguous.items():
+        if len(files) > 1:
+            plan.warnings.append(
+                f"{len(files)} files {pattern} were counted as {len(files)} components: a number that is not "
+                "zero-padded is taken as a layer (group by key to count them as shards of one component)"
+            )
+    plan.warnings += list(notes.values())
+    if not plan.groups and empty:
+        names = ", ".join(map(repr, empty))
+        raise NoVectors(f"no vectors were counted (components: {names}): every tensor read is empty")
+    if not plan.groups:
+        detail = "; ".join(plan.warnings) or "the shards hold no tensors"
+        raise NoVectors(f"nothing to count in {len(shards)} shard(s): {detail}")
+    return plan
+
+
+def why_not_counted(entry: TensorEntry, explicitly_named: bool) -> str | None:
+    """Why an entry is not counted (None when it is)."""
+    if entry.dtype in INTEGER_FORMATS and not explicitly_named:
+        return "integer and bool tensors are counted only when their key is named"
+    if entry.dtype not in FLOAT_FORMATS and entry.dtype not in INTEGER_FORMATS:
+        return f"dtype {entry.dtype} is not supported (supported: {', '.join(ITEMSIZE)})"
+    if len(entry.shape) < 2:
+        return f"shape {list(entry.shape)} has no batch axis: activations need [N, F] or [..., C, F]"
+    if entry.shape[-1] == 0 or (len(entry.shape) > 2 and entry.shape[-2] == 0):
+        return f"shape {list(entry.shape)} has no features"
+    return None
