@@ -93,7 +93,7 @@ def audit(
                 new_records.append(record)
             elif not _same(before, record):
                 raise ShardChanged(unit, state, what_changed(before, record))
-        plan.restrict(new_units)
+        plan = plan.restricted(new_units)
         if on_plan is not None:
             on_plan(plan)
         result = count(plan, settings, device, on_progress)

@@ -204,3 +204,19 @@ def fire_rule(dtype: str, fire_above: Fraction) -> FireRule:
             ranges = ((0, int(info.max)), (lowest_firing + (1 << bits), (1 << bits) - 1))
         return FireRule(dtype, fire_above, ranges, None)
     raise KeyError(dtype)
+
+
+FLOAT_INPUTS = ("F32", "BF16", "F16", "F64")  # the float formats an SAE encodes (to_float32 reads)
+
+
+def to_float32(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """Rows of raw bits (the dtype's unsigned view) as float32, as the libraries cast their input."""
+    if dtype == "F32":
+        return bits.view(np.float32)
+    if dtype == "BF16":
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F16":
+        return bits.view(np.float16).astype(np.float32)
+    if dtype == "F64":
+        return bits.view(np.float64).astype(np.float32)
+    raise KeyError(dtype)

@@ -42,6 +42,23 @@ def _density(option: str, value: Fraction) -> None:
 
 
 @dataclass(frozen=True)
+class SaeRequest:
+    """An ``--sae [KEY=]PATH`` as given: the component it binds to (None: the SAE's own hook)."""
+
+    path: Path
+    key: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SaeRequest:
+        key, equals, path = text.rpartition("=")
+        if equals and not key:
+            raise BadOption("sae", text, "names no component before '=': use KEY=PATH or PATH")
+        if not path:
+            raise BadOption("sae", text, "names no SAE folder")
+        return cls(Path(path), key or None)
+
+
+@dataclass(frozen=True)
 class CountOptions:
     """What to count and how. ``kernel`` None: ``$NACT_KERNEL``, else the fastest built one."""
 
@@ -59,7 +76,7 @@ class CountOptions:
     num_latents: int | None = None  # delphi: the width of caches saved whole
     num_vectors: int | None = None  # delphi: the vectors of splits saved without tokens
     partial_latents: bool = False  # delphi: count the splits there are, each run apart
-    saes: tuple = ()  # sae.SaeRequest: SAEs whose latents are counted, each bound to a component
+    saes: tuple[SaeRequest, ...] = ()  # SAEs whose latents are counted, each bound to a component
     sae_dtype: str = "float32"  # the precision of the SAEs' matrix products (bf16/fp16 on a GPU)
     skip_positions: tuple[int, ...] = ()  # positions of each sequence left out (0: the BOS token)
     io_threads: int | None = None  # remote objects: range requests in flight (None: remote.IO_THREADS)
@@ -72,11 +89,7 @@ class CountOptions:
             raise BadOption("group_by", self.group_by, f"is not a grouping: use {', '.join(GROUPINGS)}")
         if self.flatten and self.component_axis is not None:
             raise Conflict(("flatten", "component_axis"), "flatten makes every axis before the features a batch axis")
-        saes = tuple(self.saes or ())
-        if saes:
-            from .sae import SaeRequest
-
-            saes = tuple(SaeRequest.parse(r) if isinstance(r, str) else r for r in saes)
+        saes = tuple(SaeRequest.parse(r) if isinstance(r, str) else r for r in self.saes or ())
         object.__setattr__(self, "saes", saes)
         if self.sae_dtype not in SAE_DTYPES:
             raise BadOption("sae_dtype", self.sae_dtype, f"is not a dtype: use {', '.join(SAE_DTYPES)}")

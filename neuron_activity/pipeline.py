@@ -119,7 +119,7 @@ def run_scan(
     mine, record = _part_units(request.part, plan.units())
     if request.part is not None and not mine and request.save_counts is None:
         raise EmptyPart(request.part, record.total_units)  # type: ignore[union-attr]
-    plan.restrict(mine)
+    plan = plan.restricted(mine)
     if on_plan is not None:
         on_plan(plan)
     result = count(plan, options, device, on_progress)
@@ -215,10 +215,9 @@ def _on_ranks(request: ScanRequest, options: CountOptions, shards: dict[Path, st
         mine, record = _part_units(request.part, plan.units())
         if request.part is not None and not mine and request.save_counts is None:
             raise EmptyPart(request.part, record.total_units)  # type: ignore[union-attr]
-        plan.restrict(mine)
+        plan = plan.restricted(mine)
         files, sources = [str(p) for p in plan.shards], plan.sources()
-        plan.restrict(Part(rank, world).of_units(mine))
-        result = count(plan, options, resolve_device(device))
+        result = count(plan.restricted(Part(rank, world).of_units(mine)), options, resolve_device(device))
         return result.activity, (result, mine, record, files, sources)
 
     done = run_on_ranks(options.device, work)  # type: ignore[arg-type]

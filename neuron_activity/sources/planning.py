@@ -6,36 +6,37 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..dtypes import FLOAT_FORMATS, INTEGER_FORMATS, ITEMSIZE
-from ..errors import AxisProblem, BadInput, KeyNotFound, NoVectors, ShapeMismatch
+from ..dtypes import FLOAT_FORMATS, FLOAT_INPUTS, INTEGER_FORMATS, ITEMSIZE
+from ..errors import AxisProblem, BadInput, BadOption, KeyNotFound, NoVectors, SaeNotBound, ShapeMismatch
 from . import delphi_caches, grouping
 from .base import BATCHES, COMPRESSED, LOADED, MAPPED, SPARSE, TensorEntry, TensorSlab, is_remote, natural_key
 from .layout import layout_of
 from .registry import READERS, SPARSE_FORMATS
 
+if TYPE_CHECKING:
+    from ..sae.model import Sae
+
 MAX_FEATURES = 1 << 24  # per component: far above any layer or SAE, and bounds per-neuron state
 
 
-@dataclass
+@dataclass(frozen=True)
 class ComponentGroup:
     """The components that one named stream holds (one, or one per index of a component axis),
-    identical in every file that has it, and the files it is read from."""
+    identical in every file that has it, and the files it is read from, in stream order."""
 
     name: str
     names: tuple[str, ...]
     num_features: int
     first_path: Path
     first_shape: tuple[int, ...]
-    files: list[Path] = field(default_factory=list)
+    files: tuple[Path, ...] = ()
     first_neuron: int = 0  # the index of its first neuron (a partial delphi module's run)
     widths: tuple[int, ...] = ()  # per name, where they differ (the latents of several SAEs)
-    _listed: set[Path] = field(default_factory=set, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self._listed.update(self.files)
 
     @property
     def width(self) -> int:
@@ -48,41 +49,56 @@ class ComponentGroup:
         starts = [sum(widths[:i]) for i in range(len(widths))]
         return [(n, slice(a, a + w)) for n, a, w in zip(self.names, starts, widths)]
 
-    def add_files(self, paths: tuple[Path, ...]) -> None:
-        """Record files this group is read from, once each, in order (constant time each)."""
-        for p in paths:
-            if p not in self._listed:
-                self._listed.add(p)
-                self.files.append(p)
-
     @property
     def key(self) -> str:  # the stream's name, as slabs call it
         return self.name
 
 
-@dataclass
+@dataclass(frozen=True)
+class BoundSae:
+    """An SAE bound to the component whose activations it encodes; its latents' component name."""
+
+    sae: Sae
+    component: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.component}:{self.sae.name}"
+
+
+@dataclass(frozen=True)
 class ScanPlan:
-    shards: list[Path]
-    formats: dict[Path, str] = field(default_factory=dict)
-    entries: list[TensorEntry] = field(default_factory=list)
-    groups: dict[str, ComponentGroup] = field(default_factory=dict)
-    slabs: list[TensorSlab] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    empty_units: list[Path] = field(default_factory=list)  # units whose tensors hold no vectors
-    saes: dict[str, list] = field(default_factory=dict)  # stream -> the SAEs that encode it (sae.BoundSae)
+    """What a scan counts, decided from headers only: the shards and their formats, every entry
+    read, the component groups, the slabs to count in stream order, the SAEs that encode a
+    stream (whose latents are then what is counted), and warnings. Made once by ``plan_scan``;
+    ``restricted`` gives the plan of some of its units."""
+
+    shards: tuple[Path, ...]
+    formats: dict[Path, str]
+    entries: tuple[TensorEntry, ...]
+    groups: dict[str, ComponentGroup]
+    slabs: tuple[TensorSlab, ...]
+    warnings: tuple[str, ...] = ()
+    empty_units: tuple[Path, ...] = ()  # units whose tensors hold no vectors
+    saes: dict[str, tuple[BoundSae, ...]] = field(default_factory=dict)  # stream -> the SAEs that encode it
 
     def units(self) -> list[Path]:
         """What can be counted apart, in stream order: shard files, or a delphi module's folder
         (units with nothing to count included, so that they are recorded as counted)."""
         return sorted(dict.fromkeys([*(s.path for s in self.slabs), *self.empty_units]), key=natural_key)
 
-    def restrict(self, keep: list[Path] | set[Path]) -> None:
-        """Count only the slabs of these units; every component keeps its place and shape."""
+    def restricted(self, keep: Sequence[Path] | set[Path]) -> ScanPlan:
+        """The plan that counts only the slabs of these units; every component keeps its place
+        and shape."""
         keep = set(keep)
-        self.slabs = [s for s in self.slabs if s.path in keep]
-        self.empty_units = [u for u in self.empty_units if u in keep]
-        files = {f for s in self.slabs for f in s.entry.files}  # the files of kept multi-file units
-        self.shards = [p for p in self.shards if p in keep or p in files]
+        slabs = tuple(s for s in self.slabs if s.path in keep)
+        files = {f for s in slabs for f in s.entry.files}  # the files of kept multi-file units
+        return replace(
+            self,
+            slabs=slabs,
+            empty_units=tuple(u for u in self.empty_units if u in keep),
+            shards=tuple(p for p in self.shards if p in keep or p in files),
+        )
 
     def shard_bytes(self) -> dict[Path, int]:
         """Bytes to count per shard (0 for shards with nothing to count)."""
@@ -134,16 +150,18 @@ def plan_scan(
     *,
     component_axis: int | None = None,
     group_by: str = "auto",
+    saes: Sequence[tuple[str | None, Sae]] = (),
     **reader_options: object,
 ) -> ScanPlan:
     """Read every shard's header and decide what to count; raises on any problem found.
 
     ``keys`` are names or glob patterns matched against tensor keys and component names.
     ``group_by`` is a rule of ``grouping.GROUPINGS``; ``reader_options`` go to sparse readers.
+    ``saes``: SAEs whose latents are counted instead of the activations they encode, each with
+    the component it is asked to encode (None: the one named as its hook).
     """
-    plan = ScanPlan(shards=list(shards), formats=dict(shards))
-    plan.warnings += getattr(shards, "notes", [])
-    plan.entries = read_entries(shards, **reader_options)
+    warnings = list(getattr(shards, "notes", []))
+    entries = read_entries(shards, **reader_options)
     patterns = list(keys or ())
     used: set[str] = set()
     seen_keys: set[str] = set()
@@ -151,8 +169,12 @@ def plan_scan(
     notes: dict[str, str] = {}
     ambiguous: dict[str, list[Path]] = {}
     empty: dict[str, None] = {}
-    root = grouping.common_folder([e.path for e in plan.entries])  # a delphi module's path is its folder
-    for entry in plan.entries:
+    empty_units: list[Path] = []
+    groups: dict[str, ComponentGroup] = {}
+    group_files: dict[str, dict[Path, None]] = {}  # stream -> its files, once each, in order
+    slabs: list[TensorSlab] = []
+    root = grouping.common_folder([e.path for e in entries])  # a delphi module's path is its folder
+    for entry in entries:
         key, file = entry.key, entry.path
         if entry.from_file:
             stem = grouping.stem_key(key, group_by)
@@ -175,7 +197,7 @@ def plan_scan(
             continue
         if math.prod(entry.shape) == 0:  # no vectors: nothing to count, and no state to keep
             empty.setdefault(name, None)
-            plan.empty_units.append(entry.path)
+            empty_units.append(entry.path)
             continue
         if entry.shape[-1] > MAX_FEATURES:
             raise BadInput(entry.path, f"tensor {entry.key!r} has {entry.shape[-1]} features, more than nact counts ({MAX_FEATURES})")
@@ -194,41 +216,90 @@ def plan_scan(
             [(f, (f,), i) for i, f in enumerate(layout.names)] if layout.first_axis else [(name, layout.names, None)]
         )
         for stream, names, index in parts:
-            group = plan.groups.get(stream)
+            group = groups.get(stream)
             if group is None:
                 first = delphi_caches.first_latent(entry) if entry.storage == SPARSE else 0
                 group = ComponentGroup(stream, names, layout.num_features, entry.path, entry.shape, first_neuron=first)
-                plan.groups[stream] = group
+                groups[stream] = group
             elif (group.names, group.num_features) != (names, layout.num_features):
                 raise ShapeMismatch(
                     f"tensor {entry.key!r} has shape {list(group.first_shape)} in {group.first_path} "
                     f"but {list(entry.shape)} in {entry.path}: every shard must give a component the same "
                     "number of features (and components)"
                 )
-            group.add_files(entry.files or (entry.path,))
+            group_files.setdefault(stream, {}).update(dict.fromkeys(entry.files or (entry.path,)))
             positions = layout.positions or (entry.positions if len(entry.shape) == 2 else None)
-            plan.slabs.append(
-                TensorSlab(entry, layout.num_rows, len(names) * layout.num_features, stream, index, positions)
-            )
+            slabs.append(TensorSlab(entry, layout.num_rows, len(names) * layout.num_features, stream, index, positions))
     missing = [p for p in patterns if p not in used]
     if missing:
         raise KeyNotFound(missing, sorted(seen_keys))
     for key, (dtype, why, count) in skipped.items():
-        plan.warnings.append(f"skipped tensor {key!r} ({dtype}) in {count} shard(s): {why}")
+        warnings.append(f"skipped tensor {key!r} ({dtype}) in {count} shard(s): {why}")
     for pattern, files in ambiguous.items():
         if len(files) > 1:
-            plan.warnings.append(
+            warnings.append(
                 f"{len(files)} files {pattern} were counted as {len(files)} components: a number that is not "
                 "zero-padded is taken as a layer (group by key to count them as shards of one component)"
             )
-    plan.warnings += list(notes.values())
-    if not plan.groups and empty:
+    warnings += list(notes.values())
+    if not groups and empty:
         names = ", ".join(map(repr, empty))
         raise NoVectors(f"no vectors were counted (components: {names}): every tensor read is empty")
-    if not plan.groups:
-        detail = "; ".join(plan.warnings) or "the shards hold no tensors"
+    if not groups:
+        detail = "; ".join(warnings) or "the shards hold no tensors"
         raise NoVectors(f"nothing to count in {len(shards)} shard(s): {detail}")
-    return plan
+    groups = {k: replace(g, files=tuple(group_files[k])) for k, g in groups.items()}
+    plan = ScanPlan(
+        tuple(shards), dict(shards), tuple(entries), groups, tuple(slabs), tuple(warnings), tuple(empty_units)
+    )
+    return _bind(plan, saes) if saes else plan
+
+
+def _bind(plan: ScanPlan, saes: Sequence[tuple[str | None, Sae]]) -> ScanPlan:
+    """The plan that counts the latents of each SAE instead of the activations it encodes.
+
+    An SAE encodes the component named with it, else the one named as its hook; that must be
+    one component (not one index of a component axis) of ``d_in`` float features. Components no
+    SAE is bound to are not counted. Raises ``SaeNotBound`` or ``BadInput``.
+    """
+    streams = {name: g for g in plan.groups.values() for name in g.names}
+    components = list(streams)
+    bound: dict[str, list[BoundSae]] = {}
+    for asked, sae in saes:
+        key = asked or sae.hook
+        group = streams.get(key) if key is not None else None
+        if group is None or key is None:
+            raise SaeNotBound(sae.path, asked if asked is not None else sae.hook, components)
+        where = group.first_path
+        if len(group.names) > 1:
+            raise BadInput(where, f"component {key!r} is one index of a component axis: an SAE encodes a whole component")
+        if group.num_features != sae.d_in:
+            raise BadInput(
+                sae.path, f"d_in is {sae.d_in}, but component {key!r} has {group.num_features} features ({where})"
+            )
+        for slab in plan.slabs:
+            if slab.key == group.key and (slab.entry.storage == SPARSE or slab.dtype not in FLOAT_INPUTS):
+                what = "a sparse cache of latents" if slab.entry.storage == SPARSE else f"{slab.dtype} values"
+                raise BadInput(slab.path, f"component {key!r} holds {what}: an SAE encodes float activations")
+        bound.setdefault(group.key, []).append(BoundSae(sae, key))
+    names = [b.name for found in bound.values() for b in found]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BadOption("sae", twice[0], "is given twice")
+    groups = {
+        key: ComponentGroup(
+            plan.groups[key].name, tuple(b.name for b in found), found[0].sae.d_sae, plan.groups[key].first_path,
+            plan.groups[key].first_shape, files=plan.groups[key].files, widths=tuple(b.sae.d_sae for b in found),
+        )
+        for key, found in bound.items()
+    }
+    kept = plan.restricted({s.path for s in plan.slabs if s.key in bound})
+    return replace(
+        kept,
+        groups=groups,
+        slabs=tuple(s for s in kept.slabs if s.key in bound),
+        saes={key: tuple(found) for key, found in bound.items()},
+    )
 
 
 def why_not_counted(entry: TensorEntry, explicitly_named: bool) -> str | None:

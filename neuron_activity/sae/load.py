@@ -1,0 +1,39 @@
+"""Which family a checkpoint folder is, told by the weights file it holds, and its SAE read by
+that family's module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import BadInput
+from . import dictionary_learning, saelens, sparsify
+from .model import Sae
+
+# weights file -> the family's reader, in the order they are looked for
+FAMILIES: dict[str, Callable[[Path], Sae]] = {
+    saelens.WEIGHTS: saelens.read,
+    sparsify.WEIGHTS: sparsify.read,
+    dictionary_learning.WEIGHTS: dictionary_learning.read,
+}
+
+
+def load_sae(path: Path | str) -> Sae:
+    """The SAE in the checkpoint folder ``path`` (a file of the folder names the folder too)."""
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BadInput(folder, "no such SAE checkpoint folder")
+    for weights, read in FAMILIES.items():
+        if (folder / weights).is_file():
+            return read(folder).with_fingerprint()
+    inside = sorted(p.parent.name for name in FAMILIES for p in folder.glob(f"*/{name}"))
+    if inside:
+        listed = ", ".join(inside[:4]) + (", ..." if len(inside) > 4 else "")
+        raise BadInput(folder, f"holds {len(inside)} SAE checkpoint(s) in its folders ({listed}): give one of them")
+    raise BadInput(
+        folder,
+        "not an SAE checkpoint: nact reads SAELens (cfg.json, sae_weights.safetensors), sparsify "
+        "(cfg.json, sae.safetensors) and dictionary_learning (config.json, ae.pt) folders",
+    )

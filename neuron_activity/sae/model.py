@@ -1,0 +1,78 @@
+"""An SAE as nact encodes with it: its encoder's weights in float32 and one of a few rules that
+turn a pre-activation into a latent (see the package's docstring for each rule)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+
+Rule = Literal["relu", "tanh-relu", "jumprelu", "threshold", "topk", "groupmax", "gated"]
+RULES: tuple[str, ...] = get_args(Rule)
+Normalization = Literal["none", "constant_norm_rescale", "layer_norm"]  # applied per vector when encoding
+
+
+@dataclass(frozen=True, eq=False)
+class Sae:
+    """One SAE's encoder in float32, as a rule of the module's docstring."""
+
+    path: Path
+    library: str
+    architecture: str  # as the library names it
+    rule: Rule
+    hook: str | None
+    d_in: int
+    d_sae: int
+    weight: np.ndarray  # [d_in, d_sae] (may be a transposed view)
+    bias: np.ndarray  # [d_sae] (gated: the gate bias)
+    center: np.ndarray | None = None  # subtracted from the input (the decoder bias) before encoding
+    scale: float | None = None  # the input is multiplied by it first (a stored scaling factor)
+    normalize: Normalization = "none"  # run-time, per vector
+    threshold: np.ndarray | None = None  # jumprelu: [d_sae]; threshold: [1]
+    k: int | None = None
+    topk_scale: np.ndarray | None = None  # topk: decoder row norms the pre-activations are scaled by
+    mag_scale: np.ndarray | None = None  # gated: exp(r_mag)
+    mag_bias: np.ndarray | None = None  # gated
+    fingerprint: str = ""  # SHA-256 of the encoder as nact uses it: which SAE made a count
+
+    def with_fingerprint(self) -> Sae:
+        """This SAE with its fingerprint: the rule, its numbers and every array it encodes with."""
+        parts = [repr((self.rule, self.d_in, self.d_sae, self.k, self.scale, self.normalize)).encode()]
+        for a in (self.weight, self.bias, self.center, self.threshold, self.topk_scale, self.mag_scale, self.mag_bias):
+            parts.append(b"-" if a is None else np.ascontiguousarray(a, np.float32).tobytes())
+        return replace(self, fingerprint=hashlib.sha256(b"|".join(parts)).hexdigest())
+
+    @property
+    def name(self) -> str:
+        """The SAE's name in component names: its folder, with the run's folder for sparsify
+        (whose folders are named after their hooks)."""
+        if self.library == "sparsify" and self.path.parent.name:
+            return f"{self.path.parent.name}/{self.path.name}"
+        return self.path.name
+
+    def describe(self) -> str:
+        """The encode as one line (for inspect and the JSON)."""
+        steps = []
+        if self.scale is not None:
+            steps.append(f"x * {self.scale:g}")
+        if self.normalize != "none":
+            steps.append(self.normalize)
+        if self.center is not None:
+            steps.append("x - b_dec")
+        rule = {
+            "relu": "relu(h)", "tanh-relu": "tanh(relu(h))", "jumprelu": "relu(h) where h > threshold",
+            "threshold": f"relu(h) where relu(h) > {float(self.threshold[0]) if self.threshold is not None else 0:g}",
+            "topk": f"top {self.k} of h{' * |W_dec|' if self.topk_scale is not None else ''}, relu",
+            "groupmax": f"max of each of {self.k} groups, relu",
+            "gated": "relu(h * exp(r_mag) + b_mag) where h + b_gate > 0",
+        }[self.rule]
+        return f"{self.library} {self.architecture}: " + ", ".join(steps + [f"h = x @ W_enc + b, {rule}"])
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "path": str(self.path), "library": self.library, "architecture": self.architecture, "hook": self.hook,
+            "d_in": self.d_in, "d_sae": self.d_sae, "encode": self.describe(), "fingerprint": self.fingerprint,
+        }

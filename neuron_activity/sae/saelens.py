@@ -1,0 +1,104 @@
+"""SAELens checkpoints: ``cfg.json`` and ``sae_weights.safetensors``, from SAELens 3 to 6
+(standard, gated, JumpReLU, TopK, BatchTopK and Matryoshka-BatchTopK)."""
+
+from __future__ import annotations
+
+import math
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInput
+from .files import SafetensorsWeights, Tensors, flag, read_json, top_k, weights, whole
+from .model import Sae
+
+
+WEIGHTS = "sae_weights.safetensors"
+NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+
+
+def read(folder: Path) -> Sae:
+    """The SAE of a SAELens checkpoint folder (``cfg.json``, ``sae_weights.safetensors``)."""
+    cfg_path = folder / "cfg.json"
+    cfg = read_json(cfg_path)
+    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    # SAELens < 6 kept the hook at the top level ("hook_name", older "hook_point") and named no
+    # architecture (standard, or topk through activation_fn); 6.x keeps it under "metadata".
+    hook = metadata.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    architecture = cfg.get("architecture", "standard")
+    activation = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu")) or "relu"
+    kwargs = cfg.get("activation_fn_kwargs") if isinstance(cfg.get("activation_fn_kwargs"), dict) else {}
+    if "architecture" not in cfg and activation == "topk" and kwargs.get("k") is not None:
+        architecture = "topk"
+    d_in, d_sae = whole(cfg_path, cfg, "d_in"), whole(cfg_path, cfg, "d_sae")
+    head = cfg.get("hook_head_index", metadata.get("hook_head_index"))
+    if head is not None:
+        raise BadInput(cfg_path, f"an SAE of one attention head (hook_head_index {head}): nact encodes whole hooks")
+    if cfg.get("reshape_activations", "none") not in ("none", None):
+        raise BadInput(cfg_path, f"reshape_activations {cfg['reshape_activations']!r}: nact encodes [..., d_in] activations only")
+    normalize = cfg.get("normalize_activations", "none")
+    if isinstance(normalize, bool) or normalize is None:  # SAELens < 6 wrote a flag
+        normalize = "expected_average_only_in" if normalize else "none"
+    if normalize not in NORMALIZATIONS:
+        raise BadInput(cfg_path, f"normalize_activations {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
+    scale = None
+    if normalize == "expected_average_only_in":
+        scale = _stored_scale(folder, cfg_path)
+        normalize = "none"
+    tensors = SafetensorsWeights(folder / WEIGHTS)
+    weights_path = folder / WEIGHTS
+    apply_b_dec = flag(cfg_path, cfg, "apply_b_dec_to_input", True)
+    (b_dec,) = weights(weights_path, tensors, {"b_dec": (d_in,)})
+    common: dict[str, Any] = dict(
+        path=folder, library="SAELens", architecture=architecture, hook=hook, d_in=d_in, d_sae=d_sae,
+        center=b_dec if apply_b_dec else None, scale=scale, normalize=normalize,
+    )
+    (w_enc,) = weights(weights_path, tensors, {"W_enc": (d_in, d_sae)})
+    if architecture == "gated":
+        b_gate, b_mag, r_mag = weights(weights_path, tensors, {"b_gate": (d_sae,), "b_mag": (d_sae,), "r_mag": (d_sae,)})
+        return Sae(**common, rule="gated", weight=w_enc, bias=b_gate, mag_scale=np.exp(r_mag), mag_bias=b_mag)
+    (b_enc,) = weights(weights_path, tensors, {"b_enc": (d_sae,)})
+    if architecture == "standard":
+        if activation not in ("relu", "tanh-relu"):
+            raise BadInput(cfg_path, f"activation_fn {activation!r}: nact encodes relu and tanh-relu standard SAEs")
+        return Sae(**common, rule=activation, weight=w_enc, bias=b_enc)
+    if architecture in ("jumprelu", "batchtopk", "matryoshka_batchtopk"):
+        threshold = _threshold(weights_path, tensors, d_sae)
+        return Sae(**common, rule="jumprelu", weight=w_enc, bias=b_enc, threshold=threshold)
+    if architecture == "topk":
+        k = top_k(cfg_path, cfg.get("k", kwargs.get("k")), d_sae)
+        scale_by_norm = None
+        if flag(cfg_path, cfg, "rescale_acts_by_decoder_norm", False):
+            (w_dec,) = weights(weights_path, tensors, {"W_dec": (d_sae, d_in)})
+            scale_by_norm = np.linalg.norm(w_dec.astype(np.float32), axis=-1).astype(np.float32)
+        return Sae(**common, rule="topk", weight=w_enc, bias=b_enc, k=k, topk_scale=scale_by_norm)
+    raise BadInput(cfg_path, f"architecture {architecture!r}: nact encodes standard, jumprelu, topk and gated SAELens SAEs")
+
+
+def _threshold(weights_path: Path, tensors: Tensors, d_sae: int) -> np.ndarray:
+    """A JumpReLU threshold per latent: ``threshold``, a training checkpoint's ``log_threshold``,
+    or a BatchTopK training checkpoint's single ``topk_threshold``."""
+    if "threshold" in tensors:
+        return weights(weights_path, tensors, {"threshold": (d_sae,)})[0]
+    if "log_threshold" in tensors:
+        return np.exp(weights(weights_path, tensors, {"log_threshold": (d_sae,)})[0]).astype(np.float32)
+    if "topk_threshold" in tensors and tensors["topk_threshold"].size == 1:
+        return np.full(d_sae, tensors["topk_threshold"].reshape(()), np.float32)
+    raise BadInput(weights_path, "has no tensor 'threshold' (nor 'log_threshold')")
+
+
+def _stored_scale(folder: Path, cfg_path: Path) -> float:
+    """The scaling factor of ``expected_average_only_in``: SAELens folds it into the weights of a
+    finished SAE (whose cfg.json then says none) and keeps it in activation_scaler.json beside a
+    checkpoint taken during training."""
+    scaler = folder / "activation_scaler.json"
+    value = read_json(scaler).get("scaling_factor") if scaler.is_file() else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise BadInput(
+            cfg_path,
+            "normalize_activations is expected_average_only_in, but the checkpoint stores no scaling factor "
+            "(activation_scaler.json): nact cannot know the scale the SAE expects",
+        )
+    return float(value)
