@@ -13,6 +13,7 @@ from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, sa
 from .errors import ShardChanged, StateMismatch
 from .files import locked
 from .options import CountOptions
+from .remote.objects import session
 from .scan import ProgressCallback, ScanResult, count, plan_for
 from .sources import ScanPlan, discover
 
@@ -72,7 +73,7 @@ def audit(
     """
     settings = replace(options or CountOptions(device="cpu", **count_options), track_last=True)  # type: ignore[arg-type]
     state = Path(os.path.realpath(state))
-    with locked(state):
+    with locked(state), session():
         previous = load_counts(state) if state.exists() else None
         if previous is not None and previous.activity.fire_above != settings.fire_above and not rescan:
             before, now = decimal_text(previous.activity.fire_above), decimal_text(settings.fire_above)

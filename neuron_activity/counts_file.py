@@ -17,8 +17,9 @@ version 1 (no part record) load as they are.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import hashlib
 import json
+from dataclasses import asdict, dataclass, field, fields
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -31,7 +32,7 @@ from .decimals import decimal_text, parse_decimal
 from .errors import BadInput, BadOption, CountsMismatch, NactError, NotCountsFile
 from .options import MAX_FIRE_ABOVE
 from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME
-from .sources.base import is_remote
+from .remote.objects import RemotePath, current
 from .sources.safetensors_files import read_metadata
 
 SCHEMA_VERSION = 2
@@ -51,16 +52,12 @@ class ShardRecord:
     def of(cls, path: Path) -> ShardRecord:
         """The record of a shard file, or of a folder counted as one unit (its files summed),
         or of a remote object (its URL, size, last modified and ETag as this run's listing said)."""
-        if is_remote(path):
-            import hashlib
-
-            from .remote import info, objects_under
-
+        if isinstance(path, RemotePath):
             if path.is_dir():  # a folder of objects (a delphi module): its objects' sum and tags
-                found = objects_under(path)  # type: ignore[arg-type]
+                found = current().objects_under(path)
                 tag = hashlib.sha256("\n".join(f"{u} {f.tag}" for u, f in found.items()).encode()).hexdigest()[:32]
                 return cls(str(path), sum(f.size for f in found.values()), max(f.modified_ns for f in found.values()), tag)
-            now = info(path)  # type: ignore[arg-type]  # as this run's listing (or HEAD) found it
+            now = current().info(path)  # as this run's listing (or HEAD) found it
             return cls(str(path), now.size, now.modified_ns, now.tag)
         resolved = Path(path).resolve()
         if resolved.is_dir():

@@ -9,6 +9,8 @@ from pathlib import Path
 from .errors import NactError
 from .options import CountOptions
 from .sources import READERS, SPARSE_FORMATS, ComponentGroup, TensorEntry, discover, layout_of, why_not_counted
+from .remote.objects import session
+from .scan import plan_for
 from .sources.base import to_path
 
 
@@ -57,9 +59,12 @@ class Inspection:
 def inspect(paths: list[Path] | list[str], options: CountOptions | None = None, **settings: object) -> Inspection:
     """Describe what ``scan`` would read; problems that would stop it are collected, not raised.
     ``options`` (or the settings of ``CountOptions`` one by one) as for ``scan``."""
-    from .scan import plan_for
-
     options = options or CountOptions(device="cpu", **settings)  # type: ignore[arg-type]
+    with session():
+        return _inspect(paths, options)
+
+
+def _inspect(paths: list[Path] | list[str], options: CountOptions) -> Inspection:
     result = Inspection()
     try:
         result.shards = discover([to_path(p) for p in paths], options.input_format)

@@ -23,6 +23,7 @@ from .options import CountOptions, Part, ScanRequest
 from .report import Report, make_report
 from .scan import ProgressCallback, ScanResult, count, plan_for
 from .sources import ScanPlan, discover
+from .remote.objects import session
 from .sources.base import is_remote
 
 if TYPE_CHECKING:  # counts files are read and written only by the scans that save them
@@ -99,6 +100,13 @@ def run_scan(
     on_progress: ProgressCallback | None = None,
 ) -> ScanOutcome:
     """Run ``request`` (see the module's docstring for the order of checks and work)."""
+    with session():
+        return _run(request, on_plan, on_progress)
+
+
+def _run(
+    request: ScanRequest, on_plan: Callable[[ScanPlan], None] | None, on_progress: ProgressCallback | None
+) -> ScanOutcome:
     outputs = _outputs(request)
     check_outputs(outputs)
     device = None if request.distributed else resolve_device(request.count.device)  # ranks pick their own

@@ -22,6 +22,7 @@ from .dtypes import NUMPY_NAMES, TORCH_NAMES, FireRule, fire_rule, signed_bits
 from .errors import BadInput, BadOption
 from .options import CountOptions
 from .sources import READERS, ScanPlan, TensorSlab, component_layout, discover, plan_scan
+from .remote.objects import IO_THREADS, WINDOW_BYTES, RemotePath, current, in_this_context, read_range, session
 from .sources.base import MAPPED, SPARSE, is_remote, to_path
 
 if TYPE_CHECKING:
@@ -60,10 +61,11 @@ def scan(
     if options is None:
         options = CountOptions(**{"device": "cpu", **settings_given})  # type: ignore[arg-type]
     device = resolve_device(options.device)
-    plan = plan_for(discover([to_path(p) for p in paths], options.input_format), options)
-    if on_plan is not None:
-        on_plan(plan)
-    return count(plan, options, device, on_progress)
+    with session():
+        plan = plan_for(discover([to_path(p) for p in paths], options.input_format), options)
+        if on_plan is not None:
+            on_plan(plan)
+        return count(plan, options, device, on_progress)
 
 
 def plan_for(shards: dict[Path, str], options: CountOptions) -> ScanPlan:
@@ -140,11 +142,9 @@ def count(
     if plan.saes and device == "cpu" and options.sae_dtype != "float32":
         raise BadOption("sae_dtype", options.sae_dtype, "is for a GPU: on the cpu SAEs encode in float32")
     totals, kernel = _count(plan, options, device, on_progress)
-    remote = [p for p in plan.shards if is_remote(p)]
+    remote = [p for p in plan.shards if isinstance(p, RemotePath)]
     if remote:
-        from .remote import check_unchanged
-
-        check_unchanged(remote)  # type: ignore[arg-type]
+        current().check_unchanged(remote)
     activity = NeuronActivity(options.fire_above)
     for group in plan.groups.values():
         states, num_vectors = totals[group.key]
@@ -206,14 +206,13 @@ def _fetch_ahead(work: Iterator[WorkItem], io_threads: int | None) -> Iterator[W
     fetched: one counting thread (an SAE's encoding, ``--io-threads 1``) overlaps them too."""
     from collections import deque
 
-    from .remote import IO_THREADS, fetch_ahead
-
     n = io_threads or IO_THREADS
+    session = current()
     queue: deque[WorkItem] = deque()
     for item in work:
         slab, start, end, _ = item
         if slab.entry.storage == MAPPED:
-            fetch_ahead(slab.path, *slab.byte_range(start, end), n)  # type: ignore[arg-type]
+            session.fetch_ahead(slab.path, *slab.byte_range(start, end), n)  # type: ignore[arg-type]
         queue.append(item)
         if len(queue) > n:
             yield queue.popleft()
@@ -224,8 +223,6 @@ def _chunk_rows(slab: TensorSlab, chunk_rows: int | None) -> int:
     if chunk_rows:
         return chunk_rows
     if is_remote(slab.path):
-        from .remote import WINDOW_BYTES
-
         return max(1, WINDOW_BYTES // max(slab.row_bytes, 1))
     return max(1, CHUNK_BYTES // max(slab.row_bytes, 1))
 
@@ -252,8 +249,6 @@ def _count(
     threads = 1 if device == "mps" else options.threads or min(os.cpu_count() or 1, 8)  # mps: one queue
     remote = any(is_remote(p) for p in plan.shards)
     if remote:  # each thread waits on its range request, then counts
-        from .remote import IO_THREADS
-
         threads = options.io_threads or IO_THREADS
     widest = max((s.width for s in plan.slabs), default=1)
     threads = max(1, min(threads, STATE_BYTES // (widest * 8 * (2 + options.track_last)) or 1))
@@ -357,7 +352,10 @@ def _run_threads(worker: Callable[[], object], threads: int, stop: threading.Eve
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread
             errors.append(e)
 
-    pool = [threading.Thread(target=run, args=(i,), name=f"nact-count-{i}", daemon=True) for i in range(threads)]
+    pool = [
+        threading.Thread(target=in_this_context(run), args=(i,), name=f"nact-count-{i}", daemon=True)  # the scan's session
+        for i in range(threads)
+    ]
     for t in pool:
         t.start()
     try:
@@ -383,10 +381,8 @@ def _count_chunk(
     next window while this one is counted."""
     rule_view = np.dtype(f"u{slab.row_bytes // slab.width}") if slab.width else np.dtype(np.uint8)
     begin, stop = slab.byte_range(start, end)
-    if is_remote(slab.path):  # one range request; the counting threads keep several in flight
-        from .remote import read_range
-
-        data = read_range(slab.path, begin, stop)  # type: ignore[arg-type]  # (the same range as _fetch_ahead's)
+    if isinstance(slab.path, RemotePath):  # one range request; the counting threads keep several in flight
+        data = read_range(slab.path, begin, stop)  # (the same range as _fetch_ahead's)
         rows = np.frombuffer(data, dtype=rule_view).reshape(end - start, slab.width)
         counter.update(rows if keep is None else rows[keep], first_vector)
         return

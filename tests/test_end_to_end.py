@@ -61,7 +61,7 @@ def test_a_machine_readable_scan_loads_only_what_it_uses() -> None:
     """A CPU scan of safetensors to CSV runs one command: no torch, no rich (tables and progress
     only), no pyarrow, no zip reader, no counts-file code, and no other command's module."""
     unused = [
-        "torch", "rich", "pyarrow", "zipfile", "fsspec", "neuron_activity.remote",
+        "torch", "rich", "pyarrow", "zipfile", "fsspec", "s3fs",
         "neuron_activity.counts_file", "neuron_activity.sae", "neuron_activity.inspection",
         "nact_cli.counts", "nact_cli.density", "nact_cli.inspect",
     ]

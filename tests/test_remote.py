@@ -57,8 +57,6 @@ def s3():
 def bucket(s3) -> str:
     name = f"acts-{uuid.uuid4().hex[:12]}"
     s3.mkdir(name)
-    remote._infos.clear()
-    remote._heads.clear()
     return name
 
 
@@ -136,8 +134,6 @@ def web(tmp_path: Path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    remote._infos.clear()
-    remote._heads.clear()
     yield root, f"http://127.0.0.1:{server.server_address[1]}", handler
     server.shutdown()
     server.server_close()
@@ -145,7 +141,7 @@ def web(tmp_path: Path):
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(remote, "BACKOFF_S", 0.001)
+    monkeypatch.setattr(remote.requests, "BACKOFF_S", 0.001)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -314,9 +310,9 @@ def test_an_arrow_cache_is_planned_from_its_message_headers(s3, bucket: str, tmp
                     writer.write_batch(batch)
     upload(s3, tmp_path / "cache", bucket, "cache")
     reads: list[tuple[int, int]] = []
-    read_range = remote.read_range
+    read_range = remote.Session.read_range
     monkey = pytest.MonkeyPatch()
-    monkey.setattr(remote, "read_range", lambda p, a, b: reads.append((a, b)) or read_range(p, a, b))
+    monkey.setattr(remote.Session, "read_range", lambda s, p, a, b: reads.append((a, b)) or read_range(s, p, a, b))
     try:
         result = scan([f"s3://{bucket}/cache/"], chunk_rows=20)
     finally:
@@ -376,11 +372,13 @@ def test_an_sae_encodes_a_remote_cache_with_its_windows_fetched_ahead(s3, bucket
     cache(tmp_path / "cache", model_activations(seed=3))
     upload(s3, tmp_path / "cache", bucket, "model")
     ahead: list[tuple[int, int]] = []
-    fetch_ahead = remote.fetch_ahead
-    monkeypatch.setattr(remote, "fetch_ahead", lambda p, a, b, n: ahead.append((a, b)) or fetch_ahead(p, a, b, n))
+    fetch_ahead, close = remote.Session.fetch_ahead, remote.Session.close
+    left: list[int] = []  # windows fetched ahead and never taken, when each scan ends
+    monkeypatch.setattr(remote.Session, "fetch_ahead", lambda s, p, a, b, n: ahead.append((a, b)) or fetch_ahead(s, p, a, b, n))
+    monkeypatch.setattr(remote.Session, "close", lambda s: left.append(len(s.ahead)) or close(s))
     there = scan([f"s3://{bucket}/model/"], saes=(str(tmp_path / "sae"),), chunk_rows=64, track_last=True)
     here = scan([tmp_path / "cache"], saes=(str(tmp_path / "sae"),), chunk_rows=64, track_last=True)
-    assert len(ahead) > 10 and not remote._ahead  # every window was fetched ahead, and taken
+    assert len(ahead) > 10 and left[0] == 0  # every window was fetched ahead, and taken
     assert list(there.activity.components) == list(here.activity.components)
     for name, c in there.activity.components.items():
         assert c.fire_counts.tolist() == here.activity.components[name].fire_counts.tolist()
@@ -401,16 +399,16 @@ def test_an_object_replaced_during_the_scan_is_an_error(s3, bucket: str, tmp_pat
     replacement = tmp_path / "replacement.safetensors"
     x = truth["blocks.7.hook_resid_post"][377:754].copy()
     save_file({"activations": -x}, str(replacement))  # same size, other values: only the ETag tells
-    read_range = remote.read_range
+    read_range = remote.Session.read_range
     replaced = []
 
-    def replacing(path, start, stop):
+    def replacing(session, path, start, stop):
         if not replaced and start > 0:  # after planning (headers are read from byte 0), while rows are counted
             s3.put_file(str(replacement), target)
             replaced.append(True)
-        return read_range(path, start, stop)
+        return read_range(session, path, start, stop)
 
-    monkeypatch.setattr(remote, "read_range", replacing)
+    monkeypatch.setattr(remote.Session, "read_range", replacing)
     out = tmp_path / "out.json"
     done = nact("scan", f"s3://{bucket}/acts/", "-o", out, "--threads", "1", "--io-threads", "1")
     assert replaced and done.exit_code == 2, done.output
@@ -432,8 +430,8 @@ def test_an_audit_over_a_prefix_counts_new_objects_only(s3, bucket: str, tmp_pat
     save_file({"acts": shards[2]}, str(folder / "shard_002.safetensors"))
     upload(s3, folder, bucket, "audit")  # the first two again, byte for byte: the same objects
     fetched = []
-    read_range = remote.read_range
-    monkeypatch.setattr(remote, "read_range", lambda p, a, b: (a and fetched.append(str(p))) or read_range(p, a, b))
+    read_range = remote.Session.read_range
+    monkeypatch.setattr(remote.Session, "read_range", lambda s, p, a, b: (a and fetched.append(str(p))) or read_range(s, p, a, b))
     done = nact("scan", url, "--state", state, "-f", "json", "--neurons")
     assert done.exit_code == 0, done.output
     assert set(fetched) == {f"s3://{bucket}/audit/shard_002.safetensors"}  # rows read: the new object's only
@@ -520,22 +518,18 @@ def test_s3_faults_503_that_recovers_lasts_and_access_denied(s3, bucket: str, tm
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore does not try again: nact's own retries do
     s3fs.S3FileSystem.clear_instance_cache()
     retried = []
-    transient = remote.transient
-    monkeypatch.setattr(remote, "transient", lambda e: transient(e) and not retried.append(e))
+    transient = remote.requests.transient
+    monkeypatch.setattr(remote.requests, "transient", lambda e: transient(e) and not retried.append(e))
     try:
         result = scan([f"s3://{bucket}/flaky/shard.safetensors"], chunk_rows=64, io_threads=2)
         assert handler.failed == 7 and handler.failures == 0 and retried  # nact's retries, not only s3fs's
         assert result.activity.components["acts"].fire_counts.tolist() == fire_counts(x)
         handler.failures = 10_000  # a store that stays down: exit 2 after the tries, one line
-        monkeypatch.setattr(remote, "TRIES", 2)
-        remote._infos.clear()
-        remote._heads.clear()
+        monkeypatch.setattr(remote.requests, "TRIES", 2)
         done = nact("scan", f"s3://{bucket}/flaky/shard.safetensors", "-o", tmp_path / "out.json")
-        assert done.exit_code == 2 and f"after {remote.TRIES} tries" in done.stderr and "reduce your request rate" in done.stderr
+        assert done.exit_code == 2 and f"after {remote.requests.TRIES} tries" in done.stderr and "reduce your request rate" in done.stderr
         assert done.stderr.count("\n") == 1 and not (tmp_path / "out.json").exists()
         handler.failures, handler.deny = 0, True  # credentials that may list but not read: at once, no tries
-        remote._infos.clear()
-        remote._heads.clear()
         retried.clear()
         done = nact("scan", f"s3://{bucket}/flaky/", "-o", tmp_path / "out.json")
         assert done.exit_code == 2 and done.stderr.count("\n") == 1 and not retried
@@ -580,7 +574,7 @@ def test_a_503_that_lasts_ends_after_the_tries_in_one_line(web, tmp_path: Path) 
     out = tmp_path / "out.csv"
     done = nact("scan", f"{base}/down.safetensors", "-o", out)
     assert done.exit_code == 2 and done.stderr.count("\n") == 1
-    assert f"{base}/down.safetensors" in done.stderr and f"after {remote.TRIES} tries" in done.stderr
+    assert f"{base}/down.safetensors" in done.stderr and f"after {remote.requests.TRIES} tries" in done.stderr
     assert not out.exists()
 
 
@@ -612,3 +606,23 @@ def test_objects_are_in_natural_order(s3, bucket: str, tmp_path: Path) -> None:
     fired = stream > 0
     last = np.where(fired.any(0), len(stream) - 1 - np.argmax(fired[::-1], axis=0), -1)
     assert result.activity.components["acts"].last_fired.tolist() == last.tolist()
+
+
+def test_what_a_scan_learns_of_objects_belongs_to_that_scan(s3, bucket: str, tmp_path: Path) -> None:
+    """Two scans in one process: the second lists and reads the object as it is now (an object
+    replaced between them is not a change during a scan), and nothing is kept after a scan."""
+    from neuron_activity.remote import objects
+
+    rng = np.random.default_rng(8)
+    before, after = activations(rng, 300, 16), activations(rng, 500, 16)
+    folder = tmp_path / "acts"
+    folder.mkdir()
+    save_file({"acts": before}, str(folder / "shard.safetensors"))
+    upload(s3, folder, bucket, "again")
+    url = f"s3://{bucket}/again/"
+    assert scan([url]).activity.components["acts"].fire_counts.tolist() == fire_counts(before)
+    assert objects._active.get() is None
+    save_file({"acts": after}, str(folder / "shard.safetensors"))
+    upload(s3, folder, bucket, "again")
+    second = scan([url]).activity.components["acts"]
+    assert (second.num_vectors, second.fire_counts.tolist()) == (500, fire_counts(after))

@@ -12,7 +12,7 @@ import numpy as np
 from .model import Sae
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 LAYER_NORM_EPS = 1e-5  # SAELens' run-time layer norm: (x - mean) / (std + eps)
 ENCODE_BYTES = 64 * 1024 * 1024  # latents of one encoded batch

@@ -22,6 +22,8 @@ import numpy as np
 
 from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
 from ..errors import BadInput, NactError, first_line
+from ..remote.objects import each
+from . import arrow_remote
 from .base import BATCHES, MAPPED, TensorEntry, TensorSlab, drop_pages, is_remote, mapped_chunks
 
 FORMAT = "arrow"
@@ -209,16 +211,11 @@ def _reading(path: Path) -> Iterator[None]:
 def entries(paths: list[Path]) -> list[TensorEntry]:
     remote = [p for p in paths if is_remote(p)]
     if remote:  # the files' message headers are read one after another: the files at once
-        from ..remote import each
-        from . import arrow_remote
-
         _pyarrow()
-        each(remote, arrow_remote.entries)  # type: ignore[arg-type]
+        each(remote, arrow_remote.entries)
     out = []
     for path in paths:
         if is_remote(path):  # planned from the messages' metadata (arrow_remote)
-            from . import arrow_remote
-
             _pyarrow()
             out += arrow_remote.entries(path)
             continue

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..dtypes import ITEMSIZE
 from ..errors import BadInput, first_line
+from ..remote.objects import RemotePath, current, info
 from .base import MAPPED, TensorEntry
 
 CONTINUATION = 0xFFFFFFFF
@@ -39,16 +40,6 @@ class Column:
     context: int
     width: int
     regions: tuple[tuple[int, int], ...]  # (byte offset in the object, vectors) per record batch
-
-
-_plans: dict[str, dict[str, Column]] = {}
-
-
-def forget(path: Path) -> None:
-    """Drop the plans of the files at or under ``path``."""
-    base = str(path).rstrip("/")
-    for url in [u for u in _plans if u == base or u.startswith(base + "/")]:
-        del _plans[url]
 
 
 # --- flatbuffers: just enough to read Message and RecordBatch tables --------------------------
@@ -148,14 +139,9 @@ def _float_lists(t: object) -> tuple[str, list[int]] | None:
 # --- planning -----------------------------------------------------------------------------------
 
 
-def _read(path: Path, start: int, stop: int) -> bytes:
-    """Bytes of the object: from its first block where it was fetched already, else by a range
-    request."""
-    from ..remote import HEADER_BLOCK, _head_or_range, info, read_range
-
-    if stop <= HEADER_BLOCK:
-        return _head_or_range(path, info(path).size, start, stop)  # type: ignore[arg-type]
-    return read_range(path, start, stop)  # type: ignore[arg-type]
+def _read(path: RemotePath, start: int, stop: int) -> bytes:
+    """Bytes of the object: from its first block where they lie in it, else by a range request."""
+    return current().head_or_range(path, start, stop)
 
 
 GUESS = 4096  # a message's metadata is read with its prefix when it is at most this long
@@ -164,14 +150,12 @@ GUESS = 4096  # a message's metadata is read with its prefix when it is at most 
 def plan(path: Path) -> dict[str, Column]:
     """The float hook columns of a remote Arrow stream, from its messages' metadata (and, for
     lists with offsets, their offsets) only."""
-    key = str(path)
-    if key in _plans:
-        return _plans[key]
-    from ..remote import info
+    planned = current().plans.get(str(path))  # planned in parallel by arrow_files.entries
+    if planned is not None:
+        return planned  # type: ignore[no-any-return]
+    import pyarrow as pa  # the Arrow extra: only Arrow caches need it
 
-    import pyarrow as pa
-
-    size = info(path).size  # type: ignore[arg-type]
+    size = info(path).size
     pos, schema = 0, None
     if size >= 8 and _read(path, 0, 6) == b"ARROW1":  # the file format: a stream after 8 bytes of magic
         pos = 8
@@ -224,7 +208,7 @@ def plan(path: Path) -> dict[str, Column]:
     if schema is None:
         raise BadInput(path, "not a readable Arrow stream: no schema")
     columns = {name: f.column() for name, f in found.items()}
-    _plans[key] = columns
+    current().plans[str(path)] = columns
     return columns
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..dtypes import ITEMSIZE
+from ..remote.objects import RemoteFile, RemotePath, as_path, read_range
 
 if TYPE_CHECKING:
     import numpy as np
@@ -170,13 +171,11 @@ def mapped_chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     for _, rows, offset in slab.runs:
         if not rows:
             continue
-        if is_remote(slab.path):
-            from ..remote import read_range
-
+        if isinstance(slab.path, RemotePath):
             for start in range(0, rows, chunk_rows):
                 stop = min(start + chunk_rows, rows)
                 begin, end = offset + start * slab.row_bytes, offset + stop * slab.row_bytes
-                data = read_range(slab.path, begin, end)  # type: ignore[arg-type]
+                data = read_range(slab.path, begin, end)
                 yield np.frombuffer(data, dtype=unsigned).reshape(stop - start, slab.width)
             continue
         mapped = np.memmap(slab.path, dtype=unsigned, mode="r", offset=offset, shape=(rows, slab.width))
@@ -200,29 +199,22 @@ def drop_pages(mapped: object, end: int, start: int = 0) -> int:
 
 def is_remote(path: object) -> bool:
     """Whether ``path`` names an object of a remote store (a ``remote.RemotePath``)."""
-    return type(path).__name__ == "RemotePath"
+    return isinstance(path, RemotePath)
 
 
 def to_path(path: object) -> Path:
     """An input the library is given: a ``Path`` or ``RemotePath`` as it is; text (or a path-like)
     that is a URL becomes a ``RemotePath``, anything else a ``Path``."""
-    if isinstance(path, Path) or is_remote(path):
-        return path  # type: ignore[return-value]
-    text = os.fspath(path)  # type: ignore[call-overload]
-    if "://" in text:
-        from ..remote import as_path
-
-        return as_path(text)
-    return Path(text)
+    if isinstance(path, (Path, RemotePath)):
+        return path
+    return as_path(os.fspath(path))
 
 
 def open_shard(path: Path) -> BinaryIO:
     """A shard opened for reading its header: the local file, or the remote object through
     range requests. Its size is ``shard_size(f)``."""
-    if is_remote(path):
-        from ..remote import open_object
-
-        return open_object(path)  # type: ignore[arg-type]
+    if isinstance(path, RemotePath):
+        return RemoteFile(path)
     return open(path, "rb")
 
 

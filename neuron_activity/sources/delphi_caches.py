@@ -32,7 +32,8 @@ from ..counters import States
 from ..cpu_counting import in_ranges
 from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
-from .base import SPARSE, TensorEntry, TensorSlab, drop_pages, is_remote
+from ..remote.objects import RemoteArray, RemotePath
+from .base import SPARSE, TensorEntry, TensorSlab, drop_pages
 from .safetensors_files import read_header
 
 FORMAT = "delphi"
@@ -205,10 +206,8 @@ def first_latent(entry: TensorEntry) -> int:
 def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
     if math.prod(entry.shape) == 0:
         return np.empty(entry.shape, dtype)
-    if is_remote(path):  # chunks of entries fetched by range requests as the loop slices them
-        from ..remote import RemoteArray
-
-        return RemoteArray(path, entry.offset or 0, entry.shape, dtype)  # type: ignore[arg-type, return-value]
+    if isinstance(path, RemotePath):  # chunks of entries fetched by range requests as the loop slices them
+        return RemoteArray(path, entry.offset or 0, entry.shape, dtype)  # type: ignore[return-value]
     return np.memmap(path, dtype=dtype, mode="r", offset=entry.offset, shape=entry.shape)
 
 
@@ -254,8 +253,8 @@ def count(
         usable = native and not skip and (positions is None or batches and positions)
         kernel = _native_counter(locations, bits, track_last) if usable else None
         for lo in range(0, bits.shape[0], ENTRIES_PER_CHUNK):
-            a = np.asarray(bits[lo : lo + ENTRIES_PER_CHUNK])
-            where = np.asarray(locations[lo : lo + ENTRIES_PER_CHUNK])
+            a = np.ascontiguousarray(bits[lo : lo + ENTRIES_PER_CHUNK])  # rows of a mapped array: no copy
+            where = np.ascontiguousarray(locations[lo : lo + ENTRIES_PER_CHUNK])
             nbytes = a.nbytes + where.nbytes
             if kernel is not None:  # one pass in C: ranges checked, fires and NaNs counted
                 fired, nan = np.zeros(span, np.int64), np.zeros(span, np.int64)
@@ -316,7 +315,7 @@ LOCATION_CODES = {("u", 2): "H", ("u", 4): "I", ("i", 4): "i", ("i", 8): "q"}  #
 
 def _native_counter(locations: np.ndarray, bits: np.ndarray, track_last: bool) -> object | None:
     """The C kernel's sparse count, where it takes these columns (uint16, uint32, int32 or int64
-    locations, 16- or 32-bit values, contiguous; not when the last vector that fired is tracked),
+    locations, 16- or 32-bit values; not when the last vector that fired is tracked),
     else None."""
     from ..native import kernels
 
@@ -324,7 +323,7 @@ def _native_counter(locations: np.ndarray, bits: np.ndarray, track_last: bool) -
     kind = (locations.dtype.kind, locations.itemsize)
     if counter is None or track_last or kind not in LOCATION_CODES or bits.itemsize not in (2, 4):
         return None
-    if not (locations.flags.c_contiguous and bits.flags.c_contiguous) or locations.ndim != 2 or locations.shape[1] != 3:
+    if locations.ndim != 2 or locations.shape[1] != 3:
         return None
     return counter
 

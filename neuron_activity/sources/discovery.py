@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import BadInput, BadOption, MixedFormats
 from . import arrow_files
+from ..remote.objects import current, prefetch_heads
 from .base import is_remote, natural_key
 from .registry import INPUT_FORMATS, READERS, REMOTE_FORMATS, SUFFIX_FORMATS, detect
 from .safetensors_files import is_counts_file
@@ -100,14 +101,9 @@ def discover(paths: list[Path], input_format: str | None = None) -> Shards:
 def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str], notes: list[str], named: set[Path]) -> None:
     """The remote twin of a folder search: ``path`` is an object, or a prefix listed as a folder
     (natural order, hidden objects skipped, saved counts skipped, SAE checkpoints refused)."""
-    from ..remote import forget, listing, prefetch_heads
-    from .arrow_remote import forget as forget_plans
-
-    forget(path)  # type: ignore[arg-type]  # each scan lists and reads headers afresh
-    forget_plans(path)
-    objects, hidden = listing(path)  # type: ignore[arg-type]
+    objects, hidden = current().listing(path)
     alone = objects == [path]
-    prefetch_heads([o for o in objects if alone or o.suffix in SUFFIX_FORMATS])  # type: ignore[misc]
+    prefetch_heads([o for o in objects if alone or o.suffix in SUFFIX_FORMATS])
     names = set(objects)
     formats: dict[Path, str] = {}
     counts: list[Path] = []
