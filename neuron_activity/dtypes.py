@@ -122,6 +122,9 @@ NUMPY_NAMES: dict[str, str] = {
     **{np.dtype(t).name: name for name, t in INTEGER_FORMATS.items()},
 }
 
+# Arrow's names of the float types of SAELens caches' values.
+ARROW_NAMES = {"double": "F64", "float": "F32", "halffloat": "F16"}
+
 # torch dtypes (without the "torch." prefix) nact reads, for torch.save files and tensors.
 TORCH_NAMES = {
     "float64": "F64",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
+from ..dtypes import ARROW_NAMES, ITEMSIZE, UNSIGNED_VIEW
 from ..errors import BadInput, NactError, first_line
 from ..remote.objects import each
 from . import arrow_remote
@@ -29,7 +29,6 @@ from .base import BATCHES, MAPPED, TensorEntry, TensorSlab, drop_pages, is_remot
 FORMAT = "arrow"
 FORMATS = (FORMAT,)
 SUFFIXES = {".arrow": FORMAT}
-ARROW_FLOATS = {"double": "F64", "float": "F32", "halffloat": "F16"}
 
 
 def _pyarrow() -> object:
@@ -130,7 +129,7 @@ def _nested_float(arrow_type: object) -> str | None:
         if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):  # type: ignore[attr-defined]
             return None
         t = t.value_type  # type: ignore[attr-defined]
-    return ARROW_FLOATS.get(str(t))
+    return ARROW_NAMES.get(str(t))
 
 
 def _values(path: Path, name: str, column: object) -> tuple[np.ndarray, int, int]:
@@ -190,7 +189,7 @@ def _flat(array: object) -> object:
 def _numpy_view(values: object) -> np.ndarray:
     """The raw bits of a primitive Arrow float array as a numpy view of its data buffer (no copy,
     and not through ``Array.to_numpy``, which may import pandas)."""
-    dtype = UNSIGNED_VIEW[ITEMSIZE[ARROW_FLOATS[str(values.type)]]]  # type: ignore[attr-defined]
+    dtype = UNSIGNED_VIEW[ITEMSIZE[ARROW_NAMES[str(values.type)]]]  # type: ignore[attr-defined]
     data = values.buffers()[1]  # type: ignore[attr-defined]
     offset, length = values.offset, len(values)  # type: ignore[attr-defined, arg-type]
     return np.frombuffer(data, dtype=dtype, count=offset + length)[offset:]

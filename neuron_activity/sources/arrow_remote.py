@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import ITEMSIZE
+from ..dtypes import ARROW_NAMES, ITEMSIZE
 from ..errors import BadInput, first_line
 from ..remote.objects import RemotePath, current, info
 from .base import MAPPED, TensorEntry
@@ -118,8 +118,6 @@ def _float_lists(t: object) -> tuple[str, list[int]] | None:
     stores it): each level is its fixed size, or 0 for a list with offsets (4 bytes; 8 large)."""
     import pyarrow as pa
 
-    from .arrow_files import ARROW_FLOATS
-
     t = getattr(t, "storage_type", t)
     levels = []
     for _ in range(2):
@@ -132,7 +130,7 @@ def _float_lists(t: object) -> tuple[str, list[int]] | None:
         else:
             return None
         t = t.value_type
-    dtype = ARROW_FLOATS.get(str(t))
+    dtype = ARROW_NAMES.get(str(t))
     return (dtype, levels) if dtype else None
 
 

@@ -7,7 +7,7 @@ data stays on disk until read). Importing torch costs seconds, so only these fil
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,6 @@ FORMATS = (FORMAT,)
 SUFFIXES = {".pt": FORMAT, ".pth": FORMAT}
 
 
-MAX_NESTING = 64  # containers within containers
-MAX_TENSORS = 100_000
 LEGACY_MAX_BYTES = 1 << 30  # legacy (non-zip) files load whole: larger ones are refused
 
 
@@ -59,34 +57,11 @@ def load(path: Path) -> object:
 
 
 
-def walk(obj: object, is_leaf: Callable[[object], bool], path: Path | None = None) -> dict[str, object]:
-    """Every leaf in ``obj`` by dotted path (``""`` for a bare leaf): dict keys and list indices,
-    in order, found without recursion; containers nested deeper than ``MAX_NESTING`` are refused."""
-    found: dict[str, object] = {}
-    stack: list[tuple[str, object, int]] = [("", obj, 0)]
-    while stack:
-        prefix, value, depth = stack.pop()
-        if is_leaf(value):
-            found[prefix] = value
-            if len(found) > MAX_TENSORS:
-                raise BadInput(path or "", f"holds more than {MAX_TENSORS} tensors")
-            continue
-        if isinstance(value, dict):
-            items = [(str(k), v) for k, v in value.items()]
-        elif isinstance(value, (list, tuple)):
-            items = [(str(i), v) for i, v in enumerate(value)]
-        else:
-            continue
-        if depth >= MAX_NESTING:
-            raise BadInput(path or "", f"containers nested deeper than {MAX_NESTING} levels")
-        for name, item in reversed(items):
-            stack.append((f"{prefix}.{name}" if prefix else name, item, depth + 1))
-    return found
-
-
 def tensors(obj: object, path: Path | None = None) -> dict[str, object]:
     """Every tensor in ``obj`` by dotted path; sparse and other layouts are refused."""
     import torch
+
+    from .torch_zip import walk  # pickle and zipfile (~4 ms): loaded for .pt files only
 
     found = walk(obj, lambda v: isinstance(v, torch.Tensor), path)
     for prefix, value in found.items():
@@ -99,9 +74,9 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
     """Entries of each file: read without torch where the file allows (see ``torch_zip``: its
     tensors are then mapped in place), else loaded with torch."""
     out = []
-    for path in paths:
-        from . import torch_zip  # pickle and zipfile: loaded for .pt files only
+    from . import torch_zip  # as in tensors()
 
+    for path in paths:
         mapped = torch_zip.entries(path, FORMAT)
         if mapped is not None:
             out += mapped

@@ -20,13 +20,16 @@ import pickle
 import struct
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from ..dtypes import ITEMSIZE, TORCH_NAMES
-from ..errors import NactError
+from ..errors import BadInput, NactError
 from .base import MAPPED, TensorEntry, is_remote, open_shard
 
+MAX_NESTING = 64  # containers within containers
+MAX_TENSORS = 100_000
 STORAGE_TYPES = {
     "FloatStorage": "F32", "DoubleStorage": "F64", "HalfStorage": "F16", "BFloat16Storage": "BF16",
     "IntStorage": "I32", "LongStorage": "I64", "ShortStorage": "I16", "CharStorage": "I8",
@@ -131,6 +134,31 @@ def _member_data(raw: object, info: zipfile.ZipInfo) -> int:
     return info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len
 
 
+def walk(obj: object, is_leaf: Callable[[object], bool], path: Path | None = None) -> dict[str, object]:
+    """Every leaf in ``obj`` by dotted path (``""`` for a bare leaf): dict keys and list indices,
+    in order, found without recursion; containers nested deeper than ``MAX_NESTING`` are refused."""
+    found: dict[str, object] = {}
+    stack: list[tuple[str, object, int]] = [("", obj, 0)]
+    while stack:
+        prefix, value, depth = stack.pop()
+        if is_leaf(value):
+            found[prefix] = value
+            if len(found) > MAX_TENSORS:
+                raise BadInput(path or "", f"holds more than {MAX_TENSORS} tensors")
+            continue
+        if isinstance(value, dict):
+            items = [(str(k), v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            items = [(str(i), v) for i, v in enumerate(value)]
+        else:
+            continue
+        if depth >= MAX_NESTING:
+            raise BadInput(path or "", f"containers nested deeper than {MAX_NESTING} levels")
+        for name, item in reversed(items):
+            stack.append((f"{prefix}.{name}" if prefix else name, item, depth + 1))
+    return found
+
+
 def entries(path: Path, fmt: str) -> list[TensorEntry] | None:
     """The tensors of a zip-format ``torch.save`` file as mapped entries, or None when the file
     needs torch (see the module's docstring). A remote object's zip directory and pickle are
@@ -149,8 +177,6 @@ def entries(path: Path, fmt: str) -> list[TensorEntry] | None:
 
 
 def _entries(path: Path, fmt: str, raw: BinaryIO) -> list[TensorEntry] | None:
-    from .torch_files import walk
-
     with zipfile.ZipFile(raw) as z:
         names = z.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
