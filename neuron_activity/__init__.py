@@ -36,7 +36,8 @@ from .errors import (
     StateMismatch,
 )
 from .options import CountOptions, Part, ReportOptions, ScanRequest
-from .scan import ScanResult, count_array, scan  # eager: the function, not the submodule, is `scan`
+from .arrays import count_array
+from .scan import ScanResult, scan  # eager: the function, not the submodule, is `scan`
 
 # Imported when first used (PEP 562): a command that needs none of them does not pay for them.
 _LAZY = {

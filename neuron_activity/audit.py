@@ -7,14 +7,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .devices import resolve_device
 from .decimals import decimal_text
 from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, save_counts
 from .errors import ShardChanged, StateMismatch
 from .files import locked
 from .options import CountOptions
 from .remote.objects import session
-from .scan import ProgressCallback, ScanResult, count, plan_for
+from .scan import ProgressCallback, ScanResult, count, device_for, plan_for
 from .sources import ScanPlan, discover
 
 
@@ -61,6 +60,7 @@ def audit(
     check: Callable[[SavedCounts, ScanResult | None], None] | None = None,
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: ProgressCallback | None = None,
+    device: str | None = None,
     **count_options: object,
 ) -> AuditResult:
     """Count the shards under ``paths`` that ``state`` has not counted yet, add them, save.
@@ -69,7 +69,8 @@ def audit(
     ``rescan`` starts the state over. The state (symlinks resolved) is locked for the whole
     audit and replaced atomically at the end, after ``check(saved, scan)`` (which may raise to
     leave it as it was): an interrupted or refused audit leaves the previous state as it was.
-    ``shards`` are the discovered shards, when the caller has them already.
+    ``shards`` are the discovered shards and ``device`` the resolved device, when the caller has
+    them already.
     """
     settings = replace(options or CountOptions(device="cpu", **count_options), track_last=True)  # type: ignore[arg-type]
     state = Path(os.path.realpath(state))
@@ -79,7 +80,7 @@ def audit(
             before, now = decimal_text(previous.activity.fire_above), decimal_text(settings.fire_above)
             raise StateMismatch(state, "fire_above", before, now)
         known = {} if previous is None or rescan else {s.path: s for s in previous.shards}
-        device = resolve_device(settings.device)
+        device = device or device_for(settings)
         found = shards if shards is not None else discover(list(paths), settings.input_format)
         plan = plan_for(found, settings)
         if previous is not None and not rescan:

@@ -95,8 +95,6 @@ class CountOptions:
             raise BadOption("sae_dtype", self.sae_dtype, f"is not a dtype: use {', '.join(SAE_DTYPES)}")
         if self.sae_dtype != "float32" and not saes:
             raise NeedsOption("sae_dtype", "sae")
-        if saes and self.device == "cpu" and self.sae_dtype != "float32":
-            raise BadOption("sae_dtype", self.sae_dtype, "is for a GPU: on the cpu SAEs encode in float32")
         skip = tuple(self.skip_positions or ())
         for p in skip:
             if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < 1 << 31:

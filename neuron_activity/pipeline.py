@@ -17,11 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .devices import resolve_device
 from .errors import BadOutput, NactError
 from .options import CountOptions, Part, ScanRequest
 from .report import Report, make_report
-from .scan import ProgressCallback, ScanResult, count, plan_for
+from .scan import ProgressCallback, ScanResult, count, device_for, plan_for
 from .sources import ScanPlan, discover
 from .remote.objects import session
 from .sources.base import is_remote
@@ -109,13 +108,13 @@ def _run(
 ) -> ScanOutcome:
     outputs = _outputs(request)
     check_outputs(outputs)
-    device = None if request.distributed else resolve_device(request.count.device)  # ranks pick their own
+    device = None if request.distributed else device_for(request.count)  # ranks pick their own
     shards = discover(list(request.paths), request.count.input_format)
     check_not_inputs(outputs, list(shards))
     tracking = request.count.track_last or request.report.window is not None or request.save_counts is not None
     options = replace(request.count, track_last=tracking)
     if request.state is not None:
-        return _audit(request, options, shards, on_plan, on_progress)
+        return _audit(request, options, device, shards, on_plan, on_progress)
     if request.distributed:
         return _on_ranks(request, options, shards)
     assert device is not None
@@ -189,6 +188,7 @@ def _save_counts(path: Path | None, saved: SavedCounts | None) -> None:
 def _audit(
     request: ScanRequest,
     options: CountOptions,
+    device: str | None,
     shards: dict[Path, str],
     on_plan: Callable[[ScanPlan], None] | None,
     on_progress: ProgressCallback | None,
@@ -207,7 +207,7 @@ def _audit(
 
     audited = audit(
         list(request.paths), request.state, options, rescan=request.rescan, shards=shards, check=check,  # type: ignore[arg-type]
-        on_plan=on_plan, on_progress=on_progress,
+        on_plan=on_plan, on_progress=on_progress, device=device,
     )
     return ScanOutcome(reports[0], audited.saved)
 
@@ -225,7 +225,7 @@ def _on_ranks(request: ScanRequest, options: CountOptions, shards: dict[Path, st
             raise EmptyPart(request.part, record.total_units)  # type: ignore[union-attr]
         plan = plan.restricted(mine)
         files, sources = [str(p) for p in plan.shards], plan.sources()
-        result = count(plan.restricted(Part(rank, world).of_units(mine)), options, resolve_device(device))
+        result = count(plan.restricted(Part(rank, world).of_units(mine)), options, device_for(options, device))
         return result.activity, (result, mine, record, files, sources)
 
     done = run_on_ranks(options.device, work)  # type: ignore[arg-type]

@@ -225,7 +225,8 @@ def test_arrow_columns_are_mapped_a_run_per_record_batch(tmp_path: Path) -> None
     in windows on every thread (windows of 3 vectors never cross a batch of 7 rows x 6 positions),
     with positions skipped and last fires tracked as for any mapped tensor."""
     from neuron_activity import CountOptions
-    from neuron_activity.scan import _work, plan_for
+    from neuron_activity.engine import _work
+    from neuron_activity.scan import plan_for
     from neuron_activity.sources import discover
 
     rng = np.random.default_rng(12)

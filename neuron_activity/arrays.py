@@ -1,0 +1,83 @@
+"""Counting arrays held in memory (numpy, or torch of any floating dtype): the same fire rule
+and states as a scan, without files."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+from . import state
+from .activity import NeuronActivity
+from .counting import make_counter
+from .devices import resolve_device
+from .dtypes import NUMPY_NAMES, TORCH_NAMES, fire_rule, signed_bits
+from .errors import BadOption
+from .metric import TensorActivity
+from .options import CountOptions
+from .sources.layout import component_layout
+
+
+def count_array(
+    array: object,
+    name: str = "activations",
+    *,
+    fire_above: str | Fraction | int = 0,
+    flatten: bool = False,
+    device: str = "cpu",
+    kernel: str | None = None,
+    track_last: bool = False,
+) -> NeuronActivity:
+    """Count fires in an in-memory array (numpy, or torch of any floating dtype).
+
+    >>> import numpy as np
+    >>> from neuron_activity import Threshold
+    >>> count_array(np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])).rows([Threshold.parse("0")])[0].dead
+    1
+    """
+    options = CountOptions(fire_above=fire_above, flatten=flatten, device=device, kernel=kernel, track_last=track_last)
+    if _on_a_gpu(array) and not track_last and not flatten:  # counted where it lies: no copy to the host
+        shape = tuple(array.shape)  # type: ignore[attr-defined]
+        components = shape[1] if len(shape) == 3 else None
+        counter = TensorActivity(shape[-1], components, fire_above=options.fire_above, name=name)
+        counter.update(array)
+        return counter.activity()
+    dtype, bits = raw_bits(array)
+    if bits.ndim < 2:
+        raise BadOption("array", f"shape {list(bits.shape)}", "has no batch axis: need [N, F] or [..., C, F]")
+    names, num_rows, num_features = component_layout(name, tuple(bits.shape), flatten)
+    rows = np.ascontiguousarray(bits).reshape(num_rows, len(names) * num_features)
+    rule = fire_rule(dtype, options.fire_above)
+    counter = make_counter(rule, rows.shape[1], resolve_device(options.device), options.kernel, track_last)
+    counter.update(rows)
+    states = counter.result()
+    activity = NeuronActivity(options.fire_above)
+    for i, component in enumerate(names):
+        part = slice(i * num_features, (i + 1) * num_features)
+        activity.add_states(component, state.select(states, part), num_rows)
+    return activity
+
+
+def _on_a_gpu(array: object) -> bool:
+    device = getattr(array, "device", None)
+    return type(array).__module__.startswith("torch") and getattr(device, "type", "cpu") != "cpu" and array.dim() in (2, 3)  # type: ignore[attr-defined]
+
+
+def raw_bits(array: object) -> tuple[str, np.ndarray]:
+    """The dtype name and the raw bits (as unsigned integers) of a numpy array or torch tensor."""
+    if isinstance(array, np.ndarray):
+        dtype = NUMPY_NAMES.get(array.dtype.name)
+        if dtype is None:
+            raise BadOption("array", f"dtype {array.dtype}", "cannot be counted")
+        return dtype, np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
+    module = type(array).__module__
+    if module.startswith("torch"):
+        import torch
+
+        assert isinstance(array, torch.Tensor)
+        dtype = TORCH_NAMES.get(str(array.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise BadOption("array", f"dtype {array.dtype}", "cannot be counted")
+        bits = signed_bits(array.detach().cpu().contiguous()).numpy()  # type: ignore[attr-defined]
+        return dtype, bits.view(f"u{array.element_size()}")
+    raise BadOption("array", f"of type {type(array).__name__}", "cannot be counted: pass a numpy array or torch tensor")
