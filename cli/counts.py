@@ -81,7 +81,7 @@ def report(
     shards = [s.path for s in saved.shards]  # type: ignore[attr-defined]
     report = make_report(saved.activity, options, shards)  # type: ignore[attr-defined]
     if save_sparsity is not None:
-        from neuron_activity.counts_file import save_sparsity as write_sparsity
+        from neuron_activity.sparsity import save_sparsity as write_sparsity
 
         write_sparsity(save_sparsity, saved.activity)  # type: ignore[attr-defined]
     finish(report, fmt, output, quiet)

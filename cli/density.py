@@ -154,7 +154,7 @@ def _activity(paths: list[Path], options: object) -> tuple[object, list[str]]:
     """The counts of ``paths``: saved counts merged, or activations scanned (with a progress bar
     on a terminal); and warnings."""
     from neuron_activity.activity import NeuronActivity
-    from neuron_activity.counts_file import is_sparsity_file, load_sparsity
+    from neuron_activity.sparsity import is_sparsity_file, load_sparsity
     from neuron_activity.scan import scan as scan_shards
     from neuron_activity.sources.base import is_remote
     from neuron_activity.sources.safetensors_files import is_counts_file

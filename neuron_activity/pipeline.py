@@ -120,7 +120,7 @@ def _run(
     assert device is not None
     plan = plan_for(shards, options)
     if request.save_sparsity is not None:
-        from .counts_file import check_one_component
+        from .sparsity import check_one_component
 
         check_one_component(request.save_sparsity, list(plan.sources()))
     mine, record = _part_units(request.part, plan.units())
@@ -173,7 +173,7 @@ def _finish(
     if saved is not None:
         _save_counts(request.save_counts, saved)
     if request.save_sparsity is not None:
-        from .counts_file import save_sparsity
+        from .sparsity import save_sparsity
 
         save_sparsity(request.save_sparsity, result.activity)
     return ScanOutcome(report, saved)
