@@ -4,6 +4,7 @@
     python bench/scan_bench.py --sizes 1 4 16 --dtypes f32
     python bench/scan_bench.py --device cuda --device cpu
     python bench/scan_bench.py --sizes 2 --dtypes f32 --no-naive --cold   # also from disk
+    python bench/scan_bench.py --startup-only --baseline-nact /path/to/other/venv/bin/nact
 
 Generates its own shards in a temporary folder (or --folder), reads each once so it sits in the
 page cache, then times in alternation, several runs each: ``cat FILE > /dev/null``, the naive
@@ -159,10 +160,10 @@ def bench_cold(path: Path, runs: int, extra: list[str]) -> None:
     print(f"  nact[cpu]/cat throughput: {med['cat'] / med['nact[cpu]']:.2f}x, net of start-up {med['cat'] / net:.2f}x")
 
 
-def startup(folder: Path, runs: int) -> None:
+def startup(folder: Path, runs: int, baseline: str | None = None) -> None:
     """Start-up against ``python -c "import numpy"`` (the least a numpy tool can start in), in
     alternation: numpy and Typer imported, a scan of a tiny shard to JSON, of sample_data/ to
-    JSON, and ``nact --help``."""
+    JSON, and ``nact --help``; with ``baseline`` (another install's ``nact``), its scans too."""
     exe = shutil.which("nact") or str(Path(sys.executable).parent / "nact")
     tiny = folder / "tiny.safetensors"
     write_shard(tiny, 64 * 32 * 4, "f32", 32)
@@ -173,6 +174,10 @@ def startup(folder: Path, runs: int) -> None:
         "nact scan sample_data/ --format json": [exe, "scan", str(ROOT / "sample_data"), "--format", "json"],
         "nact --help": [exe, "--help"],
     }
+    if baseline:
+        commands["baseline: nact scan tiny.safetensors --format json"] = [baseline, "scan", str(tiny), "--format", "json"]
+        commands["baseline: nact scan sample_data/ --format json"] = [baseline, "scan", str(ROOT / "sample_data"), "--format", "json"]
+        commands["baseline: nact --help"] = [baseline, "--help"]
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
         for name, cmd in commands.items():
@@ -181,7 +186,11 @@ def startup(folder: Path, runs: int) -> None:
     base = medians['python -c "import numpy"']
     print(f"\nstart-up, medians of {runs} in alternation (whole processes):")
     for name, med in medians.items():
-        print(f"  {name:42s} {med:6.3f} s  {med / base:5.2f}x import numpy")
+        print(f"  {name:52s} {med:6.3f} s  {med / base:5.2f}x import numpy")
+    if baseline:
+        for name in ("nact scan tiny.safetensors --format json", "nact scan sample_data/ --format json", "nact --help"):
+            delta = (medians[name] - medians[f"baseline: {name}"]) * 1000
+            print(f"  {name:52s} {delta:+6.1f} ms against the baseline")
     tiny.unlink()
 
 
@@ -197,13 +206,14 @@ def main() -> None:
     parser.add_argument("--nact-args", default="", help="extra arguments for nact scan, e.g. '--threads 2'")
     parser.add_argument("--startup-runs", type=int, default=21, help="runs of each start-up command")
     parser.add_argument("--startup-only", action="store_true", help="time start-up only")
+    parser.add_argument("--baseline-nact", help="another install's nact executable, timed beside this one's")
     parser.add_argument("--cold", action="store_true", help="also time each f32 file evicted from the page cache")
     args = parser.parse_args()
     folder = args.folder or Path(tempfile.mkdtemp(prefix="nact-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     print(f"cores: {os.cpu_count()}, python {sys.version.split()[0]}, numpy {np.__version__}, folder {folder}")
     try:
-        startup(folder, args.startup_runs)
+        startup(folder, args.startup_runs, args.baseline_nact)
         for size in [] if args.startup_only else args.sizes:
             for dtype in args.dtypes:
                 path = folder / f"bench_{dtype}_{size:g}gib.safetensors"

@@ -35,29 +35,13 @@ from .errors import (
     StateLocked,
     StateMismatch,
 )
+from .inspection import Inspection, inspect
 from .options import CountOptions, Part, ReportOptions, ScanRequest
+from .pipeline import ScanOutcome, run_scan
+from .report import Report, make_report
 from .arrays import count_array
-from .scan import ScanResult, scan  # eager: the function, not the submodule, is `scan`
-
-# Imported when first used (PEP 562): a command that needs none of them does not pay for them.
-_LAZY = {
-    "Inspection": "inspection", "inspect": "inspection",
-    "ScanOutcome": "pipeline", "run_scan": "pipeline",
-    "Report": "report", "make_report": "report",
-    "INPUT_FORMATS": "sources", "ScanPlan": "sources",
-}
-
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'neuron_activity' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
+from .scan import ScanResult, scan  # after .pipeline: the name `scan` is the function, not the submodule
+from .sources import INPUT_FORMATS, ScanPlan
 
 __all__ = [
     "DEFAULT_THRESHOLDS",

@@ -17,6 +17,9 @@ from .activity import DEFAULT_THRESHOLDS, Threshold
 from .decimals import as_fraction, decimal_text, parse_decimal
 from .devices import check_device_name
 from .errors import BadOption, Conflict, NeedsOption
+from .sources.base import to_path
+from .sources.grouping import GROUPINGS
+from .sources.registry import INPUT_FORMATS
 
 MAX_THREADS = 256
 MAX_PARTS = 1_000_000
@@ -83,8 +86,6 @@ class CountOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", tuple(self.keys or ()))
-        from .sources.grouping import GROUPINGS
-
         if self.group_by not in GROUPINGS:
             raise BadOption("group_by", self.group_by, f"is not a grouping: use {', '.join(GROUPINGS)}")
         if self.flatten and self.component_axis is not None:
@@ -114,8 +115,6 @@ class CountOptions:
             raise BadOption("kernel", kernel, f"is not a kernel: use {', '.join(KERNELS)}")
         object.__setattr__(self, "kernel", kernel)
         if self.input_format is not None:
-            from .sources import INPUT_FORMATS
-
             if self.input_format not in INPUT_FORMATS:
                 raise BadOption("input_format", self.input_format, f"is not a format: use {', '.join(INPUT_FORMATS)}")
 
@@ -230,8 +229,6 @@ class ScanRequest:
     save_sparsity: Path | None = None  # the one component's log10 densities, as SAELens saves them
 
     def __post_init__(self) -> None:
-        from .sources.base import to_path
-
         object.__setattr__(self, "paths", tuple(to_path(p) for p in self.paths))
         if not self.paths:
             raise BadOption("paths", "", "are needed: give at least one file or folder")

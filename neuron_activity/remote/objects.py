@@ -20,17 +20,18 @@ import io
 import re
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BadInput
 from .requests import filesystem, key_of, protocol, retrying
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 HEADER_BLOCK = 1 << 16  # headers are read through a small buffer: a few requests, not a whole object
@@ -120,6 +121,8 @@ def _info_of(detail: dict[str, Any]) -> ObjectInfo:
     elif isinstance(modified, (int, float)):
         ns = int(modified * 1e9)
     elif isinstance(modified, str):
+        from email.utils import parsedate_to_datetime  # 6 ms of every scan's start-up, for a few stores
+
         try:
             ns = int(parsedate_to_datetime(modified).timestamp() * 1e9)
         except (TypeError, ValueError):
@@ -240,6 +243,8 @@ class Session:
             if (str(path), start, stop) in self.ahead:
                 return
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor  # 3 ms of every scan's start-up
+
                 self._pool = ThreadPoolExecutor(threads, thread_name_prefix="nact-ahead")
             self.ahead[(str(path), start, stop)] = self._pool.submit(fetch, path, start, stop)
 
@@ -307,6 +312,8 @@ def each(paths: list[RemotePath], call: Callable[[RemotePath], object], threads:
         for path in paths:
             call(path)
         return
+    from concurrent.futures import ThreadPoolExecutor  # as in Session.fetch_ahead
+
     with ThreadPoolExecutor(min(threads, len(paths)), thread_name_prefix="nact-io") as pool:
         futures = [pool.submit(in_this_context(call), path) for path in paths]
         for future in futures:
