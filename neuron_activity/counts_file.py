@@ -17,17 +17,20 @@ version 1 (no part record) load as they are.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from . import state
+from ._version import __version__
 from .activity import NeuronActivity
 from .decimals import decimal_text, parse_decimal
 from .errors import BadInput, CountsMismatch, NactError, NotCountsFile
+from .files import write_atomic
 from .options import MAX_FIRE_ABOVE
 from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME
 from .remote.objects import RemotePath, current
@@ -52,6 +55,8 @@ class ShardRecord:
         or of a remote object (its URL, size, last modified and ETag as this run's listing said)."""
         if isinstance(path, RemotePath):
             if path.is_dir():  # a folder of objects (a delphi module): its objects' sum and tags
+                import hashlib  # OpenSSL: 3 ms of every run, for remote module folders only
+
                 found = current().objects_under(path)
                 tag = hashlib.sha256("\n".join(f"{u} {f.tag}" for u, f in found.items()).encode()).hexdigest()[:32]
                 return cls(str(path), sum(f.size for f in found.values()), max(f.modified_ns for f in found.values()), tag)
@@ -88,11 +93,6 @@ class SavedCounts:
 
 def save_counts(path: Path, saved: SavedCounts) -> None:
     """Write ``saved`` to ``path`` atomically."""
-    from safetensors.numpy import save_file
-
-    from ._version import __version__
-    from .files import write_atomic
-
     tensors: dict[str, np.ndarray] = {}
     for c in saved.activity.components.values():
         for name, values in c.states.items():
@@ -161,8 +161,6 @@ def _check_states(path: Path, name: str, states: dict[str, np.ndarray], num_vect
 
 def load_counts(path: Path) -> SavedCounts:
     """Read saved counts, or raise BadInput saying what is wrong with the file."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise BadInput(path, "no such file" if not path.exists() else "not a regular file")

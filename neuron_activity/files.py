@@ -8,6 +8,11 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 from .errors import BadOutput, NactError, StateLocked, first_line
 
 
@@ -66,9 +71,7 @@ def locked(path: Path) -> Iterator[None]:
     except OSError as e:
         raise BadOutput(lock_path, f"cannot create the lock file: {e.strerror or e}") from None
     try:
-        try:
-            import fcntl
-        except ImportError:  # no advisory locks on this platform
+        if fcntl is None:  # no advisory locks on this platform
             yield
             return
         try:

@@ -24,6 +24,7 @@ from typing import Any
 from . import state
 from .activity import NeuronActivity, Threshold
 from .torch_counting import fire_mask, nan_mask
+from .counts_file import SavedCounts, save_counts
 from .decimals import as_fraction, decimal_text
 from .dtypes import TORCH_NAMES, fire_rule, signed_bits
 from .errors import BadOption, ShapeMismatch
@@ -142,8 +143,6 @@ class TensorActivity:
         return activity_of(self.shape, self._states(), self.num_vectors, self.fire_above, self.name)
 
     def save_counts(self, path: Path | str) -> None:
-        from .counts_file import SavedCounts, save_counts
-
         save_counts(Path(path), SavedCounts(self.activity(), kernel="torch", device=str(self._states()["fire_counts"].device)))
 
 
@@ -206,8 +205,6 @@ def _metric_class() -> type:
             return activity_of(self.shape, states, int(self.num_vectors), self.fire_above, self.name)
 
         def save_counts(self, path: Path | str) -> None:
-            from .counts_file import SavedCounts, save_counts
-
             device = str(self.fire_counts.device)
             save_counts(Path(path), SavedCounts(self.activity(), kernel="torch", device=device))
 

@@ -15,8 +15,10 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .audit import audit
+from .counts_file import PartRecord, SavedCounts, ShardRecord, save_counts
+from .distributed import run_on_ranks
 from .errors import BadOutput, NactError
 from .options import CountOptions, Part, ScanRequest
 from .report import Report, make_report
@@ -24,9 +26,8 @@ from .scan import ProgressCallback, ScanResult, count, device_for, plan_for
 from .sources import ScanPlan, discover
 from .remote.objects import session
 from .sources.base import is_remote
+from .sparsity import check_one_component, save_sparsity
 
-if TYPE_CHECKING:  # counts files are read and written only by the scans that save them
-    from .counts_file import PartRecord, SavedCounts
 
 
 class EmptyPart(NactError):
@@ -120,8 +121,6 @@ def _run(
     assert device is not None
     plan = plan_for(shards, options)
     if request.save_sparsity is not None:
-        from .sparsity import check_one_component
-
         check_one_component(request.save_sparsity, list(plan.sources()))
     mine, record = _part_units(request.part, plan.units())
     if request.part is not None and not mine and request.save_counts is None:
@@ -137,8 +136,6 @@ def _part_units(part: Part | None, units: list[Path]) -> tuple[list[Path], PartR
     """The units a (possibly partial) scan counts, and its part record."""
     if part is None:
         return units, None
-    from .counts_file import PartRecord
-
     start, stop = part.bounds(len(units))
     return units[start:stop], PartRecord(part.index, part.of, start, stop - start, len(units))
 
@@ -156,8 +153,6 @@ def _finish(
     ``units`` are those counted (by every rank), ``shards`` their files."""
     saved = None
     if request.save_counts is not None:
-        from .counts_file import SavedCounts, ShardRecord
-
         records = [ShardRecord.of(u) for u in units]
         saved = SavedCounts(result.activity, records, part, result.kernel, result.device)
     if part is not None and not units:
@@ -173,15 +168,11 @@ def _finish(
     if saved is not None:
         _save_counts(request.save_counts, saved)
     if request.save_sparsity is not None:
-        from .sparsity import save_sparsity
-
         save_sparsity(request.save_sparsity, result.activity)
     return ScanOutcome(report, saved)
 
 
 def _save_counts(path: Path | None, saved: SavedCounts | None) -> None:
-    from .counts_file import save_counts
-
     save_counts(path, saved)  # type: ignore[arg-type]
 
 
@@ -193,8 +184,6 @@ def _audit(
     on_plan: Callable[[ScanPlan], None] | None,
     on_progress: ProgressCallback | None,
 ) -> ScanOutcome:
-    from .audit import audit
-
     reports: list[Report] = []
 
     def check(saved: SavedCounts, scanned: ScanResult | None) -> None:
@@ -216,8 +205,6 @@ def _on_ranks(request: ScanRequest, options: CountOptions, shards: dict[Path, st
     """One rank of torchrun: every rank plans every header (so all agree on the components) and
     counts its share of the units (of ``part``'s units, with a part); rank 0 reports and saves
     the whole, recording every unit counted by any rank."""
-    from .distributed import run_on_ranks
-
     def work(rank: int, world: int, device: str) -> tuple[object, tuple]:
         plan = plan_for(shards, options)
         mine, record = _part_units(request.part, plan.units())

@@ -260,8 +260,7 @@ def test_interrupted_audit_leaves_the_state_intact(tmp_path: Path) -> None:
 
 
 def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from neuron_activity import count_array
-    import safetensors.numpy
+    from neuron_activity import count_array, counts_file
 
     path = tmp_path / "counts.safetensors"
     save_counts(path, SavedCounts(count_array(np.ones((3, 2))), []))
@@ -271,7 +270,7 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
         Path(filename).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", half_written)
+    monkeypatch.setattr(counts_file, "save_file", half_written)
     with pytest.raises(NactError, match="No space left on device"):
         save_counts(path, SavedCounts(count_array(np.zeros((3, 2))), []))
     assert path.read_bytes() == before

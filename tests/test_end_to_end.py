@@ -62,7 +62,7 @@ def test_a_machine_readable_scan_loads_only_what_it_uses() -> None:
     only), no pyarrow, no zip reader, no counts-file code, and no other command's module."""
     unused = [
         "torch", "rich", "pyarrow", "zipfile", "fsspec", "s3fs",
-        "neuron_activity.counts_file", "neuron_activity.sae",
+        "neuron_activity.sae",
         "nact_cli.counts", "nact_cli.density", "nact_cli.inspect",
     ]
     code = (

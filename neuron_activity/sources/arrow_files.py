@@ -13,6 +13,7 @@ scan holds about one batch of a file. Needs pyarrow: ``pip install pyarrow``.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,8 +82,6 @@ def _batches(path: Path, drop_behind: bool = False) -> Iterator[tuple[object, in
     once the caller is done with a batch, the pages read so far leave the process
     (``MADV_DONTNEED``; a file mapping reads them again from the page cache if they are touched
     after), so that counting a file keeps about one batch resident, not the file."""
-    import mmap
-
     pa = _pyarrow()
     mapped = None
     try:

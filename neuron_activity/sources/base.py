@@ -10,6 +10,7 @@ track_last)`` and counts its stored entries itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import mmap
 import os
 import re
 from bisect import bisect_right
@@ -18,12 +19,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from ..dtypes import ITEMSIZE
+import numpy as np
+
+from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
 from ..remote.objects import RemoteFile, RemotePath, as_path, read_range
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from ..dtypes import FireRule
 
 # How an entry's values are stored, which says how the engine reads them.
@@ -163,10 +164,6 @@ def mapped_chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     """Rows of a mapped slab, run by run: copied out of a read-only map of a file, or fetched by
     range requests from an object (the engine maps or fetches windows itself; this is the same
     read for callers that want a reader's chunks)."""
-    import numpy as np
-
-    from ..dtypes import UNSIGNED_VIEW
-
     unsigned = UNSIGNED_VIEW[slab.row_bytes // slab.width] if slab.width else np.uint8
     for _, rows, offset in slab.runs:
         if not rows:
@@ -188,8 +185,6 @@ def drop_pages(mapped: object, end: int, start: int = 0) -> int:
     (``MADV_DONTNEED``: a file mapping reads them again from the page cache if they are touched
     after), ``end`` rounded down to a page; where the next call may start. Counting that drops
     behind itself keeps about one window resident, not the file."""
-    import mmap
-
     end -= end % mmap.PAGESIZE
     if mapped is None or not hasattr(mapped, "madvise") or end <= start:
         return start

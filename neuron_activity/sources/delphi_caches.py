@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import json
 import math
+import mmap
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..counters import States
 from ..cpu_counting import in_ranges
 from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
+from ..native import kernels
 from ..remote.objects import RemoteArray, RemotePath
 from .base import SPARSE, TensorEntry, TensorSlab, drop_pages
 from .safetensors_files import read_header
@@ -213,8 +215,6 @@ def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
 
 def _drop_behind(array: np.ndarray, rows: int) -> None:
     """Let the pages of a mapped array's first ``rows`` rows leave the process (``drop_pages``)."""
-    import mmap
-
     if rows and getattr(array, "_mmap", None) is not None:
         start = array.offset % mmap.ALLOCATIONGRANULARITY  # type: ignore[attr-defined]  # where the array begins in the map
         drop_pages(array._mmap, start + rows * (array.nbytes // max(len(array), 1)))  # type: ignore[attr-defined]
@@ -317,8 +317,6 @@ def _native_counter(locations: np.ndarray, bits: np.ndarray, track_last: bool) -
     """The C kernel's sparse count, where it takes these columns (uint16, uint32, int32 or int64
     locations, 16- or 32-bit values; not when the last vector that fired is tracked),
     else None."""
-    from ..native import kernels
-
     counter = getattr(kernels, "count_sparse", None)
     kind = (locations.dtype.kind, locations.itemsize)
     if counter is None or track_last or kind not in LOCATION_CODES or bits.itemsize not in (2, 4):
