@@ -6,54 +6,44 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Any
 
 import typer
 
-from .output import EXIT_BREACH, console_width, emit, on_terminal, say
-from .render import (
-    DENSE_ABOVE,
-    FAIL_ABOVE,
-    FORMAT,
-    NEURONS,
-    OUTPUT,
-    QUIET,
-    SAVE_SPARSITY,
-    THRESHOLD,
-    TOP,
-    ULTRALOW_BELOW,
-    WINDOW,
-    check_format,
-    finish,
+from .options import (
+    CountsFiles,
+    DenseAbove,
+    FailAbove,
+    Format,
+    Neurons,
+    Output,
+    Quiet,
+    SaveSparsity,
+    TableOrJson,
+    Thresholds,
+    Top,
+    UltralowBelow,
+    Union,
+    Window,
 )
-
-UNION = typer.Option(False, "--union", help="Merge counts even when their components differ.")
-
-
-def load_merged(files: list[Path], union: bool = False) -> object:
-    """The counts of ``files`` merged in stream order; notes on the order go to stderr."""
-    from neuron_activity.counts_file import load_counts, merge_counts
-
-    merged, notes = merge_counts([(f, load_counts(f)) for f in files], union=union)
-    for note in notes:
-        say(f"Note: {note}")
-    return merged
+from .output import EXIT_BREACH, console_width, emit, on_terminal, say
+from .render import check_format, finish
 
 
 def report(
-    files: List[Path] = typer.Argument(..., metavar="FILE...", help="Saved counts (nact scan --save-counts).", show_default=False),
-    threshold: Optional[List[str]] = THRESHOLD,
-    fmt: Optional[str] = FORMAT,
-    output: Optional[Path] = OUTPUT,
-    fail_above: Optional[str] = FAIL_ABOVE,
-    quiet: bool = QUIET,
-    window: Optional[int] = WINDOW,
-    dense_above: str = DENSE_ABOVE,
-    ultralow_below: str = ULTRALOW_BELOW,
-    neurons: bool = NEURONS,
-    top: Optional[int] = TOP,
-    union: bool = UNION,
-    save_sparsity: Optional[Path] = SAVE_SPARSITY,
+    files: CountsFiles,
+    threshold: Thresholds = None,
+    fmt: Format = None,
+    output: Output = None,
+    fail_above: FailAbove = None,
+    quiet: Quiet = False,
+    window: Window = None,
+    dense_above: DenseAbove = "0.01",
+    ultralow_below: UltralowBelow = "1e-4",
+    neurons: Neurons = False,
+    top: Top = None,
+    union: Union = False,
+    save_sparsity: SaveSparsity = None,
 ) -> None:
     """Report dead neurons from saved counts, without the activations. Several files are merged.
 
@@ -66,31 +56,23 @@ def report(
       nact report part-*.safetensors --format json --fail-above 0.05
     """
     fmt = check_format(fmt, output=output)
+    from neuron_activity import saved  # the library: loaded once a command runs
     from neuron_activity.options import ReportOptions
-    from neuron_activity.pipeline import check_not_inputs, check_outputs
-    from neuron_activity.report import make_report
 
     options = ReportOptions.parse(
         threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,
         window=window, neurons=neurons, top=top,
     )
-    outputs = [p for p in (output, save_sparsity) if p is not None]
-    check_outputs(outputs)
-    check_not_inputs(outputs, files)
-    saved = load_merged(files, union)
-    shards = [s.path for s in saved.shards]  # type: ignore[attr-defined]
-    report = make_report(saved.activity, options, shards)  # type: ignore[attr-defined]
-    if save_sparsity is not None:
-        from neuron_activity.sparsity import save_sparsity as write_sparsity
-
-        write_sparsity(save_sparsity, saved.activity)  # type: ignore[attr-defined]
-    finish(report, fmt, output, quiet)
+    reported = saved.report(files, options, union=union, sparsity=save_sparsity, output=output)
+    for note in reported.notes:
+        say(f"Note: {note}")
+    finish(reported.report, fmt, output, quiet)
 
 
 def merge(
-    files: List[Path] = typer.Argument(..., metavar="FILE...", help="Saved counts, in stream order.", show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", metavar="OUT", help="Where to save the merged counts."),
-    union: bool = UNION,
+    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Saved counts, in stream order.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="OUT", help="Where to save the merged counts.")],
+    union: Union = False,
 ) -> None:
     """Add up saved counts of disjoint shard sets into one file (written atomically).
 
@@ -102,21 +84,19 @@ def merge(
 
       nact merge part-*.safetensors -o all.safetensors
     """
-    from neuron_activity.counts_file import save_counts
-    from neuron_activity.pipeline import check_not_inputs, check_outputs
+    from neuron_activity import saved  # as in report
 
-    check_outputs([output])
-    check_not_inputs([output], files)
-    save_counts(output, load_merged(files, union))  # type: ignore[arg-type]
+    for note in saved.merge(files, output, union=union):
+        say(f"Note: {note}")
 
 
 def diff(
-    old: Path = typer.Argument(..., metavar="OLD", help="Saved counts before.", show_default=False),
-    new: Path = typer.Argument(..., metavar="NEW", help="Saved counts after.", show_default=False),
-    threshold: str = typer.Option("0", "--threshold", "-t", metavar="P", help="Dead threshold."),
-    neurons: bool = typer.Option(False, "--neurons", help="List which neurons died, revived and stayed dead."),
-    fail_on_new_dead: bool = typer.Option(False, "--fail-on-new-dead", help="Exit 1 when any neuron died."),
-    fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help="table or json."),
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="Saved counts before.", show_default=False)],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="Saved counts after.", show_default=False)],
+    threshold: Annotated[str, typer.Option("--threshold", "-t", metavar="P", help="Dead threshold.")] = "0",
+    neurons: Annotated[bool, typer.Option("--neurons", help="List which neurons died, revived and stayed dead.")] = False,
+    fail_on_new_dead: Annotated[bool, typer.Option("--fail-on-new-dead", help="Exit 1 when any neuron died.")] = False,
+    fmt: TableOrJson = "table",
 ) -> None:
     """Compare two saved counts (two checkpoints of one SAE): which neurons died, revived, stayed dead.
 
@@ -129,29 +109,21 @@ def diff(
       nact diff old.safetensors new.safetensors -t 1e-6 --neurons --format json --fail-on-new-dead
     """
     check_format(fmt, ("table", "json"))
-    from neuron_activity import Threshold
-    from neuron_activity.counts_file import load_counts
-    from neuron_activity.diff import compare
+    from neuron_activity import Threshold, saved  # as in report
 
-    dead_at = Threshold.parse(threshold)
-    changes = compare(load_counts(old).activity, load_counts(new).activity, dead_at)
+    changes = saved.diff(old, new, Threshold.parse(threshold))
     if fmt == "json":
-        doc = {
-            "schema_version": 1,
-            "threshold": float(dead_at.value),
-            "components": [c.as_dict(neurons) for c in changes],
-        }
-        emit(json.dumps(doc, indent=2) + "\n", None)
+        emit(json.dumps(changes.to_json(neurons), indent=2) + "\n", None)
     else:
-        emit(_diff_table(changes, neurons), None)
-    died = sum(len(c.died) for c in changes)
-    if fail_on_new_dead and died:
-        say(f"Newly dead neurons: {died} ({', '.join(f'{c.component}: {len(c.died)}' for c in changes if c.died)})")
+        emit(_diff_table(changes.components, neurons), None)
+    if fail_on_new_dead and changes.died:
+        listed = ", ".join(f"{c.component}: {len(c.died)}" for c in changes.components if c.died)
+        say(f"Newly dead neurons: {changes.died} ({listed})")
         raise typer.Exit(EXIT_BREACH)
 
 
-def _diff_table(changes: list, neurons: bool) -> str:
-    from rich.console import Console
+def _diff_table(changes: list[Any], neurons: bool) -> str:
+    from rich.console import Console  # as in render.render_table
     from rich.table import Table
 
     table = Table(title="Dead neurons, old -> new", title_justify="left", header_style="bold")

@@ -5,45 +5,17 @@ from __future__ import annotations
 import io
 import json
 import sys
-from typing import List, Optional
+from typing import Any
 
 import typer
 
-from .output import console_width, emit, on_terminal, say, word
-from .render import (
-    COMPONENT_AXIS,
-    FLATTEN,
-    GROUP_BY,
-    INPUT_FORMAT,
-    KEY,
-    NUM_LATENTS,
-    NUM_VECTORS,
-    PARTIAL_LATENTS,
-    SAE,
-    SKIP_POSITIONS,
-    count_options,
-    files_span,
-    input_paths,
-    listed_names,
-)
-
-INSPECT_FORMATS = ("table", "json")
+from .options import Inputs, Paths, TableOrJson, with_inputs
+from .output import EXIT_USAGE, console_width, emit, on_terminal, say
+from .render import check_format, files_span, listed_names
 
 
-def inspect(
-    paths: List[str] = typer.Argument(..., metavar="PATH...", help="Shard files or directories, or URLs.", show_default=False),
-    key: Optional[List[str]] = KEY,
-    flatten: bool = FLATTEN,
-    component_axis: Optional[int] = COMPONENT_AXIS,
-    group_by: str = GROUP_BY,
-    input_format: Optional[str] = INPUT_FORMAT,
-    num_latents: Optional[int] = NUM_LATENTS,
-    num_vectors: Optional[int] = NUM_VECTORS,
-    partial_latents: bool = PARTIAL_LATENTS,
-    sae: Optional[List[str]] = SAE,
-    skip_positions: Optional[str] = SKIP_POSITIONS,
-    fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help="table or json."),
-) -> None:
+@with_inputs
+def inspect(ctx: typer.Context, paths: Paths, inputs: Inputs, fmt: TableOrJson = "table") -> None:
     """Show what nact scan would read: formats, tensors, components and their files, sizes, and any problem.
 
     Exits 2 when there is a problem a scan would stop on (each is listed), 0 otherwise.
@@ -54,51 +26,36 @@ def inspect(
 
       nact inspect cache/ --format json | jq '.tensors[] | {key, shape, counted}'
     """
-    if fmt not in INSPECT_FORMATS:
-        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(INSPECT_FORMATS)}", param_hint="'--format'")
-    from neuron_activity import inspect as inspect_shards
+    check_format(fmt, ("table", "json"))
+    from neuron_activity import inspect as inspect_shards  # the library: loaded once a command runs
+    from neuron_activity.options import CountOptions
+    from neuron_activity.sources.base import to_path
 
-    options = count_options(
-        key, flatten, component_axis, group_by, input_format, num_latents, num_vectors, partial_latents, sae,
-        skip_positions, device="cpu",
-    )
-    result = inspect_shards(input_paths(paths), options)
-    problems = [word(p) for p in result.problems]
+    from .wording import word
+
+    result = inspect_shards([to_path(p) for p in paths], CountOptions(**inputs.settings(), device="cpu"))
+    problems = [word(p, ctx.command) for p in result.problems]
     if fmt == "json":
-        doc = {
-            "schema_version": 1,
-            "shards": [{"path": str(p), "format": f} for p, f in result.shards.items()],
-            "tensors": [t.as_dict() for t in result.tensors],
-            "groups": result.groups_as_dicts(),
-            "notes": result.notes,
-            "saes": result.saes,
-            "problems": problems,
-        }
-        emit(json.dumps(doc, indent=2) + "\n", None)
+        emit(json.dumps(result.to_json(lambda p: word(p, ctx.command)), indent=2) + "\n", None)
     else:
-        width = console_width(on_terminal(sys.stdout))
-        emit(_table(result, width), None)
+        emit(_table(result, console_width(on_terminal(sys.stdout))), None)
     for problem in problems:
         say(f"Error: {problem}")
     if problems:
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_USAGE)
 
 
-def _table(result: object, width: int) -> str:
-    from rich.console import Console
+def _table(result: Any, width: int) -> str:
+    from rich.console import Console  # as in render.render_table
     from rich.table import Table
 
-    formats = sorted(set(result.shards.values()))  # type: ignore[attr-defined]
-    table = Table(
-        title=f"{len(result.shards)} shard(s): {', '.join(formats) or 'none'}",  # type: ignore[attr-defined]
-        title_justify="left",
-        header_style="bold",
-    )
+    formats = sorted(set(result.shards.values()))
+    table = Table(title=f"{len(result.shards)} shard(s): {', '.join(formats) or 'none'}", title_justify="left", header_style="bold")
     for name, justify in [("path", "left"), ("key", "left"), ("format", "left"), ("dtype", "left"),
                           ("shape", "left"), ("components", "right"), ("num_vectors", "right"),
                           ("num_features", "right"), ("bytes", "right"), ("read", "left")]:
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for t in result.tensors:  # type: ignore[attr-defined]
+    for t in result.tensors:
         e = t.entry
         status = "yes" if t.skipped is None else f"no: {t.skipped}"
         if e.note:
@@ -110,14 +67,14 @@ def _table(result: object, width: int) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, highlight=False)
     console.print(table)
-    if result.groups:  # type: ignore[attr-defined]
+    if result.groups:
         console.print("Components, as a scan would count them:", markup=False)
-        for g in result.groups:  # type: ignore[attr-defined]
+        for g in result.groups:
             line = f"  {listed_names(g.names)} ({g.num_features} features): {files_span(g.files)}"
             console.print(line, markup=False, overflow="ignore", crop=False)
-    for b in result.saes:  # type: ignore[attr-defined]
+    for b in result.saes:
         line = f"SAE {b['path']} encodes {b['component']} into {b['latents']} ({b['d_sae']} latents): {b['encode']}"
         console.print(line, markup=False, overflow="ignore", crop=False)
-    for note in result.notes:  # type: ignore[attr-defined]
+    for note in result.notes:
         console.print(f"Note: {note}", markup=False, overflow="ignore", crop=False)
     return buffer.getvalue()

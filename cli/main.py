@@ -30,7 +30,6 @@ from .output import (
     one_line,
     quiet_stdout,
     say,
-    word,
 )
 
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
@@ -62,11 +61,14 @@ COMMANDS = {
 
 
 class NactCommand(TyperCommand):
-    """A command that, once its arguments are parsed (``--help`` has exited by then), loads the
-    library before it runs: with the cyclic collector off while numpy and the library are
-    imported (hundreds of thousands of objects that live until exit), then frozen out of its
-    passes and back on for the work. Measured: 8-13 ms of a 250 ms run
-    (``bench/scan_bench.py --startup-only``)."""
+    """A command of nact: once its arguments are parsed (``--help`` has exited by then) it loads
+    the library, runs, and says a library error (bad input or usage) in one line that names the
+    command's own flags, exit code 2.
+
+    The library is loaded with the cyclic collector off (numpy and the library make hundreds of
+    thousands of objects that live until exit), then frozen out of its passes and the collector
+    turned back on for the work: 8-13 ms of a 250 ms run (``bench/scan_bench.py --startup-only``).
+    """
 
     def invoke(self, ctx: Any) -> Any:
         if gc.isenabled():
@@ -76,7 +78,15 @@ class NactCommand(TyperCommand):
             finally:
                 gc.freeze()
                 gc.enable()
-        return super().invoke(ctx)
+        from neuron_activity.errors import NactError  # loaded just above
+
+        from .wording import word
+
+        try:
+            return super().invoke(ctx)
+        except NactError as e:
+            say(f"Error: {one_line(word(e, self))}")
+            raise typer.Exit(EXIT_USAGE) from None
 
 
 class LazyCommands(MutableMapping):
@@ -160,15 +170,7 @@ def run_guarded(call: Any) -> int:
             return EXIT_USAGE
         say(f"Error: {e.filename}: {e.strerror or e}")
         return EXIT_USAGE
-    except RecursionError as e:
-        return internal_error(e)
-    except Exception as e:
-        # A library error is bad input or usage. Its module is looked up, not imported: a run that
-        # never imported the library raised none, and `nact --help` need not import numpy.
-        errors = sys.modules.get("neuron_activity.errors")
-        if errors is not None and isinstance(e, errors.NactError):
-            say(f"Error: {one_line(word(e))}")
-            return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - library errors were said by the command (NactCommand)
         return internal_error(e)  # a bug: say so in one line, never exit 1
 
 

@@ -16,86 +16,9 @@ from pathlib import Path
 EXIT_OK, EXIT_BREACH, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEBUG_VARIABLE = "NACT_DEBUG"
 
-# Library option names -> how the command line spells them.
-FLAGS = {
-    "fire_above": "--fire-above",
-    "threshold": "threshold",
-    "top": "--top",
-    "window": "--window",
-    "dense_above": "--dense-above",
-    "ultralow_below": "--ultralow-below",
-    "fail_above": "--fail-above",
-    "chunk_rows": "--chunk-rows",
-    "threads": "--threads",
-    "device": "--device",
-    "input_format": "--input-format",
-    "kernel": "NACT_KERNEL",
-    "shard": "--shard",
-    "state": "--state",
-    "save_counts": "--save-counts",
-    "output": "--output",
-    "rescan": "--rescan",
-    "torchrun": "torchrun",
-    "bins_per_decade": "--bins-per-decade",
-    "key": "--key",
-    "paths": "PATH",
-    "component_axis": "--component-axis",
-    "flatten": "--flatten",
-    "group_by": "--group-by",
-    "num_latents": "--num-latents",
-    "num_vectors": "--num-vectors",
-    "partial_latents": "--partial-latents",
-    "sae": "--sae",
-    "sae_dtype": "--sae-dtype",
-    "skip_positions": "--skip-positions",
-    "save_sparsity": "--save-sparsity",
-    "part": "--shard",
-}
-
-
-def flag(option: str) -> str:
-    return FLAGS.get(option, option)
-
-
 def say(line: str) -> None:
     """One line on stderr: warnings, errors, breaches. stdout carries only the result."""
     print(line, file=sys.stderr, flush=True)
-
-
-def word(error: BaseException) -> str:
-    """A library error as the command line says it: options named by their flags, with the
-    flag that fixes it where there is one."""
-    from neuron_activity import errors
-    from neuron_activity.counts_file import ComponentsDiffer
-    from neuron_activity.pipeline import EmptyPart
-
-    if isinstance(error, errors.BadOption):
-        return error.worded(flag(error.option))
-    if isinstance(error, errors.Conflict):
-        return error.worded([flag(o) for o in error.options])
-    if isinstance(error, errors.NeedsOption):
-        return error.worded(flag(error.option), flag(error.needed))
-    if isinstance(error, errors.AxisProblem) and error.options:
-        return f"{error} ({' or '.join(flag(o) for o in error.options)})"
-    if isinstance(error, errors.KeyNotFound):
-        return error.worded("--key")
-    if isinstance(error, errors.SaeNotBound):
-        return f"{error}: bind it with --sae COMPONENT=PATH"
-    if isinstance(error, errors.MixedFormats):
-        return f"{error}: pick one with --input-format"
-    if isinstance(error, errors.ShardChanged):
-        return f"{error}: use --rescan to count every shard again"
-    if isinstance(error, errors.StateMismatch):
-        return f"{error}: use the same {flag(error.option)}, or --rescan to start over"
-    if isinstance(error, errors.NotTracked):
-        return f"{error}: --window needs counts saved with --save-counts or --state"
-    if isinstance(error, ComponentsDiffer):
-        return f"{error}: pass --union to merge them anyway"
-    if isinstance(error, errors.NotCountsFile):
-        return f"{error} (saved with nact scan --save-counts)"
-    if isinstance(error, EmptyPart):
-        return f"--shard {error}: pass --save-counts to save an empty part that merges with the others"
-    return str(error)
 
 
 def on_terminal(stream: object) -> bool:

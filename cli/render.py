@@ -11,126 +11,14 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from .options import FORMATS
 from .output import EXIT_BREACH, console_width, emit, on_terminal, say, use_color
 
 if TYPE_CHECKING:
     from neuron_activity import ActivityRow
     from neuron_activity.report import Report
 
-FORMATS = ("table", "json", "csv", "markdown")
-HEADERS = ["component", "threshold", "dead", "alive", "num_features", "num_vectors", "dead_fraction"]
-
-
-DENSE_ABOVE_HELP = "Count neurons denser than this as dense."
-ULTRALOW_HELP = "Alive neurons sparser than this form the ultralow band."
-
-# Options that scan and report share: one definition, the same flags and help in both.
-THRESHOLD = typer.Option(
-    None, "--threshold", "-t", metavar="P", help="Dead threshold, a portion of vectors (repeatable).",
-    show_default="0, 1e-5, 1e-6",
-)
-FORMAT = typer.Option(
-    None, "--format", "-f", metavar="FORMAT", help=f"One of {', '.join(FORMATS)}.",
-    show_default="from the -o file's extension (.json, .csv, .md), else table",
-)
 SUFFIX_FORMATS = {".json": "json", ".csv": "csv", ".md": "markdown", ".markdown": "markdown"}
-OUTPUT = typer.Option(
-    None, "--output", "-o", metavar="FILE", help="Write the result to FILE (atomically) instead of stdout."
-)
-FAIL_ABOVE = typer.Option(
-    None, "--fail-above", metavar="FRACTION", help="Exit 1 when any dead_fraction shown is above FRACTION."
-)
-QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing unless --fail-above is breached.")
-WINDOW = typer.Option(None, "--window", metavar="N", help="Also report neurons that did not fire in the last N vectors.")
-# Options that say what the inputs hold: scan, inspect and density share them.
-KEY = typer.Option(
-    None, "--key", "-k", metavar="KEY", help="Only tensors whose key or component matches KEY, a name or glob (repeatable)."
-)
-FLATTEN = typer.Option(False, "--flatten", help="Treat every axis before the last as a batch axis.")
-COMPONENT_AXIS = typer.Option(
-    None, "--component-axis", metavar="A", help="Take axis A (0, or the one before the features) as the component axis."
-)
-GROUP_BY = typer.Option(
-    "auto", "--group-by", metavar="RULE",
-    help="Which files make one component: auto, key (across files and folders), file, or folder.",
-)
-INPUT_FORMAT = typer.Option(
-    None, "--input-format", metavar="FORMAT", help="Read the shards as safetensors, npy, npz, torch, arrow or delphi.",
-    show_default="detected",
-)
-NUM_LATENTS = typer.Option(None, "--num-latents", metavar="N", help="delphi: the width of caches saved whole (LatentCache.save).")
-NUM_VECTORS = typer.Option(
-    None, "--num-vectors", metavar="N",
-    help="delphi: the vectors of caches saved without tokens; density: the vectors a SAELens sparsity file was measured on.",
-)
-SAE = typer.Option(
-    None, "--sae", metavar="[COMPONENT=]PATH",
-    help="Count the latents of the SAE checkpoint PATH (SAELens, sparsify, dictionary_learning) encoding its hook's "
-    "component, or COMPONENT (repeatable).",
-)
-SAE_DTYPE = typer.Option(
-    "float32", "--sae-dtype", metavar="DTYPE", help="Precision of the SAE's matrix product: float32, or bfloat16/float16 on a GPU."
-)
-SAVE_SPARSITY = typer.Option(
-    None, "--save-sparsity", metavar="FILE",
-    help="Also save the one component's log10 feature densities as SAELens' sparsity.safetensors.",
-)
-SKIP_POSITIONS = typer.Option(
-    None, "--skip-positions", metavar="P[,P...]",
-    help="Leave out these positions of every sequence (0: the BOS token) where the layout has positions "
-    "(batch x position x d tensors, Arrow caches of sequences, delphi caches).",
-)
-PARTIAL_LATENTS = typer.Option(
-    False, "--partial-latents", help="delphi: count the splits that are there, each run of latents apart, naming the rest."
-)
-
-
-def positions(text: str | None) -> tuple[int, ...]:
-    """``--skip-positions 0,1`` as numbers (a bad entry is left to CountOptions to refuse)."""
-    if not text:
-        return ()
-    out: list[object] = []
-    for part in text.split(","):
-        part = part.strip()
-        out.append(int(part) if part.isdigit() else part)
-    return tuple(out)  # type: ignore[arg-type]
-
-
-def count_options(
-    key: list[str] | None, flatten: bool, component_axis: int | None, group_by: str, input_format: str | None,
-    num_latents: int | None, num_vectors: int | None, partial_latents: bool, sae: list[str] | None,
-    skip_positions: str | None, **more: object,
-) -> object:
-    """The CountOptions of the input options above (scan, inspect and density), and ``more``."""
-    from neuron_activity.options import CountOptions
-
-    return CountOptions(
-        keys=key, flatten=flatten, component_axis=component_axis, group_by=group_by,  # type: ignore[arg-type]
-        input_format=input_format, num_latents=num_latents, num_vectors=num_vectors,
-        partial_latents=partial_latents, saes=tuple(sae or ()), skip_positions=positions(skip_positions),
-        **more,  # type: ignore[arg-type]
-    )
-
-
-DENSE_ABOVE = typer.Option("0.01", "--dense-above", metavar="D", help=DENSE_ABOVE_HELP)
-ULTRALOW_BELOW = typer.Option("1e-4", "--ultralow-below", metavar="D", help=ULTRALOW_HELP)
-NEURONS = typer.Option(False, "--neurons", help="List the dead neurons (indices and fire counts) per threshold.")
-TOP = typer.Option(None, "--top", metavar="K", help="List the K most and K least active neurons per component.")
-
-
-IO_THREADS = typer.Option(
-    None, "--io-threads", metavar="N", help="Remote objects: range requests in flight (each counted as it arrives).",
-    show_default="8",
-)
-
-
-def input_paths(texts: list[str]) -> list[Path]:
-    """PATH arguments: local files and folders, or URLs of remote objects and prefixes
-    (``s3://bucket/prefix/``, ``https://host/file.safetensors``, any fsspec URL), as the
-    library takes them."""
-    from neuron_activity.sources.base import to_path
-
-    return [to_path(t) for t in texts]
 
 
 def check_format(fmt: str | None, formats: tuple[str, ...] = FORMATS, output: Path | None = None) -> str:
@@ -188,7 +76,9 @@ def cells(report: Report, row: ActivityRow) -> list[str]:
 
 
 def headers(report: Report) -> list[str]:
-    return HEADERS + ([f"dead_in_window({report.window})"] if report.window is not None else [])
+    from neuron_activity.activity import ROW_COLUMNS  # the library: loaded once a command runs
+
+    return list(ROW_COLUMNS) + ([f"dead_in_window({report.window})"] if report.window is not None else [])
 
 
 def render_csv(report: Report, **_: object) -> str:

@@ -304,3 +304,8 @@ class ComponentsDiffer(CountsMismatch):
             if names
         )
         super().__init__(f"the counts hold different components ({listed})")
+
+
+def load_merged(files: list[Path], union: bool = False) -> tuple[SavedCounts, list[str]]:
+    """The counts of ``files`` read and merged in stream order (see ``merge_counts``), and notes."""
+    return merge_counts([(Path(f), load_counts(Path(f))) for f in files], union=union)

@@ -34,6 +34,25 @@ class ComponentChange:
         return d
 
 
+@dataclass(frozen=True)
+class Changes:
+    """Per component, the neurons that changed at ``threshold``; the JSON document of ``nact diff``."""
+
+    threshold: Threshold
+    components: list[ComponentChange]
+
+    @property
+    def died(self) -> int:
+        return sum(len(c.died) for c in self.components)
+
+    def to_json(self, neurons: bool = False) -> dict[str, object]:
+        return {
+            "schema_version": 1,
+            "threshold": float(self.threshold.value),
+            "components": [c.as_dict(neurons) for c in self.components],
+        }
+
+
 def compare(old: NeuronActivity, new: NeuronActivity, threshold: Threshold) -> list[ComponentChange]:
     """Per component present in both: neurons that died, revived and stayed dead at ``threshold``.
 

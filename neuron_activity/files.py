@@ -1,9 +1,11 @@
-"""Writing files so that nothing is ever half-written, and locking a state file."""
+"""Writing files: every output checked before any work, nothing ever half-written, and a state
+file locked while an audit uses it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +16,47 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 from .errors import BadOutput, NactError, StateLocked, first_line
+from .remote.objects import RemotePath
+
+
+def check_outputs(outputs: list[Path]) -> None:
+    """Every output can be written: its folder exists and is writable, it is not a folder, and
+    no two outputs are one file (symlinks followed). Nothing is created."""
+    seen: dict[str, Path] = {}
+    for path in outputs:
+        if isinstance(path, RemotePath) or re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(path)):  # s3://... folds to s3:/...
+            raise BadOutput(path, "outputs are local files: nact does not write to a URL")
+        target = Path(os.path.realpath(path))
+        if target.is_dir():
+            raise BadOutput(path, "is a folder, not a file")
+        folder = target.parent
+        if not folder.is_dir():
+            raise BadOutput(path, f"cannot write: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BadOutput(path, f"cannot write: folder {folder} is not writable")
+        if str(target) in seen:
+            raise BadOutput(path, f"is the same file as {seen[str(target)]}: each output needs its own")
+        seen[str(target)] = path
+
+
+def check_not_inputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """No output may overwrite an input (the same file, whatever path names it)."""
+    existing = [p for p in outputs if os.path.exists(p)]
+    if not existing:
+        return
+    identities = set()
+    for path in inputs:
+        if isinstance(path, RemotePath):  # an object in a store is never a local output
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        identities.add((st.st_dev, st.st_ino))
+    for path in existing:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) in identities:
+            raise BadOutput(path, "is one of the inputs: nact never writes over its input")
 
 
 def _mode_for(path: Path) -> int:

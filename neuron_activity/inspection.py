@@ -4,6 +4,7 @@ is read from, and every problem that would stop the scan."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import NactError
@@ -54,6 +55,19 @@ class Inspection:
             {"components": list(g.names), "num_features": g.num_features, "files": [str(p) for p in g.files]}
             for g in self.groups
         ]
+
+    def to_json(self, worded: Callable[[NactError], str] = str) -> dict[str, object]:
+        """The JSON document of ``nact inspect``; ``worded`` says each problem (the CLI names its
+        flags)."""
+        return {
+            "schema_version": 1,
+            "shards": [{"path": str(p), "format": f} for p, f in self.shards.items()],
+            "tensors": [t.as_dict() for t in self.tensors],
+            "groups": self.groups_as_dicts(),
+            "notes": self.notes,
+            "saes": self.saes,
+            "problems": [worded(p) for p in self.problems],
+        }
 
 
 def inspect(paths: list[Path] | list[str], options: CountOptions | None = None, **settings: object) -> Inspection:

@@ -112,7 +112,8 @@ class CountOptions:
         _at_least_one("io_threads", self.io_threads, MAX_THREADS)
         kernel = self.kernel or os.environ.get(KERNEL_VARIABLE) or None
         if kernel is not None and kernel not in KERNELS:
-            raise BadOption("kernel", kernel, f"is not a kernel: use {', '.join(KERNELS)}")
+            named = "kernel" if self.kernel else KERNEL_VARIABLE
+            raise BadOption(named, kernel, f"is not a kernel: use {', '.join(KERNELS)}")
         object.__setattr__(self, "kernel", kernel)
         if self.input_format is not None:
             if self.input_format not in INPUT_FORMATS:

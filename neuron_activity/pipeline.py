@@ -11,21 +11,19 @@ written, so a scan that is going to fail writes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 from .audit import audit
 from .counts_file import PartRecord, SavedCounts, ShardRecord, save_counts
 from .distributed import run_on_ranks
-from .errors import BadOutput, NactError
+from .errors import NactError
+from .files import check_not_inputs, check_outputs
 from .options import CountOptions, Part, ScanRequest
 from .report import Report, make_report
 from .scan import ProgressCallback, ScanResult, count, device_for, plan_for
 from .sources import ScanPlan, discover
 from .remote.objects import session
-from .sources.base import is_remote
 from .sparsity import check_one_component, save_sparsity
 
 
@@ -51,46 +49,6 @@ class ScanOutcome:
 
 def _outputs(request: ScanRequest) -> list[Path]:
     return [p for p in (request.output, request.save_counts, request.state, request.save_sparsity) if p is not None]
-
-
-def check_outputs(outputs: list[Path]) -> None:
-    """Every output can be written: its folder exists and is writable, it is not a folder, and
-    no two outputs are one file (symlinks followed). Nothing is created."""
-    seen: dict[str, Path] = {}
-    for path in outputs:
-        if is_remote(path) or re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(path)):  # s3://... folds to s3:/...
-            raise BadOutput(path, "outputs are local files: nact does not write to a URL")
-        target = Path(os.path.realpath(path))
-        if target.is_dir():
-            raise BadOutput(path, "is a folder, not a file")
-        folder = target.parent
-        if not folder.is_dir():
-            raise BadOutput(path, f"cannot write: folder {folder} does not exist")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise BadOutput(path, f"cannot write: folder {folder} is not writable")
-        if str(target) in seen:
-            raise BadOutput(path, f"is the same file as {seen[str(target)]}: each output needs its own")
-        seen[str(target)] = path
-
-
-def check_not_inputs(outputs: list[Path], inputs: list[Path]) -> None:
-    """No output may overwrite an input (the same file, whatever path names it)."""
-    existing = [p for p in outputs if os.path.exists(p)]
-    if not existing:
-        return
-    identities = set()
-    for path in inputs:
-        if is_remote(path):  # an object in a store is never a local output
-            continue
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        identities.add((st.st_dev, st.st_ino))
-    for path in existing:
-        st = os.stat(path)
-        if (st.st_dev, st.st_ino) in identities:
-            raise BadOutput(path, "is one of the inputs: nact never writes over its input")
 
 
 def run_scan(

@@ -155,8 +155,8 @@ def test_nan_warning_goes_to_stderr(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-t", "2"], "Error: threshold '2' is not a portion of vectors between 0 and 1"),
-        (["-t", "abc"], "Error: threshold 'abc' is not a number"),
+        (["-t", "2"], "Error: --threshold '2' is not a portion of vectors between 0 and 1"),
+        (["-t", "abc"], "Error: --threshold 'abc' is not a number"),
         (["--fail-above", "1.5"], "Error: --fail-above '1.5' is not a portion between 0 and 1"),
         (["--fire-above", "nan"], "Error: --fire-above 'nan' is not a number"),
         (["--device", "tpu"], "Error: --device 'tpu' is not a device: use auto, cpu, cuda, cuda:N or mps"),
@@ -165,7 +165,7 @@ def test_nan_warning_goes_to_stderr(tmp_path: Path) -> None:
         (["--threads", "1000000000000"], "Error: --threads 1000000000000 must be at most 256"),
         (["--fire-above", "-inf"], "Error: --fire-above '-inf' must be finite"),
         (["--fire-above", "1e99999999"], "Error: --fire-above '1e99999999' is out of range (at most 400 digits and exponents within +-400)"),
-        (["-t", "1e-99999999"], "Error: threshold '1e-99999999' is out of range (at most 400 digits and exponents within +-400)"),
+        (["-t", "1e-99999999"], "Error: --threshold '1e-99999999' is out of range (at most 400 digits and exponents within +-400)"),
         (["--top", "0"], "Error: --top 0 must be at least 1"),
         (["--window", "0"], "Error: --window 0 must be at least 1"),
         (["--rescan"], "Error: --rescan goes with --state"),

@@ -1,0 +1,147 @@
+"""The feature-density report of any counts nact reads (activations, saved counts, SAELens
+sparsity files): per component its log10-density histogram and summary, optionally beside the
+same components of other counts, drawn to a figure on request; and its JSON document."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from .activity import NeuronActivity
+from .counts_file import load_merged
+from .density import DensityHistogram, DensitySummary, histogram, summarize
+from .errors import BadOption
+from .files import check_outputs
+from .options import CountOptions, ReportOptions, check_bins_per_decade
+from .plot import check_plot_path, plot_histograms
+from .scan import ProgressCallback, scan
+from .sources.base import is_remote
+from .sources.planning import ScanPlan
+from .sources.safetensors_files import is_counts_file
+from .sparsity import is_sparsity_file, load_sparsity
+
+JSON_SCHEMA_VERSION = 1
+DPI_RANGE = (10, 1200)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """Where and how to draw the histograms: a .png, .svg file; dots per inch; a log y axis."""
+
+    path: Path
+    dpi: int = 200
+    log_y: bool = False
+
+    def __post_init__(self) -> None:
+        check_plot_path(self.path)
+        if not DPI_RANGE[0] <= self.dpi <= DPI_RANGE[1]:
+            raise BadOption("dpi", self.dpi, f"must be from {DPI_RANGE[0]} to {DPI_RANGE[1]}")
+
+
+@dataclass(frozen=True)
+class DensityReport:
+    """Per component with vectors: its histogram and summary; ``compared``: the histograms of the
+    same components in the other counts (empty without them)."""
+
+    histograms: list[DensityHistogram]
+    summaries: list[DensitySummary]
+    marks: ReportOptions  # the thresholds marked, and the dense and ultralow bounds
+    bins_per_decade: int
+    compared: list[DensityHistogram]
+    warnings: list[str]
+
+    @property
+    def thresholds(self) -> list[float]:
+        return [float(t.value) for t in self.marks.thresholds]
+
+    def to_json(self) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "schema_version": JSON_SCHEMA_VERSION,
+            "bins_per_decade": self.bins_per_decade,
+            "components": [
+                {
+                    **s.as_dict(),
+                    "num_vectors": h.num_vectors,
+                    "log10_density_edges": h.edges.tolist(),
+                    "alive_per_bin": h.counts.tolist(),
+                }
+                for h, s in zip(self.histograms, self.summaries)
+            ],
+        }
+        if self.compared:
+            doc["compare"] = [
+                {"component": h.component, "num_vectors": h.num_vectors, "never_fired": h.dead,
+                 "log10_density_edges": h.edges.tolist(), "alive_per_bin": h.counts.tolist()}
+                for h in self.compared
+            ]
+        return doc
+
+
+def load_activity(
+    paths: list[Path],
+    options: CountOptions,
+    on_plan: Callable[[ScanPlan], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[NeuronActivity, list[str]]:
+    """The counts of ``paths``, and warnings: saved counts merged, SAELens sparsity files (each
+    one component; ``options.num_vectors`` says over how many vectors), or activations scanned."""
+    local = bool(paths) and not any(is_remote(p) for p in paths)  # objects in a store: activations
+    if local and all(p.is_file() and is_counts_file(p) for p in paths):
+        return load_merged(paths)[0].activity, []
+    if local and all(is_sparsity_file(p) for p in paths):
+        activity, notes = NeuronActivity(), []
+        for p in paths:
+            one, note = load_sparsity(p, options.num_vectors)
+            if set(one.components) & set(activity.components):
+                raise BadOption("paths", str(p), f"gives component {next(iter(one.components))!r} twice")
+            activity.merge(one)
+            notes.append(note)
+        return activity, notes
+    result = scan(paths, options=options, on_plan=on_plan, on_progress=on_progress)
+    return result.activity, result.warnings
+
+
+def density_report(
+    paths: list[Path],
+    options: CountOptions,
+    marks: ReportOptions,
+    *,
+    bins_per_decade: int = 4,
+    compare: Path | None = None,
+    figure: Figure | None = None,
+    labels: tuple[str, str] | None = None,
+    on_plan: Callable[[ScanPlan], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> DensityReport:
+    """The density report of ``paths`` (see ``load_activity``), beside ``compare``'s counts of the
+    same components, drawn to ``figure`` (``labels`` name the two sides in its legend)."""
+    check_bins_per_decade(bins_per_decade)
+    if figure is not None:
+        check_outputs([figure.path])
+    activity, warnings = load_activity(paths, options, on_plan, on_progress)
+    components = [c for c in activity.components.values() if c.num_vectors]
+    if not components:
+        activity.rows(list(marks.thresholds))  # raises: no vectors at all
+    histograms = [histogram(c, bins_per_decade) for c in components]
+    summaries = [summarize(c, marks.dense_above, marks.ultralow_below) for c in components]
+    compared: list[DensityHistogram] = []
+    if compare is not None:
+        other, more = load_activity([compare], options, on_plan, on_progress)
+        warnings += more
+        shared = [c.name for c in components if c.name in other.components and other.components[c.name].num_vectors]
+        if not shared:
+            names = ", ".join(c.name for c in components)
+            raise BadOption("compare", str(compare), f"has no component of {names}")
+        histograms = [h for h in histograms if h.component in shared]
+        summaries = [s for s in summaries if s.component in shared]
+        compared = [histogram(other.components[name], bins_per_decade) for name in shared]
+    report = DensityReport(histograms, summaries, marks, bins_per_decade, compared, warnings)
+    if figure is not None:
+        plot_histograms(
+            histograms, figure.path, report.thresholds, float(Fraction(marks.dense_above)),
+            float(Fraction(marks.ultralow_below)), dpi=figure.dpi, log_y=figure.log_y, compare=compared or None,
+            labels=labels if compared else None,
+        )
+    return report
