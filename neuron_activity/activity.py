@@ -8,9 +8,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from .decimals import parse_decimal
+from .decimals import decimal_text, parse_decimal
 from . import state
-from .errors import BadThreshold, NoVectors, NotTracked, ShapeMismatch
+from .errors import BadThreshold, CountsMismatch, NoVectors, NotTracked, ShapeMismatch
 
 DEFAULT_THRESHOLDS = ("0", "1e-5", "1e-6")
 
@@ -181,9 +181,9 @@ class NeuronActivity:
 
         ``other``'s vectors are taken to come after this one's, for the time since last fired."""
         if other.fire_above != self.fire_above:
-            raise BadThreshold(
-                f"cannot merge counts made with fire-above {float(other.fire_above)} into counts made "
-                f"with fire-above {float(self.fire_above)}"
+            raise CountsMismatch(
+                f"counts made with fire above {decimal_text(other.fire_above)} cannot be merged into counts made "
+                f"with fire above {decimal_text(self.fire_above)}: they count different events"
             )
         for c in other.components.values():
             mine = self.components.get(c.name)

@@ -282,3 +282,17 @@ def test_unreadable_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(builtins, "open", denied)
     with pytest.raises(BadInput, match=f"{path}: cannot read: Permission denied"):
         scan([path])
+
+
+def test_merging_counts_of_different_fire_rules_is_the_librarys_own_error() -> None:
+    from neuron_activity import CountsMismatch, NeuronActivity
+
+    zero, above = NeuronActivity(0), NeuronActivity(Fraction(1, 10))
+    zero.add("a", np.array([1, 0]), 2)
+    above.add("a", np.array([0, 0]), 2)
+    with pytest.raises(CountsMismatch) as caught:
+        zero.merge(above)
+    assert str(caught.value) == (
+        "counts made with fire above 0.1 cannot be merged into counts made with fire above 0: they count different events"
+    )
+    assert zero.components["a"].fire_counts.tolist() == [1, 0]  # left as it was
