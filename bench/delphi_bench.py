@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scan_bench import nact_cmd, timed  # noqa: E402
+from scan_bench import nact_cmd, timed
 
 SCRIPT = (
     "import sys, numpy as np, pathlib; from safetensors.numpy import load_file\n"
@@ -50,8 +50,10 @@ def write(folder: Path, entries: int, latents: int, splits: int, per_vector: int
         locations[:, 0], locations[:, 1] = np.divmod(vector, positions)
         locations[:, 2] = rng.integers(0, per - 1, n)  # the split's last latent never fires
         values = np.abs(rng.standard_normal(n)).astype(np.float16) + np.float16(1e-3)
-        save_file({"locations": locations, "activations": values, "tokens": np.zeros((batches, positions), np.int32)},
-                  str(folder / f"{s * per}_{(s + 1) * per - 1}.safetensors"))
+        save_file(
+            {"locations": locations, "activations": values, "tokens": np.zeros((batches, positions), np.int32)},
+            str(folder / f"{s * per}_{(s + 1) * per - 1}.safetensors"),
+        )
 
 
 def main() -> None:
@@ -80,13 +82,17 @@ def main() -> None:
         med = {n: statistics.median(t for t, _ in r) for n, r in results.items()}
         peak = {n: max(p for _, p in r) for n, r in results.items()}
         size = sum(f.stat().st_size for f in module.iterdir())
-        print(f"{args.entries:.3g} entries, {args.latents} latents in {args.splits} splits, {size / 2**30:.2f} GiB; "
-              f"medians of {args.runs}, whole processes")
+        print(
+            f"{args.entries:.3g} entries, {args.latents} latents in {args.splits} splits, {size / 2**30:.2f} GiB; "
+            f"medians of {args.runs}, whole processes"
+        )
         for name in commands:
             print(f"  {name:16s} {med[name]:7.3f} s   peak RSS {peak[name] / 1e6:7.0f} MB")
         base = med["start-up only"]
-        print(f"  bincount script / nact: {med['bincount script'] / med['nact']:.2f}x; net of start-up "
-              f"({base:.3f} s): {(med['bincount script'] - base) / max(med['nact'] - base, 1e-3):.2f}x")
+        print(
+            f"  bincount script / nact: {med['bincount script'] / med['nact']:.2f}x; net of start-up "
+            f"({base:.3f} s): {(med['bincount script'] - base) / max(med['nact'] - base, 1e-3):.2f}x"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scan_bench import nact_cmd, timed  # noqa: E402
+from scan_bench import nact_cmd, timed
 
 GIB = 1 << 30
 ALTERNATIVES = {
@@ -55,9 +55,14 @@ def write_all(folder: Path, gib: float, features: int = 4096) -> dict[str, Path]
     rows = int(gib * GIB) // (features * 4)
     rng = np.random.default_rng(0)
     x = np.maximum(rng.standard_normal((rows, features), dtype=np.float32) - 2.0, 0)
-    out = {"safetensors": folder / "acts.safetensors", "pt": folder / "acts.pt", "npy": folder / "acts.npy",
-           "npz": folder / "acts.npz", "arrow": folder / "arrow" / "data-00000-of-00001.arrow",
-           "delphi": folder / "latents" / "acts"}
+    out = {
+        "safetensors": folder / "acts.safetensors",
+        "pt": folder / "acts.pt",
+        "npy": folder / "acts.npy",
+        "npz": folder / "acts.npz",
+        "arrow": folder / "arrow" / "data-00000-of-00001.arrow",
+        "delphi": folder / "latents" / "acts",
+    }
     save_file({"acts": x}, str(out["safetensors"]))
     torch.save({"acts": torch.from_numpy(x)}, out["pt"])
     np.save(out["npy"], x)
@@ -69,8 +74,14 @@ def write_all(folder: Path, gib: float, features: int = 4096) -> dict[str, Path]
     for start, end in zip(splits[:-1], splits[1:]):
         r, f = np.nonzero(x[:, start:end])
         locations = np.stack([batch[r], position[r], f], axis=1).astype(np.uint16 if rows // 128 < 65536 else np.uint32)
-        save_file({"locations": locations, "activations": x[r, f + start].astype(np.float16),
-                   "tokens": np.zeros((-(-rows // 128), 128), np.int32)}, str(out["delphi"] / f"{start}_{end - 1}.safetensors"))
+        save_file(
+            {
+                "locations": locations,
+                "activations": x[r, f + start].astype(np.float16),
+                "tokens": np.zeros((-(-rows // 128), 128), np.int32),
+            },
+            str(out["delphi"] / f"{start}_{end - 1}.safetensors"),
+        )
     return out
 
 
@@ -99,7 +110,7 @@ def main() -> None:
     try:
         paths = write_all(folder, args.gib)
         for p in paths.values():  # into the page cache
-            for f in ([p] if p.is_file() else sorted(p.rglob("*"))):
+            for f in [p] if p.is_file() else sorted(p.rglob("*")):
                 f.read_bytes()
         commands = {}
         for fmt, path in paths.items():
@@ -113,7 +124,9 @@ def main() -> None:
         med = {name: statistics.median(t for t, _ in r) for name, r in results.items()}
         peak = {name: max(p for _, p in r) for name, r in results.items()}
         print(f"{args.gib:g} GiB of f32 activations ({args.runs} runs each, medians, start-up included)")
-        print(f"{'format':12s} {'nact':>8s} {'vs safetensors':>15s} {'peak RSS':>10s} {'alternative':>12s} {'its RSS':>10s}")
+        print(
+            f"{'format':12s} {'nact':>8s} {'vs safetensors':>15s} {'peak RSS':>10s} {'alternative':>12s} {'its RSS':>10s}"
+        )
         for fmt in paths:
             alt = f"alternative {fmt}"
             print(

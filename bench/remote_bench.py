@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scan_bench import timed  # noqa: E402
+from scan_bench import timed
 
 READ = """
 import sys, fsspec
@@ -74,12 +74,18 @@ def main() -> None:
     args = parser.parse_args()
 
     port = free_port()
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-               AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    env = dict(
+        os.environ,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+    )
     os.environ.update(env)
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         import fsspec
@@ -114,16 +120,20 @@ def main() -> None:
         for _ in range(args.runs):
             for name, cmd in commands.items():
                 results[name].append(timed(cmd))
-        print(f"{args.objects} objects x {args.mib} MiB of f32 on a local S3 server, "
-              f"{args.io_threads} requests in flight, medians of {args.runs}")
+        print(
+            f"{args.objects} objects x {args.mib} MiB of f32 on a local S3 server, "
+            f"{args.io_threads} requests in flight, medians of {args.runs}"
+        )
         medians = {k: statistics.median(t for t, _ in v) for k, v in results.items()}
         for name, runs in results.items():
             peak = max(r for _, r in runs) / 2**20
             speed = f"{nbytes / medians[name] / 1e9:6.2f} GB/s" if name != "start-up" else " " * 11
             print(f"  {name:15s} {medians[name]:7.3f} s  {speed}  peak RSS {peak:7.1f} MB")
         start = medians["start-up"]
-        print(f"  nact / s3fs alone: {medians['s3fs alone'] / medians['nact']:.2f}x the throughput "
-              f"({(medians['s3fs alone'] - start) / max(medians['nact'] - start, 1e-9):.2f}x net of start-up)")
+        print(
+            f"  nact / s3fs alone: {medians['s3fs alone'] / medians['nact']:.2f}x the throughput "
+            f"({(medians['s3fs alone'] - start) / max(medians['nact'] - start, 1e-9):.2f}x net of start-up)"
+        )
     finally:
         server.terminate()
         server.wait()

@@ -43,12 +43,22 @@ def make(folder: Path, d_in: int, d_sae: int, tokens: int) -> tuple[Path, Path]:
     sae.mkdir()
     w = (rng.standard_normal((d_in, d_sae), dtype=np.float32) / np.sqrt(d_in)).astype(np.float32)
     save_file(
-        {"W_enc": w, "W_dec": np.ascontiguousarray(w.T), "b_enc": np.full(d_sae, -0.5, np.float32),
-         "b_dec": np.zeros(d_in, np.float32)},
+        {
+            "W_enc": w,
+            "W_dec": np.ascontiguousarray(w.T),
+            "b_enc": np.full(d_sae, -0.5, np.float32),
+            "b_dec": np.zeros(d_in, np.float32),
+        },
         str(sae / "sae_weights.safetensors"),
     )
-    cfg = {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "apply_b_dec_to_input": True,
-           "normalize_activations": "none", "metadata": {"hook_name": "acts", "sae_lens_version": "6.5.1"}}
+    cfg = {
+        "architecture": "standard",
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "metadata": {"hook_name": "acts", "sae_lens_version": "6.5.1"},
+    }
     (sae / "cfg.json").write_text(json.dumps(cfg))
     cache = folder / "cache.safetensors"
     rows = []
@@ -93,18 +103,18 @@ def main() -> None:
 
     def run_torch() -> None:
         for start in range(0, len(x), step):
-            chunk = torch.from_numpy(x[start:start + step]).to(device)
+            chunk = torch.from_numpy(x[start : start + step]).to(device)
             (chunk @ w_t + b_t)
         sync()
 
     def run_numpy() -> None:
         for start in range(0, len(x), step):
-            x[start:start + step] @ w_np + sae.bias
+            x[start : start + step] @ w_np + sae.bias
 
     def run_user() -> None:
         counts = torch.zeros(sae.d_sae, device=device)
         for start in range(0, len(x), step):
-            chunk = torch.from_numpy(x[start:start + step]).to(device)
+            chunk = torch.from_numpy(x[start : start + step]).to(device)
             acts = torch.relu((chunk - torch.from_numpy(sae.center).to(device)) @ w_t + b_t)
             counts += (acts > 0).float().sum(0)
         sync()
@@ -120,8 +130,10 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - t)
     medians = {m: statistics.median(v) for m, v in times.items()}
-    print(f"d_in {args.d_in}, d_sae {args.d_sae}, {args.tokens} tokens, batches of {step} rows, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}, medians of {args.runs}")
+    print(
+        f"d_in {args.d_in}, d_sae {args.d_sae}, {args.tokens} tokens, batches of {step} rows, device {args.device}, "
+        f"torch threads {torch.get_num_threads()}, medians of {args.runs}"
+    )
     for name, t in medians.items():
         ratio = medians["torch matmul"] / t
         print(f"  {name:14s} {t:8.3f} s  {args.tokens / t:12,.0f} tokens/s  torch matmul / this: {ratio:.2f}")
@@ -132,8 +144,10 @@ def main() -> None:
     t = time.perf_counter()
     run_nact()
     cold = time.perf_counter() - t
-    print(f"  nact cold      {cold:8.3f} s  ({cold / medians['nact']:.2f}x its warm time; "
-          f"{cache.stat().st_size / 2**20:.0f} MiB evicted first)")
+    print(
+        f"  nact cold      {cold:8.3f} s  ({cold / medians['nact']:.2f}x its warm time; "
+        f"{cache.stat().st_size / 2**20:.0f} MiB evicted first)"
+    )
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ rounded differently, not that either is wrong).
         /tmp/libvenv/bin/pip install sae-lens eai-sparsify
     /tmp/libvenv/bin/python bench/sae_libraries_check.py     # nact: the .venv of this checkout
 """
+
 import subprocess
+import tempfile
 from pathlib import Path
+
 import numpy as np
 import torch
 from safetensors.torch import save_file
-
-
-import tempfile
 
 root = Path(tempfile.mkdtemp(prefix="nact-sae-check-"))
 NACT = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nact")
@@ -30,16 +30,30 @@ hook = "blocks.4.hook_resid_post"
 save_file({hook: x.contiguous()}, str(root / "cache" / "a.safetensors"))
 
 from sae_lens import SAE
-from sae_lens.saes import StandardSAE, StandardSAEConfig, JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig, GatedSAE, GatedSAEConfig
+from sae_lens.saes import (
+    GatedSAE,
+    GatedSAEConfig,
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    StandardSAE,
+    StandardSAEConfig,
+    TopKSAE,
+    TopKSAEConfig,
+)
 from sae_lens.saes.sae import SAEMetadata
+
 
 def randomize(sae):
     with torch.no_grad():
         for name, p in sae.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 2 else 0.5) - (0.6 if name.startswith("b_") and p.shape[0] == d_sae else 0))
+            p.copy_(
+                torch.randn_like(p) * (0.3 if p.ndim == 2 else 0.5)
+                - (0.6 if name.startswith("b_") and p.shape[0] == d_sae else 0)
+            )
         if hasattr(sae, "threshold"):
             sae.threshold.copy_(torch.rand(d_sae) * 0.5)
     return sae
+
 
 saes = {}
 differing = []
@@ -60,6 +74,7 @@ for name, cls, cfg_cls, extra in [
 
 
 from sparsify import SparseCoder, SparseCoderConfig
+
 for name, extra in [("sparsify_topk", {"k": 16}), ("sparsify_groupmax", {"k": 16, "activation": "groupmax"})]:
     coder = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, **extra))
     with torch.no_grad():
@@ -73,21 +88,36 @@ for name, extra in [("sparsify_topk", {"k": 16}), ("sparsify_groupmax", {"k": 16
 for name, (lib, sae) in saes.items():
     with torch.no_grad():
         if lib == "saelens":
-            acts = torch.cat([sae.encode(x[i:i + 4096]) for i in range(0, n, 4096)])
+            acts = torch.cat([sae.encode(x[i : i + 4096]) for i in range(0, n, 4096)])
         else:
-            outs = [sae.encode(x[i:i + 4096]) for i in range(0, n, 4096)]
+            outs = [sae.encode(x[i : i + 4096]) for i in range(0, n, 4096)]
             acts = torch.zeros(n, d_sae)
             row = 0
             for o in outs:
                 m = o.top_acts.shape[0]
-                acts[row:row + m].scatter_(1, o.top_indices, o.top_acts)
+                acts[row : row + m].scatter_(1, o.top_indices, o.top_acts)
                 row += m
     lib_counts = (acts > 0).sum(0).numpy()
     path = root / name if lib == "saelens" else root / name / hook
-    out = subprocess.run([NACT, "scan", str(root / "cache"), "--sae", f"{hook}={path}", "-f", "json",
-                          "--save-counts", str(root / f"{name}.counts.safetensors"), "-q"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            NACT,
+            "scan",
+            str(root / "cache"),
+            "--sae",
+            f"{hook}={path}",
+            "-f",
+            "json",
+            "--save-counts",
+            str(root / f"{name}.counts.safetensors"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     from safetensors.numpy import load_file
+
     t = load_file(str(root / f"{name}.counts.safetensors"))
     key = [k for k in t if k.endswith("/fire_counts")][0]
     nact_counts = t[key]
@@ -96,21 +126,23 @@ for name, (lib, sae) in saes.items():
     lib_max = acts.max(0).values.numpy()
     if (diff != 0).any():
         differing.append(name)
-    print(f"{name:18s} latents differing: {(diff != 0).sum():4d}/{d_sae}, decisions differing: {np.abs(diff).sum():4d} "
-          f"of {n * d_sae:,}; max |act_max diff| {np.abs(maxs - lib_max).max():.2e}")
+    print(
+        f"{name:18s} latents differing: {(diff != 0).sum():4d}/{d_sae}, decisions differing: {np.abs(diff).sum():4d} "
+        f"of {n * d_sae:,}; max |act_max diff| {np.abs(maxs - lib_max).max():.2e}"
+    )
 
 # where they differ: how far from the boundary in float64 (worked out here for these two)
 for name in [d for d in differing if d in ("gated", "constant_norm")]:
     sae = saes[name][1]
     x64 = x.double()
     with torch.no_grad():
-        acts = torch.cat([sae.encode(x[i:i + 4096]) for i in range(0, n, 4096)])
+        acts = torch.cat([sae.encode(x[i : i + 4096]) for i in range(0, n, 4096)])
         if name == "gated":
             gate = (x64 - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_gate.double()
             mag = (x64 - sae.b_dec.double()) @ (sae.W_enc.double() * sae.r_mag.double().exp()) + sae.b_mag.double()
             margin = torch.minimum(gate.abs(), mag.abs())
         else:
-            xn = x64 * (d_in ** 0.5) / x64.norm(dim=-1, keepdim=True)
+            xn = x64 * (d_in**0.5) / x64.norm(dim=-1, keepdim=True)
             h = (xn - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double()
             margin = torch.minimum((h - sae.threshold.double()).abs(), h.abs())
 

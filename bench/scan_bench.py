@@ -53,8 +53,13 @@ def write_shard(path: Path, size_bytes: int, dtype: str, features: int) -> None:
     itemsize = 4 if dtype == "f32" else 2
     rows = size_bytes // (features * itemsize)
     header = json.dumps(
-        {"acts": {"dtype": "F32" if dtype == "f32" else "BF16", "shape": [rows, features],
-                  "data_offsets": [0, rows * features * itemsize]}}
+        {
+            "acts": {
+                "dtype": "F32" if dtype == "f32" else "BF16",
+                "shape": [rows, features],
+                "data_offsets": [0, rows * features * itemsize],
+            }
+        }
     ).encode()
     header += b" " * (-len(header) % 8)
     rng = np.random.default_rng(0)
@@ -155,8 +160,10 @@ def bench_cold(path: Path, runs: int, extra: list[str]) -> None:
     net = med["nact[cpu]"] - med["start-up"]
     print(f"\n{path.name}: {size / GIB:.2f} GiB, cold (evicted before each run), medians of {runs}")
     print(f"  cat          {med['cat']:8.3f} s  {size / med['cat'] / 1e9:7.2f} GB/s")
-    print(f"  nact[cpu]    {med['nact[cpu]']:8.3f} s  {size / med['nact[cpu]'] / 1e9:7.2f} GB/s"
-          f"   net of start-up ({med['start-up']:.3f} s): {size / net / 1e9:.2f} GB/s")
+    print(
+        f"  nact[cpu]    {med['nact[cpu]']:8.3f} s  {size / med['nact[cpu]'] / 1e9:7.2f} GB/s"
+        f"   net of start-up ({med['start-up']:.3f} s): {size / net / 1e9:.2f} GB/s"
+    )
     print(f"  nact[cpu]/cat throughput: {med['cat'] / med['nact[cpu]']:.2f}x, net of start-up {med['cat'] / net:.2f}x")
 
 
@@ -175,8 +182,20 @@ def startup(folder: Path, runs: int, baseline: str | None = None) -> None:
         "nact --help": [exe, "--help"],
     }
     if baseline:
-        commands["baseline: nact scan tiny.safetensors --format json"] = [baseline, "scan", str(tiny), "--format", "json"]
-        commands["baseline: nact scan sample_data/ --format json"] = [baseline, "scan", str(ROOT / "sample_data"), "--format", "json"]
+        commands["baseline: nact scan tiny.safetensors --format json"] = [
+            baseline,
+            "scan",
+            str(tiny),
+            "--format",
+            "json",
+        ]
+        commands["baseline: nact scan sample_data/ --format json"] = [
+            baseline,
+            "scan",
+            str(ROOT / "sample_data"),
+            "--format",
+            "json",
+        ]
         commands["baseline: nact --help"] = [baseline, "--help"]
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):

@@ -60,8 +60,13 @@ def report(
     from neuron_activity.options import ReportOptions
 
     options = ReportOptions.parse(
-        threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,
-        window=window, neurons=neurons, top=top,
+        threshold,
+        dense_above=dense_above,
+        ultralow_below=ultralow_below,
+        fail_above=fail_above,
+        window=window,
+        neurons=neurons,
+        top=top,
     )
     reported = saved.report(files, options, union=union, sparsity=save_sparsity, output=output)
     for note in reported.notes:
@@ -70,7 +75,9 @@ def report(
 
 
 def merge(
-    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Saved counts, in stream order.", show_default=False)],
+    files: Annotated[
+        list[Path], typer.Argument(metavar="FILE...", help="Saved counts, in stream order.", show_default=False)
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="OUT", help="Where to save the merged counts.")],
     union: Union = False,
 ) -> None:
@@ -94,7 +101,9 @@ def diff(
     old: Annotated[Path, typer.Argument(metavar="OLD", help="Saved counts before.", show_default=False)],
     new: Annotated[Path, typer.Argument(metavar="NEW", help="Saved counts after.", show_default=False)],
     threshold: Annotated[str, typer.Option("--threshold", "-t", metavar="P", help="Dead threshold.")] = "0",
-    neurons: Annotated[bool, typer.Option("--neurons", help="List which neurons died, revived and stayed dead.")] = False,
+    neurons: Annotated[
+        bool, typer.Option("--neurons", help="List which neurons died, revived and stayed dead.")
+    ] = False,
     fail_on_new_dead: Annotated[bool, typer.Option("--fail-on-new-dead", help="Exit 1 when any neuron died.")] = False,
     fmt: TableOrJson = "table",
 ) -> None:
@@ -130,8 +139,14 @@ def _diff_table(changes: list[Any], neurons: bool) -> str:
     for name in ("component", "died", "revived", "stayed_dead", "dead_old", "dead_new"):
         table.add_column(name, justify="left" if name == "component" else "right", overflow="fold")
     for c in changes:
-        table.add_row(c.component, str(len(c.died)), str(len(c.revived)), str(len(c.stayed_dead)),
-                      str(c.dead_old), str(c.dead_new))
+        table.add_row(
+            c.component,
+            str(len(c.died)),
+            str(len(c.revived)),
+            str(len(c.stayed_dead)),
+            str(c.dead_old),
+            str(c.dead_new),
+        )
     buffer = io.StringIO()
     console = Console(file=buffer, width=console_width(on_terminal(sys.stdout)), color_system=None, highlight=False)
     console.print(table)

@@ -6,7 +6,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -23,40 +23,53 @@ def density(
     paths: Annotated[
         list[str],
         typer.Argument(
-            metavar="PATH...", show_default=False,
+            metavar="PATH...",
+            show_default=False,
             help="Activation shards or folders (or their URLs), saved counts files, or SAELens sparsity.safetensors files.",
         ),
     ],
     inputs: Inputs,
     threshold: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
-            "--threshold", "-t", metavar="P", help="Dead thresholds to mark (repeatable).", show_default="1e-5, 1e-6",
+            "--threshold",
+            "-t",
+            metavar="P",
+            help="Dead thresholds to mark (repeatable).",
+            show_default="1e-5, 1e-6",
             rich_help_panel=COUNT,
         ),
     ] = None,
     fire_above: FireAbove = "0",
     device: Device = "auto",
     bins_per_decade: Annotated[
-        int, typer.Option("--bins-per-decade", metavar="B", help="Histogram bins per factor of 10.", rich_help_panel=OUTPUT)
+        int,
+        typer.Option("--bins-per-decade", metavar="B", help="Histogram bins per factor of 10.", rich_help_panel=OUTPUT),
     ] = 4,
     dense_above: DenseAbove = "0.01",
     ultralow_below: UltralowBelow = "1e-4",
     plot: Annotated[
-        Optional[Path],
-        typer.Option("--plot", metavar="FILE", help="Also draw the figure to FILE (.png or .svg).", rich_help_panel=OUTPUT),
+        Path | None,
+        typer.Option(
+            "--plot", metavar="FILE", help="Also draw the figure to FILE (.png or .svg).", rich_help_panel=OUTPUT
+        ),
     ] = None,
     dpi: Annotated[
-        int, typer.Option("--dpi", metavar="N", help="Resolution of a .png figure (dots per inch).", rich_help_panel=OUTPUT)
+        int,
+        typer.Option("--dpi", metavar="N", help="Resolution of a .png figure (dots per inch).", rich_help_panel=OUTPUT),
     ] = 200,
     log_y: Annotated[
         bool,
-        typer.Option("--log-y", help="Draw neuron counts on a log scale (shows a small ultralow tail).", rich_help_panel=OUTPUT),
+        typer.Option(
+            "--log-y", help="Draw neuron counts on a log scale (shows a small ultralow tail).", rich_help_panel=OUTPUT
+        ),
     ] = False,
     compare: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
-            "--compare", metavar="OTHER", rich_help_panel=OUTPUT,
+            "--compare",
+            metavar="OTHER",
+            rich_help_panel=OUTPUT,
             help="Also draw OTHER (counts or activations) in the same panels, e.g. a later checkpoint.",
         ),
     ] = None,
@@ -87,8 +100,14 @@ def density(
     labels = (", ".join(map(str, paths)), str(compare))
     with progress_hooks() as hooks:
         report = density_report(
-            [to_path(p) for p in paths], options, marks, bins_per_decade=bins_per_decade, compare=compare,
-            figure=figure, labels=labels, **hooks,
+            [to_path(p) for p in paths],
+            options,
+            marks,
+            bins_per_decade=bins_per_decade,
+            compare=compare,
+            figure=figure,
+            labels=labels,
+            **hooks,
         )
     for w in report.warnings:
         say(f"Warning: {w}")
@@ -97,7 +116,9 @@ def density(
         return
     text = render_histograms(report.histograms, report.thresholds, float(marks.dense_above))
     if report.compared:
-        text += f"Compared with {compare}:\n\n" + render_histograms(report.compared, report.thresholds, float(marks.dense_above))
+        text += f"Compared with {compare}:\n\n" + render_histograms(
+            report.compared, report.thresholds, float(marks.dense_above)
+        )
     emit(text, None)
 
 

@@ -50,10 +50,23 @@ def _table(result: Any, width: int) -> str:
     from rich.table import Table
 
     formats = sorted(set(result.shards.values()))
-    table = Table(title=f"{len(result.shards)} shard(s): {', '.join(formats) or 'none'}", title_justify="left", header_style="bold")
-    for name, justify in [("path", "left"), ("key", "left"), ("format", "left"), ("dtype", "left"),
-                          ("shape", "left"), ("components", "right"), ("num_vectors", "right"),
-                          ("num_features", "right"), ("bytes", "right"), ("read", "left")]:
+    table = Table(
+        title=f"{len(result.shards)} shard(s): {', '.join(formats) or 'none'}",
+        title_justify="left",
+        header_style="bold",
+    )
+    for name, justify in [
+        ("path", "left"),
+        ("key", "left"),
+        ("format", "left"),
+        ("dtype", "left"),
+        ("shape", "left"),
+        ("components", "right"),
+        ("num_vectors", "right"),
+        ("num_features", "right"),
+        ("bytes", "right"),
+        ("read", "left"),
+    ]:
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for t in result.tensors:
         e = t.entry
@@ -61,8 +74,16 @@ def _table(result: Any, width: int) -> str:
         if e.note:
             status += f" ({e.note})"
         table.add_row(
-            str(e.path), e.key, e.format, e.dtype, str(list(e.shape)), str(len(t.components)),
-            str(t.num_vectors), str(t.num_features), f"{e.nbytes:,}", status,
+            str(e.path),
+            e.key,
+            e.format,
+            e.dtype,
+            str(list(e.shape)),
+            str(len(t.components)),
+            str(t.num_vectors),
+            str(t.num_features),
+            f"{e.nbytes:,}",
+            status,
         )
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, highlight=False)

@@ -127,10 +127,17 @@ class NactGroup(TyperGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)
 
-    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
-        code = run_guarded(lambda: super(NactGroup, self).main(
-            args, prog_name or "nact", complete_var, standalone_mode=False, **extra))
+    def main(
+        self,
+        args: Any = None,
+        prog_name: Any = None,
+        complete_var: Any = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        code = run_guarded(
+            lambda: super(NactGroup, self).main(args, prog_name or "nact", complete_var, standalone_mode=False, **extra)
+        )
         if standalone_mode:
             sys.exit(code)
         return code
@@ -170,7 +177,7 @@ def run_guarded(call: Any) -> int:
             return EXIT_USAGE
         say(f"Error: {e.filename}: {e.strerror or e}")
         return EXIT_USAGE
-    except Exception as e:  # noqa: BLE001 - library errors were said by the command (NactCommand)
+    except Exception as e:
         return internal_error(e)  # a bug: say so in one line, never exit 1
 
 
@@ -196,7 +203,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and kernel."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and kernel."
+    ),
 ) -> None:
     """Which of my neurons are dead? Exact per-neuron fire counts over saved activations.
 

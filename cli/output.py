@@ -16,6 +16,7 @@ from pathlib import Path
 EXIT_OK, EXIT_BREACH, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEBUG_VARIABLE = "NACT_DEBUG"
 
+
 def say(line: str) -> None:
     """One line on stderr: warnings, errors, breaches. stdout carries only the result."""
     print(line, file=sys.stderr, flush=True)

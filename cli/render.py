@@ -124,7 +124,13 @@ def render_markdown(report: Report, **_: object) -> str:
     lines += ["| " + " | ".join(names) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(names) - 1)) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(report, r)) + " |" for r in report.rows]
     if report.density:
-        lines += ["", density_title(report), "", "| " + " | ".join(DENSITY_HEADERS) + " |", "|" + "|".join([" --- "] + [" ---: "] * 5) + "|"]
+        lines += [
+            "",
+            density_title(report),
+            "",
+            "| " + " | ".join(DENSITY_HEADERS) + " |",
+            "|" + "|".join([" --- "] + [" ---: "] * 5) + "|",
+        ]
         lines += ["| " + " | ".join(density_cells(d)) + " |" for d in report.density]
     extra = grouping_lines(report) + dead_lines(report) + top_lines(report)
     if extra:

@@ -21,8 +21,8 @@ from .options import (
     SaveSparsity,
     Shard,
     State,
-    Thresholds,
     Threads,
+    Thresholds,
     Top,
     UltralowBelow,
     Window,
@@ -91,12 +91,22 @@ def scan(
     request = ScanRequest(
         paths=tuple(to_path(p) for p in paths),
         count=CountOptions(
-            **inputs.settings(), fire_above=fire_above, device=device, chunk_rows=chunk_rows, threads=threads,
-            io_threads=io_threads, sae_dtype=sae_dtype,
+            **inputs.settings(),
+            fire_above=fire_above,
+            device=device,
+            chunk_rows=chunk_rows,
+            threads=threads,
+            io_threads=io_threads,
+            sae_dtype=sae_dtype,
         ),
         report=ReportOptions.parse(
-            threshold, dense_above=dense_above, ultralow_below=ultralow_below, fail_above=fail_above,
-            window=window, neurons=neurons, top=top,
+            threshold,
+            dense_above=dense_above,
+            ultralow_below=ultralow_below,
+            fail_above=fail_above,
+            window=window,
+            neurons=neurons,
+            top=top,
         ),
         part=Part.parse(shard) if shard is not None else None,
         state=state,
@@ -112,4 +122,3 @@ def scan(
         say(f"Note: {note}")
     if outcome.report is not None:
         finish(outcome.report, fmt, output, quiet)
-

@@ -16,6 +16,7 @@ from .activity import (
     NeuronActivity,
     Threshold,
 )
+from .arrays import count_array
 from .decimals import parse_decimal
 from .errors import (
     BadInput,
@@ -28,8 +29,8 @@ from .errors import (
     KeyNotFound,
     MixedFormats,
     NactError,
-    NoVectors,
     NotTracked,
+    NoVectors,
     ShapeMismatch,
     ShardChanged,
     StateLocked,
@@ -39,7 +40,6 @@ from .inspection import Inspection, inspect
 from .options import CountOptions, Part, ReportOptions, ScanRequest
 from .pipeline import ScanOutcome, run_scan
 from .report import Report, make_report
-from .arrays import count_array
 from .scan import ScanResult, scan  # after .pipeline: the name `scan` is the function, not the submodule
 from .sources import INPUT_FORMATS, ScanPlan
 

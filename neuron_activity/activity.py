@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
-from .decimals import decimal_text, parse_decimal
 from . import state
-from .errors import BadThreshold, CountsMismatch, NoVectors, NotTracked, ShapeMismatch
+from .decimals import decimal_text, parse_decimal
+from .errors import BadThreshold, CountsMismatch, NotTracked, NoVectors, ShapeMismatch
 
 DEFAULT_THRESHOLDS = ("0", "1e-5", "1e-6")
 
@@ -193,8 +193,10 @@ class NeuronActivity:
                     f"({mine.sae.get('path')}, {c.sae.get('path')}): their counts do not add up"
                 )
             if c.name in self.components and self.components[c.name].first_neuron != c.first_neuron:
-                raise ShapeMismatch(f"component {c.name!r} starts at neuron {c.first_neuron} here, "
-                                    f"{self.components[c.name].first_neuron} there")
+                raise ShapeMismatch(
+                    f"component {c.name!r} starts at neuron {c.first_neuron} here, "
+                    f"{self.components[c.name].first_neuron} there"
+                )
             self.add_states(c.name, c.states, c.num_vectors)
             self.components[c.name].first_neuron = c.first_neuron
             self.components[c.name].sae = self.components[c.name].sae or c.sae

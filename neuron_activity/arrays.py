@@ -60,7 +60,9 @@ def count_array(
 
 def _on_a_gpu(array: object) -> bool:
     device = getattr(array, "device", None)
-    return type(array).__module__.startswith("torch") and getattr(device, "type", "cpu") != "cpu" and array.dim() in (2, 3)  # type: ignore[attr-defined]
+    return (
+        type(array).__module__.startswith("torch") and getattr(device, "type", "cpu") != "cpu" and array.dim() in (2, 3)
+    )  # type: ignore[attr-defined]
 
 
 def raw_bits(array: object) -> tuple[str, np.ndarray]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .decimals import decimal_text
 from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, save_counts
+from .decimals import decimal_text
 from .errors import ShardChanged, StateMismatch
 from .files import locked
 from .options import CountOptions

@@ -32,8 +32,8 @@ from .decimals import decimal_text, parse_decimal
 from .errors import BadInput, CountsMismatch, NactError, NotCountsFile
 from .files import write_atomic
 from .options import MAX_FIRE_ABOVE
-from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME
 from .remote.objects import RemotePath, current
+from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME
 from .sources.safetensors_files import read_metadata
 
 SCHEMA_VERSION = 2
@@ -59,7 +59,9 @@ class ShardRecord:
 
                 found = current().objects_under(path)
                 tag = hashlib.sha256("\n".join(f"{u} {f.tag}" for u, f in found.items()).encode()).hexdigest()[:32]
-                return cls(str(path), sum(f.size for f in found.values()), max(f.modified_ns for f in found.values()), tag)
+                return cls(
+                    str(path), sum(f.size for f in found.values()), max(f.modified_ns for f in found.values()), tag
+                )
             now = current().info(path)  # as this run's listing (or HEAD) found it
             return cls(str(path), now.size, now.modified_ns, now.tag)
         resolved = Path(path).resolve()
@@ -138,7 +140,9 @@ def _check_states(path: Path, name: str, states: dict[str, np.ndarray], num_vect
     width = len(states["fire_counts"])
     for field_name, values in states.items():
         if values.ndim != 1 or len(values) != width:
-            raise BadInput(path, f"corrupt counts file: {name}/{field_name} has shape {list(values.shape)}, not [{width}]")
+            raise BadInput(
+                path, f"corrupt counts file: {name}/{field_name} has shape {list(values.shape)}, not [{width}]"
+            )
     problems = {
         "fire_counts": (states["fire_counts"] < 0) | (states["fire_counts"] > num_vectors),
         "nan_counts": (states["nan_counts"] < 0) | (states["nan_counts"] > num_vectors),
@@ -169,14 +173,19 @@ def load_counts(path: Path) -> SavedCounts:
         raise NotCountsFile(path, "not a nact counts file")
     if metadata.get("schema_version") not in READABLE_VERSIONS:
         raise BadInput(
-            path, f"counts schema version {metadata.get('schema_version')} is not one this nact reads ({', '.join(READABLE_VERSIONS)})"
+            path,
+            f"counts schema version {metadata.get('schema_version')} is not one this nact reads ({', '.join(READABLE_VERSIONS)})",
         )
     try:
         fire_above = parse_decimal(str(metadata.get("fire_above")), "fire_above")
     except NactError:
-        raise BadInput(path, f"corrupt counts file: fire_above {metadata.get('fire_above')!r} is not a number") from None
+        raise BadInput(
+            path, f"corrupt counts file: fire_above {metadata.get('fire_above')!r} is not a number"
+        ) from None
     if abs(fire_above) > MAX_FIRE_ABOVE:
-        raise BadInput(path, f"corrupt counts file: fire_above {metadata.get('fire_above')!r} is beyond every float format")
+        raise BadInput(
+            path, f"corrupt counts file: fire_above {metadata.get('fire_above')!r} is beyond every float format"
+        )
     names = _json(path, metadata, "components", list)
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):  # type: ignore[union-attr]
         raise BadInput(path, "corrupt counts file: the component list is not a list of distinct names")
@@ -257,9 +266,7 @@ def stream_order(parts: list[tuple[Path, SavedCounts]]) -> tuple[list[tuple[Path
     return ordered, notes
 
 
-def merge_counts(
-    parts: list[tuple[Path, SavedCounts]], *, union: bool = False
-) -> tuple[SavedCounts, list[str]]:
+def merge_counts(parts: list[tuple[Path, SavedCounts]], *, union: bool = False) -> tuple[SavedCounts, list[str]]:
     """Counts of several files added up in stream order (see ``stream_order``), and notes.
 
     Every file must have the same components (unless ``union``), feature counts and

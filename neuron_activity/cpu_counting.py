@@ -19,7 +19,6 @@ FOLD_WIDTH = 2048  # narrow rows are folded side by side so the row-sum runs ove
 MAX_UINT8_ROWS = 255
 
 
-
 def in_ranges(
     values: np.ndarray, ranges: tuple[tuple[int, int], ...], out: np.ndarray, tmp: np.ndarray, spare: np.ndarray
 ) -> None:
@@ -99,7 +98,6 @@ class NumpyCounter:
         return states(fire_counts, self._nan_counts.copy(), last)
 
 
-
 class NativeCounter:
     """Counts on the CPU with the C kernel: one pass over the data, no temporaries, GIL released."""
 
@@ -123,8 +121,17 @@ class NativeCounter:
         check_rows(bits, self.width, self.unsigned)
         bits = np.ascontiguousarray(bits)
         kernels.count(
-            bits, bits.shape[0], self.width, self.itemsize, self.ranges, self.nan_mask, self.nan_above,
-            self._fire_counts, self._nan_counts, self._last, first_vector,
+            bits,
+            bits.shape[0],
+            self.width,
+            self.itemsize,
+            self.ranges,
+            self.nan_mask,
+            self.nan_above,
+            self._fire_counts,
+            self._nan_counts,
+            self._last,
+            first_vector,
         )
 
     def result(self) -> States:

@@ -10,6 +10,7 @@ from fractions import Fraction
 
 from .errors import BadThreshold
 
+
 def decimal_text(value: Fraction) -> str:
     """``value`` as an exact decimal when it has one (``0.1``, ``1e-05`` as ``0.00001``), else
     as a ratio (``1/3``): how nact shows exact values in messages."""
@@ -22,7 +23,7 @@ def decimal_text(value: Fraction) -> str:
     with localcontext() as context:
         context.prec = 2 * (MAX_DIGITS + MAX_EXPONENT)
         exact = Decimal(value.numerator) / Decimal(value.denominator)
-    return "{:g}".format(exact) if abs(exact.adjusted()) > 20 else format(exact.normalize(), "f")
+    return f"{exact:g}" if abs(exact.adjusted()) > 20 else format(exact.normalize(), "f")
 
 
 def as_fraction(value: str | Fraction | int, what: str) -> Fraction:
@@ -54,7 +55,9 @@ def parse_decimal(text: str, what: str) -> Fraction:
     if len(stripped) > MAX_DIGITS + 10 or (
         decimal and decimal.group(2) and abs(int(decimal.group(2)[1:])) > MAX_EXPONENT
     ):
-        raise BadThreshold(what, text, f"is out of range (at most {MAX_DIGITS} digits and exponents within +-{MAX_EXPONENT})")
+        raise BadThreshold(
+            what, text, f"is out of range (at most {MAX_DIGITS} digits and exponents within +-{MAX_EXPONENT})"
+        )
     try:
         return Fraction(stripped)
     except ZeroDivisionError:

@@ -8,8 +8,8 @@ reported present when they are at least ``ultralow_min_fraction`` (default 1%) o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np

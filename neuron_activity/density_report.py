@@ -72,8 +72,13 @@ class DensityReport:
         }
         if self.compared:
             doc["compare"] = [
-                {"component": h.component, "num_vectors": h.num_vectors, "never_fired": h.dead,
-                 "log10_density_edges": h.edges.tolist(), "alive_per_bin": h.counts.tolist()}
+                {
+                    "component": h.component,
+                    "num_vectors": h.num_vectors,
+                    "never_fired": h.dead,
+                    "log10_density_edges": h.edges.tolist(),
+                    "alive_per_bin": h.counts.tolist(),
+                }
                 for h in self.compared
             ]
         return doc
@@ -140,8 +145,14 @@ def density_report(
     report = DensityReport(histograms, summaries, marks, bins_per_decade, compared, warnings)
     if figure is not None:
         plot_histograms(
-            histograms, figure.path, report.thresholds, float(Fraction(marks.dense_above)),
-            float(Fraction(marks.ultralow_below)), dpi=figure.dpi, log_y=figure.log_y, compare=compared or None,
+            histograms,
+            figure.path,
+            report.thresholds,
+            float(Fraction(marks.dense_above)),
+            float(Fraction(marks.ultralow_below)),
+            dpi=figure.dpi,
+            log_y=figure.log_y,
+            compare=compared or None,
             labels=labels if compared else None,
         )
     return report

@@ -9,12 +9,11 @@ the format that is ``<= t``; negative values and NaNs have larger patterns and f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-
 
 UNSIGNED_VIEW: dict[int, type] = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 TORCH_SIGNED: dict[int, str] = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}  # torch has few unsigned types

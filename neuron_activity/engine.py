@@ -231,11 +231,13 @@ def _run_threads(worker: Callable[[], object], threads: int, stop: threading.Eve
     def run(i: int) -> None:
         try:
             results[i] = worker()
-        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+        except BaseException as e:
             errors.append(e)
 
     pool = [
-        threading.Thread(target=in_this_context(run), args=(i,), name=f"nact-count-{i}", daemon=True)  # the scan's session
+        threading.Thread(
+            target=in_this_context(run), args=(i,), name=f"nact-count-{i}", daemon=True
+        )  # the scan's session
         for i in range(threads)
     ]
     for t in pool:
@@ -255,7 +257,12 @@ def _run_threads(worker: Callable[[], object], threads: int, stop: threading.Eve
 
 
 def _count_chunk(
-    slab: TensorSlab, start: int, end: int, counter: Counter, first_vector: int, read_ahead: bool = False,
+    slab: TensorSlab,
+    start: int,
+    end: int,
+    counter: Counter,
+    first_vector: int,
+    read_ahead: bool = False,
     keep: np.ndarray | None = None,
 ) -> None:
     """Map rows ``[start, end)`` of ``slab`` read-only and count them (those ``keep`` marks, if

@@ -24,7 +24,9 @@ def check_outputs(outputs: list[Path]) -> None:
     no two outputs are one file (symlinks followed). Nothing is created."""
     seen: dict[str, Path] = {}
     for path in outputs:
-        if isinstance(path, RemotePath) or re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(path)):  # s3://... folds to s3:/...
+        if isinstance(path, RemotePath) or re.match(
+            r"[A-Za-z][A-Za-z0-9+.-]*:/", str(path)
+        ):  # s3://... folds to s3:/...
             raise BadOutput(path, "outputs are local files: nact does not write to a URL")
         target = Path(os.path.realpath(path))
         if target.is_dir():

@@ -3,15 +3,15 @@ is read from, and every problem that would stop the scan."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import NactError
 from .options import CountOptions
-from .sources import READERS, SPARSE_FORMATS, ComponentGroup, TensorEntry, discover, layout_of, why_not_counted
 from .remote.objects import session
 from .scan import plan_for
+from .sources import READERS, SPARSE_FORMATS, ComponentGroup, TensorEntry, discover, layout_of, why_not_counted
 from .sources.base import to_path
 
 
@@ -93,8 +93,11 @@ def _inspect(paths: list[Path] | list[str], options: CountOptions) -> Inspection
             try:
                 if fmt in SPARSE_FORMATS:
                     entries = READERS[fmt].entries(
-                        unit, num_latents=options.num_latents, num_vectors=options.num_vectors,
-                        partial=options.partial_latents, named=getattr(result.shards, "named", frozenset()),
+                        unit,
+                        num_latents=options.num_latents,
+                        num_vectors=options.num_vectors,
+                        partial=options.partial_latents,
+                        named=getattr(result.shards, "named", frozenset()),
                     )
                 else:
                     entries = READERS[fmt].entries(unit)
@@ -118,7 +121,8 @@ def _inspect(paths: list[Path] | list[str], options: CountOptions) -> Inspection
             result.notes = list(plan.warnings)
             result.saes = [
                 {"latents": b.name, "component": b.component, **b.sae.as_dict()}
-                for found in plan.saes.values() for b in found
+                for found in plan.saes.values()
+                for b in found
             ]
         except NactError as e:
             result.problems.append(e)

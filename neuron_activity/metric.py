@@ -23,11 +23,11 @@ from typing import Any
 
 from . import state
 from .activity import NeuronActivity, Threshold
-from .torch_counting import fire_mask, nan_mask
 from .counts_file import SavedCounts, save_counts
 from .decimals import as_fraction, decimal_text
 from .dtypes import TORCH_NAMES, fire_rule, signed_bits
 from .errors import BadOption, ShapeMismatch
+from .torch_counting import fire_mask, nan_mask
 
 COUNTED = tuple(f for f in state.FIELDS if not f.optional)  # the per-neuron states kept in training
 
@@ -42,7 +42,11 @@ def exact_portion(threshold: float | str | Fraction) -> Fraction:
     else:
         value = Fraction(repr(float(threshold)))
     if not 0 <= value <= 1:
-        raise BadOption("threshold", decimal_text(value) if isinstance(threshold, Fraction) else threshold, "is not a portion of vectors between 0 and 1")
+        raise BadOption(
+            "threshold",
+            decimal_text(value) if isinstance(threshold, Fraction) else threshold,
+            "is not a portion of vectors between 0 and 1",
+        )
     return value
 
 
@@ -88,7 +92,9 @@ def dead_counts_of(fire_counts: Any, num_vectors: int, threshold: float | str | 
     return (fire_counts <= bound).sum(dim=-1)
 
 
-def activity_of(shape: _Shape, states: dict[str, Any], num_vectors: int, fire_above: Fraction, name: str) -> NeuronActivity:
+def activity_of(
+    shape: _Shape, states: dict[str, Any], num_vectors: int, fire_above: Fraction, name: str
+) -> NeuronActivity:
     """The counts as a NeuronActivity (host copies): components ``name`` or ``name[i]``."""
     activity = NeuronActivity(fire_above)
     host = {k: v.detach().cpu().numpy() for k, v in states.items()}
@@ -110,7 +116,11 @@ class TensorActivity:
     """
 
     def __init__(
-        self, num_learned_features: int, num_components: int | None = None, *, fire_above: str | Fraction | int = 0,
+        self,
+        num_learned_features: int,
+        num_components: int | None = None,
+        *,
+        fire_above: str | Fraction | int = 0,
         name: str = "activations",
     ) -> None:
         self.shape = _Shape(num_learned_features, num_components)
@@ -143,7 +153,9 @@ class TensorActivity:
         return activity_of(self.shape, self._states(), self.num_vectors, self.fire_above, self.name)
 
     def save_counts(self, path: Path | str) -> None:
-        save_counts(Path(path), SavedCounts(self.activity(), kernel="torch", device=str(self._states()["fire_counts"].device)))
+        save_counts(
+            Path(path), SavedCounts(self.activity(), kernel="torch", device=str(self._states()["fire_counts"].device))
+        )
 
 
 def _metric_class() -> type:
@@ -184,7 +196,9 @@ def _metric_class() -> type:
             self.name = name
             for field in COUNTED:
                 default = torch.full(self.shape.state_shape, field.empty, dtype=getattr(torch, field.dtype))
-                self.add_state(field.name, default=default, dist_reduce_fx="sum" if field.reduce == state.SUM else "max")
+                self.add_state(
+                    field.name, default=default, dist_reduce_fx="sum" if field.reduce == state.SUM else "max"
+                )
             self.add_state("num_vectors", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
         def update(self, learned_activations: Any, **kwargs: Any) -> None:

@@ -8,8 +8,8 @@ the files it names are checked by the pipeline before anything is read or writte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import os
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -105,7 +105,9 @@ class CountOptions:
         _at_least_one("num_vectors", self.num_vectors, 1 << 62)
         object.__setattr__(self, "fire_above", as_fraction(self.fire_above, "fire_above"))
         if abs(self.fire_above) > MAX_FIRE_ABOVE:
-            raise BadOption("fire_above", decimal_text(self.fire_above), "is out of range: beyond every float format (|x| <= 1e308)")
+            raise BadOption(
+                "fire_above", decimal_text(self.fire_above), "is out of range: beyond every float format (|x| <= 1e308)"
+            )
         object.__setattr__(self, "device", check_device_name(self.device))
         _at_least_one("chunk_rows", self.chunk_rows)
         _at_least_one("threads", self.threads, MAX_THREADS)
@@ -248,11 +250,17 @@ class ScanRequest:
             for other, why in (("state", "an audit"), ("part", "a part of a split scan"), ("distributed", "torchrun")):
                 if getattr(self, other):
                     raise Conflict(
-                        ("save_sparsity", "shard" if other == "part" else "torchrun" if other == "distributed" else other),
+                        (
+                            "save_sparsity",
+                            "shard" if other == "part" else "torchrun" if other == "distributed" else other,
+                        ),
                         f"{why} does not save sparsity: save counts, then nact report them with save_sparsity",
                     )
-        named = [(n, os.path.abspath(getattr(self, n))) for n in ("output", "save_counts", "state", "save_sparsity")
-                 if getattr(self, n) is not None]
+        named = [
+            (n, os.path.abspath(getattr(self, n)))
+            for n in ("output", "save_counts", "state", "save_sparsity")
+            if getattr(self, n) is not None
+        ]
         same = [n for n, p in named if sum(q == p for _, q in named) > 1]
         if same:
             raise Conflict(tuple(same), "they name the same file")

@@ -10,8 +10,8 @@ written, so a scan that is going to fail writes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .audit import audit
@@ -20,12 +20,11 @@ from .distributed import run_on_ranks
 from .errors import NactError
 from .files import check_not_inputs, check_outputs
 from .options import CountOptions, Part, ScanRequest
+from .remote.objects import session
 from .report import Report, make_report
 from .scan import ProgressCallback, ScanResult, count, device_for, plan_for
 from .sources import ScanPlan, discover
-from .remote.objects import session
 from .sparsity import check_one_component, save_sparsity
-
 
 
 class EmptyPart(NactError):
@@ -153,8 +152,15 @@ def _audit(
         reports.append(make_report(saved.activity, request.report, shard_paths, device, kernel, warnings, sources))
 
     audited = audit(
-        list(request.paths), request.state, options, rescan=request.rescan, shards=shards, check=check,  # type: ignore[arg-type]
-        on_plan=on_plan, on_progress=on_progress, device=device,
+        list(request.paths),
+        request.state,
+        options,
+        rescan=request.rescan,
+        shards=shards,
+        check=check,  # type: ignore[arg-type]
+        on_plan=on_plan,
+        on_progress=on_progress,
+        device=device,
     )
     return ScanOutcome(reports[0], audited.saved)
 
@@ -163,6 +169,7 @@ def _on_ranks(request: ScanRequest, options: CountOptions, shards: dict[Path, st
     """One rank of torchrun: every rank plans every header (so all agree on the components) and
     counts its share of the units (of ``part``'s units, with a part); rank 0 reports and saves
     the whole, recording every unit counted by any rank."""
+
     def work(rank: int, world: int, device: str) -> tuple[object, tuple]:
         plan = plan_for(shards, options)
         mine, record = _part_units(request.part, plan.units())

@@ -59,25 +59,57 @@ def plot_histograms(
     for i, (ax, h) in enumerate(zip(axes[:, 0], histograms)):
         widths = h.edges[1:] - h.edges[:-1]
         first = f"{names[0]}: " if compare else ""
-        ax.bar(h.edges[:-1], h.counts, width=widths, align="edge", color=COLORS[0], edgecolor="white", linewidth=0.5,
-               label=f"{first}alive neurons", alpha=0.85 if compare else 1.0)
+        ax.bar(
+            h.edges[:-1],
+            h.counts,
+            width=widths,
+            align="edge",
+            color=COLORS[0],
+            edgecolor="white",
+            linewidth=0.5,
+            label=f"{first}alive neurons",
+            alpha=0.85 if compare else 1.0,
+        )
         ax.bar([dead_x], [h.dead], width=step * 1.5, color="#c44e52", label=f"{first}never fired ({h.dead})")
         if compare:
             o = compare[i]
             ax.stairs(o.counts, o.edges, color=COLORS[1], linewidth=1.6, label=f"{names[1]}: alive neurons")
-            ax.bar([dead_x + step * 1.6], [o.dead], width=step * 1.5, color="none", edgecolor=COLORS[1], linewidth=1.6,
-                   label=f"{names[1]}: never fired ({o.dead})")
+            ax.bar(
+                [dead_x + step * 1.6],
+                [o.dead],
+                width=step * 1.5,
+                color="none",
+                edgecolor=COLORS[1],
+                linewidth=1.6,
+                label=f"{names[1]}: never fired ({o.dead})",
+            )
         for t in thresholds:
             if t > 0 and math.log10(t) >= lowest:
                 ax.axvline(math.log10(t), color="#555555", linestyle="--", linewidth=1)
-                ax.text(math.log10(t), 1.0, f" {t:g}", transform=ax.get_xaxis_transform(), fontsize=FONT["tick"],
-                        va="top", color="#555555")
-        ax.axvline(math.log10(dense_above), color="#8c613c", linestyle=":", linewidth=1.4,
-                   label=f"dense (> {dense_above:g})")
-        ax.axvspan(lowest, math.log10(ultralow_below), color="#8172b3", alpha=0.08,
-                   label=f"ultralow band (< {ultralow_below:g})")
-        ax.set_title(f"{h.component}  ({h.num_vectors:,} vectors, {int(h.counts.sum()) + h.dead:,} neurons)",
-                     fontsize=FONT["title"], loc="left")
+                ax.text(
+                    math.log10(t),
+                    1.0,
+                    f" {t:g}",
+                    transform=ax.get_xaxis_transform(),
+                    fontsize=FONT["tick"],
+                    va="top",
+                    color="#555555",
+                )
+        ax.axvline(
+            math.log10(dense_above), color="#8c613c", linestyle=":", linewidth=1.4, label=f"dense (> {dense_above:g})"
+        )
+        ax.axvspan(
+            lowest,
+            math.log10(ultralow_below),
+            color="#8172b3",
+            alpha=0.08,
+            label=f"ultralow band (< {ultralow_below:g})",
+        )
+        ax.set_title(
+            f"{h.component}  ({h.num_vectors:,} vectors, {int(h.counts.sum()) + h.dead:,} neurons)",
+            fontsize=FONT["title"],
+            loc="left",
+        )
         ax.set_ylabel("neurons", fontsize=FONT["label"])
         if log_y:
             ax.set_yscale("symlog", linthresh=1)

@@ -6,8 +6,8 @@ Renderers (the CLI's table, CSV and Markdown) read this model; none of them comp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
@@ -81,7 +81,9 @@ class Report:
             out[c.name] = {
                 label: [
                     {
-                        "neuron": i + c.first_neuron, "fire_count": int(c.fire_counts[i]), "density": float(density[i]),
+                        "neuron": i + c.first_neuron,
+                        "fire_count": int(c.fire_counts[i]),
+                        "density": float(density[i]),
                         **stats(i),
                     }
                     for i in found
@@ -145,7 +147,6 @@ class Report:
         if self.top:
             doc["top"] = self.top_neurons()
         return doc
-
 
     def _component_json(self, c: object) -> dict[str, object]:
         doc: dict[str, object] = {

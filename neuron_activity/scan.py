@@ -109,9 +109,17 @@ def _check_positions(plan: ScanPlan, skip: tuple[int, ...]) -> None:
                 "(a [batch, position, d] tensor, an Arrow cache of sequences or a delphi cache does): nothing can be skipped",
             )
         if skip[-1] >= slab.positions:
-            raise BadOption("skip_positions", skip[-1], f"is beyond the {slab.positions} positions of {slab.entry.key!r} ({slab.path})")
+            raise BadOption(
+                "skip_positions",
+                skip[-1],
+                f"is beyond the {slab.positions} positions of {slab.entry.key!r} ({slab.path})",
+            )
         if len(skip) == slab.positions:
-            raise BadOption("skip_positions", ",".join(map(str, skip)), f"leaves none of the {slab.positions} positions of {slab.entry.key!r}")
+            raise BadOption(
+                "skip_positions",
+                ",".join(map(str, skip)),
+                f"leaves none of the {slab.positions} positions of {slab.entry.key!r}",
+            )
 
 
 def count(

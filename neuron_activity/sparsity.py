@@ -26,7 +26,9 @@ def check_one_component(path: Path, names: list[str]) -> None:
     if len(names) != 1:
         listed = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
         raise BadOption(
-            "save_sparsity", str(path), f"holds one component's densities, and there are {len(names)} ({listed}): pick one"
+            "save_sparsity",
+            str(path),
+            f"holds one component's densities, and there are {len(names)} ({listed}): pick one",
         )
 
 
@@ -57,11 +59,11 @@ def load_sparsity(path: Path, num_vectors: int | None = None) -> tuple[NeuronAct
     component is named as nact names the SAE's latents when the SAE's cfg.json is beside it."""
     try:
         logs = load_file(str(path))[SPARSITY_KEY].astype(np.float64)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+    except Exception as e:
         raise BadInput(path, f"cannot read sparsity: {e}") from None
     if not np.isfinite(logs).all() or (logs > 0).any():
         raise BadInput(path, "corrupt sparsity file: log10 densities must be finite and at most 0")
-    density = np.clip(10.0 ** logs - SPARSITY_EPS, 0, 1)
+    density = np.clip(10.0**logs - SPARSITY_EPS, 0, 1)
     alive = density > SPARSITY_EPS  # log10(0 + 1e-10) = -10: never fired
     rarest = float(density[alive].min()) if alive.any() else 1.0
     chosen = num_vectors or 10 ** min(10, math.ceil(-math.log10(rarest)) + 3)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 SUM, MAX, LAST = "sum", "max", "last"
 
 
@@ -41,8 +40,22 @@ FIELDS: tuple[Field, ...] = (
     Field("fire_counts", SUM, 0, doc="vectors on which the neuron fired"),
     Field("nan_counts", SUM, 0, doc="NaN values the neuron had"),
     Field("last_fired", LAST, -1, optional=True, doc="stream index of the last vector it fired on; -1: never"),
-    Field("act_sums", SUM, 0.0, "float64", optional=True, doc="sum of its activation over the vectors it fired on (SAE latents)"),
-    Field("act_max", MAX, float("-inf"), "float64", optional=True, doc="its largest activation; -inf: none seen (SAE latents)"),
+    Field(
+        "act_sums",
+        SUM,
+        0.0,
+        "float64",
+        optional=True,
+        doc="sum of its activation over the vectors it fired on (SAE latents)",
+    ),
+    Field(
+        "act_max",
+        MAX,
+        float("-inf"),
+        "float64",
+        optional=True,
+        doc="its largest activation; -inf: none seen (SAE latents)",
+    ),
 )
 BY_NAME = {f.name: f for f in FIELDS}
 TRACK_LAST = ("last_fired",)  # the optional fields that tracking the time since last fired keeps
@@ -52,9 +65,7 @@ SAE_STATS = ("act_sums", "act_max")  # the optional fields a scan of SAE latents
 def empty(width: int, optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """The states of ``width`` neurons that have seen nothing: every required field, and the
     optional ones named in ``optional``."""
-    return {
-        f.name: np.full(width, f.empty, dtype=f.dtype) for f in FIELDS if not f.optional or f.name in optional
-    }
+    return {f.name: np.full(width, f.empty, dtype=f.dtype) for f in FIELDS if not f.optional or f.name in optional}
 
 
 def shifted(field: Field, values: np.ndarray, first_vector: int) -> np.ndarray:

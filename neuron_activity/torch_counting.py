@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .counters import States, check_rows, states
 from .dtypes import TORCH_SIGNED, FireRule
 from .errors import DeviceUnavailable
-from .counters import States, check_rows, states
 
 if TYPE_CHECKING:
     import torch

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from nact_cli.main import app
 from neuron_activity import NactError, scan
 from neuron_activity.audit import audit
-from neuron_activity.options import Part
 from neuron_activity.counts_file import SavedCounts, load_counts, save_counts
 from neuron_activity.files import locked
+from neuron_activity.options import Part
 
 runner = CliRunner()
 
@@ -90,7 +90,9 @@ def test_vectors_since_fired_and_window() -> None:
 
 def test_report_of_saved_counts_equals_scan(tmp_path: Path) -> None:
     make_shards(tmp_path / "data", [100, 50])
-    scanned = nact("scan", tmp_path / "data", "-f", "json", "-t", "0", "-t", "0.1", "--save-counts", tmp_path / "c.safetensors")
+    scanned = nact(
+        "scan", tmp_path / "data", "-f", "json", "-t", "0", "-t", "0.1", "--save-counts", tmp_path / "c.safetensors"
+    )
     reported = nact("report", tmp_path / "c.safetensors", "-f", "json", "-t", "0", "-t", "0.1")
     assert scanned.exit_code == reported.exit_code == 0
     assert json.loads(reported.stdout)["rows"] == json.loads(scanned.stdout)["rows"]
@@ -132,8 +134,16 @@ def test_merge_errors(tmp_path: Path) -> None:
     nact("scan", tmp_path / "c", "--save-counts", tmp_path / "c.safetensors", "-q")
     out = tmp_path / "m.safetensors"
     cases = [
-        ([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], "b.safetensors: counted with fire above 0.5, " + str(tmp_path / "a.safetensors") + " with 0: counts of different fire rules do not add up"),
-        ([tmp_path / "a.safetensors", tmp_path / "c.safetensors"], "component 'acts[0]' has 9 features, cannot add counts for 5"),
+        (
+            [tmp_path / "a.safetensors", tmp_path / "b.safetensors"],
+            "b.safetensors: counted with fire above 0.5, "
+            + str(tmp_path / "a.safetensors")
+            + " with 0: counts of different fire rules do not add up",
+        ),
+        (
+            [tmp_path / "a.safetensors", tmp_path / "c.safetensors"],
+            "component 'acts[0]' has 9 features, cannot add counts for 5",
+        ),
         ([tmp_path / "a.safetensors", tmp_path / "a.safetensors"], "is counted in both"),
         ([tmp_path / "a" / "shard_000.safetensors"], "not a nact counts file"),
     ]
@@ -160,7 +170,12 @@ def test_diff_died_revived_stayed(tmp_path: Path) -> None:
     assert result.exit_code == 0
     (c,) = json.loads(result.stdout)["components"]
     assert c == {
-        "component": "sae", "died": 1, "revived": 1, "stayed_dead": 2, "dead_old": 3, "dead_new": 3,
+        "component": "sae",
+        "died": 1,
+        "revived": 1,
+        "stayed_dead": 2,
+        "dead_old": 3,
+        "dead_new": 3,
         "neurons": {"died": [0], "revived": [2], "stayed_dead": [3, 4]},
     }
     failed = nact("diff", tmp_path / "old.safetensors", tmp_path / "new.safetensors", "--fail-on-new-dead")
@@ -211,7 +226,10 @@ def test_audit_with_another_fire_above_is_refused(tmp_path: Path) -> None:
     make_shards(tmp_path / "data", [10])
     nact("scan", tmp_path / "data", "--state", tmp_path / "s.safetensors", "-q")
     result = nact("scan", tmp_path / "data", "--state", tmp_path / "s.safetensors", "--fire-above", "0.1")
-    assert result.exit_code == 2 and "counted with fire above 0, not 0.1: use the same --fire-above, or --rescan to start over" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "counted with fire above 0, not 0.1: use the same --fire-above, or --rescan to start over" in result.stderr
+    )
 
 
 def test_locked_state_is_refused(tmp_path: Path) -> None:
@@ -282,7 +300,10 @@ def test_report_errors(tmp_path: Path) -> None:
     assert (result.exit_code, result.stderr) == (2, f"Error: {tmp_path / 'missing.safetensors'}: no such file\n")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     result = nact("report", tmp_path / "junk.safetensors")
-    assert result.stderr == f"Error: {tmp_path / 'junk.safetensors'}: not a nact counts file (saved with nact scan --save-counts)\n"
+    assert (
+        result.stderr
+        == f"Error: {tmp_path / 'junk.safetensors'}: not a nact counts file (saved with nact scan --save-counts)\n"
+    )
 
 
 # --- torchrun ----------------------------------------------------------------------------------
@@ -292,13 +313,25 @@ def torchrun(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
     command = [str(exe / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", str(exe / "nact")]
-    return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        command + [str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 def test_torchrun_equals_single_process(tmp_path: Path) -> None:
     make_shards(tmp_path / "data", [30, 70, 55, 12, 9], seed=11)
     single = nact("scan", tmp_path / "data", "-f", "json", "--window", "50")
-    done = torchrun("scan", tmp_path / "data", "-f", "json", "--window", "50", "--save-counts", tmp_path / "d.safetensors", cwd=tmp_path)
+    done = torchrun(
+        "scan",
+        tmp_path / "data",
+        "-f",
+        "json",
+        "--window",
+        "50",
+        "--save-counts",
+        tmp_path / "d.safetensors",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["rows"] == json.loads(single.stdout)["rows"]  # printed once, by rank 0
     whole = scan([tmp_path / "data"], track_last=True).activity
@@ -318,5 +351,6 @@ def test_state_kept_beside_the_shards_is_not_a_shard(tmp_path: Path) -> None:
     assert json.loads(again.stdout)["rows"] == json.loads(first.stdout)["rows"]
     named = nact("scan", state)
     assert (named.exit_code, named.stderr) == (
-        2, f"Error: {state}: saved counts, not activations: read it with nact report or nact density\n"
+        2,
+        f"Error: {state}: saved counts, not activations: read it with nact report or nact density\n",
     )

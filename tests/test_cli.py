@@ -164,13 +164,22 @@ def test_nan_warning_goes_to_stderr(tmp_path: Path) -> None:
         (["--threads", "0"], "Error: --threads 0 must be at least 1"),
         (["--threads", "1000000000000"], "Error: --threads 1000000000000 must be at most 256"),
         (["--fire-above", "-inf"], "Error: --fire-above '-inf' must be finite"),
-        (["--fire-above", "1e99999999"], "Error: --fire-above '1e99999999' is out of range (at most 400 digits and exponents within +-400)"),
-        (["-t", "1e-99999999"], "Error: --threshold '1e-99999999' is out of range (at most 400 digits and exponents within +-400)"),
+        (
+            ["--fire-above", "1e99999999"],
+            "Error: --fire-above '1e99999999' is out of range (at most 400 digits and exponents within +-400)",
+        ),
+        (
+            ["-t", "1e-99999999"],
+            "Error: --threshold '1e-99999999' is out of range (at most 400 digits and exponents within +-400)",
+        ),
         (["--top", "0"], "Error: --top 0 must be at least 1"),
         (["--window", "0"], "Error: --window 0 must be at least 1"),
         (["--rescan"], "Error: --rescan goes with --state"),
         (["--shard", "3/2"], "Error: --shard '3/2' needs I from 0 to N-1"),
-        (["-k", "nope"], "Error: --key 'nope' not found in any shard (keys seen: blocks.0.hook_sae_acts, blocks.1.hook_sae_acts)"),
+        (
+            ["-k", "nope"],
+            "Error: --key 'nope' not found in any shard (keys seen: blocks.0.hook_sae_acts, blocks.1.hook_sae_acts)",
+        ),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args: list[str], message: str) -> None:
@@ -211,10 +220,13 @@ def bad_inputs(tmp_path: Path) -> list[tuple[Path, str]]:
         (tmp_path / "missing", f"Error: {tmp_path / 'missing'}: no such file or directory"),
         (empty, f"Error: {empty}: not a safetensors file: 0 bytes, too short for a header"),
         (garbage, f"Error: {garbage}: corrupt safetensors header: Expecting value: line 1 column 1 (char 0)"),
-        (truncated, (
-            f"Error: {truncated}: truncated: tensor 'acts' ends at byte {len(full)} "
-            f"but the file has {len(full) - 1} bytes"
-        )),
+        (
+            truncated,
+            (
+                f"Error: {truncated}: truncated: tensor 'acts' ends at byte {len(full)} "
+                f"but the file has {len(full) - 1} bytes"
+            ),
+        ),
         (
             ints,
             "Error: nothing to count in 1 shard(s): skipped tensor 'tokens' (I64) in 1 shard(s): "
@@ -288,6 +300,7 @@ def test_messages_say_what_was_found_and_what_changed(tmp_path: Path) -> None:
 
     os.utime(tmp_path / "data" / "a.safetensors", ns=(1, 1))  # same bytes, another modification time
     result = nact("scan", tmp_path / "data", "--state", state)
-    assert result.stderr.startswith(f"Error: {tmp_path / 'data' / 'a.safetensors'}: changed since {state} counted it (same size, modification time ")
+    assert result.stderr.startswith(
+        f"Error: {tmp_path / 'data' / 'a.safetensors'}: changed since {state} counted it (same size, modification time "
+    )
     assert result.stderr.endswith("-> 1 ns): use --rescan to count every shard again\n")
-

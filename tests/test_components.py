@@ -98,21 +98,23 @@ def test_per_layer_folders_are_components_named_by_folder(tmp_path: Path) -> Non
 
 def test_legacy_saelens_hook_folders(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
-    hooks = {f"blocks.{i}.hook_resid_pre": [random_activations(rng, (25, 1, 7), "F32") for _ in range(2)] for i in (2, 3)}
+    hooks = {
+        f"blocks.{i}.hook_resid_pre": [random_activations(rng, (25, 1, 7), "F32") for _ in range(2)] for i in (2, 3)
+    }
     for hook, shards in hooks.items():
         for j, x in enumerate(shards):
             write_shard(tmp_path / "activations" / hook / f"{j}.safetensors", {"activations": x})
     got = counts_of(tmp_path / "activations")
-    assert got == {
-        hook: expect(np.concatenate([as_float64(x) for x in shards])) for hook, shards in hooks.items()
-    }
+    assert got == {hook: expect(np.concatenate([as_float64(x) for x in shards])) for hook, shards in hooks.items()}
 
 
 def test_numbered_folders_are_shards_of_one_thing(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     parts = [relu(rng, (12, 4)) for _ in range(3)]
     for i, x in enumerate(parts):
-        write_shard(tmp_path / "run" / f"shard_{i}" / "acts.safetensors", {"blocks.0.hook_sae_acts": torch.from_numpy(x)})
+        write_shard(
+            tmp_path / "run" / f"shard_{i}" / "acts.safetensors", {"blocks.0.hook_sae_acts": torch.from_numpy(x)}
+        )
     result = scan([tmp_path / "run"])
     assert {n: (c.fire_counts.tolist(), c.num_vectors) for n, c in result.activity.components.items()} == {
         "blocks.0.hook_sae_acts": expect(np.concatenate(parts))
@@ -133,18 +135,25 @@ def test_grouping_is_shown_in_json_table_and_inspect(tmp_path: Path) -> None:
         write_shard(tmp_path / f"{i:03d}.safetensors", {"sae": torch.ones(2, 3)})
     doc = json.loads(nact("scan", tmp_path, "-f", "json").stdout)
     assert doc["components"][0]["files"] == {
-        "count": 3, "first": str(tmp_path / "000.safetensors"), "last": str(tmp_path / "002.safetensors")
+        "count": 3,
+        "first": str(tmp_path / "000.safetensors"),
+        "last": str(tmp_path / "002.safetensors"),
     }
     table = nact("scan", tmp_path).stdout
     assert f"sae: read from 3 files, {tmp_path}/000.safetensors ... {tmp_path}/002.safetensors" in table
     inspected = nact("inspect", tmp_path)
     assert f"  sae (3 features): 3 files, {tmp_path}/000.safetensors ... {tmp_path}/002.safetensors" in inspected.stdout
     groups = json.loads(nact("inspect", tmp_path, "-f", "json").stdout)["groups"]
-    assert groups == [{"components": ["sae"], "num_features": 3, "files": [str(tmp_path / f"{i:03d}.safetensors") for i in range(3)]}]
+    assert groups == [
+        {"components": ["sae"], "num_features": 3, "files": [str(tmp_path / f"{i:03d}.safetensors") for i in range(3)]}
+    ]
 
 
 def test_keys_take_glob_patterns(tmp_path: Path) -> None:
-    write_shard(tmp_path / "a.safetensors", {f"blocks.{i}.hook_sae_acts": torch.ones(2, 2) for i in range(3)} | {"other": torch.ones(2, 2)})
+    write_shard(
+        tmp_path / "a.safetensors",
+        {f"blocks.{i}.hook_sae_acts": torch.ones(2, 2) for i in range(3)} | {"other": torch.ones(2, 2)},
+    )
     assert list(counts_of(tmp_path, keys=["blocks.*.hook_sae_acts"])) == [f"blocks.{i}.hook_sae_acts" for i in range(3)]
     result = nact("scan", tmp_path, "-k", "nothing.*")
     assert result.exit_code == 2 and result.stderr.startswith("Error: --key 'nothing.*' not found in any shard")
@@ -205,7 +214,10 @@ def test_component_axis_of_size_one_and_default_axis(tmp_path: Path) -> None:
     result = nact("scan", tmp_path / "x.npy", "--component-axis", "2")
     assert result.exit_code == 2 and "has no axis 2 before its features" in result.stderr
     result = nact("scan", tmp_path / "x.npy", "--component-axis", "0", "--flatten")
-    assert result.stderr == "Error: --flatten and --component-axis cannot be used together: flatten makes every axis before the features a batch axis\n"
+    assert (
+        result.stderr
+        == "Error: --flatten and --component-axis cannot be used together: flatten makes every axis before the features a batch axis\n"
+    )
 
 
 # --- whole sparse caches ------------------------------------------------------------------------
@@ -231,7 +243,8 @@ def test_a_missing_split_is_an_error_naming_the_latents(tmp_path: Path) -> None:
     assert partial.exit_code == 0, partial.stderr
     doc = json.loads(partial.stdout)
     assert [(c["component"], c["num_features"], c.get("first_neuron", 0)) for c in doc["components"]] == [
-        ("layers.3.mlp:0-9", 10, 0), ("layers.3.mlp:20-39", 20, 20)
+        ("layers.3.mlp:0-9", 10, 0),
+        ("layers.3.mlp:20-39", 20, 20),
     ]
     flat = dense.reshape(-1, 40).astype(np.float64)
     never = np.flatnonzero(fire_counts(flat) == 0)
@@ -245,14 +258,17 @@ def test_a_missing_last_split_is_caught_by_config_json(tmp_path: Path) -> None:
     (tmp_path / "m" / "config.json").write_text(json.dumps({"n_splits": 3, "batch_size": 8}))
     result = nact("scan", tmp_path)
     assert result.exit_code == 2
-    assert result.stderr == f"Error: {tmp_path / 'm'}: config.json says 3 splits but 2 are here: the last split(s) are missing\n"
+    assert (
+        result.stderr
+        == f"Error: {tmp_path / 'm'}: config.json says 3 splits but 2 are here: the last split(s) are missing\n"
+    )
 
 
 def test_one_split_named_alone_reports_its_own_latents(tmp_path: Path) -> None:
     dense = delphi_dense(latents=40)
     write_delphi_module(tmp_path / "m", dense, [(0, 19), (20, 39)])
     activity = scan([tmp_path / "m" / "20_39.safetensors"]).activity
-    (name, c), = activity.components.items()
+    ((name, c),) = activity.components.items()
     assert (name, c.num_features, c.first_neuron) == ("m:20-39", 20, 20)
     assert c.fire_counts.tolist() == fire_counts(dense.reshape(-1, 40)[:, 20:].astype(np.float64)).tolist()
 
@@ -263,8 +279,11 @@ def test_latent_cache_save_and_splits_without_tokens(tmp_path: Path) -> None:
     dense = delphi_dense(latents=12)
     b, p, latent = np.nonzero(dense)
     save_file(
-        {"locations": np.stack([b, p, latent], axis=1).astype(np.int64), "activations": dense[b, p, latent],
-         "tokens": np.zeros((5, 6), np.int64)},
+        {
+            "locations": np.stack([b, p, latent], axis=1).astype(np.int64),
+            "activations": dense[b, p, latent],
+            "tokens": np.zeros((5, 6), np.int64),
+        },
         str(tmp_path / "layers.1.mlp.safetensors"),
     )
     result = nact("scan", tmp_path)
@@ -338,4 +357,6 @@ def test_big_endian_npy_is_counted_exactly(tmp_path: Path, dtype: str) -> None:
         got = counts_of(tmp_path / name, fire_above="1e-5", chunk_rows=9)
         assert got == {k.format(key): v for k, v in want.items()}, name
     for name in ("packed.npz", "stored.npz"):
-        assert counts_of(tmp_path / name, fire_above="1e-5", chunk_rows=9) == {k.format("acts"): v for k, v in want.items()}
+        assert counts_of(tmp_path / name, fire_above="1e-5", chunk_rows=9) == {
+            k.format("acts"): v for k, v in want.items()
+        }

@@ -46,8 +46,17 @@ def test_auto_picks_cuda(tmp_path: Path) -> None:
     assert scan([tmp_path], device="auto").device == "cuda"
 
 
-@pytest.mark.parametrize("case", ["saelens-standard", "saelens-topk-rescaled", "saelens-gated", "sparsify-groupmax",
-                                  "dl-batchtopk", "saelens-layer-norm"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "saelens-standard",
+        "saelens-topk-rescaled",
+        "saelens-gated",
+        "sparsify-groupmax",
+        "dl-batchtopk",
+        "saelens-layer-norm",
+    ],
+)
 def test_cuda_sae_latents_equal_the_formulas(tmp_path: Path, case: str) -> None:
     """SAE latents encoded on the GPU (float32): the same decisions as the float64 formulas away
     from boundaries, through the pinned double buffer, with the statistics."""
@@ -74,5 +83,7 @@ def test_cuda_sae_in_bf16_is_close(tmp_path: Path) -> None:
     CASES["saelens-standard"](folder)
     data = cache(tmp_path / "cache", activations(seed=4))
     f32 = next(iter(scan([data], saes=(str(folder),), device="cuda").activity.components.values()))
-    bf16 = next(iter(scan([data], saes=(str(folder),), device="cuda", sae_dtype="bfloat16").activity.components.values()))
+    bf16 = next(
+        iter(scan([data], saes=(str(folder),), device="cuda", sae_dtype="bfloat16").activity.components.values())
+    )
     assert np.abs(bf16.fire_counts - f32.fire_counts).max() <= 0.02 * len(activations(seed=4))

@@ -49,7 +49,9 @@ def test_summary_against_numpy() -> None:
     assert s.dense == int((density > 0.01).sum())
     assert s.ultralow == int((alive & (density < 1e-4)).sum())
     assert s.ultralow_present and s.ultralow >= 300
-    assert s.log10_quantiles == pytest.approx(dict(zip((0.05, 0.25, 0.5, 0.75, 0.95), np.quantile(logs, [0.05, 0.25, 0.5, 0.75, 0.95]))))
+    assert s.log10_quantiles == pytest.approx(
+        dict(zip((0.05, 0.25, 0.5, 0.75, 0.95), np.quantile(logs, [0.05, 0.25, 0.5, 0.75, 0.95])))
+    )
 
 
 def test_dense_bound_is_exact() -> None:
@@ -109,13 +111,19 @@ def test_plot_png_and_svg(tmp_path: Path) -> None:
     result = nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "d.png")
     assert result.exit_code == 0, result.stderr
     assert png_size(tmp_path / "d.png") == (1800, 1040)  # 9 x 2.6 inches per panel at 200 dpi
-    assert nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "low.png", "--dpi", "100", "--log-y").exit_code == 0
+    assert (
+        nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "low.png", "--dpi", "100", "--log-y").exit_code
+        == 0
+    )
     assert png_size(tmp_path / "low.png") == (900, 520)
     assert nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "x.png", "--dpi", "5").exit_code == 2
     assert nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "d.svg").exit_code == 0
     assert b"<svg" in (tmp_path / "d.svg").read_bytes()[:1000]
     bad = nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "d.gif")
-    assert bad.exit_code == 2 and bad.stderr == f"Error: {tmp_path / 'd.gif'}: a figure is written as a .png or .svg file\n"
+    assert (
+        bad.exit_code == 2
+        and bad.stderr == f"Error: {tmp_path / 'd.gif'}: a figure is written as a .png or .svg file\n"
+    )
 
 
 def test_plot_without_matplotlib_says_which_extra(tmp_path: Path) -> None:
@@ -181,8 +189,16 @@ def test_compare_two_checkpoints_in_one_figure(tmp_path: Path) -> None:
     new.add("sae", synthetic(seed=6), 1_000_000)
     save_counts(tmp_path / "old.safetensors", SavedCounts(old, []))
     save_counts(tmp_path / "new.safetensors", SavedCounts(new, []))
-    result = nact("density", tmp_path / "old.safetensors", "--compare", tmp_path / "new.safetensors",
-                  "--plot", tmp_path / "c.png", "-f", "json")
+    result = nact(
+        "density",
+        tmp_path / "old.safetensors",
+        "--compare",
+        tmp_path / "new.safetensors",
+        "--plot",
+        tmp_path / "c.png",
+        "-f",
+        "json",
+    )
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     expected = histogram(new.components["sae"], 4)
@@ -209,8 +225,19 @@ def test_the_figure_is_drawn_in_its_colours(tmp_path: Path) -> None:
     new.add("sae", synthetic(seed=8), 1_000_000)
     save_counts(tmp_path / "old.safetensors", SavedCounts(old, []))
     save_counts(tmp_path / "new.safetensors", SavedCounts(new, []))
-    assert nact("density", tmp_path / "old.safetensors", "--compare", tmp_path / "new.safetensors", "--plot",
-                tmp_path / "c.png", "--dpi", "100").exit_code == 0
+    assert (
+        nact(
+            "density",
+            tmp_path / "old.safetensors",
+            "--compare",
+            tmp_path / "new.safetensors",
+            "--plot",
+            tmp_path / "c.png",
+            "--dpi",
+            "100",
+        ).exit_code
+        == 0
+    )
     pixels = (matplotlib.image.imread(tmp_path / "c.png")[..., :3] * 255).round().astype(int)
 
     def share(rgb: tuple[int, int, int]) -> float:
@@ -231,8 +258,13 @@ def test_density_draws_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     from test_end_to_end import nact_executable, read_terminal
 
     master, slave = pty.openpty()
-    done = subprocess.run([nact_executable(), "density", str(SAMPLE_DATA), "-f", "json"], stdout=subprocess.PIPE,
-                          stderr=slave, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "120"}, timeout=120)
+    done = subprocess.run(
+        [nact_executable(), "density", str(SAMPLE_DATA), "-f", "json"],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "120"},
+        timeout=120,
+    )
     os.close(slave)
     drawn = read_terminal(master)
     assert done.returncode == 0 and json.loads(done.stdout)["components"]

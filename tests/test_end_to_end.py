@@ -61,9 +61,16 @@ def test_a_machine_readable_scan_loads_only_what_it_uses() -> None:
     """A CPU scan of safetensors to CSV runs one command: no torch, no rich (tables and progress
     only), no pyarrow, no zip reader, no counts-file code, and no other command's module."""
     unused = [
-        "torch", "rich", "pyarrow", "zipfile", "fsspec", "s3fs",
+        "torch",
+        "rich",
+        "pyarrow",
+        "zipfile",
+        "fsspec",
+        "s3fs",
         "neuron_activity.sae",
-        "nact_cli.counts", "nact_cli.density", "nact_cli.inspect",
+        "nact_cli.counts",
+        "nact_cli.density",
+        "nact_cli.inspect",
     ]
     code = (
         "import sys; from typer.testing import CliRunner; from nact_cli.main import app; "
@@ -98,7 +105,9 @@ def test_memory_does_not_grow_with_shard_size(tmp_path: Path) -> None:
     """A 640 MiB shard scans in far less resident memory than its size."""
     rows, features = 80 * 1024, 4096  # bf16: 640 MiB
     path = tmp_path / "big.safetensors"
-    header = json.dumps({"acts": {"dtype": "BF16", "shape": [rows, features], "data_offsets": [0, rows * features * 2]}})
+    header = json.dumps(
+        {"acts": {"dtype": "BF16", "shape": [rows, features], "data_offsets": [0, rows * features * 2]}}
+    )
     header_bytes = header.encode() + b" " * (-len(header) % 8)
     block = bytes.fromhex("803f") * (features * 1024)  # 1024 rows of bf16 1.0
     with open(path, "wb") as f:
@@ -150,7 +159,10 @@ def test_progress_bar_only_on_a_terminal() -> None:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120"}
     done = subprocess.run(
         [nact_executable(), "scan", str(SAMPLE_DATA), "-f", "json", "--chunk-rows", "100"],
-        stdout=subprocess.PIPE, stderr=slave, env=env, timeout=120,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+        timeout=120,
     )
     os.close(slave)
     drawn = read_terminal(master)
@@ -161,7 +173,7 @@ def test_progress_bar_only_on_a_terminal() -> None:
 
 def cron_line(readme: str, nact_path: str, data: Path, state_dir: Path) -> str:
     """The README's crontab command, with this machine's paths in it."""
-    line = next(l for l in readme.splitlines() if l.startswith("0 * * * *"))
+    line = next(line for line in readme.splitlines() if line.startswith("0 * * * *"))
     command = line.split(None, 5)[5]
     return (
         command.replace("/opt/nact/bin/nact", nact_path)
@@ -181,7 +193,9 @@ def test_the_readme_cron_line_works_verbatim_under_cron(tmp_path: Path) -> None:
     state_dir = tmp_path / "var" / "lib" / "nact"
     command = cron_line(readme, nact_executable(), data, state_dir)
     cron_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHELL": "/bin/sh", "LOGNAME": "root"}
-    fine = subprocess.run(["sh", "-c", command.replace("0.05", "0.5")], capture_output=True, text=True, env=cron_env, cwd=tmp_path)
+    fine = subprocess.run(
+        ["sh", "-c", command.replace("0.05", "0.5")], capture_output=True, text=True, env=cron_env, cwd=tmp_path
+    )
     assert (fine.returncode, fine.stdout, fine.stderr) == (0, "", "")
     assert (state_dir / "audit.safetensors").is_file()
     breached = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=cron_env, cwd=tmp_path)
@@ -199,8 +213,13 @@ def test_no_color_empty_keeps_colour_and_set_turns_it_off() -> None:
         if no_color is not None:
             env["NO_COLOR"] = no_color
         env["COLUMNS"] = "200"
-        subprocess.run([nact_executable(), "scan", str(SAMPLE_DATA), "-t", "0"], stdout=slave, stderr=subprocess.DEVNULL,
-                       env=env, timeout=120)
+        subprocess.run(
+            [nact_executable(), "scan", str(SAMPLE_DATA), "-t", "0"],
+            stdout=slave,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            timeout=120,
+        )
         os.close(slave)
         return read_terminal(master)
 
@@ -209,21 +228,25 @@ def test_no_color_empty_keeps_colour_and_set_turns_it_off() -> None:
 
 
 def test_wide_names_are_never_cut_in_a_pipe(tmp_path: Path) -> None:
-    from reference import write_shard
     import torch
+    from reference import write_shard
 
     name = "blocks.8.hook_sae_acts_post_with_a_very_long_name_that_would_fold_at_one_hundred_columns"
     write_shard(tmp_path / "a.safetensors", {name: torch.ones(3, 2)})
     done = run("scan", str(tmp_path), "-t", "0")
     assert done.returncode == 0
-    row = next(l for l in done.stdout.splitlines() if name in l)
+    row = next(line for line in done.stdout.splitlines() if name in line)
     assert "num_features" in done.stdout and "num_featur…" not in done.stdout
     assert row.count("│") == 8
 
 
 def test_output_format_from_the_extension(tmp_path: Path) -> None:
-    for suffix, check in ((".csv", lambda t: t.startswith("component,threshold")), (".json", lambda t: json.loads(t)["rows"]),
-                          (".md", lambda t: "| component |" in t), (".txt", lambda t: "┃ component" in t)):
+    for suffix, check in (
+        (".csv", lambda t: t.startswith("component,threshold")),
+        (".json", lambda t: json.loads(t)["rows"]),
+        (".md", lambda t: "| component |" in t),
+        (".txt", lambda t: "┃ component" in t),
+    ):
         out = tmp_path / f"dead{suffix}"
         assert run("scan", str(SAMPLE_DATA), "-o", str(out)).returncode == 0
         assert check(out.read_text()), suffix

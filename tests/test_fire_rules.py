@@ -9,8 +9,8 @@ from reference import TORCH_DTYPES, greater_than
 
 from neuron_activity import count_array
 from neuron_activity.counting import make_counter
-from neuron_activity.native import CPU_KERNELS
 from neuron_activity.dtypes import FLOAT_FORMATS, fire_rule
+from neuron_activity.native import CPU_KERNELS
 
 KERNELS = ["native", "numpy", "torch"]
 
@@ -19,6 +19,7 @@ def counter(kernel: str, rule, width: int):
     if kernel not in (*CPU_KERNELS, "torch"):
         pytest.fail("the C kernel is not built: install with a C compiler (pip install -e .)")
     return make_counter(rule, width, "cpu", kernel)
+
 
 THRESHOLDS = ["0", "1e-5", "1e-6", "0.1", "1", "-0.5", "-1e-6", "448", "500", "65504", "1e30", "-1e30", "6e-8"]
 NARROW = ["F16", "BF16", "F8_E4M3", "F8_E5M2"]

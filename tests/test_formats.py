@@ -185,7 +185,9 @@ def write_saelens_cache(folder: Path, hooks: dict[str, np.ndarray], batch_rows: 
             d_in = x.shape[2]
             flat = pa.array(x[lo:hi].reshape(-1))
             inner = pa.FixedSizeListArray.from_arrays(flat, d_in)
-            columns[name] = pa.ListArray.from_arrays(pa.array(np.arange(0, (hi - lo) * context + 1, context, dtype=np.int32)), inner)
+            columns[name] = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, (hi - lo) * context + 1, context, dtype=np.int32)), inner
+            )
         columns["token_ids"] = pa.array([[1] * context] * (hi - lo), type=pa.list_(pa.int32()))
         tables.append(pa.table(columns))
     write_datasets_folder(folder, tables, batch_rows)
@@ -262,7 +264,9 @@ def test_arrow_lists_of_any_length(tmp_path: Path, kind: str) -> None:
     make = getattr(pa, kind)
     column = pa.array(x.tolist(), type=make(make(pa.float32())))
     folder = tmp_path / kind.strip("_")
-    write_datasets_folder(folder, [pa.table({"h": column, "token_ids": pa.array([[1] * 5] * 23, type=pa.list_(pa.int32()))})], 4)
+    write_datasets_folder(
+        folder, [pa.table({"h": column, "token_ids": pa.array([[1] * 5] * 23, type=pa.list_(pa.int32()))})], 4
+    )
     got = scan([folder], chunk_rows=7, threads=2).activity.components["h"]
     assert (got.fire_counts.tolist(), got.num_vectors) == expected(x.astype(np.float64))
 
@@ -302,7 +306,10 @@ def test_compressed_arrow_is_read_batch_by_batch(tmp_path: Path) -> None:
     folder = tmp_path / "zstd"
     folder.mkdir()
     options = pa.ipc.IpcWriteOptions(compression="zstd")
-    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema, options=options) as w:
+    with (
+        pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink,
+        pa.ipc.new_stream(sink, table.schema, options=options) as w,
+    ):
         for batch in table.to_batches(max_chunksize=6):
             w.write_batch(batch)
     assert [s.entry.storage for s in plan_for(discover([folder]), CountOptions()).slabs] == ["batches"]
@@ -393,7 +400,10 @@ def test_mixed_formats_are_refused_unless_one_is_picked(tmp_path: Path) -> None:
     write_shard(tmp_path / "b.safetensors", {"acts": torch.ones(4, 5)})
     result = nact("scan", tmp_path)
     assert result.exit_code == 2
-    assert result.stderr == "Error: the inputs mix shard formats (1 npy, 1 safetensors files): pick one with --input-format\n"
+    assert (
+        result.stderr
+        == "Error: the inputs mix shard formats (1 npy, 1 safetensors files): pick one with --input-format\n"
+    )
     assert counts(tmp_path, input_format="npy") == {"a": ([3, 3], 3)}
     assert counts(tmp_path, input_format="safetensors") == {"acts": ([4] * 5, 4)}
     with pytest.raises(NactError, match="input format 'hdf5' is not a format: use safetensors, npy"):
@@ -444,8 +454,9 @@ def last_fired(values: np.ndarray) -> list[int]:
 
 def test_last_fired_in_every_format(tmp_path: Path) -> None:
     rng = np.random.default_rng(12)
-    parts = [(np.maximum(rng.standard_normal((n, 6)), 0) * (rng.random((n, 6)) < 0.05)).astype(np.float32)
-             for n in (40, 33)]
+    parts = [
+        (np.maximum(rng.standard_normal((n, 6)), 0) * (rng.random((n, 6)) < 0.05)).astype(np.float32) for n in (40, 33)
+    ]
     whole = np.concatenate(parts).astype(np.float64)
     expected = last_fired(whole)
     np.savez(tmp_path / "acts_0.npz", acts=parts[0])  # mapped
@@ -488,7 +499,12 @@ def test_pt_files_are_mapped_without_torch_and_agree_with_torch(tmp_path: Path, 
     }
     torch.save(saved, tmp_path / "cache.pt")
     mapped = torch_zip.entries(tmp_path / "cache.pt", "torch")
-    assert mapped is not None and {e.key for e in mapped} == {"blocks.0.hook_sae_acts", "view", "nested.layers.0", "param"}
+    assert mapped is not None and {e.key for e in mapped} == {
+        "blocks.0.hook_sae_acts",
+        "view",
+        "nested.layers.0",
+        "param",
+    }
     assert all(e.storage == "mapped" for e in mapped)
     got = counts(tmp_path / "cache.pt", chunk_rows=4, fire_above="1e-5")
     assert got["blocks.0.hook_sae_acts"] == expected(as_float64(big), "1e-5")
@@ -535,7 +551,9 @@ def test_arrow_array2d_as_fixed_size_lists(tmp_path: Path) -> None:
     folder.mkdir()
     inner = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 7)
     column = pa.FixedSizeListArray.from_arrays(inner, 5)
-    table = pa.table({"blocks.2.hook_resid_post": column, "token_ids": pa.array([[1] * 5] * 30, type=pa.list_(pa.int32()))})
+    table = pa.table(
+        {"blocks.2.hook_resid_post": column, "token_ids": pa.array([[1] * 5] * 30, type=pa.list_(pa.int32()))}
+    )
     with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
         for batch in table.to_batches(max_chunksize=8):
             w.write_batch(batch)

@@ -52,12 +52,30 @@ def raw_safetensors(path: Path, header: object, data: bytes = b"") -> Path:
     ("header", "data", "contains"),
     [
         (b"[" * 100_000 + b"]" * 100_000, b"", "nested too deeply"),
-        ({"__metadata__": ["a"], "x": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]}}, b"\0" * 4, "__metadata__ is not a map"),
-        (b'{"x": {"dtype": "F32", "shape": [1e400, 1], "data_offsets": [0, 4]}}', b"\0" * 4, "bad entry for tensor 'x'"),
+        (
+            {"__metadata__": ["a"], "x": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]}},
+            b"\0" * 4,
+            "__metadata__ is not a map",
+        ),
+        (
+            b'{"x": {"dtype": "F32", "shape": [1e400, 1], "data_offsets": [0, 4]}}',
+            b"\0" * 4,
+            "bad entry for tensor 'x'",
+        ),
         ({"x": {"dtype": "F32", "shape": [64.9, 8.2], "data_offsets": [0, 4]}}, b"\0" * 4, "bad entry for tensor 'x'"),
-        ({"x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}, "y": {"dtype": "F32", "shape": [2, 2], "data_offsets": [8, 24]}},
-         b"\0" * 24, "overlaps another tensor"),
-        ({"x": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]}}, b"\0" * 12, "the tensors hold 4 bytes, the file has 12"),
+        (
+            {
+                "x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                "y": {"dtype": "F32", "shape": [2, 2], "data_offsets": [8, 24]},
+            },
+            b"\0" * 24,
+            "overlaps another tensor",
+        ),
+        (
+            {"x": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]}},
+            b"\0" * 12,
+            "the tensors hold 4 bytes, the file has 12",
+        ),
         ({"x": {"dtype": "F32", "shape": [0, 2**62], "data_offsets": [0, 0]}}, b"", "every tensor read is empty"),
     ],
 )
@@ -137,7 +155,9 @@ def test_arrow_cache_problems(tmp_path: Path) -> None:
 
     write_saelens_cache(tmp_path / "cache", {"h": np.ones((4, 3, 2), np.float32)}, batch_rows=2, files=2)
     (tmp_path / "cache" / "data-00001-of-00002.arrow").unlink()
-    assert_one_line_error(nact("scan", tmp_path / "cache"), "lists data file data-00001-of-00002.arrow, which is missing")
+    assert_one_line_error(
+        nact("scan", tmp_path / "cache"), "lists data file data-00001-of-00002.arrow, which is missing"
+    )
     folder = tmp_path / "twice"
     folder.mkdir()
     column = pa.array([[[1.0, 2.0]]], type=pa.list_(pa.list_(pa.float32())))
@@ -147,12 +167,19 @@ def test_arrow_cache_problems(tmp_path: Path) -> None:
     assert_one_line_error(nact("scan", folder), "column 'h' appears twice")
     # Array2D storage (fixed-size lists of fixed-size lists) with a null position: an error, not
     # the values that happen to lie under the null
-    inner = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(12, np.float32)), 2, mask=pa.array([False, True] + [False] * 4))
-    write_datasets_folder(tmp_path / "null_position", [pa.table({"h": pa.FixedSizeListArray.from_arrays(inner, 3)})], 10)
+    inner = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.ones(12, np.float32)), 2, mask=pa.array([False, True] + [False] * 4)
+    )
+    write_datasets_folder(
+        tmp_path / "null_position", [pa.table({"h": pa.FixedSizeListArray.from_arrays(inner, 3)})], 10
+    )
     assert_one_line_error(nact("scan", tmp_path / "null_position"), "column 'h' has null values")
     # rows of different shapes: positions per row, or features per position; shapes across batches
     lists = pa.list_(pa.list_(pa.float32()))
-    for name, rows in [("ragged_rows", [[[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0]]]), ("ragged_positions", [[[1.0, 2.0], [3.0]]])]:
+    for name, rows in [
+        ("ragged_rows", [[[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0]]]),
+        ("ragged_positions", [[[1.0, 2.0], [3.0]]]),
+    ]:
         write_datasets_folder(tmp_path / name, [pa.table({"h": pa.array(rows, type=lists)})], 10)
         assert_one_line_error(nact("scan", tmp_path / name), "column 'h' has rows of different shapes")
     table = pa.table({"h": pa.array([[[1.0, 2.0]], [[1.0, 2.0], [3.0, 4.0]]], type=lists)})
@@ -166,16 +193,24 @@ def test_delphi_locations_outside_the_cache(tmp_path: Path) -> None:
     def split(name: str, locations: np.ndarray, tokens: np.ndarray) -> Path:
         folder = tmp_path / name
         folder.mkdir()
-        save_file({"locations": locations, "activations": np.ones(len(locations), np.float16), "tokens": tokens},
-                  str(folder / "0_9.safetensors"))
+        save_file(
+            {"locations": locations, "activations": np.ones(len(locations), np.float16), "tokens": tokens},
+            str(folder / "0_9.safetensors"),
+        )
         return folder
 
     tokens = np.zeros((2, 3), np.int64)
-    assert_one_line_error(nact("scan", split("neg", np.array([[0, 0, -3]], np.int32), tokens)), "names latent -3, outside")
-    assert_one_line_error(nact("scan", split("far", np.array([[5, 0, 1]], np.int32), tokens)), "names batch 5, position 0")
+    assert_one_line_error(
+        nact("scan", split("neg", np.array([[0, 0, -3]], np.int32), tokens)), "names latent -3, outside"
+    )
+    assert_one_line_error(
+        nact("scan", split("far", np.array([[5, 0, 1]], np.int32), tokens)), "names batch 5, position 0"
+    )
     dup = split("dup", np.array([[0, 0, 1]] * 7, np.int32), tokens)
     assert_one_line_error(nact("scan", dup), "fired 7 times in 6 vectors: the cache stores some entries twice")
-    assert_one_line_error(nact("scan", split("flat", np.array([[0, 0, 1]], np.int32), np.zeros(5, np.int64))), "not [batch, position]")
+    assert_one_line_error(
+        nact("scan", split("flat", np.array([[0, 0, 1]], np.int32), np.zeros(5, np.int64))), "not [batch, position]"
+    )
 
 
 @pytest.mark.parametrize(
@@ -189,13 +224,15 @@ def test_delphi_locations_outside_the_cache(tmp_path: Path) -> None:
     ],
 )
 def test_edited_counts_files(tmp_path: Path, edit, contains: str) -> None:
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     nact("scan", SAMPLE_DATA, "-k", "blocks.0.hook_sae_acts", "--save-counts", tmp_path / "c.safetensors", "-q")
     with safe_open(str(tmp_path / "c.safetensors"), "numpy") as f:
         metadata = f.metadata()
-    tensors = {k.replace("blocks.0.hook_sae_acts", "sae"): v for k, v in load_file(str(tmp_path / "c.safetensors")).items()}
+    tensors = {
+        k.replace("blocks.0.hook_sae_acts", "sae"): v for k, v in load_file(str(tmp_path / "c.safetensors")).items()
+    }
     metadata["components"] = '["sae"]'
     edit(tensors, metadata)
     save_file(tensors, str(tmp_path / "e.safetensors"), metadata=metadata)
@@ -204,8 +241,13 @@ def test_edited_counts_files(tmp_path: Path, edit, contains: str) -> None:
 
 def test_huge_numbers_in_options_are_refused_quickly() -> None:
     start = time.perf_counter()
-    for args in (["--fire-above", "1e400"], ["--fire-above", "1e99999999"], ["-t", "1e-99999999"],
-                 ["--threads", str(10**12)], ["--chunk-rows", "-1"]):
+    for args in (
+        ["--fire-above", "1e400"],
+        ["--fire-above", "1e99999999"],
+        ["-t", "1e-99999999"],
+        ["--threads", str(10**12)],
+        ["--chunk-rows", "-1"],
+    ):
         assert_one_line_error(nact("scan", SAMPLE_DATA, *args))
     assert_one_line_error(nact("density", SAMPLE_DATA, "--bins-per-decade", str(10**8)))
     assert time.perf_counter() - start < 20  # a refusal, not a computation
@@ -217,7 +259,10 @@ def test_huge_numbers_in_options_are_refused_quickly() -> None:
 def test_outputs_respect_the_umask_and_keep_a_mode(tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
-        assert nact("scan", SAMPLE_DATA, "-o", tmp_path / "new.txt", "--save-counts", tmp_path / "c.safetensors").exit_code == 0
+        assert (
+            nact("scan", SAMPLE_DATA, "-o", tmp_path / "new.txt", "--save-counts", tmp_path / "c.safetensors").exit_code
+            == 0
+        )
         assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640
         assert (tmp_path / "c.safetensors").stat().st_mode & 0o777 == 0o640
         os.chmod(tmp_path / "new.txt", 0o604)
@@ -242,11 +287,15 @@ def test_a_state_through_a_symlink_stays_a_link(tmp_path: Path) -> None:
 
 def run_nact(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "NO_COLOR": "1"}
-    return subprocess.Popen([nact_executable(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **kwargs)
+    return subprocess.Popen(
+        [nact_executable(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **kwargs
+    )
 
 
 def big_shard(path: Path, rows: int = 1 << 16, width: int = 4096) -> Path:
-    header = json.dumps({"acts": {"dtype": "F32", "shape": [rows, width], "data_offsets": [0, rows * width * 4]}}).encode()
+    header = json.dumps(
+        {"acts": {"dtype": "F32", "shape": [rows, width], "data_offsets": [0, rows * width * 4]}}
+    ).encode()
     header += b" " * (-len(header) % 8)
     with open(path, "wb") as f:
         f.write(len(header).to_bytes(8, "little") + header)
@@ -262,8 +311,16 @@ def test_a_signal_ends_in_130_and_leaves_no_temporary_file(tmp_path: Path, sig: 
     big_shard(tmp_path / "data" / "big.safetensors", rows=1 << 20, width=16)  # 64 MiB, read a row at a time: slow
     out = tmp_path / "out"
     out.mkdir()
-    proc = run_nact("scan", str(tmp_path / "data"), "--save-counts", str(out / "c.safetensors"), "--chunk-rows", "1",
-                    "--threads", "1")
+    proc = run_nact(
+        "scan",
+        str(tmp_path / "data"),
+        "--save-counts",
+        str(out / "c.safetensors"),
+        "--chunk-rows",
+        "1",
+        "--threads",
+        "1",
+    )
     time.sleep(1.5)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
@@ -278,22 +335,33 @@ def test_stdout_that_goes_away_or_is_full(tmp_path: Path) -> None:
     write_shard(tmp_path / "a.safetensors", {f"k{i}": torch.ones(3, 2) for i in range(3000)})  # a long output
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the first byte
-    gone = subprocess.run([nact_executable(), "scan", str(tmp_path), "-f", "csv"], stdout=write_end, stderr=subprocess.PIPE)
+    gone = subprocess.run(
+        [nact_executable(), "scan", str(tmp_path), "-f", "csv"], stdout=write_end, stderr=subprocess.PIPE
+    )
     os.close(write_end)
     assert (gone.returncode, gone.stderr) == (141, b"")  # as a shell reports a tool ended by SIGPIPE
-    full = subprocess.run([nact_executable(), "scan", str(SAMPLE_DATA)], stdout=open("/dev/full", "w"), stderr=subprocess.PIPE, text=True)
+    full = subprocess.run(
+        [nact_executable(), "scan", str(SAMPLE_DATA)], stdout=open("/dev/full", "w"), stderr=subprocess.PIPE, text=True
+    )
     assert (full.returncode, full.stderr) == (2, "Error: stdout: cannot write: No space left on device\n")
     closed = subprocess.run(f"{nact_executable()} scan {SAMPLE_DATA} >&-", shell=True, capture_output=True, text=True)
-    assert (closed.returncode, closed.stderr) == (2, "Error: stdout: is closed: nowhere to write the result (give -o FILE)\n")
+    assert (closed.returncode, closed.stderr) == (
+        2,
+        "Error: stdout: is closed: nowhere to write the result (give -o FILE)\n",
+    )
 
 
 def test_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
     name = os.fsencode(str(tmp_path)) + b"/out-\xff.json"
-    done = subprocess.run([nact_executable().encode(), b"scan", os.fsencode(str(SAMPLE_DATA)), b"-f", b"json", b"-o", name],
-                          capture_output=True)
+    done = subprocess.run(
+        [nact_executable().encode(), b"scan", os.fsencode(str(SAMPLE_DATA)), b"-f", b"json", b"-o", name],
+        capture_output=True,
+    )
     assert done.returncode == 0, done.stderr
     assert os.path.exists(name)
-    bad = subprocess.run([nact_executable().encode(), b"scan", os.fsencode(str(tmp_path)) + b"/missing-\xff"], capture_output=True)
+    bad = subprocess.run(
+        [nact_executable().encode(), b"scan", os.fsencode(str(tmp_path)) + b"/missing-\xff"], capture_output=True
+    )
     assert bad.returncode == 2 and bad.stderr.count(b"\n") == 1 and b"Traceback" not in bad.stderr
 
 
@@ -305,7 +373,10 @@ def valid_shards(folder: Path) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     x = np.maximum(rng.standard_normal((40, 6)), 0).astype(np.float32)
     out = {}
-    write_shard(folder / "s" / "a.safetensors", {"acts": torch.from_numpy(x), "b": torch.from_numpy(x[:, :3]).to(torch.bfloat16)})
+    write_shard(
+        folder / "s" / "a.safetensors",
+        {"acts": torch.from_numpy(x), "b": torch.from_numpy(x[:, :3]).to(torch.bfloat16)},
+    )
     out["safetensors"] = folder / "s" / "a.safetensors"
     np.save(folder / "a.npy", x)
     out["npy"] = folder / "a.npy"
@@ -315,7 +386,9 @@ def valid_shards(folder: Path) -> dict[str, Path]:
     out["npz-compressed"] = folder / "packed.npz"
     torch.save({"acts": torch.from_numpy(x), "meta": {"n": 1}}, folder / "a.pt")
     out["torch"] = folder / "a.pt"
-    write_delphi_module(folder / "latents" / "m", np.maximum(rng.standard_normal((2, 5, 8)), 0).astype(np.float16), [(0, 7)])
+    write_delphi_module(
+        folder / "latents" / "m", np.maximum(rng.standard_normal((2, 5, 8)), 0).astype(np.float16), [(0, 7)]
+    )
     out["delphi"] = folder / "latents" / "m" / "0_7.safetensors"
     write_saelens_cache(folder / "cache", {"h": x.reshape(10, 4, 6)}, batch_rows=3, files=1)
     out["arrow"] = folder / "cache" / "data-00000-of-00001.arrow"
@@ -327,14 +400,19 @@ def valid_shards(folder: Path) -> dict[str, Path]:
 FORMATS = ["safetensors", "npy", "npz", "npz-compressed", "torch", "delphi", "arrow", "counts"]
 
 
-@settings(max_examples=int(os.environ.get("NACT_FUZZ_EXAMPLES", "120")), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=int(os.environ.get("NACT_FUZZ_EXAMPLES", "120")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     fmt=st.sampled_from(FORMATS),
     edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=6),
     cut=st.one_of(st.none(), st.floats(0, 1)),
 )
-def test_mutated_files_never_crash(tmp_path_factory, fmt: str, edits: list[tuple[float, int]], cut: float | None) -> None:
+def test_mutated_files_never_crash(
+    tmp_path_factory, fmt: str, edits: list[tuple[float, int]], cut: float | None
+) -> None:
     folder = tmp_path_factory.mktemp("fuzz")
     target = valid_shards(folder)[fmt]
     data = bytearray(target.read_bytes())

@@ -17,7 +17,9 @@ def test_the_c_kernel_is_loaded_and_current() -> None:
     assert native.CPU_KERNELS[0] == "native"
 
 
-@pytest.mark.skipif(not os.environ.get("NACT_TEST_INSTALLED"), reason="set where the tests must run on an installed wheel")
+@pytest.mark.skipif(
+    not os.environ.get("NACT_TEST_INSTALLED"), reason="set where the tests must run on an installed wheel"
+)
 def test_the_tests_run_on_the_installed_package() -> None:
     import nact_cli
     import neuron_activity

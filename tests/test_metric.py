@@ -122,7 +122,9 @@ def test_saved_counts_meet_the_cli(tmp_path: Path) -> None:
     from_scan = runner.invoke(app, ["report", str(tmp_path / "scan.safetensors"), "-f", "json"])
     assert from_training.exit_code == 0, from_training.stderr
     assert json.loads(from_training.stdout)["rows"] == json.loads(from_scan.stdout)["rows"]
-    diff = runner.invoke(app, ["diff", str(tmp_path / "train.safetensors"), str(tmp_path / "scan.safetensors"), "-f", "json"])
+    diff = runner.invoke(
+        app, ["diff", str(tmp_path / "train.safetensors"), str(tmp_path / "scan.safetensors"), "-f", "json"]
+    )
     assert [c["died"] for c in json.loads(diff.stdout)["components"]] == [0, 0]
 
 
@@ -164,8 +166,19 @@ def test_ddp_over_two_gloo_processes(tmp_path: Path) -> None:
     torch.save(x, tmp_path / "x.pt")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
-        subprocess.Popen([sys.executable, "-c", DDP_WORKER, str(rank), str(tmp_path / "store"), str(tmp_path / "out.json"),
-                          str(tmp_path / "x.pt")], env=env, cwd=tmp_path)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                DDP_WORKER,
+                str(rank),
+                str(tmp_path / "store"),
+                str(tmp_path / "out.json"),
+                str(tmp_path / "x.pt"),
+            ],
+            env=env,
+            cwd=tmp_path,
+        )
         for rank in range(2)
     ]
     assert [p.wait(timeout=180) for p in procs] == [0, 0]
@@ -182,4 +195,6 @@ def test_counts_stay_on_the_gpu() -> None:
     metric.update(x.to("cuda"))
     assert metric.fire_counts.device.type == "cuda"
     values = as_float64(x)
-    assert metric.fire_counts.cpu().tolist() == [fire_counts(values[:, c, :], Fraction("1e-5")).tolist() for c in range(3)]
+    assert metric.fire_counts.cpu().tolist() == [
+        fire_counts(values[:, c, :], Fraction("1e-5")).tolist() for c in range(3)
+    ]

@@ -39,10 +39,19 @@ def snapshot(folder: Path) -> dict[str, bytes]:
         (["--window", "-3"], "Error: --window -3 must be at least 1"),
         (["--dense-above", "5"], "Error: --dense-above '5' is not a density between 0 and 1"),
         (["--ultralow-below", "0"], "Error: --ultralow-below '0' is not a density between 0 and 1"),
-        (["-o", "{tmp}/no/such/out.csv"], "Error: {tmp}/no/such/out.csv: cannot write: folder {tmp}/no/such does not exist"),
+        (
+            ["-o", "{tmp}/no/such/out.csv"],
+            "Error: {tmp}/no/such/out.csv: cannot write: folder {tmp}/no/such does not exist",
+        ),
         (["-o", "{tmp}"], "Error: {tmp}: is a folder, not a file"),
-        (["-o", "{tmp}/c.safetensors"], "Error: --output and --save-counts cannot be used together: they name the same file"),
-        (["--save-sparsity", "{tmp}/c.safetensors"], "Error: --save-counts and --save-sparsity cannot be used together: they name the same file"),
+        (
+            ["-o", "{tmp}/c.safetensors"],
+            "Error: --output and --save-counts cannot be used together: they name the same file",
+        ),
+        (
+            ["--save-sparsity", "{tmp}/c.safetensors"],
+            "Error: --save-counts and --save-sparsity cannot be used together: they name the same file",
+        ),
     ],
 )
 def test_exit_2_writes_no_counts(tmp_path: Path, args: list[str], message: str) -> None:
@@ -75,7 +84,10 @@ def test_outputs_never_overwrite_an_input_shard(tmp_path: Path) -> None:
     before = snapshot(data)
     for option in ("-o", "--save-counts"):
         result = nact("scan", data, option, shard)
-        assert (result.exit_code, result.stderr) == (2, f"Error: {shard}: is one of the inputs: nact never writes over its input\n")
+        assert (result.exit_code, result.stderr) == (
+            2,
+            f"Error: {shard}: is one of the inputs: nact never writes over its input\n",
+        )
     link = tmp_path / "link.safetensors"
     link.symlink_to(shard)
     result = nact("scan", data, "-o", link)
@@ -98,7 +110,10 @@ def test_density_checks_its_options_first(tmp_path: Path) -> None:
         (["--dense-above", "5"], "Error: --dense-above '5' is not a density between 0 and 1"),
         (["--bins-per-decade", "0"], "Error: --bins-per-decade 0 must be at least 1"),
         (["--bins-per-decade", "100000000"], "Error: --bins-per-decade 100000000 must be at most 100"),
-        (["--plot", tmp_path / "no" / "d.png"], f"Error: {tmp_path / 'no' / 'd.png'}: cannot write: folder {tmp_path / 'no'} does not exist"),
+        (
+            ["--plot", tmp_path / "no" / "d.png"],
+            f"Error: {tmp_path / 'no' / 'd.png'}: cannot write: folder {tmp_path / 'no'} does not exist",
+        ),
     ):
         result = nact("density", SAMPLE_DATA, *args)
         assert (result.exit_code, result.stderr) == (2, message + "\n")
@@ -161,7 +176,18 @@ def test_more_parts_than_shards(tmp_path: Path) -> None:
 def test_parts_merge_in_stream_order_whatever_order_given(tmp_path: Path) -> None:
     values = make_shards(tmp_path / "data", [5] * 12, seed=6)
     for i in range(11):
-        assert nact("scan", tmp_path / "data", "--shard", f"{i}/11", "--save-counts", tmp_path / f"part-{i}.safetensors", "-q").exit_code == 0
+        assert (
+            nact(
+                "scan",
+                tmp_path / "data",
+                "--shard",
+                f"{i}/11",
+                "--save-counts",
+                tmp_path / f"part-{i}.safetensors",
+                "-q",
+            ).exit_code
+            == 0
+        )
     shuffled = [tmp_path / f"part-{i}.safetensors" for i in (7, 2, 10, 5, 0, 1, 3, 4, 6, 8, 9)]
     assert nact("merge", *shuffled, "-o", tmp_path / "all.safetensors").exit_code == 0
     merged = load_counts(tmp_path / "all.safetensors").activity
@@ -173,8 +199,13 @@ def test_parts_merge_in_stream_order_whatever_order_given(tmp_path: Path) -> Non
     assert report.exit_code == whole.exit_code == 0
     assert json.loads(report.stdout)["rows"] == json.loads(whole.stdout)["rows"]
     some = nact("report", tmp_path / "part-3.safetensors", tmp_path / "part-1.safetensors", "-f", "json")
-    assert some.exit_code == 0 and some.stderr == "Note: 2 of 11 parts merged; missing part(s) 0, 2, 4, 5, 6, 7, 8, 9, 10\n"
-    twice = nact("merge", tmp_path / "part-1.safetensors", tmp_path / "part-1.safetensors", "-o", tmp_path / "x.safetensors")
+    assert (
+        some.exit_code == 0
+        and some.stderr == "Note: 2 of 11 parts merged; missing part(s) 0, 2, 4, 5, 6, 7, 8, 9, 10\n"
+    )
+    twice = nact(
+        "merge", tmp_path / "part-1.safetensors", tmp_path / "part-1.safetensors", "-o", tmp_path / "x.safetensors"
+    )
     assert twice.exit_code == 2 and "part 1/11 is given twice" in twice.stderr
 
 
@@ -211,18 +242,36 @@ def test_diff_refuses_counts_of_different_fire_rules(tmp_path: Path) -> None:
 def test_torchrun_with_a_part_and_its_saved_shards(tmp_path: Path) -> None:
     values = make_shards(tmp_path / "data", [30, 70, 55, 12, 9, 40], seed=12)
     for i in range(2):
-        done = torchrun("scan", tmp_path / "data", "--shard", f"{i}/2", "--save-counts", tmp_path / f"p{i}.safetensors", "-q", cwd=tmp_path)
+        done = torchrun(
+            "scan",
+            tmp_path / "data",
+            "--shard",
+            f"{i}/2",
+            "--save-counts",
+            tmp_path / f"p{i}.safetensors",
+            "-q",
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr
         saved = load_counts(tmp_path / f"p{i}.safetensors")
-        assert [Path(s.path).name for s in saved.shards] == [f"shard_{j:03d}.safetensors" for j in range(3 * i, 3 * i + 3)]
-    assert nact("merge", tmp_path / "p1.safetensors", tmp_path / "p0.safetensors", "-o", tmp_path / "all.safetensors").exit_code == 0
+        assert [Path(s.path).name for s in saved.shards] == [
+            f"shard_{j:03d}.safetensors" for j in range(3 * i, 3 * i + 3)
+        ]
+    assert (
+        nact(
+            "merge", tmp_path / "p1.safetensors", tmp_path / "p0.safetensors", "-o", tmp_path / "all.safetensors"
+        ).exit_code
+        == 0
+    )
     merged = load_counts(tmp_path / "all.safetensors").activity
     for c in range(2):
         assert merged.components[f"acts[{c}]"].fire_counts.tolist() == fire_counts(values[:, c, :]).tolist()
         assert merged.components[f"acts[{c}]"].last_fired.tolist() == last_fired_reference(values[:, c, :])
     # counts of the same shards made another way do not merge in silently
     nact("scan", tmp_path / "data", "--shard", "0/2", "--save-counts", tmp_path / "again.safetensors", "-q")
-    result = nact("merge", tmp_path / "p0.safetensors", tmp_path / "again.safetensors", "-o", tmp_path / "x.safetensors")
+    result = nact(
+        "merge", tmp_path / "p0.safetensors", tmp_path / "again.safetensors", "-o", tmp_path / "x.safetensors"
+    )
     assert result.exit_code == 2 and "is given twice" in result.stderr
     done = torchrun("scan", tmp_path / "data", "--state", tmp_path / "s.safetensors", cwd=tmp_path)
     assert done.returncode != 0  # torchrun itself exits 1 when a rank fails; each rank exits 2
@@ -244,8 +293,12 @@ def test_schema_version_1_counts_still_load(tmp_path: Path) -> None:
         "sae/last_fired": np.array([3, -1, 0], np.int64),
     }
     metadata = {
-        "format": "nact-counts", "schema_version": "1", "nact_version": "0.1.0", "fire_above": "0",
-        "components": '["sae"]', "shards": '[{"path": "/x/0.safetensors", "size": 10, "mtime_ns": 5}]',
+        "format": "nact-counts",
+        "schema_version": "1",
+        "nact_version": "0.1.0",
+        "fire_above": "0",
+        "components": '["sae"]',
+        "shards": '[{"path": "/x/0.safetensors", "size": 10, "mtime_ns": 5}]',
         "order": "shards in the order counted (natural path order), rows in file order",
     }
     save_file(tensors, str(path), metadata=metadata)
@@ -275,7 +328,10 @@ def test_edited_counts_are_refused(tmp_path: Path, name: str, values: list[int],
     activity.components["sae"].states[name] = np.array(values, np.int64)
     save_counts(tmp_path / "c.safetensors", SavedCounts(activity))
     result = nact("report", tmp_path / "c.safetensors")
-    assert (result.exit_code, result.stderr) == (2, f"Error: {tmp_path / 'c.safetensors'}: corrupt counts file: {problem}\n")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"Error: {tmp_path / 'c.safetensors'}: corrupt counts file: {problem}\n",
+    )
 
 
 # --- one declaration of the per-neuron state ----------------------------------------------------
@@ -292,7 +348,9 @@ def test_a_new_state_field_is_declared_in_one_place(tmp_path: Path, monkeypatch:
     parts = []
     for i, (counts, seen) in enumerate((([1, 0], [7, 0]), ([0, 2], [3, 9]))):
         activity = NeuronActivity()
-        activity.add_states("c", {"fire_counts": np.array(counts), "nan_counts": np.zeros(2), "max_seen": np.array(seen)}, 2)
+        activity.add_states(
+            "c", {"fire_counts": np.array(counts), "nan_counts": np.zeros(2), "max_seen": np.array(seen)}, 2
+        )
         save_counts(tmp_path / f"{i}.safetensors", SavedCounts(activity))
         parts.append((tmp_path / f"{i}.safetensors", load_counts(tmp_path / f"{i}.safetensors")))
     merged, _ = merge_counts(parts)
@@ -336,7 +394,9 @@ def test_json_and_version_name_the_kernel(monkeypatch: pytest.MonkeyPatch) -> No
     doc = json.loads(nact("scan", SAMPLE_DATA, "-f", "json").stdout)
     assert doc["kernel"] == "numpy"
     monkeypatch.setenv("NACT_KERNEL", "fortran")
-    assert nact("scan", SAMPLE_DATA).stderr == "Error: NACT_KERNEL 'fortran' is not a kernel: use native, numpy, torch\n"
+    assert (
+        nact("scan", SAMPLE_DATA).stderr == "Error: NACT_KERNEL 'fortran' is not a kernel: use native, numpy, torch\n"
+    )
     monkeypatch.delenv("NACT_KERNEL")
     version = nact("--version").stdout.splitlines()
     assert version[0].startswith("nact 0.2.0") and version[1].startswith("cpu kernel: native (C extension")
@@ -380,4 +440,7 @@ def test_shapes_of_state_files_are_int64_per_field(tmp_path: Path) -> None:
 
 def test_an_output_url_is_refused_before_any_work(tmp_path: Path) -> None:
     done = nact("scan", SAMPLE_DATA, "-o", "s3://bucket/out.json")
-    assert done.exit_code == 2 and done.stderr == "Error: s3:/bucket/out.json: outputs are local files: nact does not write to a URL\n"
+    assert (
+        done.exit_code == 2
+        and done.stderr == "Error: s3:/bucket/out.json: outputs are local files: nact does not write to a URL\n"
+    )

@@ -60,7 +60,9 @@ def test_rows_equal_numpy_reference(
         for t in chosen:
             dead = dead_count(counts, n, t)
             expected.append((name, t, dead, num_features - dead, num_features, n, dead / num_features))
-    got = [(r.component, r.threshold.text, r.dead, r.alive, r.num_features, r.num_vectors, r.dead_fraction) for r in rows]
+    got = [
+        (r.component, r.threshold.text, r.dead, r.alive, r.num_features, r.num_vectors, r.dead_fraction) for r in rows
+    ]
     assert got == expected
 
 
@@ -104,9 +106,11 @@ def test_delphi_kernels_equal_numpy_reference(
                 column, value = {"latent": (2, end - start), "batch": (0, batches), "position": (1, positions)}[bad]
                 where[len(where) // 2, column] = value
             save_file(
-                {"locations": torch.from_numpy(where.astype(location_dtype)),
-                 "activations": values[:, :, start:end][b, p, latent].contiguous(),
-                 "tokens": torch.zeros(batches, positions, dtype=torch.int64)},
+                {
+                    "locations": torch.from_numpy(where.astype(location_dtype)),
+                    "activations": values[:, :, start:end][b, p, latent].contiguous(),
+                    "tokens": torch.zeros(batches, positions, dtype=torch.int64),
+                },
                 str(module / f"{start}_{end - 1}.safetensors"),
             )
         outcomes = []

@@ -108,7 +108,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         etag = '"' + hashlib.md5(data).hexdigest() + '"'
         wanted = self.headers.get("Range")
         if wanted and wanted.startswith("bytes="):
-            first, _, last = wanted[len("bytes="):].partition("-")
+            first, _, last = wanted[len("bytes=") :].partition("-")
             start, stop = int(first), min(int(last) + 1 if last else len(data), len(data))
             part = data[start:stop]
             self._headers(206, len(part), etag, {"Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"})
@@ -119,10 +119,10 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         if body:
             self.wfile.write(data)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._serve(body=False)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._serve(body=True)
 
 
@@ -188,7 +188,8 @@ def test_a_prefix_scans_as_its_folder_does(s3, bucket: str, tmp_path: Path) -> N
         assert component.num_vectors == len(values)
     assert [str(p) for p in result.plan.shards] == [
         f"s3://{bucket}/run-1/acts/{layer}/shard_{i:03d}.safetensors"
-        for layer in ("blocks.3.hook_resid_post", "blocks.7.hook_resid_post") for i in range(3)
+        for layer in ("blocks.3.hook_resid_post", "blocks.7.hook_resid_post")
+        for i in range(3)
     ]
     done = nact("scan", url, "-f", "json", "--io-threads", "3")
     assert done.exit_code == 0, done.output
@@ -199,7 +200,11 @@ def test_a_prefix_scans_as_its_folder_does(s3, bucket: str, tmp_path: Path) -> N
 
 def test_objects_named_one_by_one_npy_and_npz(s3, bucket: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    a, b, c = activations(rng, 500, 24, "float16"), activations(rng, 200, 24, "float16"), activations(rng, 90, 24, "float16")
+    a, b, c = (
+        activations(rng, 500, 24, "float16"),
+        activations(rng, 200, 24, "float16"),
+        activations(rng, 90, 24, "float16"),
+    )
     np.save(tmp_path / "a.npy", a)
     np.savez(tmp_path / "stored.npz", acts=b)
     np.savez_compressed(tmp_path / "packed.npz", acts=c)
@@ -227,7 +232,9 @@ def test_inspect_lists_the_objects_and_their_components(s3, bucket: str, tmp_pat
         ("s3://{bucket}/acts/blocks.3.hook_resid_post/shard_009.safetensors", "no such object"),
     ],
 )
-def test_a_missing_object_is_one_line_exit_2_and_nothing_written(s3, bucket: str, tmp_path: Path, url: str, says: str) -> None:
+def test_a_missing_object_is_one_line_exit_2_and_nothing_written(
+    s3, bucket: str, tmp_path: Path, url: str, says: str
+) -> None:
     make_cache(tmp_path / "cache")
     upload(s3, tmp_path / "cache", bucket, "acts")
     url = url.format(bucket=bucket)
@@ -250,7 +257,9 @@ def test_torch_save_files_are_read_by_their_zip_directory(s3, bucket: str, tmp_p
     assert done.exit_code == 2 and "needs torch to load it whole" in done.stderr and "legacy.pt" in done.stderr
 
 
-def test_a_delphi_cache_is_read_by_windows_of_entries(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_delphi_cache_is_read_by_windows_of_entries(
+    s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from test_formats import expected, write_delphi_module
 
     from neuron_activity.sources import delphi_caches
@@ -269,7 +278,9 @@ def test_a_delphi_cache_is_read_by_windows_of_entries(s3, bucket: str, tmp_path:
     assert nact("scan", f"s3://{bucket}/latents/", "--state", state, "-q").exit_code == 0
     assert nact("scan", f"s3://{bucket}/latents/", "--state", state, "-q").exit_code == 0  # nothing new
     (tmp_path / "latents" / "layers.3.mlp" / "config.json").write_text(json.dumps({"n_splits": 4}))
-    s3.put_file(str(tmp_path / "latents" / "layers.3.mlp" / "config.json"), f"{bucket}/latents/layers.3.mlp/config.json")
+    s3.put_file(
+        str(tmp_path / "latents" / "layers.3.mlp" / "config.json"), f"{bucket}/latents/layers.3.mlp/config.json"
+    )
     done = nact("scan", f"s3://{bucket}/latents/", "--state", state, "-q")
     assert done.exit_code == 2 and "config.json says 4 splits but 3 are here" in done.stderr
 
@@ -284,21 +295,36 @@ def arrow_cache(folder: Path, x: np.ndarray, outer: str, inner: str, batch_rows:
     tables = []
     per_file = -(-rows // files)
     for i in range(files):
-        part = x[i * per_file:(i + 1) * per_file]
+        part = x[i * per_file : (i + 1) * per_file]
         n = len(part)
         leaf = pa.array(part.reshape(-1))
-        middle = (pa.FixedSizeListArray.from_arrays(leaf, width) if inner == "fixed" else
-                  pa.ListArray.from_arrays(pa.array(np.arange(0, n * context * width + 1, width, dtype=np.int32)), leaf))
-        column = (pa.FixedSizeListArray.from_arrays(middle, context) if outer == "fixed" else
-                  pa.ListArray.from_arrays(pa.array(np.arange(0, n * context + 1, context, dtype=np.int32)), middle))
-        tables.append(pa.table({"token_ids": pa.array([[1] * context] * n, type=pa.list_(pa.int32())),
-                                "blocks.4.hook_resid_post": column, "text": pa.array(["a"] * n)}))
+        middle = (
+            pa.FixedSizeListArray.from_arrays(leaf, width)
+            if inner == "fixed"
+            else pa.ListArray.from_arrays(pa.array(np.arange(0, n * context * width + 1, width, dtype=np.int32)), leaf)
+        )
+        column = (
+            pa.FixedSizeListArray.from_arrays(middle, context)
+            if outer == "fixed"
+            else pa.ListArray.from_arrays(pa.array(np.arange(0, n * context + 1, context, dtype=np.int32)), middle)
+        )
+        tables.append(
+            pa.table(
+                {
+                    "token_ids": pa.array([[1] * context] * n, type=pa.list_(pa.int32())),
+                    "blocks.4.hook_resid_post": column,
+                    "text": pa.array(["a"] * n),
+                }
+            )
+        )
     write_datasets_folder(folder, tables, batch_rows)
     (folder / "cache-1234.arrow").write_bytes(b"a datasets cache file, not data")
 
 
 @pytest.mark.parametrize("outer, inner", [("var", "var"), ("var", "fixed"), ("fixed", "fixed"), ("file", "fixed")])
-def test_an_arrow_cache_is_planned_from_its_message_headers(s3, bucket: str, tmp_path: Path, outer: str, inner: str) -> None:
+def test_an_arrow_cache_is_planned_from_its_message_headers(
+    s3, bucket: str, tmp_path: Path, outer: str, inner: str
+) -> None:
     pa = pytest.importorskip("pyarrow")
     x = activations(np.random.default_rng(11), 53 * 6, 24, "float32").reshape(53, 6, 24)
     arrow_cache(tmp_path / "cache", x, "var" if outer == "file" else outer, inner, batch_rows=7)
@@ -356,14 +382,19 @@ def test_an_arrow_cache_with_rows_of_different_shapes_is_refused(s3, bucket: str
     column = pa.array([[[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0]]], type=pa.list_(pa.list_(pa.float32())))
     table = pa.table({"h": column})
     (tmp_path / "c").mkdir()
-    with pa.OSFile(str(tmp_path / "c" / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+    with (
+        pa.OSFile(str(tmp_path / "c" / "data-00000-of-00001.arrow"), "wb") as sink,
+        pa.ipc.new_stream(sink, table.schema) as w,
+    ):
         w.write_table(table)
     upload(s3, tmp_path / "c", bucket, "ragged")
     done = nact("scan", f"s3://{bucket}/ragged/")
     assert done.exit_code == 2 and "column 'h' has rows of different shapes" in done.stderr
 
 
-def test_an_sae_encodes_a_remote_cache_with_its_windows_fetched_ahead(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_sae_encodes_a_remote_cache_with_its_windows_fetched_ahead(
+    s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("torch")  # test_sae's helpers
     from test_sae import activations as model_activations
     from test_sae import cache, saelens
@@ -374,7 +405,9 @@ def test_an_sae_encodes_a_remote_cache_with_its_windows_fetched_ahead(s3, bucket
     ahead: list[tuple[int, int]] = []
     fetch_ahead, close = remote.Session.fetch_ahead, remote.Session.close
     left: list[int] = []  # windows fetched ahead and never taken, when each scan ends
-    monkeypatch.setattr(remote.Session, "fetch_ahead", lambda s, p, a, b, n: ahead.append((a, b)) or fetch_ahead(s, p, a, b, n))
+    monkeypatch.setattr(
+        remote.Session, "fetch_ahead", lambda s, p, a, b, n: ahead.append((a, b)) or fetch_ahead(s, p, a, b, n)
+    )
     monkeypatch.setattr(remote.Session, "close", lambda s: left.append(len(s.ahead)) or close(s))
     there = scan([f"s3://{bucket}/model/"], saes=(str(tmp_path / "sae"),), chunk_rows=64, track_last=True)
     here = scan([tmp_path / "cache"], saes=(str(tmp_path / "sae"),), chunk_rows=64, track_last=True)
@@ -392,7 +425,9 @@ def test_local_files_and_objects_are_not_mixed(s3, bucket: str, tmp_path: Path) 
     assert done.exit_code == 2 and "cannot be scanned together" in done.stderr
 
 
-def test_an_object_replaced_during_the_scan_is_an_error(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_object_replaced_during_the_scan_is_an_error(
+    s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     truth = make_cache(tmp_path / "cache")
     upload(s3, tmp_path / "cache", bucket, "acts")
     target = f"{bucket}/acts/blocks.7.hook_resid_post/shard_001.safetensors"
@@ -416,7 +451,9 @@ def test_an_object_replaced_during_the_scan_is_an_error(s3, bucket: str, tmp_pat
     assert not out.exists()
 
 
-def test_an_audit_over_a_prefix_counts_new_objects_only(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_audit_over_a_prefix_counts_new_objects_only(
+    s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = np.random.default_rng(5)
     shards = [activations(rng, 100 + i, 16) for i in range(3)]
     folder = tmp_path / "acts"
@@ -431,7 +468,9 @@ def test_an_audit_over_a_prefix_counts_new_objects_only(s3, bucket: str, tmp_pat
     upload(s3, folder, bucket, "audit")  # the first two again, byte for byte: the same objects
     fetched = []
     read_range = remote.Session.read_range
-    monkeypatch.setattr(remote.Session, "read_range", lambda s, p, a, b: (a and fetched.append(str(p))) or read_range(s, p, a, b))
+    monkeypatch.setattr(
+        remote.Session, "read_range", lambda s, p, a, b: (a and fetched.append(str(p))) or read_range(s, p, a, b)
+    )
     done = nact("scan", url, "--state", state, "-f", "json", "--neurons")
     assert done.exit_code == 0, done.output
     assert set(fetched) == {f"s3://{bucket}/audit/shard_002.safetensors"}  # rows read: the new object's only
@@ -493,16 +532,20 @@ class FlakyProxy(http.server.BaseHTTPRequestHandler):
         for k, v in answer.getheaders():
             if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
                 self.send_header(k, v)
-        self.send_header("Content-Length", answer.getheader("Content-Length") if self.command == "HEAD" else str(len(data)))
+        self.send_header(
+            "Content-Length", answer.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+        )
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
         connection.close()
 
-    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward  # noqa: N815
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
 
 
-def test_s3_faults_503_that_recovers_lasts_and_access_denied(s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_faults_503_that_recovers_lasts_and_access_denied(
+    s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
 
     import s3fs
@@ -527,7 +570,11 @@ def test_s3_faults_503_that_recovers_lasts_and_access_denied(s3, bucket: str, tm
         handler.failures = 10_000  # a store that stays down: exit 2 after the tries, one line
         monkeypatch.setattr(remote.requests, "TRIES", 2)
         done = nact("scan", f"s3://{bucket}/flaky/shard.safetensors", "-o", tmp_path / "out.json")
-        assert done.exit_code == 2 and f"after {remote.requests.TRIES} tries" in done.stderr and "reduce your request rate" in done.stderr
+        assert (
+            done.exit_code == 2
+            and f"after {remote.requests.TRIES} tries" in done.stderr
+            and "reduce your request rate" in done.stderr
+        )
         assert done.stderr.count("\n") == 1 and not (tmp_path / "out.json").exists()
         handler.failures, handler.deny = 0, True  # credentials that may list but not read: at once, no tries
         retried.clear()
@@ -590,7 +637,7 @@ def test_remote_paths_keep_their_urls() -> None:
     assert str(path.parent) == "s3://bucket/run/blocks.3" and path.suffix == ".safetensors"
     assert str(remote.as_path("https://host/a/b.npy")) == "https://host/a/b.npy"
     with pytest.raises(TypeError):
-        open(path, "rb")  # noqa: SIM115 - never a local file
+        open(path, "rb")
     assert remote.transient(TimeoutError()) and not remote.transient(FileNotFoundError())
 
 

@@ -132,8 +132,11 @@ def saelens(folder: Path, architecture: str, seed: int = 0, version: str = "6", 
     tensors = {"W_enc": w["W"], "b_dec": w["b_dec"], "W_dec": w["W_dec"]}
     arch: dict = {"weights": dict(w), "center": "b_dec", "rule": "relu"}
     if architecture == "gated":
-        extra = {"b_gate": f32(np.r_[np.full(DEAD, -30.0), rng.standard_normal(D_SAE - DEAD) * 0.5]), "b_mag": f32(rng.standard_normal(D_SAE) * 0.5 - 0.3),
-                 "r_mag": f32(rng.standard_normal(D_SAE) * 0.3)}
+        extra = {
+            "b_gate": f32(np.r_[np.full(DEAD, -30.0), rng.standard_normal(D_SAE - DEAD) * 0.5]),
+            "b_mag": f32(rng.standard_normal(D_SAE) * 0.5 - 0.3),
+            "r_mag": f32(rng.standard_normal(D_SAE) * 0.3),
+        }
         tensors.update(extra)
         arch["weights"].update(extra)
         arch["rule"] = "gated"
@@ -146,8 +149,11 @@ def saelens(folder: Path, architecture: str, seed: int = 0, version: str = "6", 
         arch.update(rule="topk", k=cfg_extra.get("k", 7), decoder_norm=cfg_extra.get("rescale_acts_by_decoder_norm"))
     cfg: dict = {"d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "apply_b_dec_to_input": True}
     if version == "6":
-        cfg.update(architecture=architecture, normalize_activations="none",
-                   metadata={"hook_name": HOOK, "sae_lens_version": "6.5.1", "model_name": "gpt2"})
+        cfg.update(
+            architecture=architecture,
+            normalize_activations="none",
+            metadata={"hook_name": HOOK, "sae_lens_version": "6.5.1", "model_name": "gpt2"},
+        )
     elif version == "4":  # 4.x: hook_point, activation_fn_str, a topk SAE named by its activation only
         cfg.update(hook_point=HOOK, normalize_activations=None)
         if architecture == "topk":
@@ -169,10 +175,21 @@ def sparsify(folder: Path, activation: str = "topk", k: int = 6, seed: int = 1, 
     rng = rng_for(seed)
     w = base_weights(rng)
     folder.mkdir(parents=True)
-    save_file({"encoder.weight": f32(w["W"].T), "encoder.bias": w["b"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]},
-              str(folder / "sae.safetensors"))
-    cfg = {"activation": activation, "expansion_factor": 4, "normalize_decoder": True, "num_latents": D_SAE, "k": k,
-           "multi_topk": False, "skip_connection": False, "transcode": transcode, "d_in": D_IN}
+    save_file(
+        {"encoder.weight": f32(w["W"].T), "encoder.bias": w["b"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]},
+        str(folder / "sae.safetensors"),
+    )
+    cfg = {
+        "activation": activation,
+        "expansion_factor": 4,
+        "normalize_decoder": True,
+        "num_latents": D_SAE,
+        "k": k,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": transcode,
+        "d_in": D_IN,
+    }
     (folder / "cfg.json").write_text(json.dumps(cfg))
     return {"weights": w, "center": None if transcode else "b_dec", "rule": activation, "k": k}
 
@@ -183,33 +200,65 @@ def dictionary_learning(folder: Path, dict_class: str, seed: int = 2, k: int = 5
     t = {key: torch.from_numpy(v) for key, v in w.items()}
     arch: dict = {"weights": dict(w), "center": "b_dec", "rule": "relu"}
     if dict_class == "AutoEncoder":
-        state = OrderedDict(bias=t["b_dec"], **{"encoder.weight": t["W"].T.contiguous(), "encoder.bias": t["b"],
-                                                 "decoder.weight": t["W_dec"].T.contiguous()})
+        state = OrderedDict(
+            bias=t["b_dec"],
+            **{
+                "encoder.weight": t["W"].T.contiguous(),
+                "encoder.bias": t["b"],
+                "decoder.weight": t["W_dec"].T.contiguous(),
+            },
+        )
     elif dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
-        state = OrderedDict(k=torch.tensor(k, dtype=torch.int32), threshold=torch.tensor(threshold),
-                            **{"decoder.weight": t["W_dec"].T.contiguous(), "encoder.weight": t["W"].T.contiguous(),
-                               "encoder.bias": t["b"]}, b_dec=t["b_dec"])
+        state = OrderedDict(
+            k=torch.tensor(k, dtype=torch.int32),
+            threshold=torch.tensor(threshold),
+            **{
+                "decoder.weight": t["W_dec"].T.contiguous(),
+                "encoder.weight": t["W"].T.contiguous(),
+                "encoder.bias": t["b"],
+            },
+            b_dec=t["b_dec"],
+        )
         arch.update(rule="topk", k=k) if dict_class == "AutoEncoderTopK" else arch.update(rule="threshold")
         arch["weights"]["threshold"] = np.float32(threshold)
     elif dict_class == "JumpReluAutoEncoder":
         thr = f32(rng.random(D_SAE) * 0.5)
-        state = OrderedDict(W_enc=t["W"], b_enc=t["b"], W_dec=t["W_dec"], b_dec=t["b_dec"], threshold=torch.from_numpy(thr))
+        state = OrderedDict(
+            W_enc=t["W"], b_enc=t["b"], W_dec=t["W_dec"], b_dec=t["b_dec"], threshold=torch.from_numpy(thr)
+        )
         arch.update(rule="jumprelu", center=None)  # apply_b_dec_to_input is False by default there
         arch["weights"]["threshold"] = thr
     elif dict_class == "GatedAutoEncoder":
-        extra = {"gate_bias": f32(np.r_[np.full(DEAD, -30.0), rng.standard_normal(D_SAE - DEAD) * 0.5]), "mag_bias": f32(rng.standard_normal(D_SAE) * 0.5 - 0.3),
-                 "r_mag": f32(rng.standard_normal(D_SAE) * 0.3)}
-        state = OrderedDict(decoder_bias=t["b_dec"], **{"encoder.weight": t["W"].T.contiguous()},
-                            **{n: torch.from_numpy(v) for n, v in extra.items()}, **{"decoder.weight": t["W_dec"].T.contiguous()})
+        extra = {
+            "gate_bias": f32(np.r_[np.full(DEAD, -30.0), rng.standard_normal(D_SAE - DEAD) * 0.5]),
+            "mag_bias": f32(rng.standard_normal(D_SAE) * 0.5 - 0.3),
+            "r_mag": f32(rng.standard_normal(D_SAE) * 0.3),
+        }
+        state = OrderedDict(
+            decoder_bias=t["b_dec"],
+            **{"encoder.weight": t["W"].T.contiguous()},
+            **{n: torch.from_numpy(v) for n, v in extra.items()},
+            **{"decoder.weight": t["W_dec"].T.contiguous()},
+        )
         arch.update(rule="gated")
         arch["weights"].update(b_gate=extra["gate_bias"], b_mag=extra["mag_bias"], r_mag=extra["r_mag"])
     else:
         raise AssertionError(dict_class)
     folder.mkdir(parents=True)
     torch.save(state, folder / "ae.pt")
-    cfg = {"trainer": {"dict_class": dict_class, "activation_dim": D_IN, "dict_size": D_SAE, "k": k, "lr": 1e-4,
-                       "submodule_name": HOOK, "layer": 3, "lm_name": "gpt2"},
-           "buffer": {"d_submodule": D_IN}}
+    cfg = {
+        "trainer": {
+            "dict_class": dict_class,
+            "activation_dim": D_IN,
+            "dict_size": D_SAE,
+            "k": k,
+            "lr": 1e-4,
+            "submodule_name": HOOK,
+            "layer": 3,
+            "lm_name": "gpt2",
+        },
+        "buffer": {"d_submodule": D_IN},
+    }
     (folder / "config.json").write_text(json.dumps(cfg))
     return arch
 
@@ -239,10 +288,14 @@ CASES = {
     "saelens-topk-rescaled": lambda p: saelens(p, "topk", seed=5, k=9, rescale_acts_by_decoder_norm=True),
     "saelens-gated": lambda p: saelens(p, "gated", seed=6),
     "saelens-no-b_dec": lambda p: saelens(p, "standard", seed=8, apply_b_dec_to_input=False),
-    "saelens-constant-norm": lambda p: {**saelens(p, "standard", seed=9, normalize_activations="constant_norm_rescale"),
-                                        "normalize": "constant_norm_rescale"},
-    "saelens-layer-norm": lambda p: {**saelens(p, "jumprelu", seed=10, normalize_activations="layer_norm"),
-                                     "normalize": "layer_norm"},
+    "saelens-constant-norm": lambda p: {
+        **saelens(p, "standard", seed=9, normalize_activations="constant_norm_rescale"),
+        "normalize": "constant_norm_rescale",
+    },
+    "saelens-layer-norm": lambda p: {
+        **saelens(p, "jumprelu", seed=10, normalize_activations="layer_norm"),
+        "normalize": "layer_norm",
+    },
     "sparsify-topk": lambda p: sparsify(p),
     "sparsify-groupmax": lambda p: sparsify(p, "groupmax", k=8),
     "sparsify-transcoder": lambda p: sparsify(p, transcode=True, seed=11),
@@ -298,8 +351,17 @@ def test_scan_counts_the_latents(tmp_path: Path, case: str) -> None:
     np.testing.assert_allclose(c.states["act_max"][exact], latents.max(0)[exact], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["saelens-topk-rescaled", "saelens-gated", "sparsify-groupmax", "dl-batchtopk",
-                                  "saelens-layer-norm", "saelens-constant-norm"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "saelens-topk-rescaled",
+        "saelens-gated",
+        "sparsify-groupmax",
+        "dl-batchtopk",
+        "saelens-layer-norm",
+        "saelens-constant-norm",
+    ],
+)
 def test_the_torch_encoder_agrees(tmp_path: Path, case: str) -> None:
     """The encoder that runs on a GPU, run here on the cpu (kernel torch): the same counts."""
     folder = sae_folder(tmp_path, case)
@@ -351,8 +413,18 @@ def test_several_saes_on_one_read_and_bound_by_name(tmp_path: Path) -> None:
     b = sparsify(tmp_path / "run" / "layers.3", seed=2)  # its hook is its folder: bound by name
     x = activations()
     cache(tmp_path / "cache", x, other=x * 0.5)  # a second component, with no SAE: not counted
-    result = nact("scan", tmp_path / "cache", "--sae", tmp_path / "a", "--sae", f"{HOOK}={tmp_path / 'run' / 'layers.3'}",
-                  "-f", "json", "--top", "2")
+    result = nact(
+        "scan",
+        tmp_path / "cache",
+        "--sae",
+        tmp_path / "a",
+        "--sae",
+        f"{HOOK}={tmp_path / 'run' / 'layers.3'}",
+        "-f",
+        "json",
+        "--top",
+        "2",
+    )
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     names = [c["component"] for c in doc["components"]]
@@ -385,8 +457,11 @@ def test_dead_latents_listed_with_their_statistics(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--sae", "{sae}"], "its hook 'blocks.3.hook_resid_post' is not a component of the cache (components: other): "
-                             "bind it with --sae COMPONENT=PATH"),
+        (
+            ["--sae", "{sae}"],
+            "its hook 'blocks.3.hook_resid_post' is not a component of the cache (components: other): "
+            "bind it with --sae COMPONENT=PATH",
+        ),
         (["--sae", "nope={sae}"], "its hook 'nope' is not a component of the cache"),
         (["--sae", "other={sae}", "--sae-dtype", "bfloat16", "-d", "cpu"], "--sae-dtype 'bfloat16' is for a GPU"),
         (["--sae-dtype", "float16"], "--sae-dtype goes with --sae"),
@@ -541,7 +616,9 @@ def test_an_saelens_arrow_cache_encoded_without_bos(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     (component,) = doc["components"]
     assert component["component"] == f"{HOOK}:sae" and component["num_vectors"] == 40 * 7
-    c = scan([tmp_path / "cache"], saes=(str(tmp_path / "sae"),), skip_positions=(0,)).activity.components[f"{HOOK}:sae"]
+    c = scan([tmp_path / "cache"], saes=(str(tmp_path / "sae"),), skip_positions=(0,)).activity.components[
+        f"{HOOK}:sae"
+    ]
     sure, near, _ = expected_counts(arch, x[:, 1:].reshape(-1, D_IN))
     assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all() and (near == 0).mean() > 0.8
 
@@ -552,7 +629,9 @@ def test_save_sparsity_as_saelens_does_and_read_it_back(tmp_path: Path) -> None:
     x = activations()
     data = cache(tmp_path / "cache", x)
     out = tmp_path / "sparsity.safetensors"
-    result = nact("scan", data, "--sae", folder, "--save-sparsity", out, "--save-counts", tmp_path / "c.safetensors", "-q")
+    result = nact(
+        "scan", data, "--sae", folder, "--save-sparsity", out, "--save-counts", tmp_path / "c.safetensors", "-q"
+    )
     assert result.exit_code == 0, result.stderr
     from safetensors.numpy import load_file
 
@@ -623,9 +702,15 @@ def test_counts_of_another_sae_are_never_added(tmp_path: Path) -> None:
     assert state.read_bytes() == before
     assert nact("scan", data, "--sae", folder, "--state", state, "--rescan", "-q").exit_code == 0
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    assert nact("scan", data / "shard_10.safetensors", "--sae", f"{HOOK}={folder}", "--save-counts", b, "-q").exit_code == 0
+    assert (
+        nact("scan", data / "shard_10.safetensors", "--sae", f"{HOOK}={folder}", "--save-counts", b, "-q").exit_code
+        == 0
+    )
     shutil.rmtree(folder)
     saelens(folder, "standard", seed=1)
-    assert nact("scan", data / "shard_00.safetensors", "--sae", f"{HOOK}={folder}", "--save-counts", a, "-q").exit_code == 0
+    assert (
+        nact("scan", data / "shard_00.safetensors", "--sae", f"{HOOK}={folder}", "--save-counts", a, "-q").exit_code
+        == 0
+    )
     merged = nact("merge", a, b, "-o", tmp_path / "m.safetensors")
     assert merged.exit_code == 2 and "holds the latents of two different SAEs" in merged.stderr

@@ -221,7 +221,9 @@ def test_integer_tensor_beside_floats_is_skipped_with_a_warning(tmp_path: Path) 
     write_shard(tmp_path / "a.safetensors", {"tokens": torch.ones(3, 4, dtype=torch.int32), "acts": torch.ones(3, 2)})
     result = scan([tmp_path])
     assert list(result.activity.components) == ["acts"]
-    assert result.warnings == ["skipped tensor 'tokens' (I32) in 1 shard(s): integer and bool tensors are counted only when their key is named"]
+    assert result.warnings == [
+        "skipped tensor 'tokens' (I32) in 1 shard(s): integer and bool tensors are counted only when their key is named"
+    ]
 
 
 def test_key_not_found(tmp_path: Path) -> None:

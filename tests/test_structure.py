@@ -105,5 +105,9 @@ def test_the_library_imports_neither_the_cli_nor_typer_nor_rich() -> None:
             assert not any(m.startswith("nact_cli") for m in imported(name, path, known)), name
             tree = ast.parse(path.read_text())
             roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-            roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+            roots |= {
+                n.module.split(".")[0]
+                for n in ast.walk(tree)
+                if isinstance(n, ast.ImportFrom) and n.module and not n.level
+            }
             assert not roots & {"typer", "rich", "click"}, name

@@ -257,7 +257,11 @@ class Session:
                 before = self.infos.get(str(path))
             now = self.info(path, refresh=True)
             if before is not None and (before.size, before.tag) != (now.size, now.tag):
-                what = f"size {before.size} -> {now.size} bytes" if before.size != now.size else f"ETag {before.tag} -> {now.tag}"
+                what = (
+                    f"size {before.size} -> {now.size} bytes"
+                    if before.size != now.size
+                    else f"ETag {before.tag} -> {now.tag}"
+                )
                 raise BadInput(path, f"changed during the scan ({what}): scan it again")
 
         each(paths, check, threads)
@@ -329,7 +333,10 @@ def fetch(path: RemotePath, start: int, stop: int) -> bytes:
     key = key_of(fs, path)
     data: bytes = retrying(path, lambda: fs.cat_file(key, start=start, end=stop))
     if len(data) != stop - start:
-        raise BadInput(path, f"changed during the scan, or the server ignores range requests: bytes {start}-{stop} gave {len(data)} bytes")
+        raise BadInput(
+            path,
+            f"changed during the scan, or the server ignores range requests: bytes {start}-{stop} gave {len(data)} bytes",
+        )
     return data
 
 

@@ -32,7 +32,9 @@ def filesystem(path: PurePath) -> Any:
     try:
         import fsspec  # the remote extra: only URLs need it
     except ImportError:
-        raise BadInput(path, "reading remote caches needs fsspec: pip install fsspec s3fs aiohttp (nact's remote extra)") from None
+        raise BadInput(
+            path, "reading remote caches needs fsspec: pip install fsspec s3fs aiohttp (nact's remote extra)"
+        ) from None
     try:
         return fsspec.filesystem(protocol(str(path)))
     except (ImportError, ValueError) as e:
@@ -63,8 +65,20 @@ def transient(error: BaseException) -> bool:
     if isinstance(status, int):
         return status in (408, 429) or status >= 500
     text = f"{type(error).__name__} {error}"
-    words = ("Timeout", "SlowDown", "Throttl", "ServiceUnavailable", "InternalError", "ServerDisconnected",
-             "Connection", "reduce your request rate", "503", "502", "504", "500 ")
+    words = (
+        "Timeout",
+        "SlowDown",
+        "Throttl",
+        "ServiceUnavailable",
+        "InternalError",
+        "ServerDisconnected",
+        "Connection",
+        "reduce your request rate",
+        "503",
+        "502",
+        "504",
+        "500 ",
+    )
     return any(w in text for w in words)
 
 
@@ -88,7 +102,7 @@ def retrying(path: PurePath, call: Callable[[], T], tries: int | None = None) ->
             return call()
         except BadInput:
             raise
-        except Exception as e:  # noqa: BLE001 - every library error becomes one line
+        except Exception as e:
             if not transient(e):
                 raise describe(path, e) from None
             if attempt == tries:

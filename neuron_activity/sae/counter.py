@@ -26,8 +26,14 @@ class SaeCounter:
     name = "sae"
 
     def __init__(
-        self, dtype: str, saes: list[Sae], device: str, kernel: str | None, track_last: bool,
-        fire_above: Fraction, compute: str = "float32",
+        self,
+        dtype: str,
+        saes: list[Sae],
+        device: str,
+        kernel: str | None,
+        track_last: bool,
+        fire_above: Fraction,
+        compute: str = "float32",
     ) -> None:
         self.dtype, self.device = dtype, device
         self.on_torch = device != "cpu" or kernel == "torch"  # kernel torch: the device path, on the cpu
@@ -62,10 +68,10 @@ class SaeCounter:
         if not self.on_torch:
             x = to_float32(bits, self.dtype)
             for start in range(0, x.shape[0], self.step):
-                self._update_cpu(x[start:start + self.step], first_vector + start)
+                self._update_cpu(x[start : start + self.step], first_vector + start)
         else:
             for start in range(0, bits.shape[0], self.step):
-                self._update_device(bits[start:start + self.step], first_vector + start)
+                self._update_device(bits[start : start + self.step], first_vector + start)
 
     def _update_cpu(self, x: np.ndarray, first_vector: int) -> None:
         for encoder, counter, sums, maxima in zip(self.encoders, self.counters, self.sums, self.maxima):

@@ -74,7 +74,7 @@ def top_k(h: np.ndarray, k: int) -> np.ndarray:
     n, width = h.shape
     if k == width:
         return np.maximum(h, 0)
-    chosen = np.argpartition(h, width - k, axis=1)[:, width - k:]
+    chosen = np.argpartition(h, width - k, axis=1)[:, width - k :]
     out = np.zeros_like(h)
     rows = np.arange(n)[:, None]
     out[rows, chosen] = np.maximum(h[rows, chosen], 0)

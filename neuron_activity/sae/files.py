@@ -95,7 +95,7 @@ def torch_weights(path: Path) -> dict[str, np.ndarray]:
         raise BadInput(path, "needs torch to be read (a legacy or compressed torch.save file)") from None
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any refusal of torch's is a bad file
+    except Exception as e:
         raise BadInput(path, f"cannot load: {first_line(e)}") from None
     if not isinstance(loaded, dict):
         raise BadInput(path, "not a state dict of tensors")

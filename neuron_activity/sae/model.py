@@ -63,7 +63,9 @@ class Sae:
         if self.center is not None:
             steps.append("x - b_dec")
         rule = {
-            "relu": "relu(h)", "tanh-relu": "tanh(relu(h))", "jumprelu": "relu(h) where h > threshold",
+            "relu": "relu(h)",
+            "tanh-relu": "tanh(relu(h))",
+            "jumprelu": "relu(h) where h > threshold",
             "threshold": f"relu(h) where relu(h) > {float(self.threshold[0]) if self.threshold is not None else 0:g}",
             "topk": f"top {self.k} of h{' * |W_dec|' if self.topk_scale is not None else ''}, relu",
             "groupmax": f"max of each of {self.k} groups, relu",
@@ -73,6 +75,12 @@ class Sae:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "path": str(self.path), "library": self.library, "architecture": self.architecture, "hook": self.hook,
-            "d_in": self.d_in, "d_sae": self.d_sae, "encode": self.describe(), "fingerprint": self.fingerprint,
+            "path": str(self.path),
+            "library": self.library,
+            "architecture": self.architecture,
+            "hook": self.hook,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "encode": self.describe(),
+            "fingerprint": self.fingerprint,
         }

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import numpy as np
 from ..errors import BadInput
 from .files import SafetensorsWeights, Tensors, flag, read_json, top_k, weights, whole
 from .model import Sae
-
 
 WEIGHTS = "sae_weights.safetensors"
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
@@ -37,7 +35,9 @@ def read(folder: Path) -> Sae:
     if head is not None:
         raise BadInput(cfg_path, f"an SAE of one attention head (hook_head_index {head}): nact encodes whole hooks")
     if cfg.get("reshape_activations", "none") not in ("none", None):
-        raise BadInput(cfg_path, f"reshape_activations {cfg['reshape_activations']!r}: nact encodes [..., d_in] activations only")
+        raise BadInput(
+            cfg_path, f"reshape_activations {cfg['reshape_activations']!r}: nact encodes [..., d_in] activations only"
+        )
     normalize = cfg.get("normalize_activations", "none")
     if isinstance(normalize, bool) or normalize is None:  # SAELens < 6 wrote a flag
         normalize = "expected_average_only_in" if normalize else "none"
@@ -52,12 +52,21 @@ def read(folder: Path) -> Sae:
     apply_b_dec = flag(cfg_path, cfg, "apply_b_dec_to_input", True)
     (b_dec,) = weights(weights_path, tensors, {"b_dec": (d_in,)})
     common: dict[str, Any] = dict(
-        path=folder, library="SAELens", architecture=architecture, hook=hook, d_in=d_in, d_sae=d_sae,
-        center=b_dec if apply_b_dec else None, scale=scale, normalize=normalize,
+        path=folder,
+        library="SAELens",
+        architecture=architecture,
+        hook=hook,
+        d_in=d_in,
+        d_sae=d_sae,
+        center=b_dec if apply_b_dec else None,
+        scale=scale,
+        normalize=normalize,
     )
     (w_enc,) = weights(weights_path, tensors, {"W_enc": (d_in, d_sae)})
     if architecture == "gated":
-        b_gate, b_mag, r_mag = weights(weights_path, tensors, {"b_gate": (d_sae,), "b_mag": (d_sae,), "r_mag": (d_sae,)})
+        b_gate, b_mag, r_mag = weights(
+            weights_path, tensors, {"b_gate": (d_sae,), "b_mag": (d_sae,), "r_mag": (d_sae,)}
+        )
         return Sae(**common, rule="gated", weight=w_enc, bias=b_gate, mag_scale=np.exp(r_mag), mag_bias=b_mag)
     (b_enc,) = weights(weights_path, tensors, {"b_enc": (d_sae,)})
     if architecture == "standard":
@@ -74,7 +83,9 @@ def read(folder: Path) -> Sae:
             (w_dec,) = weights(weights_path, tensors, {"W_dec": (d_sae, d_in)})
             scale_by_norm = np.linalg.norm(w_dec.astype(np.float32), axis=-1).astype(np.float32)
         return Sae(**common, rule="topk", weight=w_enc, bias=b_enc, k=k, topk_scale=scale_by_norm)
-    raise BadInput(cfg_path, f"architecture {architecture!r}: nact encodes standard, jumprelu, topk and gated SAELens SAEs")
+    raise BadInput(
+        cfg_path, f"architecture {architecture!r}: nact encodes standard, jumprelu, topk and gated SAELens SAEs"
+    )
 
 
 def _threshold(weights_path: Path, tensors: Tensors, d_sae: int) -> np.ndarray:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from ..errors import BadInput
 from .files import SafetensorsWeights, flag, read_json, top_k, weights, whole
 from .model import Sae
-
 
 WEIGHTS = "sae.safetensors"
 
@@ -34,6 +32,15 @@ def read(folder: Path) -> Sae:
     if activation not in ("topk", "groupmax"):
         raise BadInput(cfg_path, f"activation {activation!r}: sparsify coders are topk or groupmax")
     return Sae(
-        path=folder, library="sparsify", architecture=activation, rule=activation, hook=folder.name, d_in=d_in,
-        d_sae=d_sae, weight=w.T, bias=b, center=center, k=k,
+        path=folder,
+        library="sparsify",
+        architecture=activation,
+        rule=activation,
+        hook=folder.name,
+        d_in=d_in,
+        d_sae=d_sae,
+        weight=w.T,
+        bias=b,
+        center=center,
+        k=k,
     )

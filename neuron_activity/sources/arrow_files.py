@@ -35,7 +35,7 @@ SUFFIXES = {".arrow": FORMAT}
 def _pyarrow() -> object:
     try:
         import pyarrow
-        import pyarrow.ipc  # noqa: F401
+        import pyarrow.ipc
     except ImportError:
         raise NactError("reading Arrow caches (SAELens) needs pyarrow: pip install pyarrow") from None
     return pyarrow
@@ -255,9 +255,18 @@ def _file_entries(path: Path) -> list[TensorEntry]:
         context, width = shape or (0, 0)
         runs = regions.get(name, [])
         out.append(
-            TensorEntry(path, name, dtype, (rows * context, width), FORMAT, member=name,
-                        note=f"{rows} rows x {context} positions", storage=MAPPED if runs is not None else BATCHES,
-                        positions=context or None, regions=tuple(runs or ()))
+            TensorEntry(
+                path,
+                name,
+                dtype,
+                (rows * context, width),
+                FORMAT,
+                member=name,
+                note=f"{rows} rows x {context} positions",
+                storage=MAPPED if runs is not None else BATCHES,
+                positions=context or None,
+                regions=tuple(runs or ()),
+            )
         )
     return out
 

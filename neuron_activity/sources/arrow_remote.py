@@ -12,8 +12,8 @@ bodies, nulls) are refused with the reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +168,7 @@ def plan(path: Path) -> dict[str, Column]:
             break  # end of stream
         if length > MAX_METADATA or pos + header + length > size:
             raise BadInput(path, f"not a readable Arrow stream: message metadata of {length} bytes at byte {pos}")
-        metadata = ahead[header:header + length]
+        metadata = ahead[header : header + length]
         if len(metadata) < length:
             metadata = _read(path, pos + header, pos + header + length)
         kind, table, body = _message(metadata)
@@ -199,7 +199,7 @@ def plan(path: Path) -> dict[str, Column]:
             buffers = table.structs(2, "<qq")  # (offset, length) in the body
             for name, lists, n0, b0 in layout:
                 if lists is not None and rows:
-                    found[name].add(path, name, rows, lists[1], nodes[n0:n0 + 3], buffers[b0:], body_start, body)
+                    found[name].add(path, name, rows, lists[1], nodes[n0 : n0 + 3], buffers[b0:], body_start, body)
         elif kind == DICTIONARY_BATCH:
             raise Unsupported("dictionary batches")
         pos = body_start + body
@@ -220,8 +220,17 @@ class _Found:
     def column(self) -> Column:
         return Column(self.dtype, self.context, self.width, tuple(self.regions))
 
-    def add(self, path: Path, name: str, rows: int, levels: list[int], nodes: list, buffers: list,
-            body_start: int, body: int) -> None:
+    def add(
+        self,
+        path: Path,
+        name: str,
+        rows: int,
+        levels: list[int],
+        nodes: list,
+        buffers: list,
+        body_start: int,
+        body: int,
+    ) -> None:
         """One batch: check its nodes and offsets, and keep where its values lie."""
         if len(nodes) < 3 or any(n[1] for n in nodes):
             raise BadInput(path, f"column {name!r} has null rows")
@@ -233,7 +242,9 @@ class _Found:
             else:
                 spans.append(buffers[at + 1] if at + 1 < len(buffers) else None)
                 if spans[-1] is None:
-                    raise BadInput(path, "not a readable Arrow stream: a record batch has fewer buffers than its schema")
+                    raise BadInput(
+                        path, "not a readable Arrow stream: a record batch has fewer buffers than its schema"
+                    )
                 at += 2
         if at + 1 >= len(buffers):
             raise BadInput(path, "not a readable Arrow stream: a record batch has fewer buffers than its schema")
@@ -265,7 +276,9 @@ class _Found:
             self.regions.append((body_start + data_offset + first * itemsize, rows * context))
 
 
-def _offsets(path: Path, span: tuple[int, int], body_start: int, body: int, first: int, count: int, width: int) -> np.ndarray:
+def _offsets(
+    path: Path, span: tuple[int, int], body_start: int, body: int, first: int, count: int, width: int
+) -> np.ndarray:
     """Offsets ``first .. first + count`` (inclusive) of a list level, read from its buffer."""
     offset, nbytes = span
     if (first + count + 1) * width > nbytes or offset + nbytes > body:
@@ -287,7 +300,18 @@ def entries(path: Path) -> list[TensorEntry]:
     out = []
     for name, c in columns.items():
         rows = sum(n for _, n in c.regions) // c.context if c.context else 0
-        out.append(TensorEntry(path, name, c.dtype, (rows * c.context, c.width), "arrow", member=name,
-                               note=f"{rows} rows x {c.context} positions", storage=MAPPED, positions=c.context or None,
-                               regions=c.regions))
+        out.append(
+            TensorEntry(
+                path,
+                name,
+                c.dtype,
+                (rows * c.context, c.width),
+                "arrow",
+                member=name,
+                note=f"{rows} rows x {c.context} positions",
+                storage=MAPPED,
+                positions=c.context or None,
+                regions=c.regions,
+            )
+        )
     return out

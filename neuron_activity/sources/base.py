@@ -9,12 +9,12 @@ track_last)`` and counts its stored entries itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import mmap
 import os
 import re
 from bisect import bisect_right
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
@@ -148,8 +148,13 @@ class DenseReader(Reader, Protocol):
 
 class SparseReader(Reader, Protocol):
     def count(
-        self, slab: TensorSlab, rule: FireRule, track_last: bool = False, files: tuple[Path, ...] | None = None,
-        native: bool = True, skip: tuple[int, ...] = (),
+        self,
+        slab: TensorSlab,
+        rule: FireRule,
+        track_last: bool = False,
+        files: tuple[Path, ...] | None = None,
+        native: bool = True,
+        skip: tuple[int, ...] = (),
     ) -> Iterator[tuple[Path, dict, int]]:
         """Per chunk of stored entries (of ``files``, default all): the file, its states over the
         whole width (``last_fired`` as stream indices), and the bytes read. ``native``: the C

@@ -19,12 +19,12 @@ dropped counts as not firing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import json
 import math
 import mmap
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,10 @@ def _split(path: Path, num_latents: int | None = None) -> Split:
     elif num_latents is not None:
         start, end, relative = 0, num_latents - 1, False
     else:
-        raise BadInput(path, "a delphi cache saved whole (LatentCache.save): its width is not in its name; give the number of latents")
+        raise BadInput(
+            path,
+            "a delphi cache saved whole (LatentCache.save): its width is not in its name; give the number of latents",
+        )
     if tensors["locations"].shape[0] != tensors["activations"].shape[0]:
         raise BadInput(path, "'locations' and 'activations' have different numbers of entries")
     if tensors["locations"].dtype not in INTEGER_FORMATS:
@@ -221,8 +224,12 @@ def _drop_behind(array: np.ndarray, rows: int) -> None:
 
 
 def count(
-    slab: TensorSlab, rule: FireRule, track_last: bool = False, files: tuple[Path, ...] | None = None,
-    native: bool = True, skip: tuple[int, ...] = (),
+    slab: TensorSlab,
+    rule: FireRule,
+    track_last: bool = False,
+    files: tuple[Path, ...] | None = None,
+    native: bool = True,
+    skip: tuple[int, ...] = (),
 ) -> Iterator[tuple[Path, States, int]]:
     """Per chunk of a split (of ``files``, default all the entry's): its path, states over the
     entry's latents (the last fired as a vector index ``batch * positions + position``), and the
@@ -239,7 +246,10 @@ def count(
         if positions is None and skip and slab.positions:
             batches, positions = slab.num_rows // slab.positions, slab.positions  # 'tokens' of another split
         if track_last and positions is None:
-            raise BadInput(path, "no 'tokens' tensor: the vector each entry belongs to is unknown, so the time since last fired is too")
+            raise BadInput(
+                path,
+                "no 'tokens' tensor: the vector each entry belongs to is unknown, so the time since last fired is too",
+            )
         kept_before = None
         if skip:
             keep_position = np.ones(positions, bool)  # type: ignore[arg-type]
@@ -260,11 +270,20 @@ def count(
                 fired, nan = np.zeros(span, np.int64), np.zeros(span, np.int64)
                 try:
                     bad = kernel(
-                        where, LOCATION_CODES[(where.dtype.kind, where.itemsize)], len(a), a, a.itemsize,
+                        where,
+                        LOCATION_CODES[(where.dtype.kind, where.itemsize)],
+                        len(a),
+                        a,
+                        a.itemsize,
                         list(rule.fire_ranges),
-                        rule.magnitude_mask if rule.nan_above is not None else 0, rule.nan_above or 0,
-                        split.start - first, span - (split.start - first), batches or 0, positions or 0,
-                        fired[split.start - first:], nan[split.start - first:],
+                        rule.magnitude_mask if rule.nan_above is not None else 0,
+                        rule.nan_above or 0,
+                        split.start - first,
+                        span - (split.start - first),
+                        batches or 0,
+                        positions or 0,
+                        fired[split.start - first :],
+                        nan[split.start - first :],
                     )
                 except BufferError:
                     raise BadInput(path, "changed during the scan: it was truncated while being counted") from None
@@ -277,11 +296,21 @@ def count(
                     continue
                 # an entry out of range: the checks below name it
             raw = where[:, 2]
-            _check_range(path, raw, split.start - first, span, lambda i: f"latent {int(raw[i])}, outside this file's latents {split.start}..{split.end}")
+            i = _first_outside(raw, split.start - first, span)
+            if i is not None:
+                raise BadInput(
+                    path,
+                    f"a location names latent {int(raw[i])}, outside this file's latents {split.start}..{split.end}",
+                )
             if positions is not None:
-                for column, limit in ((0, batches), (1, positions)):
-                    _check_range(path, where[:, column], 0, limit, lambda i: (
-                        f"batch {int(where[i, 0])}, position {int(where[i, 1])}, outside 'tokens' [{batches}, {positions}]"))
+                for column, limit in ((0, batches or 0), (1, positions)):
+                    i = _first_outside(where[:, column], 0, limit)
+                    if i is not None:
+                        raise BadInput(
+                            path,
+                            f"a location names batch {int(where[i, 0])}, position {int(where[i, 1])}, "
+                            f"outside 'tokens' [{batches}, {positions}]",
+                        )
             if kept_before is not None:  # entries at skipped positions are not counted
                 kept = keep_position[where[:, 1]]
                 a, where = a[kept], where[kept]
@@ -326,16 +355,13 @@ def _native_counter(locations: np.ndarray, bits: np.ndarray, track_last: bool) -
     return counter
 
 
-def _check_range(path: Path, values: np.ndarray, low: int, stop: int, say: object) -> None:
-    """Every value in ``[low, stop)``, checked by min and max (no copy); else BadInput naming the
-    first that is not (``say(i)`` words entry ``i``)."""
-    if not values.size:
-        return
-    if int(values.min()) >= low and int(values.max()) < stop:
-        return
+def _first_outside(values: np.ndarray, low: int, stop: int) -> int | None:
+    """The index of the first value outside ``[low, stop)``, or None when every one is inside
+    (checked by min and max first: no copy)."""
+    if not values.size or (int(values.min()) >= low and int(values.max()) < stop):
+        return None
     as_int = values.astype(np.int64)
-    i = int(np.flatnonzero((as_int < low) | (as_int >= stop))[0])
-    raise BadInput(path, f"a location names {say(i)}")  # type: ignore[operator]
+    return int(np.flatnonzero((as_int < low) | (as_int >= stop))[0])
 
 
 def _placed(counts: np.ndarray, offset: int, width: int) -> np.ndarray:

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from ..errors import BadInput, BadOption, MixedFormats
-from . import arrow_files
 from ..remote.objects import current, prefetch_heads
+from . import arrow_files
 from .base import is_remote, natural_key
 from .registry import INPUT_FORMATS, READERS, REMOTE_FORMATS, SUFFIX_FORMATS, detect
 from .safetensors_files import is_counts_file
@@ -98,7 +98,9 @@ def discover(paths: list[Path], input_format: str | None = None) -> Shards:
     return Shards({p: found[p] for p in sorted(found, key=natural_key)}, notes, named)
 
 
-def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str], notes: list[str], named: set[Path]) -> None:
+def _discover_remote(
+    path: Path, input_format: str | None, found: dict[Path, str], notes: list[str], named: set[Path]
+) -> None:
     """The remote twin of a folder search: ``path`` is an object, or a prefix listed as a folder
     (natural order, hidden objects skipped, saved counts skipped, SAE checkpoints refused)."""
     objects, hidden = current().listing(path)
@@ -118,7 +120,10 @@ def _discover_remote(path: Path, input_format: str | None, found: dict[Path, str
         if input_format is not None and fmt != input_format:
             continue
         if fmt not in REMOTE_FORMATS:
-            raise BadInput(obj, f"{fmt} files are read from local files only: download it first (remote: {', '.join(REMOTE_FORMATS)})")
+            raise BadInput(
+                obj,
+                f"{fmt} files are read from local files only: download it first (remote: {', '.join(REMOTE_FORMATS)})",
+            )
         if fmt == "arrow" and not alone:  # a saved datasets folder: only the files its state.json lists
             if obj.parent not in datasets:
                 datasets[obj.parent] = arrow_files.dataset_files(obj.parent)

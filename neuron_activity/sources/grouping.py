@@ -23,19 +23,35 @@ one component per folder and key, numbered folders included.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-
 
 GROUPINGS = ("auto", "key", "file", "folder")
 GENERIC_KEYS = frozenset({"activations", "arr_0", ""})
 FILE_KEY = "activations"  # the key of a single-array file named only by a number
 LAYER_WORDS = frozenset(
-    {"layer", "layers", "block", "blocks", "h", "l", "resid", "mlp", "attn", "head", "heads", "hook", "encoder", "decoder"}
+    {
+        "layer",
+        "layers",
+        "block",
+        "blocks",
+        "h",
+        "l",
+        "resid",
+        "mlp",
+        "attn",
+        "head",
+        "heads",
+        "hook",
+        "encoder",
+        "decoder",
+    }
 )
-SHARD_WORDS = frozenset({"shard", "shards", "part", "parts", "chunk", "chunks", "batch", "batches", "split", "file", "step"})
+SHARD_WORDS = frozenset(
+    {"shard", "shards", "part", "parts", "chunk", "chunks", "batch", "batches", "split", "file", "step"}
+)
 _TRAILING_NUMBER = re.compile(r"^(.*?)([-_.]?)(\d+)$")
 _WORDS = re.compile(r"[A-Za-z]+")
 

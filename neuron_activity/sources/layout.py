@@ -55,9 +55,13 @@ def layout_of(
             raise AxisProblem(name, shape, f"has no axis {component_axis} before its features")
         if axis == 0 and ndim > 2 and axis != ndim - 2:
             count = shape[0]
-            return Layout(tuple(f"{name}[{i}]" for i in range(count)), math.prod(shape[1:-1]), features, first_axis=True)
+            return Layout(
+                tuple(f"{name}[{i}]" for i in range(count)), math.prod(shape[1:-1]), features, first_axis=True
+            )
         if axis != ndim - 2:
-            raise AxisProblem(name, shape, f"component axis {component_axis}: nact takes axis 0 or the axis before the features")
+            raise AxisProblem(
+                name, shape, f"component axis {component_axis}: nact takes axis 0 or the axis before the features"
+            )
         return Layout(tuple(f"{name}[{i}]" for i in range(shape[-2])), math.prod(shape[:-2]), features)
     count = shape[-2]
     positions = _looks_like_positions(key, shape)
@@ -71,7 +75,8 @@ def layout_of(
         return Layout((name,), math.prod(shape[:-2]), features)
     if count > MAX_COMPONENTS:
         raise AxisProblem(
-            name, shape,
+            name,
+            shape,
             f"axis {ndim - 2} has {count} entries, too many for a component axis (at most {MAX_COMPONENTS}): "
             "flatten it (its entries are positions or tokens) or pick the component axis",
             options=("flatten", "component_axis"),

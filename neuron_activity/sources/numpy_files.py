@@ -7,10 +7,10 @@ decompressed as a stream, chunk by chunk, and never loaded whole.
 
 from __future__ import annotations
 
-from dataclasses import replace
 import struct
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,7 +18,6 @@ import numpy as np
 
 from ..dtypes import NUMPY_NAMES, UNSIGNED_VIEW
 from ..errors import BadInput, first_line
-
 from .base import COMPRESSED, FORTRAN, SWAPPED, TensorEntry, TensorSlab, open_shard, shard_size
 
 NPY, NPZ = "npy", "npz"
@@ -45,7 +44,6 @@ def read_npy_header(f: BinaryIO, path: Path, what: str = "") -> tuple[str, tuple
     if name is None:
         raise BadInput(path, f"{what}dtype {dtype} is not supported (floating, integer or bool arrays only)")
     return name, tuple(int(n) for n in shape), bool(fortran and len(shape) > 1), swapped
-
 
 
 def _big_endian(entry: TensorEntry) -> TensorEntry:
@@ -129,7 +127,9 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     unsigned = UNSIGNED_VIEW[slab.row_bytes // slab.width]
     swap = entry.byteswap
     if entry.storage == SWAPPED:
-        rows = np.memmap(entry.path, dtype=unsigned, mode="r", offset=entry.offset or 0, shape=(slab.num_rows, slab.width))
+        rows = np.memmap(
+            entry.path, dtype=unsigned, mode="r", offset=entry.offset or 0, shape=(slab.num_rows, slab.width)
+        )
         for start in range(0, slab.num_rows, chunk_rows):
             yield rows[start : start + chunk_rows].byteswap()
         return
@@ -147,7 +147,9 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
         raise BadInput(entry.path, f"member {entry.member!r}: corrupt compressed data: {first_line(e)}") from None
 
 
-def _member_rows(slab: TensorSlab, member: BinaryIO, chunk_rows: int, unsigned: type, swap: bool) -> Iterator[np.ndarray]:
+def _member_rows(
+    slab: TensorSlab, member: BinaryIO, chunk_rows: int, unsigned: type, swap: bool
+) -> Iterator[np.ndarray]:
     entry = slab.entry
     read_npy_header(member, entry.path)
     for start in range(0, slab.num_rows, chunk_rows):

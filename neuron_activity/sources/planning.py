@@ -134,7 +134,9 @@ def read_entries(formats: dict[Path, str], **reader_options: object) -> list[Ten
             found += reader.entries(paths)
     for entry in found:
         if is_remote(entry.path) and entry.storage not in (MAPPED, COMPRESSED, SPARSE, BATCHES):
-            raise BadInput(entry.path, f"tensor {entry.key!r} ({entry.note}) is read from local files only: download it first")
+            raise BadInput(
+                entry.path, f"tensor {entry.key!r} ({entry.note}) is read from local files only: download it first"
+            )
     order = {p: i for i, p in enumerate(formats)}
     return sorted(found, key=lambda e: order.get(e.files[0] if e.files else e.path, 0))
 
@@ -200,7 +202,10 @@ def plan_scan(
             empty_units.append(entry.path)
             continue
         if entry.shape[-1] > MAX_FEATURES:
-            raise BadInput(entry.path, f"tensor {entry.key!r} has {entry.shape[-1]} features, more than nact counts ({MAX_FEATURES})")
+            raise BadInput(
+                entry.path,
+                f"tensor {entry.key!r} has {entry.shape[-1]} features, more than nact counts ({MAX_FEATURES})",
+            )
         try:
             layout = layout_of(name, entry.key, entry.shape, flatten, component_axis)
         except AxisProblem as e:
@@ -211,7 +216,9 @@ def plan_scan(
         if entry.storage == SPARSE:
             notes.setdefault(name, f"component {name!r}: {entry.note}")
         if layout.first_axis and entry.storage not in (MAPPED, LOADED):
-            raise AxisProblem(name, entry.shape, "component axis 0 is read only from safetensors, .npy and .pt files", entry.path)
+            raise AxisProblem(
+                name, entry.shape, "component axis 0 is read only from safetensors, .npy and .pt files", entry.path
+            )
         parts = (
             [(f, (f,), i) for i, f in enumerate(layout.names)] if layout.first_axis else [(name, layout.names, None)]
         )
@@ -272,7 +279,9 @@ def _bind(plan: ScanPlan, saes: Sequence[tuple[str | None, Sae]]) -> ScanPlan:
             raise SaeNotBound(sae.path, asked if asked is not None else sae.hook, components)
         where = group.first_path
         if len(group.names) > 1:
-            raise BadInput(where, f"component {key!r} is one index of a component axis: an SAE encodes a whole component")
+            raise BadInput(
+                where, f"component {key!r} is one index of a component axis: an SAE encodes a whole component"
+            )
         if group.num_features != sae.d_in:
             raise BadInput(
                 sae.path, f"d_in is {sae.d_in}, but component {key!r} has {group.num_features} features ({where})"
@@ -288,8 +297,13 @@ def _bind(plan: ScanPlan, saes: Sequence[tuple[str | None, Sae]]) -> ScanPlan:
         raise BadOption("sae", twice[0], "is given twice")
     groups = {
         key: ComponentGroup(
-            plan.groups[key].name, tuple(b.name for b in found), found[0].sae.d_sae, plan.groups[key].first_path,
-            plan.groups[key].first_shape, files=plan.groups[key].files, widths=tuple(b.sae.d_sae for b in found),
+            plan.groups[key].name,
+            tuple(b.name for b in found),
+            found[0].sae.d_sae,
+            plan.groups[key].first_path,
+            plan.groups[key].first_shape,
+            files=plan.groups[key].files,
+            widths=tuple(b.sae.d_sae for b in found),
         )
         for key, found in bound.items()
     }

@@ -78,7 +78,10 @@ def read_header(path: Path) -> list[TensorEntry]:
             raise BadInput(path, f"corrupt safetensors header: the data of tensor {key!r} {problem}")
         at = end
     if data_start + at != size:
-        raise BadInput(path, f"corrupt safetensors header: the tensors hold {at} bytes, the file has {size - data_start} after its header")
+        raise BadInput(
+            path,
+            f"corrupt safetensors header: the tensors hold {at} bytes, the file has {size - data_start} after its header",
+        )
     return entries
 
 

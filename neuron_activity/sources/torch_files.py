@@ -47,14 +47,15 @@ def load(path: Path) -> object:
                 return torch.load(path, map_location="cpu", weights_only=True)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError as e:
-            raise BadInput(path, f"refused: it needs unsafe unpickling, and nact loads only tensors ({first_line(e)})") from None
+            raise BadInput(
+                path, f"refused: it needs unsafe unpickling, and nact loads only tensors ({first_line(e)})"
+            ) from None
         except RecursionError:
             raise BadInput(path, "not a readable torch.save file: nested too deeply") from None
         except NactError:
             raise
         except Exception as e:  # torch's reader raises many kinds on a corrupt file
             raise BadInput(path, f"not a readable torch.save file: {first_line(e)}") from None
-
 
 
 def tensors(obj: object, path: Path | None = None) -> dict[str, object]:
@@ -66,7 +67,9 @@ def tensors(obj: object, path: Path | None = None) -> dict[str, object]:
     found = walk(obj, lambda v: isinstance(v, torch.Tensor), path)
     for prefix, value in found.items():
         if value.layout != torch.strided:  # type: ignore[attr-defined]
-            raise BadInput(path or "", f"tensor {prefix or '(the file)'!r} is {value.layout}: nact counts dense tensors")  # type: ignore[attr-defined]
+            raise BadInput(
+                path or "", f"tensor {prefix or '(the file)'!r} is {value.layout}: nact counts dense tensors"
+            )  # type: ignore[attr-defined]
     return found
 
 
@@ -82,7 +85,10 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
             out += mapped
             continue
         if is_remote(path):
-            raise BadInput(path, "this .pt file needs torch to load it whole (legacy, compressed or not plain tensors): download it first")
+            raise BadInput(
+                path,
+                "this .pt file needs torch to load it whole (legacy, compressed or not plain tensors): download it first",
+            )
         found = tensors(load(path), path)
         if not found:
             raise BadInput(path, "holds no tensors")

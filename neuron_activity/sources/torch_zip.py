@@ -13,7 +13,6 @@ file) makes ``entries`` return None, and the caller loads the file with torch in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import io
 import math
 import pickle
@@ -21,6 +20,7 @@ import struct
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,9 +31,16 @@ from .base import MAPPED, TensorEntry, is_remote, open_shard
 MAX_NESTING = 64  # containers within containers
 MAX_TENSORS = 100_000
 STORAGE_TYPES = {
-    "FloatStorage": "F32", "DoubleStorage": "F64", "HalfStorage": "F16", "BFloat16Storage": "BF16",
-    "IntStorage": "I32", "LongStorage": "I64", "ShortStorage": "I16", "CharStorage": "I8",
-    "ByteStorage": "U8", "BoolStorage": "BOOL",
+    "FloatStorage": "F32",
+    "DoubleStorage": "F64",
+    "HalfStorage": "F16",
+    "BFloat16Storage": "BF16",
+    "IntStorage": "I32",
+    "LongStorage": "I64",
+    "ShortStorage": "I16",
+    "CharStorage": "I8",
+    "ByteStorage": "U8",
+    "BoolStorage": "BOOL",
 }
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
 
@@ -80,8 +87,16 @@ def _rebuild_v2(storage: object, offset: object, size: object, stride: object, *
     return _tensor(storage, offset, size, stride, getattr(storage, "dtype", None))
 
 
-def _rebuild_v3(storage: object, offset: object, size: object, stride: object, requires_grad: object,
-                hooks: object, dtype: object, *rest: object) -> _Tensor:
+def _rebuild_v3(
+    storage: object,
+    offset: object,
+    size: object,
+    stride: object,
+    requires_grad: object,
+    hooks: object,
+    dtype: object,
+    *rest: object,
+) -> _Tensor:
     name = TORCH_NAMES.get(dtype.name) if isinstance(dtype, _Named) else None
     return _tensor(storage, offset, size, stride, name)
 
@@ -197,6 +212,9 @@ def _entries(path: Path, fmt: str, raw: BinaryIO) -> list[TensorEntry] | None:
                 return None
             start = _member_data(raw, info) + t.offset * itemsize
             key, from_file = (member, False) if member else (path.stem, True)
-            out.append(TensorEntry(path, key, t.dtype, t.size, fmt, offset=start, member=member, storage=MAPPED,
-                                   from_file=from_file))
+            out.append(
+                TensorEntry(
+                    path, key, t.dtype, t.size, fmt, offset=start, member=member, storage=MAPPED, from_file=from_file
+                )
+            )
     return out or None
