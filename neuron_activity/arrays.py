@@ -10,8 +10,9 @@ import numpy as np
 from . import state
 from .activity import NeuronActivity
 from .counting import make_counter
+from .decimals import as_fraction
 from .devices import resolve_device
-from .dtypes import NUMPY_NAMES, TORCH_NAMES, fire_rule, signed_bits
+from .dtypes import NUMPY_NAMES, TORCH_NAMES, fire_rule, is_tensor, signed_bits
 from .errors import BadOption
 from .metric import TensorActivity
 from .options import CountOptions
@@ -35,13 +36,19 @@ def count_array(
     >>> count_array(np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])).rows([Threshold.parse("0")])[0].dead
     1
     """
-    options = CountOptions(fire_above=fire_above, flatten=flatten, device=device, kernel=kernel, track_last=track_last)
-    if _on_a_gpu(array) and not track_last and not flatten:  # counted where it lies: no copy to the host
-        shape = tuple(array.shape)  # type: ignore[attr-defined]
+    options = CountOptions(
+        fire_above=as_fraction(fire_above, "fire_above"),
+        flatten=flatten,
+        device=device,
+        kernel=kernel,
+        track_last=track_last,
+    )
+    if is_tensor(array) and array.device.type != "cpu" and array.dim() in (2, 3) and not track_last and not flatten:
+        shape = tuple(array.shape)  # counted where it lies: no copy to the host
         components = shape[1] if len(shape) == 3 else None
-        counter = TensorActivity(shape[-1], components, fire_above=options.fire_above, name=name)
-        counter.update(array)
-        return counter.activity()
+        on_device = TensorActivity(shape[-1], components, fire_above=options.fire_above, name=name)
+        on_device.update(array)
+        return on_device.activity()
     dtype, bits = raw_bits(array)
     if bits.ndim < 2:
         raise BadOption("array", f"shape {list(bits.shape)}", "has no batch axis: need [N, F] or [..., C, F]")
@@ -58,13 +65,6 @@ def count_array(
     return activity
 
 
-def _on_a_gpu(array: object) -> bool:
-    device = getattr(array, "device", None)
-    return (
-        type(array).__module__.startswith("torch") and getattr(device, "type", "cpu") != "cpu" and array.dim() in (2, 3)
-    )  # type: ignore[attr-defined]
-
-
 def raw_bits(array: object) -> tuple[str, np.ndarray]:
     """The dtype name and the raw bits (as unsigned integers) of a numpy array or torch tensor."""
     if isinstance(array, np.ndarray):
@@ -72,14 +72,10 @@ def raw_bits(array: object) -> tuple[str, np.ndarray]:
         if dtype is None:
             raise BadOption("array", f"dtype {array.dtype}", "cannot be counted")
         return dtype, np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
-    module = type(array).__module__
-    if module.startswith("torch"):
-        import torch
-
-        assert isinstance(array, torch.Tensor)
+    if is_tensor(array):
         dtype = TORCH_NAMES.get(str(array.dtype).removeprefix("torch."))
         if dtype is None:
             raise BadOption("array", f"dtype {array.dtype}", "cannot be counted")
-        bits = signed_bits(array.detach().cpu().contiguous()).numpy()  # type: ignore[attr-defined]
+        bits = signed_bits(array.detach().cpu().contiguous()).numpy()
         return dtype, bits.view(f"u{array.element_size()}")
     raise BadOption("array", f"of type {type(array).__name__}", "cannot be counted: pass a numpy array or torch tensor")

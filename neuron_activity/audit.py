@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,13 +15,14 @@ from .options import CountOptions
 from .remote.objects import session
 from .scan import ProgressCallback, ScanResult, count, device_for, plan_for
 from .sources import ScanPlan, discover
+from .sources.base import ShardPath, to_path
 
 
 @dataclass
 class AuditResult:
     saved: SavedCounts  # everything counted so far, as now saved
     scan: ScanResult | None  # the scan of the new shards (None when there were none)
-    new_shards: list[Path]
+    new_shards: list[ShardPath]
 
 
 def what_changed(before: ShardRecord, now: ShardRecord) -> str:
@@ -45,18 +46,18 @@ def _check_same_saes(state: Path, previous: SavedCounts, plan: ScanPlan) -> None
     """Latents the state counted with one SAE are not added to latents of another."""
     for bound in (b for found in plan.saes.values() for b in found):
         before = previous.activity.components.get(bound.name)
-        old = (before.sae or {}).get("fingerprint") if before is not None else None
+        old = str((before.sae or {}).get("fingerprint") or "") if before is not None else ""
         if old and old != bound.sae.fingerprint:
             raise StateMismatch(state, "sae", f"{old[:12]} (its fingerprint)", f"{bound.sae.fingerprint[:12]}")
 
 
 def audit(
-    paths: list[Path],
+    paths: Sequence[ShardPath | str],
     state: Path,
     options: CountOptions | None = None,
     *,
     rescan: bool = False,
-    shards: dict[Path, str] | None = None,
+    shards: dict[ShardPath, str] | None = None,
     check: Callable[[SavedCounts, ScanResult | None], None] | None = None,
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: ProgressCallback | None = None,
@@ -77,15 +78,15 @@ def audit(
     with locked(state), session():
         previous = load_counts(state) if state.exists() else None
         if previous is not None and previous.activity.fire_above != settings.fire_above and not rescan:
-            before, now = decimal_text(previous.activity.fire_above), decimal_text(settings.fire_above)
-            raise StateMismatch(state, "fire_above", before, now)
+            was, now = decimal_text(previous.activity.fire_above), decimal_text(settings.fire_above)
+            raise StateMismatch(state, "fire_above", was, now)
         known = {} if previous is None or rescan else {s.path: s for s in previous.shards}
         device = device or device_for(settings)
-        found = shards if shards is not None else discover(list(paths), settings.input_format)
+        found = shards if shards is not None else discover([to_path(p) for p in paths], settings.input_format)
         plan = plan_for(found, settings)
         if previous is not None and not rescan:
             _check_same_saes(state, previous, plan)
-        new_units: list[Path] = []
+        new_units: list[ShardPath] = []
         new_records: list[ShardRecord] = []
         for unit in plan.units():
             record = ShardRecord.of(unit)

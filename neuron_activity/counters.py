@@ -12,16 +12,20 @@ import numpy as np
 States = dict[str, np.ndarray]  # per-column states by field name (see state.FIELDS)
 
 
-class Counter(Protocol):
+class Counted(Protocol):
+    """What counted some chunks: its kernel's name and the states it counted."""
+
+    name: str  # the kernel: native, numpy or torch (sae+... when an SAE encoded first)
+
+    def result(self) -> States: ...
+
+
+class Counter(Counted, Protocol):
     """Counts chunks of one layout. ``update`` numbers the chunk's rows from ``first_vector``
     (their index in the component's stream); ``result`` gives the states (``last_fired`` in
     that numbering, -1 where a column never fired, present only when tracked)."""
 
-    name: str  # the kernel: native, numpy or torch
-
     def update(self, bits: np.ndarray, first_vector: int = 0) -> None: ...
-
-    def result(self) -> States: ...
 
 
 def states(fire_counts: np.ndarray, nan_counts: np.ndarray, last_fired: np.ndarray | None) -> States:

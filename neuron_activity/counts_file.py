@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -33,6 +34,7 @@ from .errors import BadInput, CountsMismatch, NactError, NotCountsFile
 from .files import write_atomic
 from .options import MAX_FIRE_ABOVE
 from .remote.objects import RemotePath, current
+from .sources.base import ShardPath
 from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME
 from .sources.safetensors_files import read_metadata
 
@@ -50,7 +52,7 @@ class ShardRecord:
     tag: str = ""  # a remote object's version tag (its ETag); "" for files
 
     @classmethod
-    def of(cls, path: Path) -> ShardRecord:
+    def of(cls, path: ShardPath) -> ShardRecord:
         """The record of a shard file, or of a folder counted as one unit (its files summed),
         or of a remote object (its URL, size, last modified and ETag as this run's listing said)."""
         if isinstance(path, RemotePath):
@@ -123,7 +125,10 @@ def save_counts(path: Path, saved: SavedCounts) -> None:
     write_atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def _json(path: Path, metadata: dict[str, str], key: str, kind: type) -> object:
+JsonKind = TypeVar("JsonKind", list[Any], dict[str, Any])
+
+
+def _json(path: Path, metadata: dict[str, str], key: str, kind: type[JsonKind]) -> JsonKind:
     try:
         value = json.loads(metadata[key])
     except KeyError:
@@ -187,13 +192,13 @@ def load_counts(path: Path) -> SavedCounts:
             path, f"corrupt counts file: fire_above {metadata.get('fire_above')!r} is beyond every float format"
         )
     names = _json(path, metadata, "components", list)
-    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):  # type: ignore[union-attr]
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise BadInput(path, "corrupt counts file: the component list is not a list of distinct names")
     activity = NeuronActivity(fire_above)
     try:
         with safe_open(str(path), framework="numpy") as f:
             keys = set(f.keys())
-            for name in names:  # type: ignore[union-attr]
+            for name in names:
                 if f"{name}/fire_counts" not in keys or f"{name}/num_vectors" not in keys:
                     raise BadInput(path, f"corrupt counts file: component {name!r} has no fire_counts or num_vectors")
                 vectors = f.get_tensor(f"{name}/num_vectors")
@@ -212,16 +217,16 @@ def load_counts(path: Path) -> SavedCounts:
     except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise BadInput(path, f"cannot read counts: {e}") from None
     if "first_neurons" in metadata:
-        for name, first in _json(path, metadata, "first_neurons", dict).items():  # type: ignore[union-attr]
+        for name, first in _json(path, metadata, "first_neurons", dict).items():
             if name not in activity.components or not isinstance(first, int) or first < 0:
                 raise BadInput(path, "corrupt counts file: first_neurons names no component or no index")
             activity.components[name].first_neuron = first
     if "saes" in metadata:
-        for name, described in _json(path, metadata, "saes", dict).items():  # type: ignore[union-attr]
+        for name, described in _json(path, metadata, "saes", dict).items():
             if name in activity.components and isinstance(described, dict):
                 activity.components[name].sae = described
     shards = []
-    for s in _json(path, metadata, "shards", list):  # type: ignore[union-attr]
+    for s in _json(path, metadata, "shards", list):
         try:
             shards.append(ShardRecord(str(s["path"]), int(s["size"]), int(s["mtime_ns"]), str(s.get("tag", ""))))
         except (KeyError, TypeError, ValueError):
@@ -230,7 +235,7 @@ def load_counts(path: Path) -> SavedCounts:
     if "part" in metadata:
         record = _json(path, metadata, "part", dict)
         try:
-            part = PartRecord(**{k: int(record[k]) for k in [f.name for f in fields(PartRecord)]})  # type: ignore[index]
+            part = PartRecord(**{f.name: int(record[f.name]) for f in fields(PartRecord)})
         except (KeyError, TypeError, ValueError):
             raise BadInput(path, "corrupt counts file: the part record is incomplete") from None
     return SavedCounts(activity, shards, part, metadata.get("kernel"), metadata.get("device"))

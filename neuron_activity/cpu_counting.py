@@ -49,7 +49,7 @@ class NumpyCounter:
         self.fold = max(1, math.ceil(FOLD_WIDTH / max(width, 1)))
         folded_bytes = self.fold * width * itemsize
         self.block_rows = self.fold * max(1, min(MAX_UINT8_ROWS, BLOCK_BYTES // max(folded_bytes, 1)))
-        self._tmp = np.empty((self.block_rows, width), rule.unsigned)
+        self._tmp: np.ndarray = np.empty((self.block_rows, width), rule.unsigned)
         self._fires = np.empty((self.block_rows, width), np.bool_)
         self._nans = np.empty((self.block_rows, width), np.bool_)
         self._either = np.empty((self.block_rows, width), np.bool_)
@@ -106,6 +106,7 @@ class NativeCounter:
     def __init__(self, rule: FireRule, width: int, track_last: bool = False) -> None:
         if kernels is None:
             raise BadOption("kernel", "native", f"is not available: the C kernel is {NATIVE_PROBLEM}")
+        self.kernels = kernels
         self.width = width
         self.itemsize = np.dtype(rule.unsigned).itemsize
         self.unsigned = rule.unsigned
@@ -120,7 +121,7 @@ class NativeCounter:
     def update(self, bits: np.ndarray, first_vector: int = 0) -> None:
         check_rows(bits, self.width, self.unsigned)
         bits = np.ascontiguousarray(bits)
-        kernels.count(
+        self.kernels.count(
             bits,
             bits.shape[0],
             self.width,

@@ -16,8 +16,8 @@ from .errors import BadOption
 from .files import check_outputs
 from .options import CountOptions, ReportOptions, check_bins_per_decade
 from .plot import check_plot_path, plot_histograms
+from .remote.objects import RemotePath
 from .scan import ProgressCallback, scan
-from .sources.base import is_remote
 from .sources.planning import ScanPlan
 from .sources.safetensors_files import is_counts_file
 from .sparsity import is_sparsity_file, load_sparsity
@@ -92,7 +92,7 @@ def load_activity(
 ) -> tuple[NeuronActivity, list[str]]:
     """The counts of ``paths``, and warnings: saved counts merged, SAELens sparsity files (each
     one component; ``options.num_vectors`` says over how many vectors), or activations scanned."""
-    local = bool(paths) and not any(is_remote(p) for p in paths)  # objects in a store: activations
+    local = bool(paths) and not any(isinstance(p, RemotePath) for p in paths)  # objects in a store: activations
     if local and all(p.is_file() and is_counts_file(p) for p in paths):
         return load_merged(paths)[0].activity, []
     if local and all(is_sparsity_file(p) for p in paths):

@@ -10,20 +10,33 @@ the format that is ``<= t``; negative values and NaNs have larger patterns and f
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 UNSIGNED_VIEW: dict[int, type] = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 TORCH_SIGNED: dict[int, str] = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}  # torch has few unsigned types
 
 
-def signed_bits(tensor: object) -> object:
+def signed_bits(tensor: torch.Tensor) -> torch.Tensor:
     """A torch tensor's raw bits: the same memory viewed as signed integers of its item size."""
     import torch
 
-    return tensor.view(getattr(torch, TORCH_SIGNED[tensor.element_size()]))  # type: ignore[attr-defined]
+    signed: torch.dtype = getattr(torch, TORCH_SIGNED[tensor.element_size()])
+    return tensor.view(signed)
+
+
+def is_tensor(value: object) -> TypeGuard[torch.Tensor]:
+    """Whether ``value`` is a torch tensor, asked without importing torch: a process that never
+    imported torch holds none."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -188,7 +201,7 @@ def fire_rule(dtype: str, fire_above: Fraction) -> FireRule:
         sign = f.sign_bit
         if fire_above >= 0:
             r = f.largest_at_most(fire_above)
-            fires = ((r + 1, f.max_bits),) if r < f.max_bits else ()
+            fires: tuple[tuple[int, int], ...] = ((r + 1, f.max_bits),) if r < f.max_bits else ()
         else:
             # Every non-negative value (and -0) fires, and negatives with |x| < |fire_above|.
             s = f.smallest_at_least(-fire_above)

@@ -14,25 +14,25 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from . import state
-from .counters import Counter, States
+from .counters import Counted, Counter, States
 from .counting import kernel_for, make_counter
 from .dtypes import FireRule, fire_rule
 from .errors import BadInput
 from .options import CountOptions
 from .remote.objects import IO_THREADS, WINDOW_BYTES, RemotePath, current, in_this_context, read_range
-from .sources.base import MAPPED, SPARSE, TensorSlab, is_remote
+from .sources.base import MAPPED, SPARSE, ShardPath, TensorSlab
 from .sources.planning import ScanPlan
 from .sources.registry import READERS
 
 CHUNK_BYTES = 32 * 1024 * 1024  # default window mapped at a time, per thread
 STATE_BYTES = 512 * 1024 * 1024  # per-neuron state of all threads: wide layers count with fewer threads
 
-ProgressCallback = Callable[[Path, int], None]
+ProgressCallback = Callable[[ShardPath, int], None]
 Totals = dict[str, tuple[States, int]]  # per stream: its states over its whole width, its vectors
 
 
@@ -104,7 +104,7 @@ def _fetch_ahead(work: Iterator[WorkItem], io_threads: int | None) -> Iterator[W
 def _chunk_rows(slab: TensorSlab, chunk_rows: int | None) -> int:
     if chunk_rows:
         return chunk_rows
-    if is_remote(slab.path):
+    if isinstance(slab.path, RemotePath):
         return max(1, WINDOW_BYTES // max(slab.row_bytes, 1))
     return max(1, CHUNK_BYTES // max(slab.row_bytes, 1))
 
@@ -129,7 +129,7 @@ def count_slabs(
 ) -> tuple[dict[str, tuple[States, int]], str]:
     """Per key: the states over its whole width and its number of vectors; and the kernel."""
     threads = 1 if device == "mps" else options.threads or min(os.cpu_count() or 1, 8)  # mps: one queue
-    remote = any(is_remote(p) for p in plan.shards)
+    remote = any(isinstance(p, RemotePath) for p in plan.shards)
     if remote:  # each thread waits on its range request, then counts
         threads = options.io_threads or IO_THREADS
     widest = max((s.width for s in plan.slabs), default=1)
@@ -155,27 +155,28 @@ def count_slabs(
         with lock:
             return rules.setdefault(dtype, fire_rule(dtype, options.fire_above))
 
-    def worker() -> dict[tuple[str, str], Counter | _Sum]:
-        counters: dict[tuple[str, str], Counter | _Sum] = {}
+    def worker() -> dict[tuple[str, str], Counted]:
+        counters: dict[tuple[str, str], Counter] = {}
+        sparse: dict[tuple[str, str], _Sum] = {}  # states of sparse caches, which their readers count
         try:
             while (item := next_item()) is not None:
                 slab, start, end, first_vector = item
                 key = (slab.key, slab.dtype)
                 reader = READERS[slab.entry.format]
                 if slab.entry.storage == SPARSE:
-                    sums = counters.setdefault(key, _Sum(slab.width, track_last))
+                    sums = sparse.setdefault(key, _Sum(slab.width, track_last))
                     files = slab.entry.files[start:end]
                     native = options.kernel in (None, "native")
                     counted = reader.count(slab, rule_for(slab.dtype), track_last, files, native, skip)
                     for path, states, nbytes in counted:
-                        sums.add(states, first_vector)  # type: ignore[union-attr]
+                        sums.add(states, first_vector)
                         progress(path, nbytes)
                     continue
                 if key not in counters and slab.key in plan.saes:
-                    from .sae import SaeCounter  # as in _load_saes
+                    from .sae import sae_counter  # only scans with SAEs load their code (~6 ms)
 
                     saes = [b.sae for b in plan.saes[slab.key]]
-                    counters[key] = SaeCounter(
+                    counters[key] = sae_counter(
                         slab.dtype, saes, device, options.kernel, track_last, options.fire_above, options.sae_dtype
                     )
                 elif key not in counters:
@@ -185,7 +186,7 @@ def count_slabs(
                 kept = _positions(slab, skip)
                 if slab.entry.storage == MAPPED:
                     keep = kept.mask(start, end) if kept else None
-                    _count_chunk(slab, start, end, counter, first_vector, read_ahead, keep)  # type: ignore[arg-type]
+                    _count_chunk(slab, start, end, counter, first_vector, read_ahead, keep)
                     progress(slab.path, (end - start) * slab.row_bytes)
                     continue
                 row = 0
@@ -193,7 +194,7 @@ def count_slabs(
                     nbytes, row = bits.nbytes, row + bits.shape[0]
                     if kept:
                         bits = bits[kept.mask(row - bits.shape[0], row)]
-                    counter.update(bits, first_vector)  # type: ignore[union-attr]
+                    counter.update(bits, first_vector)
                     first_vector += bits.shape[0]
                     progress(slab.path, nbytes)
                     if stop.is_set():
@@ -201,7 +202,7 @@ def count_slabs(
         except BaseException:
             stop.set()
             raise
-        return counters
+        return {**counters, **sparse}
 
     results = _run_threads(worker, threads, stop)
     optional = state.TRACK_LAST if track_last else ()
@@ -213,7 +214,7 @@ def count_slabs(
         states, n = totals[slab.key]
         kept = _positions(slab, skip)
         totals[slab.key] = (states, n + (kept.before(slab.num_rows) if kept else slab.num_rows))
-    kernels = set()
+    kernels: set[str] = set()
     for counters in results:
         for (key, _dtype), counter in counters.items():
             state.combine(totals[key][0], counter.result(), 0)
@@ -222,10 +223,13 @@ def count_slabs(
     return totals, kernel
 
 
-def _run_threads(worker: Callable[[], object], threads: int, stop: threading.Event) -> list:
+Result = TypeVar("Result")
+
+
+def _run_threads(worker: Callable[[], Result], threads: int, stop: threading.Event) -> list[Result]:
     """``worker()`` on ``threads`` threads; their results, or the first error raised in one (the
     others stop at their next item). Plain threads: concurrent.futures costs start-up (logging)."""
-    results: list = [None] * threads
+    results: dict[int, Result] = {}
     errors: list[BaseException] = []
 
     def run(i: int) -> None:
@@ -236,8 +240,11 @@ def _run_threads(worker: Callable[[], object], threads: int, stop: threading.Eve
 
     pool = [
         threading.Thread(
-            target=in_this_context(run), args=(i,), name=f"nact-count-{i}", daemon=True
-        )  # the scan's session
+            target=in_this_context(run),
+            args=(i,),
+            name=f"nact-count-{i}",
+            daemon=True,  # in the scan's session
+        )
         for i in range(threads)
     ]
     for t in pool:
@@ -253,7 +260,7 @@ def _run_threads(worker: Callable[[], object], threads: int, stop: threading.Eve
         raise
     if errors:
         raise errors[0]
-    return results
+    return [results[i] for i in range(threads)]
 
 
 def _count_chunk(

@@ -136,7 +136,7 @@ class StateLocked(NactError):
 class ShardChanged(NactError):
     """A shard that a state counted has changed since; ``what`` says how."""
 
-    def __init__(self, path: Path, state: Path, what: str) -> None:
+    def __init__(self, path: object, state: Path, what: str) -> None:
         self.path, self.state, self.what = path, state, what
         super().__init__(f"{path}: changed since {state} counted it ({what})")
 

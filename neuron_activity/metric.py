@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import state
 from .activity import NeuronActivity, Threshold
@@ -28,6 +28,9 @@ from .decimals import as_fraction, decimal_text
 from .dtypes import TORCH_NAMES, fire_rule, signed_bits
 from .errors import BadOption, ShapeMismatch
 from .torch_counting import fire_mask, nan_mask
+
+if TYPE_CHECKING:
+    import torch
 
 COUNTED = tuple(f for f in state.FIELDS if not f.optional)  # the per-neuron states kept in training
 
@@ -164,7 +167,7 @@ def _metric_class() -> type:
     except ImportError:
         raise BadOption("metric", "NeuronActivityMetric", "needs torchmetrics: pip install torchmetrics") from None
 
-    class NeuronActivityMetric(Metric):  # type: ignore[misc, valid-type]
+    class NeuronActivityMetric(Metric):
         """A drop-in for ``sparse_autoencoder``'s ``NeuronActivityMetric``, exact: int64 fire
         counts (float32 counts stop at 2^24) and ``p * N`` computed exactly from the threshold
         as given. ``compute()`` returns the dead neurons per component (0-d without a component
@@ -172,6 +175,9 @@ def _metric_class() -> type:
         state is registered with its reduction (``state.FIELDS``), so DDP sync, ``merge_state``
         and ``reset`` are torchmetrics' own."""
 
+        fire_counts: torch.Tensor  # the states, registered with add_state in __init__
+        nan_counts: torch.Tensor
+        num_vectors: torch.Tensor
         is_differentiable = False
         higher_is_better = False
         full_state_update = False

@@ -17,7 +17,7 @@ from .activity import DEFAULT_THRESHOLDS, Threshold
 from .decimals import as_fraction, decimal_text, parse_decimal
 from .devices import check_device_name
 from .errors import BadOption, Conflict, NeedsOption
-from .sources.base import to_path
+from .sources.base import ShardPath, to_path
 from .sources.grouping import GROUPINGS
 from .sources.registry import INPUT_FORMATS
 
@@ -202,7 +202,7 @@ class Part:
         """The slice ``[start, stop)`` of ``units`` sorted units that this part counts."""
         return self.index * units // self.of, (self.index + 1) * units // self.of
 
-    def of_units(self, units: list[Path]) -> list[Path]:
+    def of_units(self, units: list[ShardPath]) -> list[ShardPath]:
         start, stop = self.bounds(len(units))
         return units[start:stop]
 

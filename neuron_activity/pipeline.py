@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .activity import NeuronActivity
 from .audit import audit
 from .counts_file import PartRecord, SavedCounts, ShardRecord, save_counts
 from .distributed import run_on_ranks
@@ -24,6 +25,7 @@ from .remote.objects import session
 from .report import Report, make_report
 from .scan import ProgressCallback, ScanResult, count, device_for, plan_for
 from .sources import ScanPlan, discover
+from .sources.base import ShardPath
 from .sparsity import check_one_component, save_sparsity
 
 
@@ -72,16 +74,17 @@ def _run(
     tracking = request.count.track_last or request.report.window is not None or request.save_counts is not None
     options = replace(request.count, track_last=tracking)
     if request.state is not None:
-        return _audit(request, options, device, shards, on_plan, on_progress)
+        return _audit(request, request.state, options, device, shards, on_plan, on_progress)
     if request.distributed:
         return _on_ranks(request, options, shards)
     assert device is not None
     plan = plan_for(shards, options)
     if request.save_sparsity is not None:
         check_one_component(request.save_sparsity, list(plan.sources()))
-    mine, record = _part_units(request.part, plan.units())
+    units = plan.units()
+    mine, record = _part_units(request.part, units)
     if request.part is not None and not mine and request.save_counts is None:
-        raise EmptyPart(request.part, record.total_units)  # type: ignore[union-attr]
+        raise EmptyPart(request.part, len(units))
     plan = plan.restricted(mine)
     if on_plan is not None:
         on_plan(plan)
@@ -89,7 +92,7 @@ def _run(
     return _finish(request, result, mine, record, [str(p) for p in plan.shards], plan.sources())
 
 
-def _part_units(part: Part | None, units: list[Path]) -> tuple[list[Path], PartRecord | None]:
+def _part_units(part: Part | None, units: list[ShardPath]) -> tuple[list[ShardPath], PartRecord | None]:
     """The units a (possibly partial) scan counts, and its part record."""
     if part is None:
         return units, None
@@ -100,7 +103,7 @@ def _part_units(part: Part | None, units: list[Path]) -> tuple[list[Path], PartR
 def _finish(
     request: ScanRequest,
     result: ScanResult,
-    units: list[Path],
+    units: list[ShardPath],
     part: PartRecord | None,
     shards: list[str],
     sources: dict[str, list[str]],
@@ -135,9 +138,10 @@ def _save_counts(path: Path | None, saved: SavedCounts | None) -> None:
 
 def _audit(
     request: ScanRequest,
+    state: Path,
     options: CountOptions,
     device: str | None,
-    shards: dict[Path, str],
+    shards: dict[ShardPath, str],
     on_plan: Callable[[ScanPlan], None] | None,
     on_progress: ProgressCallback | None,
 ) -> ScanOutcome:
@@ -153,11 +157,11 @@ def _audit(
 
     audited = audit(
         list(request.paths),
-        request.state,
+        state,
         options,
         rescan=request.rescan,
         shards=shards,
-        check=check,  # type: ignore[arg-type]
+        check=check,
         on_plan=on_plan,
         on_progress=on_progress,
         device=device,
@@ -165,22 +169,26 @@ def _audit(
     return ScanOutcome(reports[0], audited.saved)
 
 
-def _on_ranks(request: ScanRequest, options: CountOptions, shards: dict[Path, str]) -> ScanOutcome:
+RankResult = tuple[ScanResult, list[ShardPath], PartRecord | None, list[str], dict[str, list[str]]]
+
+
+def _on_ranks(request: ScanRequest, options: CountOptions, shards: dict[ShardPath, str]) -> ScanOutcome:
     """One rank of torchrun: every rank plans every header (so all agree on the components) and
     counts its share of the units (of ``part``'s units, with a part); rank 0 reports and saves
     the whole, recording every unit counted by any rank."""
 
-    def work(rank: int, world: int, device: str) -> tuple[object, tuple]:
+    def work(rank: int, world: int, device: str) -> tuple[NeuronActivity, RankResult]:
         plan = plan_for(shards, options)
-        mine, record = _part_units(request.part, plan.units())
+        units = plan.units()
+        mine, record = _part_units(request.part, units)
         if request.part is not None and not mine and request.save_counts is None:
-            raise EmptyPart(request.part, record.total_units)  # type: ignore[union-attr]
+            raise EmptyPart(request.part, len(units))
         plan = plan.restricted(mine)
         files, sources = [str(p) for p in plan.shards], plan.sources()
         result = count(plan.restricted(Part(rank, world).of_units(mine)), options, device_for(options, device))
         return result.activity, (result, mine, record, files, sources)
 
-    done = run_on_ranks(options.device, work)  # type: ignore[arg-type]
+    done = run_on_ranks(options.device, work)
     if done is None:
         return ScanOutcome(None)
     result, mine, record, files, sources = done

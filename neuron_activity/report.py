@@ -55,7 +55,8 @@ class Report:
 
     def dead_neurons(self, row: ActivityRow) -> list[int]:
         c = self.activity.components[row.component]
-        return (np.flatnonzero(c.dead(row.threshold)) + c.first_neuron).tolist()
+        dead: list[int] = (np.flatnonzero(c.dead(row.threshold)) + c.first_neuron).tolist()
+        return dead
 
     def file_groups(self) -> list[tuple[list[str], list[str]]]:
         """Components read from several files, grouped by their files: (components, files)."""

@@ -3,9 +3,8 @@ and gather the counts into a NeuronActivity, with what counted them and warnings
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +16,7 @@ from .engine import ProgressCallback, count_slabs
 from .errors import BadInput, BadOption
 from .options import CountOptions
 from .remote.objects import RemotePath, current, session
-from .sources.base import to_path
+from .sources.base import ShardPath, to_path
 from .sources.discovery import discover
 from .sources.planning import ScanPlan, plan_scan
 
@@ -37,7 +36,7 @@ class ScanResult:
 
 
 def scan(
-    paths: list[Path] | list[str],
+    paths: Sequence[ShardPath | str],
     *,
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: ProgressCallback | None = None,
@@ -70,7 +69,7 @@ def device_for(options: CountOptions, requested: str | None = None) -> str:
     return device
 
 
-def plan_for(shards: dict[Path, str], options: CountOptions) -> ScanPlan:
+def plan_for(shards: dict[ShardPath, str], options: CountOptions) -> ScanPlan:
     """The plan of ``shards`` under ``options`` (headers only; and the SAEs' checkpoints, whose
     latents are then what is counted)."""
     plan = plan_scan(

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +117,7 @@ def _info_of(detail: dict[str, Any]) -> ObjectInfo:
     tag = next((str(detail[k]) for k in tags if detail.get(k)), "")
     modified = detail.get("LastModified") or detail.get("Last-Modified") or detail.get("mtime")
     ns = 0
-    if hasattr(modified, "timestamp"):
+    if isinstance(modified, datetime):
         ns = int(modified.timestamp() * 1e9)
     elif isinstance(modified, (int, float)):
         ns = int(modified * 1e9)

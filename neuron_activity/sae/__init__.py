@@ -29,9 +29,19 @@ Modules: ``model`` (the ``Sae``), ``files`` (reading a checkpoint's files), one 
 to the component it encodes is part of planning (``sources.planning``).
 """
 
-from .counter import SaeCounter
+from .counter import SaeCounter, TorchSaeCounter, sae_counter
 from .encode import NumpyEncoder, TorchEncoder, batch_rows
 from .load import load_sae
 from .model import RULES, Sae
 
-__all__ = ["RULES", "NumpyEncoder", "Sae", "SaeCounter", "TorchEncoder", "batch_rows", "load_sae"]
+__all__ = [
+    "RULES",
+    "NumpyEncoder",
+    "Sae",
+    "SaeCounter",
+    "TorchEncoder",
+    "TorchSaeCounter",
+    "batch_rows",
+    "load_sae",
+    "sae_counter",
+]

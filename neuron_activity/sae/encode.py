@@ -5,14 +5,14 @@ docstring), in float32 unless a device is asked to multiply in bf16/fp16."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from .model import Sae
 
 if TYPE_CHECKING:
-    pass
+    import torch
 
 LAYER_NORM_EPS = 1e-5  # SAELens' run-time layer norm: (x - mean) / (std + eps)
 ENCODE_BYTES = 64 * 1024 * 1024  # latents of one encoded batch
@@ -42,10 +42,11 @@ class NumpyEncoder:
             x = x - sae.center
         h = x @ self.weight
         rule = sae.rule
+        out: np.ndarray
         if rule == "gated":
             gate = (h + self.bias) > 0
-            h *= sae.mag_scale
-            h += sae.mag_bias
+            h *= given(sae.mag_scale)
+            h += given(sae.mag_bias)
             out = np.where(gate, np.maximum(h, 0), np.float32(0))
         else:
             h += self.bias
@@ -54,26 +55,35 @@ class NumpyEncoder:
                 if rule == "tanh-relu":
                     np.tanh(out, out=out)
             elif rule == "jumprelu":
-                out = np.where(h > sae.threshold, np.maximum(h, 0), np.float32(0))
+                out = np.where(h > given(sae.threshold), np.maximum(h, 0), np.float32(0))
             elif rule == "threshold":
                 r = np.maximum(h, 0, out=h)
-                out = np.where(r > sae.threshold[0], r, np.float32(0))
+                out = np.where(r > given(sae.threshold)[0], r, np.float32(0))
             elif rule == "topk":
                 if sae.topk_scale is not None:
                     h *= sae.topk_scale
-                out = top_k(h, sae.k)
+                out = top_k(h, given(sae.k))
             else:  # groupmax
-                out = group_max(np.maximum(h, 0, out=h), sae.k)
+                out = group_max(np.maximum(h, 0, out=h), given(sae.k))
         if bad.any():
             out[bad] = np.nan
-        return out.astype(np.float32, copy=False)
+        return np.asarray(out, np.float32)
+
+
+Value = TypeVar("Value")
+
+
+def given(value: Value | None) -> Value:
+    """A parameter of the SAE's rule: every checkpoint reader sets those its rule uses."""
+    assert value is not None, "an SAE without a parameter its rule uses"
+    return value
 
 
 def top_k(h: np.ndarray, k: int) -> np.ndarray:
     """relu of the k largest per row, zeros elsewhere (ties: any k of them, as torch.topk)."""
     n, width = h.shape
     if k == width:
-        return np.maximum(h, 0)
+        return np.asarray(np.maximum(h, 0))
     chosen = np.argpartition(h, width - k, axis=1)[:, width - k :]
     out = np.zeros_like(h)
     rows = np.arange(n)[:, None]
@@ -100,22 +110,31 @@ class TorchEncoder:
     """The same rules with torch on a device; the matrix product in ``compute`` (float32, or
     bf16/fp16 where asked: latents are then rounded to that precision before they are counted)."""
 
-    def __init__(self, sae: Sae, device: object, compute: str = "float32") -> None:
+    def __init__(self, sae: Sae, device: torch.device, compute: str = "float32") -> None:
         import torch
 
-        self.torch, self.sae = torch, sae
-        self.dtype = getattr(torch, compute)
+        self.sae = sae
+        self.dtype: torch.dtype = getattr(torch, compute)
 
-        def put(a: np.ndarray | None, dtype: object = torch.float32) -> object:
-            return None if a is None else torch.tensor(np.asarray(a, np.float32), device=device, dtype=dtype)
+        def put(a: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.tensor(np.asarray(a, np.float32), device=device, dtype=dtype)
 
-        self.weight = put(sae.weight, self.dtype)
-        self.bias, self.center, self.threshold = put(sae.bias), put(sae.center), put(sae.threshold)
-        self.topk_scale, self.mag_scale, self.mag_bias = put(sae.topk_scale), put(sae.mag_scale), put(sae.mag_bias)
+        def put_given(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else put(a)
 
-    def encode(self, x: Any) -> Any:
+        self.weight, self.bias = put(sae.weight, self.dtype), put(sae.bias)
+        self.center, self.threshold = put_given(sae.center), put_given(sae.threshold)
+        self.topk_scale, self.mag_scale, self.mag_bias = (
+            put_given(sae.topk_scale),
+            put_given(sae.mag_scale),
+            put_given(sae.mag_bias),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
         """float32 latents ``[n, d_sae]`` of float32 inputs ``[n, d_in]`` on the device."""
-        torch, sae = self.torch, self.sae
+        import torch
+
+        sae = self.sae
         bad = torch.isnan(x).any(dim=1)
         if sae.scale is not None:
             x = x * sae.scale
@@ -130,7 +149,7 @@ class TorchEncoder:
         rule = sae.rule
         if rule == "gated":
             gate = (h + self.bias) > 0
-            out = torch.where(gate, torch.relu(h * self.mag_scale + self.mag_bias), 0.0)
+            out = torch.where(gate, torch.relu(h * given(self.mag_scale) + given(self.mag_bias)), 0.0)
         else:
             h = h + self.bias
             if rule in ("relu", "tanh-relu"):
@@ -138,19 +157,20 @@ class TorchEncoder:
                 if rule == "tanh-relu":
                     out = torch.tanh(out)
             elif rule == "jumprelu":
-                out = torch.where(h > self.threshold, torch.relu(h), 0.0)
+                out = torch.where(h > given(self.threshold), torch.relu(h), 0.0)
             elif rule == "threshold":
                 r = torch.relu(h)
-                out = torch.where(r > self.threshold[0], r, 0.0)
+                out = torch.where(r > given(self.threshold)[0], r, 0.0)
             elif rule == "topk":
                 if self.topk_scale is not None:
                     h = h * self.topk_scale
-                top = torch.topk(h, sae.k, dim=-1, sorted=False)
+                top = torch.topk(h, given(sae.k), dim=-1, sorted=False)
                 out = torch.zeros_like(h).scatter_(-1, top.indices, torch.relu(top.values))
             else:
                 r = torch.relu(h)
-                best = r.unflatten(-1, (sae.k, -1)).max(dim=-1)
-                offsets = torch.arange(0, sae.d_sae, sae.d_sae // sae.k, device=h.device)
+                k = given(sae.k)
+                best = r.reshape(*r.shape[:-1], k, -1).max(dim=-1)
+                offsets = torch.arange(0, sae.d_sae, sae.d_sae // k, device=h.device)
                 out = torch.zeros_like(h).scatter_(-1, best.indices + offsets, best.values)
         if self.dtype != torch.float32:
             out = out.to(self.dtype).float()

@@ -21,13 +21,13 @@ def read(folder: Path) -> Sae:
     """The SAE of a SAELens checkpoint folder (``cfg.json``, ``sae_weights.safetensors``)."""
     cfg_path = folder / "cfg.json"
     cfg = read_json(cfg_path)
-    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    metadata: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
     # SAELens < 6 kept the hook at the top level ("hook_name", older "hook_point") and named no
     # architecture (standard, or topk through activation_fn); 6.x keeps it under "metadata".
     hook = metadata.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     architecture = cfg.get("architecture", "standard")
     activation = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu")) or "relu"
-    kwargs = cfg.get("activation_fn_kwargs") if isinstance(cfg.get("activation_fn_kwargs"), dict) else {}
+    kwargs: dict[str, Any] = cfg["activation_fn_kwargs"] if isinstance(cfg.get("activation_fn_kwargs"), dict) else {}
     if "architecture" not in cfg and activation == "topk" and kwargs.get("k") is not None:
         architecture = "topk"
     d_in, d_sae = whole(cfg_path, cfg, "d_in"), whole(cfg_path, cfg, "d_sae")
@@ -70,9 +70,11 @@ def read(folder: Path) -> Sae:
         return Sae(**common, rule="gated", weight=w_enc, bias=b_gate, mag_scale=np.exp(r_mag), mag_bias=b_mag)
     (b_enc,) = weights(weights_path, tensors, {"b_enc": (d_sae,)})
     if architecture == "standard":
-        if activation not in ("relu", "tanh-relu"):
-            raise BadInput(cfg_path, f"activation_fn {activation!r}: nact encodes relu and tanh-relu standard SAEs")
-        return Sae(**common, rule=activation, weight=w_enc, bias=b_enc)
+        if activation == "relu":
+            return Sae(**common, rule="relu", weight=w_enc, bias=b_enc)
+        if activation == "tanh-relu":
+            return Sae(**common, rule="tanh-relu", weight=w_enc, bias=b_enc)
+        raise BadInput(cfg_path, f"activation_fn {activation!r}: nact encodes relu and tanh-relu standard SAEs")
     if architecture in ("jumprelu", "batchtopk", "matryoshka_batchtopk"):
         threshold = _threshold(weights_path, tensors, d_sae)
         return Sae(**common, rule="jumprelu", weight=w_enc, bias=b_enc, threshold=threshold)
@@ -94,9 +96,9 @@ def _threshold(weights_path: Path, tensors: Tensors, d_sae: int) -> np.ndarray:
     if "threshold" in tensors:
         return weights(weights_path, tensors, {"threshold": (d_sae,)})[0]
     if "log_threshold" in tensors:
-        return np.exp(weights(weights_path, tensors, {"log_threshold": (d_sae,)})[0]).astype(np.float32)
+        return np.asarray(np.exp(weights(weights_path, tensors, {"log_threshold": (d_sae,)})[0]), np.float32)
     if "topk_threshold" in tensors and tensors["topk_threshold"].size == 1:
-        return np.full(d_sae, tensors["topk_threshold"].reshape(()), np.float32)
+        return np.full(d_sae, float(tensors["topk_threshold"].reshape(())), np.float32)
     raise BadInput(weights_path, "has no tensor 'threshold' (nor 'log_threshold')")
 
 

@@ -18,21 +18,22 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..dtypes import ARROW_NAMES, ITEMSIZE, UNSIGNED_VIEW
 from ..errors import BadInput, NactError, first_line
-from ..remote.objects import each
+from ..remote.objects import RemotePath, each
 from . import arrow_remote
-from .base import BATCHES, MAPPED, TensorEntry, TensorSlab, drop_pages, is_remote, mapped_chunks
+from .base import BATCHES, MAPPED, ShardPath, TensorEntry, TensorSlab, drop_pages, mapped_chunks
 
 FORMAT = "arrow"
 FORMATS = (FORMAT,)
 SUFFIXES = {".arrow": FORMAT}
 
 
-def _pyarrow() -> object:
+def _pyarrow() -> Any:
     try:
         import pyarrow
         import pyarrow.ipc
@@ -41,7 +42,7 @@ def _pyarrow() -> object:
     return pyarrow
 
 
-def dataset_files(folder: Path) -> list[Path] | None:
+def dataset_files(folder: ShardPath) -> list[ShardPath] | None:
     """The data files a saved ``datasets`` folder lists in ``state.json``, or None."""
     state = folder / "state.json"
     if not state.is_file():
@@ -62,21 +63,21 @@ def dataset_files(folder: Path) -> list[Path] | None:
     return files
 
 
-def _fixed_shape(arrow_type: object) -> tuple[int, int] | None:
+def _fixed_shape(arrow_type: Any) -> tuple[int, int] | None:
     """``(context, width)`` when ``arrow_type`` is a fixed-size list of fixed-size lists (datasets'
     Array2D storage): the shape is in the schema, and no row has to be read to know it."""
     pa = _pyarrow()
     t = getattr(arrow_type, "storage_type", arrow_type)
     shape = []
     for _ in range(2):
-        if not pa.types.is_fixed_size_list(t):  # type: ignore[attr-defined]
+        if not pa.types.is_fixed_size_list(t):
             return None
-        shape.append(t.list_size)  # type: ignore[attr-defined]
-        t = t.value_type  # type: ignore[attr-defined]
+        shape.append(t.list_size)
+        t = t.value_type
     return shape[0], shape[1]
 
 
-def _batches(path: Path, drop_behind: bool = False) -> Iterator[tuple[object, int, int]]:
+def _batches(path: ShardPath, drop_behind: bool = False) -> Iterator[tuple[Any, int, int]]:
     """The record batches of an Arrow file, as zero-copy views of a read-only memory map, each
     with the map's address and size (where the file's bytes lie in memory). ``drop_behind``:
     once the caller is done with a batch, the pages read so far leave the process
@@ -88,58 +89,58 @@ def _batches(path: Path, drop_behind: bool = False) -> Iterator[tuple[object, in
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        whole = pa.py_buffer(mapped if mapped is not None else b"")  # type: ignore[attr-defined]
-        source = pa.BufferReader(whole)  # type: ignore[attr-defined]
+        whole = pa.py_buffer(mapped if mapped is not None else b"")
+        source = pa.BufferReader(whole)
         try:
-            reader = pa.ipc.open_stream(source)  # type: ignore[attr-defined]
-        except pa.ArrowInvalid:  # type: ignore[attr-defined]
+            reader = pa.ipc.open_stream(source)
+        except pa.ArrowInvalid:
             source.seek(0)
-            file_reader = pa.ipc.open_file(source)  # type: ignore[attr-defined]
+            file_reader = pa.ipc.open_file(source)
             reader = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
         dropped = 0
         for batch in reader:
             # lengths and offsets checked against the buffers before any kernel reads them: a
             # corrupt batch is an error here, not an abort inside pyarrow later. Without offsets
             # (only fixed-size lists and primitives) the cheap check of buffer sizes is complete.
-            fixed = all(_fixed_shape(f.type) is not None or not _is_nested(f.type) for f in batch.schema)  # type: ignore[attr-defined]
-            batch.validate(full=not fixed)  # type: ignore[attr-defined]
+            fixed = all(_fixed_shape(f.type) is not None or not _is_nested(f.type) for f in batch.schema)
+            batch.validate(full=not fixed)
             yield batch, whole.address, whole.size
             if drop_behind:
                 dropped = drop_pages(mapped, source.tell(), dropped)
-    except (pa.ArrowException, OSError, ValueError) as e:  # type: ignore[attr-defined]
+    except (pa.ArrowException, OSError, ValueError) as e:
         raise BadInput(path, f"not a readable Arrow file: {first_line(e)}") from None
 
 
-def _is_nested(arrow_type: object) -> bool:
+def _is_nested(arrow_type: Any) -> bool:
     pa = _pyarrow()
     t = getattr(arrow_type, "storage_type", arrow_type)
-    return bool(pa.types.is_nested(t))  # type: ignore[attr-defined]
+    return bool(pa.types.is_nested(t))
 
 
-def _storage(column: object) -> object:
+def _storage(column: Any) -> Any:
     return getattr(column, "storage", column)  # extension arrays (datasets' Array2D) wrap lists
 
 
-def _nested_float(arrow_type: object) -> str | None:
+def _nested_float(arrow_type: Any) -> str | None:
     """The dtype name when ``arrow_type`` is a list of lists of floats."""
     pa = _pyarrow()
     t = getattr(arrow_type, "storage_type", arrow_type)
     for _ in range(2):
-        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):  # type: ignore[attr-defined]
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
             return None
-        t = t.value_type  # type: ignore[attr-defined]
+        t = t.value_type
     return ARROW_NAMES.get(str(t))
 
 
-def _values(path: Path, name: str, column: object) -> tuple[np.ndarray, int, int]:
+def _values(path: ShardPath, name: str, column: Any) -> tuple[np.ndarray, int, int]:
     """The flat raw bits of a batch's column, with its context size and width, checked."""
     outer = _storage(column)
-    if outer.null_count:  # type: ignore[attr-defined]
+    if outer.null_count:
         raise BadInput(path, f"column {name!r} has null rows")
     inner = _flat(outer)
-    if len(outer) == 0:  # type: ignore[arg-type]
+    if len(outer) == 0:
         return np.empty(0), 0, 0
-    fixed = _fixed_shape(outer.type)  # type: ignore[attr-defined]
+    fixed = _fixed_shape(outer.type)
     if fixed is not None:
         shape = list(fixed)
     else:  # lists of any length: every row's lengths checked
@@ -149,53 +150,53 @@ def _values(path: Path, name: str, column: object) -> tuple[np.ndarray, int, int
                 raise BadInput(path, f"column {name!r} has rows of different shapes")
             shape.append(lo)
     values = _flat(inner)
-    if inner.null_count or values.null_count:  # type: ignore[attr-defined]
+    if inner.null_count or values.null_count:
         raise BadInput(path, f"column {name!r} has null values")
     return _numpy_view(values), shape[0], shape[1]
 
 
-def _offsets(array: object) -> np.ndarray:
+def _offsets(array: Any) -> np.ndarray:
     """Where each row of a variable-size list array starts in its values, and where the last
     ends (the batch was validated: they rise and stay within the values)."""
-    width = 8 if "large" in str(array.type) else 4  # type: ignore[attr-defined]
-    first, rows = array.offset, len(array)  # type: ignore[attr-defined, arg-type]
-    return np.frombuffer(array.buffers()[1], dtype=f"<i{width}", count=first + rows + 1)[first:]  # type: ignore[attr-defined]
+    width = 8 if "large" in str(array.type) else 4
+    first, rows = array.offset, len(array)
+    return np.frombuffer(array.buffers()[1], dtype=f"<i{width}", count=first + rows + 1)[first:]
 
 
-def _lengths(array: object) -> tuple[int, int]:
+def _lengths(array: Any) -> tuple[int, int]:
     """The shortest and longest list of a list array, ``(0, 0)`` if it has none."""
-    size = getattr(array.type, "list_size", None)  # type: ignore[attr-defined]
+    size = getattr(array.type, "list_size", None)
     if size is not None:
         return size, size
-    if not len(array):  # type: ignore[arg-type]
+    if not len(array):
         return 0, 0
     lengths = np.diff(_offsets(array))
     return int(lengths.min()), int(lengths.max())
 
 
-def _flat(array: object) -> object:
+def _flat(array: Any) -> Any:
     """The values of a list array's rows, in order. (pyarrow's ``flatten`` and
     ``list_value_length`` would say the same, but import pyarrow.compute: 70 ms.)"""
-    size = getattr(array.type, "list_size", None)  # type: ignore[attr-defined]
+    size = getattr(array.type, "list_size", None)
     if size is not None:
-        first, count = array.offset * size, len(array) * size  # type: ignore[attr-defined, arg-type]
+        first, count = array.offset * size, len(array) * size
     else:
-        offsets = _offsets(array) if len(array) else np.zeros(1, np.int64)  # type: ignore[arg-type]
+        offsets = _offsets(array) if len(array) else np.zeros(1, np.int64)
         first, count = int(offsets[0]), int(offsets[-1] - offsets[0])
-    return array.values.slice(first, count)  # type: ignore[attr-defined]
+    return array.values.slice(first, count)
 
 
-def _numpy_view(values: object) -> np.ndarray:
+def _numpy_view(values: Any) -> np.ndarray:
     """The raw bits of a primitive Arrow float array as a numpy view of its data buffer (no copy,
     and not through ``Array.to_numpy``, which may import pandas)."""
-    dtype = UNSIGNED_VIEW[ITEMSIZE[ARROW_NAMES[str(values.type)]]]  # type: ignore[attr-defined]
-    data = values.buffers()[1]  # type: ignore[attr-defined]
-    offset, length = values.offset, len(values)  # type: ignore[attr-defined, arg-type]
+    dtype = UNSIGNED_VIEW[ITEMSIZE[ARROW_NAMES[str(values.type)]]]
+    data = values.buffers()[1]
+    offset, length = values.offset, len(values)
     return np.frombuffer(data, dtype=dtype, count=offset + length)[offset:]
 
 
 @contextmanager
-def _reading(path: Path) -> Iterator[None]:
+def _reading(path: ShardPath) -> Iterator[None]:
     """Whatever pyarrow raises on a corrupt file (schema names that are not UTF-8, ...) is
     BadInput naming the file."""
     try:
@@ -206,14 +207,14 @@ def _reading(path: Path) -> Iterator[None]:
         raise BadInput(path, f"not a readable Arrow file: {first_line(e)}") from None
 
 
-def entries(paths: list[Path]) -> list[TensorEntry]:
-    remote = [p for p in paths if is_remote(p)]
+def entries(paths: list[ShardPath]) -> list[TensorEntry]:
+    remote = [p for p in paths if isinstance(p, RemotePath)]
     if remote:  # the files' message headers are read one after another: the files at once
         _pyarrow()
         each(remote, arrow_remote.entries)
     out = []
     for path in paths:
-        if is_remote(path):  # planned from the messages' metadata (arrow_remote)
+        if isinstance(path, RemotePath):  # planned from the messages' metadata (arrow_remote)
             _pyarrow()
             out += arrow_remote.entries(path)
             continue
@@ -222,19 +223,19 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
     return out
 
 
-def _file_entries(path: Path) -> list[TensorEntry]:
+def _file_entries(path: ShardPath) -> list[TensorEntry]:
     """A float column's values lie in the file, a run of rows per record batch: the entry is
     mapped from ``regions``, windows of it counted in parallel. Where they do not (a compressed
     file: pyarrow decompresses each batch) it is read batch by batch (``BATCHES``)."""
     out = []
-    columns: dict[str, list] = {}
+    columns: dict[str, list[Any]] = {}  # name -> [dtype, rows, (context, width)]
     regions: dict[str, list[tuple[int, int]] | None] = {}
     for batch, base, size in _batches(path):
-        names = batch.schema.names  # type: ignore[attr-defined]
+        names = batch.schema.names
         if len(set(names)) != len(names):
             twice = sorted({n for n in names if names.count(n) > 1})
             raise BadInput(path, f"column {twice[0]!r} appears twice: which one is the hook is unknown")
-        for field, column in zip(batch.schema, batch.columns):  # type: ignore[attr-defined]
+        for field, column in zip(batch.schema, batch.columns):
             dtype = _nested_float(field.type)
             if dtype is None:
                 continue
@@ -285,7 +286,7 @@ def _column_chunks(slab: TensorSlab) -> Iterator[np.ndarray]:
     width = slab.width
     unsigned = UNSIGNED_VIEW[slab.row_bytes // width]
     for batch, _, _ in _batches(slab.path, drop_behind=True):
-        column = batch.column(slab.entry.member)  # type: ignore[attr-defined]
+        column = batch.column(slab.entry.member)
         values, _, _ = _values(slab.path, slab.key, column)
         if values.size:
             yield values.view(unsigned).reshape(-1, width)

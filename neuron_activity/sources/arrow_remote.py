@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,17 +53,17 @@ class _Table:
 
     def _field(self, i: int) -> int:
         at = 4 + 2 * i
-        return struct.unpack_from("<H", self.buf, self.vtable + at)[0] if at < self.vsize else 0
+        return int(struct.unpack_from("<H", self.buf, self.vtable + at)[0]) if at < self.vsize else 0
 
     def scalar(self, i: int, fmt: str, default: int = 0) -> int:
         off = self._field(i)
-        return struct.unpack_from(fmt, self.buf, self.pos + off)[0] if off else default
+        return int(struct.unpack_from(fmt, self.buf, self.pos + off)[0]) if off else default
 
     def _target(self, i: int) -> int | None:
         off = self._field(i)
         if not off:
             return None
-        return self.pos + off + struct.unpack_from("<I", self.buf, self.pos + off)[0]
+        return self.pos + off + int(struct.unpack_from("<I", self.buf, self.pos + off)[0])
 
     def table(self, i: int) -> _Table | None:
         at = self._target(i)
@@ -87,7 +87,7 @@ def _message(buf: bytes) -> tuple[int, _Table | None, int]:
 # --- layouts ------------------------------------------------------------------------------------
 
 
-def _counts(t: object) -> tuple[int, int]:
+def _counts(t: Any) -> tuple[int, int]:
     """Field nodes and buffers an array of Arrow type ``t`` takes in a record batch."""
     import pyarrow as pa
 
@@ -113,7 +113,7 @@ def _counts(t: object) -> tuple[int, int]:
     raise Unsupported(f"a column of type {t}")
 
 
-def _float_lists(t: object) -> tuple[str, list[int]] | None:
+def _float_lists(t: Any) -> tuple[str, list[int]] | None:
     """``(dtype, levels)`` of a list of lists of floats (fixed-size or not, as datasets' Array2D
     stores it): each level is its fixed size, or 0 for a list with offsets (4 bytes; 8 large)."""
     import pyarrow as pa
@@ -145,12 +145,12 @@ def _read(path: RemotePath, start: int, stop: int) -> bytes:
 GUESS = 4096  # a message's metadata is read with its prefix when it is at most this long
 
 
-def plan(path: Path) -> dict[str, Column]:
+def plan(path: RemotePath) -> dict[str, Column]:
     """The float hook columns of a remote Arrow stream, from its messages' metadata (and, for
     lists with offsets, their offsets) only."""
-    planned = current().plans.get(str(path))  # planned in parallel by arrow_files.entries
+    planned: dict[str, Column] | None = current().plans.get(str(path))  # planned in parallel by arrow_files.entries
     if planned is not None:
-        return planned  # type: ignore[no-any-return]
+        return planned
     import pyarrow as pa  # the Arrow extra: only Arrow caches need it
 
     size = info(path).size
@@ -183,12 +183,12 @@ def plan(path: Path) -> dict[str, Column]:
                 raise BadInput(path, f"column {twice[0]!r} appears twice: which one is the hook is unknown")
             node = buffer = 0
             for field in schema:
-                nodes, buffers = _counts(field.type)
+                node_count, buffer_count = _counts(field.type)
                 lists = _float_lists(field.type)
                 layout.append((field.name, lists, node, buffer))
                 if lists is not None:
                     found[field.name] = _Found(lists[0])
-                node, buffer = node + nodes, buffer + buffers
+                node, buffer = node + node_count, buffer + buffer_count
         elif kind == RECORD_BATCH and table is not None:
             if schema is None:
                 raise BadInput(path, "not a readable Arrow stream: a record batch before the schema")
@@ -222,19 +222,19 @@ class _Found:
 
     def add(
         self,
-        path: Path,
+        path: RemotePath,
         name: str,
         rows: int,
         levels: list[int],
-        nodes: list,
-        buffers: list,
+        nodes: list[tuple[int, ...]],
+        buffers: list[tuple[int, ...]],
         body_start: int,
         body: int,
     ) -> None:
         """One batch: check its nodes and offsets, and keep where its values lie."""
         if len(nodes) < 3 or any(n[1] for n in nodes):
             raise BadInput(path, f"column {name!r} has null rows")
-        at, spans = 0, []  # the buffers of each level: validity [, offsets]; then validity, data
+        at, spans = 0, []  # type: tuple[int, list[tuple[int, ...] | None]]  # the buffers of each level: validity [, offsets]; then validity, data
         for level in levels:
             if level > 0:
                 spans.append(None)
@@ -256,6 +256,7 @@ class _Found:
                 first, count, size = first * level, count * level, level
             else:
                 width = 8 if level < 0 else 4
+                assert span is not None  # a level with offsets has its buffer (checked above)
                 offsets = _offsets(path, span, body_start, body, first, count, width)
                 steps = np.diff(offsets)
                 size = int(steps[0]) if len(steps) else 0
@@ -277,7 +278,7 @@ class _Found:
 
 
 def _offsets(
-    path: Path, span: tuple[int, int], body_start: int, body: int, first: int, count: int, width: int
+    path: RemotePath, span: tuple[int, ...], body_start: int, body: int, first: int, count: int, width: int
 ) -> np.ndarray:
     """Offsets ``first .. first + count`` (inclusive) of a list level, read from its buffer."""
     offset, nbytes = span
@@ -288,7 +289,7 @@ def _offsets(
     return np.frombuffer(raw, dtype="<i8" if width == 8 else "<i4").astype(np.int64)
 
 
-def entries(path: Path) -> list[TensorEntry]:
+def entries(path: RemotePath) -> list[TensorEntry]:
     try:
         columns = plan(path)
     except Unsupported as e:

@@ -22,10 +22,13 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 import numpy as np
 
 from ..dtypes import ITEMSIZE, UNSIGNED_VIEW
+from ..errors import BadInput
 from ..remote.objects import RemoteFile, RemotePath, as_path, read_range
 
 if TYPE_CHECKING:
     from ..dtypes import FireRule
+
+ShardPath = Path | RemotePath  # a shard is a local file or an object of a store
 
 # How an entry's values are stored, which says how the engine reads them.
 MAPPED = "mapped"  # rows lie contiguously at ``offset`` (or in ``regions``): mapped window by window
@@ -46,14 +49,14 @@ class TensorEntry:
     engine then maps them window by window. Otherwise the format's reader streams them.
     """
 
-    path: Path
+    path: ShardPath
     key: str
     dtype: str
     shape: tuple[int, ...]
     format: str
     offset: int | None = None
     member: str | None = None  # npz member, torch dict path, arrow column
-    files: tuple[Path, ...] = ()  # every file of a multi-file entry (a delphi module)
+    files: tuple[ShardPath, ...] = ()  # every file of a multi-file entry (a delphi module)
     file_bytes: tuple[int, ...] = ()  # bytes read from each of ``files``
     note: str | None = None  # shown by inspect and in warnings; never read by code
     storage: str = MAPPED
@@ -89,7 +92,7 @@ class TensorSlab:
     positions: int | None = None  # its rows are sequences of this many positions, when known
 
     @property
-    def path(self) -> Path:
+    def path(self) -> ShardPath:
         return self.entry.path
 
     @property
@@ -137,7 +140,7 @@ class Reader(Protocol):
     FORMATS: tuple[str, ...]
     SUFFIXES: dict[str, str]
 
-    def entries(self, paths: list[Path]) -> list[TensorEntry]: ...
+    def entries(self, paths: list[ShardPath]) -> list[TensorEntry]: ...
 
 
 class DenseReader(Reader, Protocol):
@@ -152,10 +155,10 @@ class SparseReader(Reader, Protocol):
         slab: TensorSlab,
         rule: FireRule,
         track_last: bool = False,
-        files: tuple[Path, ...] | None = None,
+        files: tuple[ShardPath, ...] | None = None,
         native: bool = True,
         skip: tuple[int, ...] = (),
-    ) -> Iterator[tuple[Path, dict, int]]:
+    ) -> Iterator[tuple[ShardPath, dict[str, np.ndarray], int]]:
         """Per chunk of stored entries (of ``files``, default all): the file, its states over the
         whole width (``last_fired`` as stream indices), and the bytes read. ``native``: the C
         kernel may count (else numpy). ``skip``: positions left out of every sequence."""
@@ -185,7 +188,7 @@ def mapped_chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
             yield np.array(mapped[start : start + chunk_rows])
 
 
-def drop_pages(mapped: object, end: int, start: int = 0) -> int:
+def drop_pages(mapped: mmap.mmap | None, end: int, start: int = 0) -> int:
     """Let the pages of ``[start, end)`` of a read-only file mapping leave the process
     (``MADV_DONTNEED``: a file mapping reads them again from the page cache if they are touched
     after), ``end`` rounded down to a page; where the next call may start. Counting that drops
@@ -193,24 +196,27 @@ def drop_pages(mapped: object, end: int, start: int = 0) -> int:
     end -= end % mmap.PAGESIZE
     if mapped is None or not hasattr(mapped, "madvise") or end <= start:
         return start
-    mapped.madvise(mmap.MADV_DONTNEED, start, end - start)  # type: ignore[attr-defined]
+    mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
     return end
 
 
-def is_remote(path: object) -> bool:
-    """Whether ``path`` names an object of a remote store (a ``remote.RemotePath``)."""
-    return isinstance(path, RemotePath)
+def local_file(path: ShardPath) -> Path:
+    """``path`` as a local file, for a reader that reads only local files (planning refuses
+    remote objects of the storage kinds they read: this is the last word on it)."""
+    if isinstance(path, RemotePath):
+        raise BadInput(path, "is read from local files only: download it first")
+    return path
 
 
-def to_path(path: object) -> Path:
+def to_path(path: object) -> ShardPath:
     """An input the library is given: a ``Path`` or ``RemotePath`` as it is; text (or a path-like)
     that is a URL becomes a ``RemotePath``, anything else a ``Path``."""
     if isinstance(path, (Path, RemotePath)):
         return path
-    return as_path(os.fspath(path))
+    return as_path(os.fspath(path))  # type: ignore[call-overload]  # a path-like of the caller's: fspath says if it is not
 
 
-def open_shard(path: Path) -> BinaryIO:
+def open_shard(path: ShardPath) -> BinaryIO:
     """A shard opened for reading its header: the local file, or the remote object through
     range requests. Its size is ``shard_size(f)``."""
     if isinstance(path, RemotePath):
@@ -223,6 +229,6 @@ def shard_size(f: BinaryIO) -> int:
     return int(size) if isinstance(size, int) else os.fstat(f.fileno()).st_size
 
 
-def natural_key(path: Path) -> list[object]:
+def natural_key(path: ShardPath) -> list[object]:
     """Sort key that puts ``2.safetensors`` before ``10.safetensors``."""
     return [int(part) if part.isascii() and part.isdigit() else part for part in _DIGITS.split(str(path))]

@@ -23,9 +23,8 @@ import json
 import math
 import mmap
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -35,7 +34,7 @@ from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
 from ..native import kernels
 from ..remote.objects import RemoteArray, RemotePath
-from .base import SPARSE, TensorEntry, TensorSlab, drop_pages
+from .base import SPARSE, ShardPath, TensorEntry, TensorSlab, drop_pages
 from .safetensors_files import read_header
 
 FORMAT = "delphi"
@@ -58,14 +57,14 @@ def is_split(header: list[TensorEntry]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Split:
-    path: Path
+    path: ShardPath
     start: int  # first latent (inclusive)
     end: int  # last latent (inclusive)
     tensors: dict[str, TensorEntry]
     relative: bool  # locations hold latent - start (splits), or absolute latents (save())
 
 
-def _split(path: Path, num_latents: int | None = None) -> Split:
+def _split(path: ShardPath, num_latents: int | None = None) -> Split:
     tensors = {e.key: e for e in read_header(path)}
     if not is_split(list(tensors.values())):
         raise BadInput(path, "not a delphi cache: needs 'locations' [nnz, 3] and 'activations' [nnz]")
@@ -91,7 +90,7 @@ def _split(path: Path, num_latents: int | None = None) -> Split:
     return Split(path, start, end, tensors, relative)
 
 
-def _config_splits(folder: Path) -> int | None:
+def _config_splits(folder: ShardPath) -> int | None:
     """``n_splits`` from a module's ``config.json``, if it has one."""
     config = folder / "config.json"
     if not config.is_file():
@@ -130,16 +129,16 @@ def _span(a: int, b: int) -> str:
 
 
 def entries(
-    paths: list[Path],
+    paths: list[ShardPath],
     *,
     num_latents: int | None = None,
     num_vectors: int | None = None,
     partial: bool = False,
-    named: frozenset[Path] = frozenset(),
+    named: frozenset[ShardPath] = frozenset(),
 ) -> list[TensorEntry]:
     """One entry per module (or, for a partial module, per run of splits). ``named``: files
     the user named one by one (a choice of splits, so partial)."""
-    modules: dict[Path, list[Path]] = {}
+    modules: dict[ShardPath, list[ShardPath]] = {}
     for path in paths:
         unit = path.parent if SPLIT_NAME.match(path.stem) else path  # a folder of splits, or a whole file
         modules.setdefault(unit, []).append(path)
@@ -186,7 +185,14 @@ def entries(
 
 
 def _entry(
-    unit: Path, key: str, dtype: str, vectors: int, splits: list[Split], first: int, last: int, positions: int | None
+    unit: ShardPath,
+    key: str,
+    dtype: str,
+    vectors: int,
+    splits: list[Split],
+    first: int,
+    last: int,
+    positions: int | None,
 ) -> TensorEntry:
     return TensorEntry(
         unit,
@@ -208,29 +214,39 @@ def first_latent(entry: TensorEntry) -> int:
     return int(entry.member or 0)
 
 
-def _mapped(path: Path, entry: TensorEntry, dtype: type) -> np.ndarray:
-    if math.prod(entry.shape) == 0:
-        return np.empty(entry.shape, dtype)
-    if isinstance(path, RemotePath):  # chunks of entries fetched by range requests as the loop slices them
-        return RemoteArray(path, entry.offset or 0, entry.shape, dtype)  # type: ignore[return-value]
-    return np.memmap(path, dtype=dtype, mode="r", offset=entry.offset, shape=entry.shape)
+class _Column:
+    """An entry's column: mapped from a file (its pages dropped behind the loop), or fetched by
+    range requests from an object as the loop slices it."""
 
+    def __init__(self, path: ShardPath, entry: TensorEntry, dtype: type) -> None:
+        self.map: mmap.mmap | None = None
+        self.offset = entry.offset or 0
+        self.rows: np.ndarray | RemoteArray
+        if math.prod(entry.shape) == 0:
+            self.rows = np.empty(entry.shape, dtype)
+        elif isinstance(path, RemotePath):
+            self.rows = RemoteArray(path, self.offset, entry.shape, dtype)
+        else:
+            with open(path, "rb") as f:
+                self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            count = math.prod(entry.shape)
+            self.rows = np.frombuffer(self.map, dtype=dtype, count=count, offset=self.offset).reshape(entry.shape)
+        self.row_bytes = math.prod(entry.shape[1:]) * np.dtype(dtype).itemsize
 
-def _drop_behind(array: np.ndarray, rows: int) -> None:
-    """Let the pages of a mapped array's first ``rows`` rows leave the process (``drop_pages``)."""
-    if rows and getattr(array, "_mmap", None) is not None:
-        start = array.offset % mmap.ALLOCATIONGRANULARITY  # type: ignore[attr-defined]  # where the array begins in the map
-        drop_pages(array._mmap, start + rows * (array.nbytes // max(len(array), 1)))  # type: ignore[attr-defined]
+    def drop_behind(self, rows: int) -> None:
+        """Let the pages of the first ``rows`` rows leave the process (``drop_pages``)."""
+        if rows and self.map is not None:
+            drop_pages(self.map, self.offset + rows * self.row_bytes)
 
 
 def count(
     slab: TensorSlab,
     rule: FireRule,
     track_last: bool = False,
-    files: tuple[Path, ...] | None = None,
+    files: tuple[ShardPath, ...] | None = None,
     native: bool = True,
     skip: tuple[int, ...] = (),
-) -> Iterator[tuple[Path, States, int]]:
+) -> Iterator[tuple[ShardPath, States, int]]:
     """Per chunk of a split (of ``files``, default all the entry's): its path, states over the
     entry's latents (the last fired as a vector index ``batch * positions + position``), and the
     bytes read. Only the latent column is decoded; batch and position columns are only range
@@ -252,11 +268,12 @@ def count(
             )
         kept_before = None
         if skip:
-            keep_position = np.ones(positions, bool)  # type: ignore[arg-type]
+            keep_position = np.ones(positions or 0, np.bool_)
             keep_position[list(skip)] = False
             kept_before = np.concatenate([[0], np.cumsum(keep_position)])
-        locations = _mapped(path, split.tensors["locations"], INTEGER_FORMATS[split.tensors["locations"].dtype])
-        bits = _mapped(path, split.tensors["activations"], rule.unsigned)
+        location_column = _Column(path, split.tensors["locations"], INTEGER_FORMATS[split.tensors["locations"].dtype])
+        bits_column = _Column(path, split.tensors["activations"], rule.unsigned)
+        locations, bits = location_column.rows, bits_column.rows
         first = split.start if split.relative else 0  # the latent that raw index 0 names
         span = split.end - first + 1  # raw indices 0 .. span - 1 are this file's latents
         offset = first - base  # where raw index 0 lands in the entry's width
@@ -290,8 +307,8 @@ def count(
                 if bad < 0:
                     states = {"fire_counts": _placed(fired, offset, width), "nan_counts": _placed(nan, offset, width)}
                     del a, where
-                    _drop_behind(bits, lo + ENTRIES_PER_CHUNK)
-                    _drop_behind(locations, lo + ENTRIES_PER_CHUNK)
+                    bits_column.drop_behind(lo + ENTRIES_PER_CHUNK)
+                    location_column.drop_behind(lo + ENTRIES_PER_CHUNK)
                     yield path, states, nbytes
                     continue
                 # an entry out of range: the checks below name it
@@ -327,26 +344,28 @@ def count(
             if track_last:
                 hit = where[fires]
                 if kept_before is None:
-                    vectors = hit[:, 0].astype(np.int64) * positions + hit[:, 1]
+                    vectors = hit[:, 0].astype(np.int64) * (positions or 0) + hit[:, 1]
                 else:
                     vectors = hit[:, 0].astype(np.int64) * int(kept_before[-1]) + kept_before[hit[:, 1]]
                 last = np.full(width, -1, np.int64)
                 np.maximum.at(last, hit[:, 2].astype(np.int64) + offset, vectors)
                 states["last_fired"] = last
             yield path, states, nbytes
-            _drop_behind(bits, lo + ENTRIES_PER_CHUNK)
-            _drop_behind(locations, lo + ENTRIES_PER_CHUNK)
-        del locations, bits
+            bits_column.drop_behind(lo + ENTRIES_PER_CHUNK)
+            location_column.drop_behind(lo + ENTRIES_PER_CHUNK)
+        del locations, bits, location_column, bits_column
 
 
 LOCATION_CODES = {("u", 2): "H", ("u", 4): "I", ("i", 4): "i", ("i", 8): "q"}  # the kernel's location types
 
 
-def _native_counter(locations: np.ndarray, bits: np.ndarray, track_last: bool) -> object | None:
+def _native_counter(
+    locations: np.ndarray | RemoteArray, bits: np.ndarray | RemoteArray, track_last: bool
+) -> Callable[..., int] | None:
     """The C kernel's sparse count, where it takes these columns (uint16, uint32, int32 or int64
     locations, 16- or 32-bit values; not when the last vector that fired is tracked),
     else None."""
-    counter = getattr(kernels, "count_sparse", None)
+    counter: Callable[..., int] | None = getattr(kernels, "count_sparse", None)
     kind = (locations.dtype.kind, locations.itemsize)
     if counter is None or track_last or kind not in LOCATION_CODES or bits.itemsize not in (2, 4):
         return None

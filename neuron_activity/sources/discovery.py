@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 from ..errors import BadInput, BadOption, MixedFormats
-from ..remote.objects import current, prefetch_heads
+from ..remote.objects import RemotePath, current, prefetch_heads
 from . import arrow_files
-from .base import is_remote, natural_key
+from .base import ShardPath, natural_key
 from .registry import INPUT_FORMATS, READERS, REMOTE_FORMATS, SUFFIX_FORMATS, detect
 from .safetensors_files import is_counts_file
 
@@ -17,7 +17,9 @@ from .safetensors_files import is_counts_file
 class Shards(dict):  # type: ignore[type-arg]
     """Shard files and their formats, in natural path order, with notes on what was skipped."""
 
-    def __init__(self, items: dict[Path, str], notes: list[str] | None = None, named: set[Path] | None = None) -> None:
+    def __init__(
+        self, items: dict[ShardPath, str], notes: list[str] | None = None, named: set[ShardPath] | None = None
+    ) -> None:
         super().__init__(items)
         self.notes = list(notes or [])
         self.named = frozenset(named or ())  # files named one by one, not found in a folder
@@ -30,7 +32,7 @@ SAE_CHECKPOINTS = {
 }
 
 
-def sae_checkpoint(path: Path) -> str | None:
+def sae_checkpoint(path: ShardPath) -> str | None:
     """What kind of SAE file ``path`` is (weights or sparsity, not activations), or None."""
     kind = SAE_CHECKPOINTS.get(path.name)
     if kind is None:
@@ -40,11 +42,11 @@ def sae_checkpoint(path: Path) -> str | None:
     return None
 
 
-def _refuse_sae(path: Path, kind: str) -> BadInput:
+def _refuse_sae(path: ShardPath, kind: str) -> BadInput:
     return BadInput(path, f"{kind}, not activations: scan the cache of activations the SAE reads")
 
 
-def discover(paths: list[Path], input_format: str | None = None) -> Shards:
+def discover(paths: list[ShardPath], input_format: str | None = None) -> Shards:
     """Shard files under ``paths`` with their formats, in natural path order.
 
     Directories are searched recursively for files nact can read; hidden files and folders
@@ -55,14 +57,14 @@ def discover(paths: list[Path], input_format: str | None = None) -> Shards:
     """
     if input_format is not None and input_format not in READERS:
         raise BadOption("input_format", input_format, f"is not a format: use {', '.join(INPUT_FORMATS)}")
-    found: dict[Path, str] = {}
+    found: dict[ShardPath, str] = {}
     notes: list[str] = []
-    named: set[Path] = set()
-    remote = [p for p in paths if is_remote(p)]
+    named: set[ShardPath] = set()
+    remote = [p for p in paths if isinstance(p, RemotePath)]
     if remote and len(remote) < len(paths):
         raise BadInput(remote[0], "remote objects and local files cannot be scanned together: give one kind")
     for path in paths:
-        if is_remote(path):
+        if isinstance(path, RemotePath):
             _discover_remote(path, input_format, found, notes, named)
         elif path.is_dir():
             try:
@@ -76,8 +78,8 @@ def discover(paths: list[Path], input_format: str | None = None) -> Shards:
                 if not formats and other:
                     raise BadInput(path, f"no {input_format} shards found (it holds {', '.join(other)} files)")
             if not formats:
-                kind = f"{input_format} " if input_format else ""
-                raise BadInput(path, f"no {kind}shards found ({', '.join(sorted(SUFFIX_FORMATS))} files)")
+                wanted = f"{input_format} " if input_format else ""
+                raise BadInput(path, f"no {wanted}shards found ({', '.join(sorted(SUFFIX_FORMATS))} files)")
             found.update(formats)
             notes += _skipped(path, hidden, "file(s) or folder(s)", counts, "file(s)")
         elif path.is_file():
@@ -86,7 +88,7 @@ def discover(paths: list[Path], input_format: str | None = None) -> Shards:
             kind = sae_checkpoint(path)
             if kind is not None:
                 raise _refuse_sae(path, kind)
-            found[path] = input_format or detect(path)
+            found[path] = input_format if input_format is not None else detect(path)
             named.add(path)
         elif path.exists():
             raise BadInput(path, "not a regular file or directory")
@@ -99,7 +101,7 @@ def discover(paths: list[Path], input_format: str | None = None) -> Shards:
 
 
 def _discover_remote(
-    path: Path, input_format: str | None, found: dict[Path, str], notes: list[str], named: set[Path]
+    path: RemotePath, input_format: str | None, found: dict[ShardPath, str], notes: list[str], named: set[ShardPath]
 ) -> None:
     """The remote twin of a folder search: ``path`` is an object, or a prefix listed as a folder
     (natural order, hidden objects skipped, saved counts skipped, SAE checkpoints refused)."""
@@ -107,9 +109,9 @@ def _discover_remote(
     alone = objects == [path]
     prefetch_heads([o for o in objects if alone or o.suffix in SUFFIX_FORMATS])
     names = set(objects)
-    formats: dict[Path, str] = {}
-    counts: list[Path] = []
-    datasets: dict[Path, list[Path] | None] = {}
+    formats: dict[ShardPath, str] = {}
+    counts: list[ShardPath] = []
+    datasets: dict[ShardPath, list[ShardPath] | None] = {}
     for obj in objects:
         kind = SAE_CHECKPOINTS.get(obj.name)
         if kind and (obj.name == "sparsity.safetensors" or obj.parent / "cfg.json" in names):
@@ -144,7 +146,7 @@ def _discover_remote(
     notes += _skipped(path, hidden, "object(s)", counts, "object(s)")
 
 
-def _skipped(path: Path, hidden: int, hidden_things: str, counts: list[Path], count_things: str) -> list[str]:
+def _skipped(path: ShardPath, hidden: int, hidden_things: str, counts: list[ShardPath], count_things: str) -> list[str]:
     """The notes of a folder (or prefix) search: hidden entries and saved counts left out."""
     notes = []
     if hidden:
@@ -155,13 +157,13 @@ def _skipped(path: Path, hidden: int, hidden_things: str, counts: list[Path], co
     return notes
 
 
-def _files_under(folder: Path) -> tuple[list[Path], int, list[Path]]:
+def _files_under(folder: ShardPath) -> tuple[list[ShardPath], int, list[ShardPath]]:
     """Readable files under ``folder``, the number of hidden entries skipped, and the saved
     counts skipped. Unreadable sub-folders are errors, not skipped."""
-    files: list[Path] = []
+    files: list[ShardPath] = []
     hidden = 0
-    counts: list[Path] = []
-    listed: dict[Path, set[Path] | None] = {}
+    counts: list[ShardPath] = []
+    listed: dict[ShardPath, set[ShardPath] | None] = {}
 
     def fail(error: OSError) -> None:
         raise error

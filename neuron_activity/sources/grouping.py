@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .base import ShardPath
+
 GROUPINGS = ("auto", "key", "file", "folder")
 GENERIC_KEYS = frozenset({"activations", "arr_0", ""})
 FILE_KEY = "activations"  # the key of a single-array file named only by a number
@@ -89,16 +91,16 @@ def is_numbered_folder(name: str) -> bool:
     if name.isdigit():
         return True
     match = _TRAILING_NUMBER.match(name)
-    return bool(match) and match.group(1).rstrip("-_.").lower() in SHARD_WORDS
+    return match is not None and match.group(1).rstrip("-_.").lower() in SHARD_WORDS
 
 
-def common_folder(files: list[Path]) -> Path:
+def common_folder(files: list[ShardPath]) -> ShardPath:
     """The deepest folder that holds every file."""
     parents = [str(p.parent.absolute()) for p in files]
     return type(files[0])(os.path.commonpath(parents)) if parents else Path(".")
 
 
-def scope(file: Path, root: Path, grouping: str) -> str:
+def scope(file: ShardPath, root: ShardPath, grouping: str) -> str:
     """The folder part of a component's name for ``file``: its folders below ``root``, less
     numbered shard folders (``auto``); all of them (``folder``, ``file``); none (``key``)."""
     if grouping == "key":
@@ -112,7 +114,7 @@ def scope(file: Path, root: Path, grouping: str) -> str:
     return "/".join(parts)
 
 
-def component_name(key: str, file: Path, root: Path, grouping: str, whole_file: bool) -> str:
+def component_name(key: str, file: ShardPath, root: ShardPath, grouping: str, whole_file: bool) -> str:
     """The name of the component that ``key`` in ``file`` belongs to. ``whole_file``: the key
     was made from the file's name (a single-array file)."""
     if grouping == "file":

@@ -11,14 +11,13 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
 from ..dtypes import NUMPY_NAMES, UNSIGNED_VIEW
 from ..errors import BadInput, first_line
-from .base import COMPRESSED, FORTRAN, SWAPPED, TensorEntry, TensorSlab, open_shard, shard_size
+from .base import COMPRESSED, FORTRAN, SWAPPED, ShardPath, TensorEntry, TensorSlab, local_file, open_shard, shard_size
 
 NPY, NPZ = "npy", "npz"
 FORMATS = (NPY, NPZ)
@@ -26,7 +25,7 @@ SUFFIXES = {".npy": NPY, ".npz": NPZ}
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then file name and extra field lengths
 
 
-def read_npy_header(f: BinaryIO, path: Path, what: str = "") -> tuple[str, tuple[int, ...], bool, bool]:
+def read_npy_header(f: IO[bytes], path: ShardPath, what: str = "") -> tuple[str, tuple[int, ...], bool, bool]:
     """dtype name, shape, Fortran order and big-endianness of the ``.npy`` stream ``f``, left at
     the data."""
     try:
@@ -53,7 +52,7 @@ def _big_endian(entry: TensorEntry) -> TensorEntry:
     return replace(entry, byteswap=True, storage=storage, note=", ".join(filter(None, [entry.note, "big-endian"])))
 
 
-def npy_entries(path: Path) -> list[TensorEntry]:
+def npy_entries(path: ShardPath) -> list[TensorEntry]:
     try:
         with open_shard(path) as f:
             dtype, shape, fortran, swapped = read_npy_header(f, path)
@@ -69,7 +68,7 @@ def npy_entries(path: Path) -> list[TensorEntry]:
     return [_big_endian(entry) if swapped else entry]
 
 
-def npz_entries(path: Path) -> list[TensorEntry]:
+def npz_entries(path: ShardPath) -> list[TensorEntry]:
     import zipfile  # .npz files only
 
     out = []
@@ -94,8 +93,9 @@ def npz_entries(path: Path) -> list[TensorEntry]:
                     start = info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len
                     raw.seek(start)
                     dtype, shape, fortran, swapped = read_npy_header(raw, path, what)
-                    entry = TensorEntry(path, key, dtype, shape, NPZ, offset=raw.tell(), member=info.filename)
-                    if entry.offset + entry.nbytes > start + info.file_size:
+                    data = raw.tell()
+                    entry = TensorEntry(path, key, dtype, shape, NPZ, offset=data, member=info.filename)
+                    if data + entry.nbytes > start + info.file_size:
                         raise BadInput(path, f"{what}truncated: the array is larger than the member")
                     if fortran:
                         entry = TensorEntry(
@@ -117,7 +117,7 @@ def npz_entries(path: Path) -> list[TensorEntry]:
     return out
 
 
-def entries(paths: list[Path]) -> list[TensorEntry]:
+def entries(paths: list[ShardPath]) -> list[TensorEntry]:
     return [e for p in paths for e in (npz_entries(p) if p.suffix == ".npz" else npy_entries(p))]
 
 
@@ -128,7 +128,11 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     swap = entry.byteswap
     if entry.storage == SWAPPED:
         rows = np.memmap(
-            entry.path, dtype=unsigned, mode="r", offset=entry.offset or 0, shape=(slab.num_rows, slab.width)
+            local_file(entry.path),
+            dtype=unsigned,
+            mode="r",
+            offset=entry.offset or 0,
+            shape=(slab.num_rows, slab.width),
         )
         for start in range(0, slab.num_rows, chunk_rows):
             yield rows[start : start + chunk_rows].byteswap()
@@ -140,7 +144,7 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     import zipfile  # .npz files only
 
     try:
-        with open_shard(entry.path) as raw, zipfile.ZipFile(raw) as z, z.open(entry.member) as member:  # type: ignore[arg-type]
+        with open_shard(entry.path) as raw, zipfile.ZipFile(raw) as z, z.open(entry.member or "") as member:
             yield from _member_rows(slab, member, chunk_rows, unsigned, swap)
     # what zipfile raises on a member it cannot read: corrupt, encrypted, an unknown method
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError, RuntimeError, ValueError) as e:
@@ -148,7 +152,7 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
 
 
 def _member_rows(
-    slab: TensorSlab, member: BinaryIO, chunk_rows: int, unsigned: type, swap: bool
+    slab: TensorSlab, member: IO[bytes], chunk_rows: int, unsigned: type, swap: bool
 ) -> Iterator[np.ndarray]:
     entry = slab.entry
     read_npy_header(member, entry.path)
@@ -157,28 +161,29 @@ def _member_rows(
         data = member.read(rows * slab.row_bytes)
         if len(data) < rows * slab.row_bytes:
             raise BadInput(entry.path, f"member {entry.member!r}: truncated compressed data")
-        block = np.frombuffer(data, dtype=unsigned).reshape(rows, slab.width)
-        yield block.byteswap() if swap else block
+        values: np.ndarray = np.frombuffer(data, dtype=unsigned).reshape(rows, slab.width)
+        yield values.byteswap() if swap else values
 
 
 def _fortran_chunks(slab: TensorSlab, chunk_rows: int, unsigned: type) -> Iterator[np.ndarray]:
     entry = slab.entry
+    path = local_file(entry.path)
     if entry.format == NPY:
-        with open(entry.path, "rb") as f:
+        with open(path, "rb") as f:
             read_npy_header(f, entry.path)
             offset = f.tell()
     else:
         import zipfile  # .npz files only
 
-        with zipfile.ZipFile(entry.path) as z, open(entry.path, "rb") as raw:
-            info = z.getinfo(entry.member)
+        with zipfile.ZipFile(path) as z, open(path, "rb") as raw:
+            info = z.getinfo(entry.member or "")
             raw.seek(info.header_offset)
             _, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(raw.read(ZIP_LOCAL_HEADER.size))
             raw.seek(info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len)
             read_npy_header(raw, entry.path)
             offset = raw.tell()
     # [N, ..., F] in Fortran order is [F, ..., N] in C order: the first axis varies fastest
-    array = np.memmap(entry.path, dtype=unsigned, mode="r", offset=offset, shape=entry.shape, order="F")
+    array = np.memmap(path, dtype=unsigned, mode="r", offset=offset, shape=entry.shape, order="F")
     features = entry.shape[-1]
     # batch axes merged (a view, in Fortran order); a component axis, if any, kept apart
     inner = (features,) if slab.width == features else (slab.width // features, features)

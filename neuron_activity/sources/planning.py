@@ -8,13 +8,23 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..dtypes import FLOAT_FORMATS, FLOAT_INPUTS, INTEGER_FORMATS, ITEMSIZE
 from ..errors import AxisProblem, BadInput, BadOption, KeyNotFound, NoVectors, SaeNotBound, ShapeMismatch
+from ..remote.objects import RemotePath
 from . import delphi_caches, grouping
-from .base import BATCHES, COMPRESSED, LOADED, MAPPED, SPARSE, TensorEntry, TensorSlab, is_remote, natural_key
+from .base import (
+    BATCHES,
+    COMPRESSED,
+    LOADED,
+    MAPPED,
+    SPARSE,
+    ShardPath,
+    TensorEntry,
+    TensorSlab,
+    natural_key,
+)
 from .layout import layout_of
 from .registry import READERS, SPARSE_FORMATS
 
@@ -32,9 +42,9 @@ class ComponentGroup:
     name: str
     names: tuple[str, ...]
     num_features: int
-    first_path: Path
+    first_path: ShardPath
     first_shape: tuple[int, ...]
-    files: tuple[Path, ...] = ()
+    files: tuple[ShardPath, ...] = ()
     first_neuron: int = 0  # the index of its first neuron (a partial delphi module's run)
     widths: tuple[int, ...] = ()  # per name, where they differ (the latents of several SAEs)
 
@@ -73,21 +83,21 @@ class ScanPlan:
     stream (whose latents are then what is counted), and warnings. Made once by ``plan_scan``;
     ``restricted`` gives the plan of some of its units."""
 
-    shards: tuple[Path, ...]
-    formats: dict[Path, str]
+    shards: tuple[ShardPath, ...]
+    formats: dict[ShardPath, str]
     entries: tuple[TensorEntry, ...]
     groups: dict[str, ComponentGroup]
     slabs: tuple[TensorSlab, ...]
     warnings: tuple[str, ...] = ()
-    empty_units: tuple[Path, ...] = ()  # units whose tensors hold no vectors
+    empty_units: tuple[ShardPath, ...] = ()  # units whose tensors hold no vectors
     saes: dict[str, tuple[BoundSae, ...]] = field(default_factory=dict)  # stream -> the SAEs that encode it
 
-    def units(self) -> list[Path]:
+    def units(self) -> list[ShardPath]:
         """What can be counted apart, in stream order: shard files, or a delphi module's folder
         (units with nothing to count included, so that they are recorded as counted)."""
         return sorted(dict.fromkeys([*(s.path for s in self.slabs), *self.empty_units]), key=natural_key)
 
-    def restricted(self, keep: Sequence[Path] | set[Path]) -> ScanPlan:
+    def restricted(self, keep: Sequence[ShardPath] | set[ShardPath]) -> ScanPlan:
         """The plan that counts only the slabs of these units; every component keeps its place
         and shape."""
         keep = set(keep)
@@ -100,7 +110,7 @@ class ScanPlan:
             shards=tuple(p for p in self.shards if p in keep or p in files),
         )
 
-    def shard_bytes(self) -> dict[Path, int]:
+    def shard_bytes(self) -> dict[ShardPath, int]:
         """Bytes to count per shard (0 for shards with nothing to count)."""
         out = {p: 0 for p in self.shards}
         for s in self.slabs:
@@ -120,9 +130,9 @@ class ScanPlan:
         return {name: list(files.get(g.name, {})) for g in self.groups.values() for name in g.names}
 
 
-def read_entries(formats: dict[Path, str], **reader_options: object) -> list[TensorEntry]:
+def read_entries(formats: dict[ShardPath, str], **reader_options: object) -> list[TensorEntry]:
     """Every tensor entry of the shards, shard by shard in their order."""
-    by_format: dict[str, list[Path]] = {}
+    by_format: dict[str, list[ShardPath]] = {}
     for path, fmt in formats.items():
         by_format.setdefault(fmt, []).append(path)
     found = []
@@ -133,7 +143,7 @@ def read_entries(formats: dict[Path, str], **reader_options: object) -> list[Ten
         else:
             found += reader.entries(paths)
     for entry in found:
-        if is_remote(entry.path) and entry.storage not in (MAPPED, COMPRESSED, SPARSE, BATCHES):
+        if isinstance(entry.path, RemotePath) and entry.storage not in (MAPPED, COMPRESSED, SPARSE, BATCHES):
             raise BadInput(
                 entry.path, f"tensor {entry.key!r} ({entry.note}) is read from local files only: download it first"
             )
@@ -146,7 +156,7 @@ def _matches(patterns: list[str], *names: str) -> list[str]:
 
 
 def plan_scan(
-    shards: dict[Path, str],
+    shards: dict[ShardPath, str],
     keys: tuple[str, ...] | list[str] | None = None,
     flatten: bool = False,
     *,
@@ -169,11 +179,11 @@ def plan_scan(
     seen_keys: set[str] = set()
     skipped: dict[str, tuple[str, str, int]] = {}  # key -> (dtype, why, shard count)
     notes: dict[str, str] = {}
-    ambiguous: dict[str, list[Path]] = {}
+    ambiguous: dict[str, list[ShardPath]] = {}
     empty: dict[str, None] = {}
-    empty_units: list[Path] = []
+    empty_units: list[ShardPath] = []
     groups: dict[str, ComponentGroup] = {}
-    group_files: dict[str, dict[Path, None]] = {}  # stream -> its files, once each, in order
+    group_files: dict[str, dict[ShardPath, None]] = {}  # stream -> its files, once each, in order
     slabs: list[TensorSlab] = []
     root = grouping.common_folder([e.path for e in entries])  # a delphi module's path is its folder
     for entry in entries:
@@ -250,8 +260,8 @@ def plan_scan(
             )
     warnings += list(notes.values())
     if not groups and empty:
-        names = ", ".join(map(repr, empty))
-        raise NoVectors(f"no vectors were counted (components: {names}): every tensor read is empty")
+        listed = ", ".join(map(repr, empty))
+        raise NoVectors(f"no vectors were counted (components: {listed}): every tensor read is empty")
     if not groups:
         detail = "; ".join(warnings) or "the shards hold no tensors"
         raise NoVectors(f"nothing to count in {len(shards)} shard(s): {detail}")

@@ -3,11 +3,11 @@ suffix, and for safetensors its header (a delphi split is a safetensors file).""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import ModuleType
 
 from ..errors import BadInput
 from . import arrow_files, delphi_caches, numpy_files, safetensors_files, torch_files
+from .base import ShardPath
 
 DENSE_READERS: tuple[ModuleType, ...] = (safetensors_files, numpy_files, torch_files, arrow_files)
 SPARSE_READERS: tuple[ModuleType, ...] = (delphi_caches,)
@@ -22,7 +22,7 @@ SUFFIX_FORMATS: dict[str, str] = {
 REMOTE_FORMATS = ("safetensors", "npy", "npz", "torch", "delphi", "arrow")
 
 
-def detect(path: Path) -> str:
+def detect(path: ShardPath) -> str:
     """The format of one file, from its name and, for safetensors, its header."""
     fmt = SUFFIX_FORMATS.get(path.suffix)
     if fmt is None:

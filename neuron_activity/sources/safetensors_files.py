@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
 from ..dtypes import ITEMSIZE
 from ..errors import BadInput
-from .base import TensorEntry, TensorSlab, mapped_chunks, open_shard, shard_size
+from .base import ShardPath, TensorEntry, TensorSlab, mapped_chunks, open_shard, shard_size
 
 FORMAT = "safetensors"
 FORMATS = (FORMAT,)
@@ -20,7 +19,7 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 COUNTS_FORMAT = "nact-counts"  # the metadata "format" of the safetensors files nact saves counts in
 
 
-def read_header(path: Path) -> list[TensorEntry]:
+def read_header(path: ShardPath) -> list[TensorEntry]:
     """The tensors of a safetensors file, each checked against the file's size."""
     try:
         with open_shard(path) as f:
@@ -95,7 +94,7 @@ def _whole(value: object) -> int:
     return value
 
 
-def load_json(raw: bytes | str, path: Path, what: str) -> object:
+def load_json(raw: bytes | str, path: ShardPath, what: str) -> object:
     """JSON text of a header or metadata, refused (never crashed on) when corrupt or nested too
     deep for the parser (its RecursionError)."""
     try:
@@ -105,7 +104,7 @@ def load_json(raw: bytes | str, path: Path, what: str) -> object:
         raise BadInput(path, f"corrupt {what}: {problem}") from None
 
 
-def entries(paths: list[Path]) -> list[TensorEntry]:
+def entries(paths: list[ShardPath]) -> list[TensorEntry]:
     return [e for path in paths for e in read_header(path)]
 
 
@@ -114,7 +113,7 @@ def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
     return mapped_chunks(slab, chunk_rows)
 
 
-def read_metadata(path: Path) -> dict[str, str] | None:
+def read_metadata(path: ShardPath) -> dict[str, str] | None:
     """The ``__metadata__`` of a safetensors file (header only), or None if there is none."""
     try:
         with open_shard(path) as f:
@@ -128,6 +127,6 @@ def read_metadata(path: Path) -> dict[str, str] | None:
     return metadata if isinstance(metadata, dict) else None
 
 
-def is_counts_file(path: Path) -> bool:
+def is_counts_file(path: ShardPath) -> bool:
     """Whether ``path`` is a safetensors file that nact saved counts in (reads the header only)."""
     return (read_metadata(path) or {}).get("format") == COUNTS_FORMAT

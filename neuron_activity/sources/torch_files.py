@@ -9,12 +9,17 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
 from ..dtypes import TORCH_NAMES, UNSIGNED_VIEW, signed_bits
 from ..errors import BadInput, NactError, first_line
-from .base import LOADED, TensorEntry, TensorSlab, is_remote
+from ..remote.objects import RemotePath
+from .base import LOADED, ShardPath, TensorEntry, TensorSlab, local_file
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "torch"
 FORMATS = (FORMAT,)
@@ -58,22 +63,25 @@ def load(path: Path) -> object:
             raise BadInput(path, f"not a readable torch.save file: {first_line(e)}") from None
 
 
-def tensors(obj: object, path: Path | None = None) -> dict[str, object]:
+def tensors(obj: object, path: ShardPath | None = None) -> dict[str, torch.Tensor]:
     """Every tensor in ``obj`` by dotted path; sparse and other layouts are refused."""
     import torch
 
     from .torch_zip import walk  # pickle and zipfile (~4 ms): loaded for .pt files only
 
-    found = walk(obj, lambda v: isinstance(v, torch.Tensor), path)
+    def is_tensor(value: object) -> TypeGuard[torch.Tensor]:
+        return isinstance(value, torch.Tensor)
+
+    found = walk(obj, is_tensor, path)
     for prefix, value in found.items():
-        if value.layout != torch.strided:  # type: ignore[attr-defined]
+        if value.layout != torch.strided:
             raise BadInput(
                 path or "", f"tensor {prefix or '(the file)'!r} is {value.layout}: nact counts dense tensors"
-            )  # type: ignore[attr-defined]
+            )
     return found
 
 
-def entries(paths: list[Path]) -> list[TensorEntry]:
+def entries(paths: list[ShardPath]) -> list[TensorEntry]:
     """Entries of each file: read without torch where the file allows (see ``torch_zip``: its
     tensors are then mapped in place), else loaded with torch."""
     out = []
@@ -84,7 +92,7 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
         if mapped is not None:
             out += mapped
             continue
-        if is_remote(path):
+        if isinstance(path, RemotePath):
             raise BadInput(
                 path,
                 "this .pt file needs torch to load it whole (legacy, compressed or not plain tensors): download it first",
@@ -93,18 +101,18 @@ def entries(paths: list[Path]) -> list[TensorEntry]:
         if not found:
             raise BadInput(path, "holds no tensors")
         for member, t in found.items():
-            dtype = TORCH_NAMES.get(str(t.dtype).removeprefix("torch."), str(t.dtype))  # type: ignore[attr-defined]
-            shape = tuple(t.shape)  # type: ignore[attr-defined]
+            dtype = TORCH_NAMES.get(str(t.dtype).removeprefix("torch."), str(t.dtype))
+            shape = tuple(t.shape)
             key, from_file = (member, False) if member else (path.stem, True)
             out.append(TensorEntry(path, key, dtype, shape, FORMAT, member=member, storage=LOADED, from_file=from_file))
     return out
 
 
 def chunks(slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
-    tensor = tensors(load(slab.path), slab.path)[slab.entry.member or ""]
+    tensor = tensors(load(local_file(slab.path)), slab.path)[slab.entry.member or ""]
     if slab.index is not None:  # the first axis is the component axis: this slab is one block
-        tensor = tensor[slab.index]  # type: ignore[index]
-    rows = tensor.reshape(slab.num_rows, slab.width)  # type: ignore[attr-defined]
+        tensor = tensor[slab.index]
+    rows = tensor.reshape(slab.num_rows, slab.width)
     unsigned = UNSIGNED_VIEW[rows.element_size()]
     for start in range(0, slab.num_rows, chunk_rows):
-        yield signed_bits(rows[start : start + chunk_rows].contiguous()).numpy().view(unsigned)  # type: ignore[attr-defined]
+        yield signed_bits(rows[start : start + chunk_rows].contiguous()).numpy().view(unsigned)

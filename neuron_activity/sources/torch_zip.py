@@ -21,12 +21,12 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeGuard, TypeVar
 
 from ..dtypes import ITEMSIZE, TORCH_NAMES
 from ..errors import BadInput, NactError
-from .base import MAPPED, TensorEntry, is_remote, open_shard
+from ..remote.objects import RemotePath
+from .base import MAPPED, ShardPath, TensorEntry, open_shard
 
 MAX_NESTING = 64  # containers within containers
 MAX_TENSORS = 100_000
@@ -141,18 +141,25 @@ def _row_major(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return True
 
 
-def _member_data(raw: object, info: zipfile.ZipInfo) -> int:
-    raw.seek(info.header_offset)  # type: ignore[attr-defined]
-    signature, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(raw.read(ZIP_LOCAL_HEADER.size))  # type: ignore[attr-defined]
+def _member_data(raw: BinaryIO, info: zipfile.ZipInfo) -> int:
+    raw.seek(info.header_offset)
+    signature, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(raw.read(ZIP_LOCAL_HEADER.size))
     if signature != b"PK\x03\x04":
         raise Unsupported("local header")
-    return info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len
+    return int(info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len)
 
 
-def walk(obj: object, is_leaf: Callable[[object], bool], path: Path | None = None) -> dict[str, object]:
+def _is_tensor(value: object) -> TypeGuard[_Tensor]:
+    return isinstance(value, _Tensor)
+
+
+Leaf = TypeVar("Leaf")
+
+
+def walk(obj: object, is_leaf: Callable[[object], TypeGuard[Leaf]], path: ShardPath | None = None) -> dict[str, Leaf]:
     """Every leaf in ``obj`` by dotted path (``""`` for a bare leaf): dict keys and list indices,
     in order, found without recursion; containers nested deeper than ``MAX_NESTING`` are refused."""
-    found: dict[str, object] = {}
+    found: dict[str, Leaf] = {}
     stack: list[tuple[str, object, int]] = [("", obj, 0)]
     while stack:
         prefix, value, depth = stack.pop()
@@ -174,7 +181,7 @@ def walk(obj: object, is_leaf: Callable[[object], bool], path: Path | None = Non
     return found
 
 
-def entries(path: Path, fmt: str) -> list[TensorEntry] | None:
+def entries(path: ShardPath, fmt: str) -> list[TensorEntry] | None:
     """The tensors of a zip-format ``torch.save`` file as mapped entries, or None when the file
     needs torch (see the module's docstring). A remote object's zip directory and pickle are
     read by range requests."""
@@ -184,14 +191,14 @@ def entries(path: Path, fmt: str) -> list[TensorEntry] | None:
                 return None
             return _entries(path, fmt, raw)
     except NactError:
-        if is_remote(path):
+        if isinstance(path, RemotePath):
             raise  # an object that cannot be read says so; torch cannot read it either
         return None
     except Exception:  # anything unusual: torch reads it (and refuses what is unsafe)
         return None
 
 
-def _entries(path: Path, fmt: str, raw: BinaryIO) -> list[TensorEntry] | None:
+def _entries(path: ShardPath, fmt: str, raw: BinaryIO) -> list[TensorEntry] | None:
     with zipfile.ZipFile(raw) as z:
         names = z.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -200,7 +207,7 @@ def _entries(path: Path, fmt: str, raw: BinaryIO) -> list[TensorEntry] | None:
         prefix = pickles[0][: -len("data.pkl")]
         if f"{prefix}byteorder" in names and z.read(f"{prefix}byteorder").strip() != b"little":
             return None
-        found = walk(_Unpickler(io.BytesIO(z.read(pickles[0]))).load(), lambda v: isinstance(v, _Tensor), path)
+        found = walk(_Unpickler(io.BytesIO(z.read(pickles[0]))).load(), _is_tensor, path)
         out = []
         for member, t in found.items():
             info = z.getinfo(f"{prefix}data/{t.storage.key}")
