@@ -90,12 +90,13 @@ def density(
       nact density cache/ --sae sae/ --compare sae/sparsity.safetensors   # nact's counts against SAELens' own
     """
     check_format(fmt, ("table", "json"))
+    from neuron_activity.decimals import parse_decimal
     from neuron_activity.density_report import Figure, density_report  # the library: loaded once a command runs
     from neuron_activity.options import CountOptions, ReportOptions
     from neuron_activity.sources.base import to_path
 
     marks = ReportOptions.parse(threshold or ["1e-5", "1e-6"], dense_above=dense_above, ultralow_below=ultralow_below)
-    options = CountOptions(**inputs.settings(), fire_above=fire_above, device=device)
+    options = CountOptions(**inputs.settings(), fire_above=parse_decimal(fire_above, "fire_above"), device=device)
     figure = Figure(plot, dpi, log_y) if plot is not None else None
     labels = (", ".join(map(str, paths)), str(compare))
     with progress_hooks() as hooks:

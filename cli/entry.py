@@ -1,6 +1,7 @@
 """The ``nact`` console script: signals first, then the app, so that even a Ctrl-C while the
 app is still being imported ends in one line and exit code 130."""
 
+import io
 import signal
 import sys
 
@@ -11,8 +12,8 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
-    if sys.stdout is not None:
-        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # file names that are not UTF-8
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
     try:
         from .main import app
     except KeyboardInterrupt:

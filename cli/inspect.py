@@ -55,19 +55,20 @@ def _table(result: Any, width: int) -> str:
         title_justify="left",
         header_style="bold",
     )
-    for name, justify in [
-        ("path", "left"),
-        ("key", "left"),
-        ("format", "left"),
-        ("dtype", "left"),
-        ("shape", "left"),
-        ("components", "right"),
-        ("num_vectors", "right"),
-        ("num_features", "right"),
-        ("bytes", "right"),
-        ("read", "left"),
-    ]:
-        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for name in (
+        "path",
+        "key",
+        "format",
+        "dtype",
+        "shape",
+        "components",
+        "num_vectors",
+        "num_features",
+        "bytes",
+        "read",
+    ):
+        numeric = name in ("components", "num_vectors", "num_features", "bytes")
+        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for t in result.tensors:
         e = t.entry
         status = "yes" if t.skipped is None else f"no: {t.skipped}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import gc
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from importlib import import_module
 from typing import Any
 
@@ -35,7 +35,7 @@ from .output import (
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
 
 
-def _plain_metavar(make_metavar: Any) -> Any:
+def _plain_metavar(make_metavar: Callable[..., str]) -> Callable[..., str]:
     """Typer writes a required argument as ``{PATH...}`` in usage lines: write ``PATH...``."""
 
     def metavar(self: Any, *args: Any, **kwargs: Any) -> str:
@@ -45,7 +45,7 @@ def _plain_metavar(make_metavar: Any) -> Any:
     return metavar
 
 
-TyperArgument.make_metavar = _plain_metavar(TyperArgument.make_metavar)  # type: ignore[method-assign]
+TyperArgument.make_metavar = _plain_metavar(TyperArgument.make_metavar)  # type: ignore[method-assign]  # Typer has no option for it
 
 
 # Each command: its name, then the module of this package and the function that run it, in the
@@ -89,7 +89,7 @@ class NactCommand(TyperCommand):
             raise typer.Exit(EXIT_USAGE) from None
 
 
-class LazyCommands(MutableMapping):
+class LazyCommands(MutableMapping[str, Any]):
     """The group's commands, each imported and made into a Click command the first time it is
     asked for: a run pays for the command it runs, not for all six (about 30 ms of start-up)."""
 
@@ -129,14 +129,22 @@ class NactGroup(TyperGroup):
 
     def main(
         self,
-        args: Any = None,
-        prog_name: Any = None,
-        complete_var: Any = None,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
         standalone_mode: bool = True,
+        windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
         code = run_guarded(
-            lambda: super(NactGroup, self).main(args, prog_name or "nact", complete_var, standalone_mode=False, **extra)
+            lambda: super(NactGroup, self).main(
+                args,
+                prog_name or "nact",
+                complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
         )
         if standalone_mode:
             sys.exit(code)

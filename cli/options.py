@@ -9,7 +9,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_type_hints
+from typing import Annotated, Any, TypeVar, cast, get_type_hints
 
 import typer
 
@@ -343,11 +343,12 @@ def with_inputs(command: Command) -> Command:
         p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own.values() if p.name != "inputs" and p not in first
     ]
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
         inputs = Inputs(**{name: kwargs.pop(name) for name in names})
         return command(*args, inputs=inputs, **kwargs)
 
-    wrapper.__signature__ = inspect.Signature([*first, *shared, *rest])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}  # type: ignore[attr-defined]
-    return wrapper  # type: ignore[return-value]
+    signature = inspect.Signature([*first, *shared, *rest])
+    wrapper: Any = functools.wraps(command)(call)
+    wrapper.__signature__ = signature
+    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return cast(Command, wrapper)

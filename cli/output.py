@@ -12,6 +12,7 @@ import shutil
 import sys
 import traceback
 from pathlib import Path
+from typing import TextIO
 
 EXIT_OK, EXIT_BREACH, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEBUG_VARIABLE = "NACT_DEBUG"
@@ -22,10 +23,10 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def on_terminal(stream: object) -> bool:
+def on_terminal(stream: TextIO | None) -> bool:
     """Whether ``stream`` (sys.stdout or sys.stderr, which may be None when closed) is a terminal."""
     try:
-        return stream is not None and stream.isatty()  # type: ignore[attr-defined]
+        return stream is not None and stream.isatty()
     except (OSError, ValueError):
         return False
 

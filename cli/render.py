@@ -6,8 +6,9 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -16,6 +17,7 @@ from .output import EXIT_BREACH, console_width, emit, on_terminal, say, use_colo
 
 if TYPE_CHECKING:
     from neuron_activity import ActivityRow
+    from neuron_activity.density import DensitySummary
     from neuron_activity.report import Report
 
 SUFFIX_FORMATS = {".json": "json", ".csv": "csv", ".md": "markdown", ".markdown": "markdown"}
@@ -43,19 +45,24 @@ def finish(report: Report, fmt: str, output: Path | None, quiet: bool) -> None:
     for r in breaches:
         say(
             f"Dead neurons above limit: {r.component} at threshold {r.threshold.text}: "
-            f"{r.dead}/{r.num_features} dead ({r.dead_fraction:.2%} > {float(limit):.2%})"  # type: ignore[arg-type]
+            f"{r.dead}/{r.num_features} dead ({r.dead_fraction:.2%} > {float(limit or 0):.2%})"
         )
     if breaches:
         raise typer.Exit(EXIT_BREACH)
 
 
 def render(fmt: str, report: Report, color: bool = False, width: int = 100) -> str:
-    return {"table": render_table, "json": render_json, "csv": render_csv, "markdown": render_markdown}[fmt](
-        report, color=color, width=width
-    )
+    if fmt == "table":
+        return render_table(report, color=color, width=width)
+    renderers: dict[str, Callable[[Report], str]] = {
+        "json": render_json,
+        "csv": render_csv,
+        "markdown": render_markdown,
+    }
+    return renderers[fmt](report)
 
 
-def render_json(report: Report, **_: object) -> str:
+def render_json(report: Report) -> str:
     return json.dumps(report.to_json(), indent=2) + "\n"
 
 
@@ -81,7 +88,7 @@ def headers(report: Report) -> list[str]:
     return list(ROW_COLUMNS) + ([f"dead_in_window({report.window})"] if report.window is not None else [])
 
 
-def render_csv(report: Report, **_: object) -> str:
+def render_csv(report: Report) -> str:
     import csv
 
     out = io.StringIO()
@@ -118,7 +125,7 @@ def dead_lines(report: Report) -> list[str]:
     ]
 
 
-def render_markdown(report: Report, **_: object) -> str:
+def render_markdown(report: Report) -> str:
     names = headers(report)
     lines = [dead_title(report), ""]
     lines += ["| " + " | ".join(names) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(names) - 1)) + "|"]
@@ -146,17 +153,10 @@ def density_title(report: Report) -> str:
     return f"Feature density (dense: > {d.dense_above:g}; ultralow: alive and < {d.ultralow_below:g})"
 
 
-def density_cells(d: object) -> list[str]:
-    q = d.log10_quantiles  # type: ignore[attr-defined]
+def density_cells(d: DensitySummary) -> list[str]:
+    q = d.log10_quantiles
     quantiles = " ".join(f"{q[k]:.2f}" for k in (0.05, 0.5, 0.95)) if q else "-"
-    return [
-        d.component,  # type: ignore[attr-defined]
-        str(d.never_fired),  # type: ignore[attr-defined]
-        str(d.dense),  # type: ignore[attr-defined]
-        quantiles,
-        str(d.ultralow),  # type: ignore[attr-defined]
-        f"{d.ultralow_fraction:.1%}",  # type: ignore[attr-defined]
-    ]
+    return [d.component, str(d.never_fired), str(d.dense), quantiles, str(d.ultralow), f"{d.ultralow_fraction:.1%}"]
 
 
 def listed_names(names: list[str] | tuple[str, ...], most: int = 4) -> str:
@@ -164,7 +164,7 @@ def listed_names(names: list[str] | tuple[str, ...], most: int = 4) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def files_span(files: list) -> str:
+def files_span(files: Sequence[Any]) -> str:
     """Where a component is read from, in a few words: one file, or how many, first ... last."""
     return str(files[0]) if len(files) == 1 else f"{len(files)} files, {files[0]} ... {files[-1]}"
 

@@ -82,8 +82,9 @@ def scan(
       nact scan s3://bucket/acts/   # a cache in an object store, by range requests (the remote extra)
     """
     fmt = check_format(fmt, output=output)
+    from neuron_activity.decimals import parse_decimal
     from neuron_activity.distributed import launched  # the library: loaded once a command runs
-    from neuron_activity.options import CountOptions, Part, ReportOptions, ScanRequest
+    from neuron_activity.options import SAE_DTYPES, CountOptions, Part, ReportOptions, ScanRequest, choice
     from neuron_activity.pipeline import run_scan
     from neuron_activity.sources.base import to_path
 
@@ -92,12 +93,12 @@ def scan(
         paths=tuple(to_path(p) for p in paths),
         count=CountOptions(
             **inputs.settings(),
-            fire_above=fire_above,
+            fire_above=parse_decimal(fire_above, "fire_above"),
             device=device,
             chunk_rows=chunk_rows,
             threads=threads,
             io_threads=io_threads,
-            sae_dtype=sae_dtype,
+            sae_dtype=choice("sae_dtype", sae_dtype, SAE_DTYPES, "a dtype"),
         ),
         report=ReportOptions.parse(
             threshold,

@@ -15,7 +15,7 @@ from .devices import resolve_device
 from .dtypes import NUMPY_NAMES, TORCH_NAMES, fire_rule, is_tensor, signed_bits
 from .errors import BadOption
 from .metric import TensorActivity
-from .options import CountOptions
+from .options import CountOptions, Kernel
 from .sources.layout import component_layout
 
 
@@ -26,7 +26,7 @@ def count_array(
     fire_above: str | Fraction | int = 0,
     flatten: bool = False,
     device: str = "cpu",
-    kernel: str | None = None,
+    kernel: Kernel | None = None,
     track_last: bool = False,
 ) -> NeuronActivity:
     """Count fires in an in-memory array (numpy, or torch of any floating dtype).

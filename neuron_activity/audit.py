@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, save_counts
 from .decimals import decimal_text
@@ -62,7 +63,7 @@ def audit(
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: ProgressCallback | None = None,
     device: str | None = None,
-    **count_options: object,
+    **count_options: Any,
 ) -> AuditResult:
     """Count the shards under ``paths`` that ``state`` has not counted yet, add them, save.
 
@@ -73,7 +74,7 @@ def audit(
     ``shards`` are the discovered shards and ``device`` the resolved device, when the caller has
     them already.
     """
-    settings = replace(options or CountOptions(device="cpu", **count_options), track_last=True)  # type: ignore[arg-type]
+    settings = replace(options or CountOptions(device="cpu", **count_options), track_last=True)
     state = Path(os.path.realpath(state))
     with locked(state), session():
         previous = load_counts(state) if state.exists() else None

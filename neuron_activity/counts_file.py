@@ -248,21 +248,21 @@ def stream_order(parts: list[tuple[Path, SavedCounts]]) -> tuple[list[tuple[Path
     of their part numbers, whatever order they were given in; a missing part is noted. Other
     files keep the order given: the time since last fired takes each to come after the one before.
     """
-    records = [p.part for _, p in parts]
-    if not parts or any(r is None for r in records):
+    records = [(path, p.part) for path, p in parts if p.part is not None]
+    if not parts or len(records) < len(parts):
         return parts, []
-    splits = {(r.of, r.total_units) for r in records}  # type: ignore[union-attr]
+    splits = {(r.of, r.total_units) for _, r in records}
     if len(splits) > 1:
-        listed = ", ".join(f"{path} is part {p.part.index}/{p.part.of}" for path, p in parts)  # type: ignore[union-attr]
+        listed = ", ".join(f"{path} is part {r.index}/{r.of}" for path, r in records)
         raise CountsMismatch(f"the counts are parts of different splits ({listed})")
     seen: dict[int, Path] = {}
-    for path, p in parts:
-        index = p.part.index  # type: ignore[union-attr]
-        if index in seen:
-            raise CountsMismatch(f"part {index}/{p.part.of} is given twice: {seen[index]} and {path}")  # type: ignore[union-attr]
-        seen[index] = path
-    ordered = sorted(parts, key=lambda item: item[1].part.index)  # type: ignore[union-attr]
-    of = records[0].of  # type: ignore[union-attr]
+    for path, r in records:
+        if r.index in seen:
+            raise CountsMismatch(f"part {r.index}/{r.of} is given twice: {seen[r.index]} and {path}")
+        seen[r.index] = path
+    order = {path: r.index for path, r in records}
+    ordered = sorted(parts, key=lambda item: order[item[0]])
+    of = records[0][1].of
     missing = [i for i in range(of) if i not in seen]
     notes = []
     if missing:

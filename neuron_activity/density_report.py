@@ -18,6 +18,7 @@ from .options import CountOptions, ReportOptions, check_bins_per_decade
 from .plot import check_plot_path, plot_histograms
 from .remote.objects import RemotePath
 from .scan import ProgressCallback, scan
+from .sources.base import ShardPath
 from .sources.planning import ScanPlan
 from .sources.safetensors_files import is_counts_file
 from .sparsity import is_sparsity_file, load_sparsity
@@ -85,19 +86,19 @@ class DensityReport:
 
 
 def load_activity(
-    paths: list[Path],
+    paths: list[ShardPath],
     options: CountOptions,
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> tuple[NeuronActivity, list[str]]:
     """The counts of ``paths``, and warnings: saved counts merged, SAELens sparsity files (each
     one component; ``options.num_vectors`` says over how many vectors), or activations scanned."""
-    local = bool(paths) and not any(isinstance(p, RemotePath) for p in paths)  # objects in a store: activations
-    if local and all(p.is_file() and is_counts_file(p) for p in paths):
-        return load_merged(paths)[0].activity, []
-    if local and all(is_sparsity_file(p) for p in paths):
+    files = [p for p in paths if not isinstance(p, RemotePath)]  # objects in a store: activations
+    if files and len(files) == len(paths) and all(p.is_file() and is_counts_file(p) for p in files):
+        return load_merged(files)[0].activity, []
+    if files and len(files) == len(paths) and all(is_sparsity_file(p) for p in files):
         activity, notes = NeuronActivity(), []
-        for p in paths:
+        for p in files:
             one, note = load_sparsity(p, options.num_vectors)
             if set(one.components) & set(activity.components):
                 raise BadOption("paths", str(p), f"gives component {next(iter(one.components))!r} twice")
@@ -109,7 +110,7 @@ def load_activity(
 
 
 def density_report(
-    paths: list[Path],
+    paths: list[ShardPath],
     options: CountOptions,
     marks: ReportOptions,
     *,

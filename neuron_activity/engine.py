@@ -93,8 +93,8 @@ def _fetch_ahead(work: Iterator[WorkItem], io_threads: int | None) -> Iterator[W
     queue: deque[WorkItem] = deque()
     for item in work:
         slab, start, end, _ = item
-        if slab.entry.storage == MAPPED:
-            session.fetch_ahead(slab.path, *slab.byte_range(start, end), n)  # type: ignore[arg-type]
+        if slab.entry.storage == MAPPED and isinstance(slab.path, RemotePath):
+            session.fetch_ahead(slab.path, *slab.byte_range(start, end), n)
         queue.append(item)
         if len(queue) > n:
             yield queue.popleft()

@@ -6,14 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-try:
+if sys.platform != "win32":  # Windows has no advisory locks
     import fcntl
-except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
 
 from .errors import BadOutput, NactError, StateLocked, first_line
 from .remote.objects import RemotePath
@@ -41,7 +40,7 @@ def check_outputs(outputs: list[Path]) -> None:
         seen[str(target)] = path
 
 
-def check_not_inputs(outputs: list[Path], inputs: list[Path]) -> None:
+def check_not_inputs(outputs: list[Path], inputs: Sequence[Path | RemotePath]) -> None:
     """No output may overwrite an input (the same file, whatever path names it)."""
     existing = [p for p in outputs if os.path.exists(p)]
     if not existing:
@@ -116,7 +115,7 @@ def locked(path: Path) -> Iterator[None]:
     except OSError as e:
         raise BadOutput(lock_path, f"cannot create the lock file: {e.strerror or e}") from None
     try:
-        if fcntl is None:  # no advisory locks on this platform
+        if sys.platform == "win32":
             yield
             return
         try:

@@ -3,16 +3,16 @@ is read from, and every problem that would stop the scan."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from .errors import NactError
 from .options import CountOptions
 from .remote.objects import session
 from .scan import plan_for
 from .sources import READERS, SPARSE_FORMATS, ComponentGroup, TensorEntry, discover, layout_of, why_not_counted
-from .sources.base import to_path
+from .sources.base import ShardPath, to_path
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class InspectedTensor:
 
 @dataclass
 class Inspection:
-    shards: dict[Path, str] = field(default_factory=dict)
+    shards: dict[ShardPath, str] = field(default_factory=dict)
     tensors: list[InspectedTensor] = field(default_factory=list)
     groups: list[ComponentGroup] = field(default_factory=list)  # as a scan would count them
     notes: list[str] = field(default_factory=list)
@@ -70,22 +70,22 @@ class Inspection:
         }
 
 
-def inspect(paths: list[Path] | list[str], options: CountOptions | None = None, **settings: object) -> Inspection:
+def inspect(paths: Sequence[ShardPath | str], options: CountOptions | None = None, **settings: Any) -> Inspection:
     """Describe what ``scan`` would read; problems that would stop it are collected, not raised.
     ``options`` (or the settings of ``CountOptions`` one by one) as for ``scan``."""
-    options = options or CountOptions(device="cpu", **settings)  # type: ignore[arg-type]
+    options = options or CountOptions(device="cpu", **settings)
     with session():
         return _inspect(paths, options)
 
 
-def _inspect(paths: list[Path] | list[str], options: CountOptions) -> Inspection:
+def _inspect(paths: Sequence[ShardPath | str], options: CountOptions) -> Inspection:
     result = Inspection()
     try:
         result.shards = discover([to_path(p) for p in paths], options.input_format)
     except NactError as e:
         result.problems.append(e)
         return result
-    by_format: dict[str, list[Path]] = {}
+    by_format: dict[str, list[ShardPath]] = {}
     for path, fmt in result.shards.items():
         by_format.setdefault(fmt, []).append(path)
     for fmt, files in by_format.items():
@@ -129,12 +129,12 @@ def _inspect(paths: list[Path] | list[str], options: CountOptions) -> Inspection
     return result
 
 
-def _reader_units(fmt: str, files: list[Path]) -> list[list[Path]]:
+def _reader_units(fmt: str, files: list[ShardPath]) -> list[list[ShardPath]]:
     """Files in the groups a reader takes them (a delphi module is one folder), so that one bad
     file is reported without hiding the rest."""
     if fmt not in SPARSE_FORMATS:
         return [[p] for p in files]
-    folders: dict[Path, list[Path]] = {}
+    folders: dict[ShardPath, list[ShardPath]] = {}
     for p in files:
         folders.setdefault(p.parent, []).append(p)
     return list(folders.values())

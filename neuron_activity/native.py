@@ -9,7 +9,7 @@ from types import ModuleType
 
 def _load() -> tuple[ModuleType | None, str | None]:
     try:
-        from . import _kernels  # type: ignore[attr-defined]  # a C extension, built when a compiler is there
+        from . import _kernels  # a C extension, built when a compiler is there
     except ImportError:
         return None, "not built (no C compiler when nact was installed)"
     return _kernels, None

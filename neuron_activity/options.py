@@ -12,22 +12,36 @@ import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args
 
 from .activity import DEFAULT_THRESHOLDS, Threshold
 from .decimals import as_fraction, decimal_text, parse_decimal
 from .devices import check_device_name
 from .errors import BadOption, Conflict, NeedsOption
 from .sources.base import ShardPath, to_path
-from .sources.grouping import GROUPINGS
+from .sources.grouping import GROUPINGS, Grouping
 from .sources.registry import INPUT_FORMATS
 
 MAX_THREADS = 256
 MAX_PARTS = 1_000_000
 MAX_BINS_PER_DECADE = 100
 MAX_FIRE_ABOVE = Fraction(10) ** 308
-KERNELS = ("native", "numpy", "torch")
+Kernel = Literal["native", "numpy", "torch"]
+KERNELS: tuple[Kernel, ...] = get_args(Kernel)
 KERNEL_VARIABLE = "NACT_KERNEL"  # picks the CPU kernel, for tests and benchmarks
-SAE_DTYPES = ("float32", "bfloat16", "float16")  # the precisions of an SAE's matrix product
+SaeDtype = Literal["float32", "bfloat16", "float16"]  # the precisions of an SAE's matrix product
+SAE_DTYPES: tuple[SaeDtype, ...] = get_args(SaeDtype)
+
+Choice = TypeVar("Choice", bound=str)
+
+
+def choice(option: str, value: str, choices: tuple[Choice, ...], what: str) -> Choice:
+    """``value`` if it is one of ``choices`` (the values of a Literal type), else BadOption that
+    names them: how an enumerated option given as text is checked."""
+    for c in choices:
+        if value == c:
+            return c
+    raise BadOption(option, value, f"is not {what}: use {', '.join(choices)}")
 
 
 def _at_least_one(option: str, value: int | None, most: int | None = None) -> None:
@@ -72,28 +86,26 @@ class CountOptions:
     input_format: str | None = None
     chunk_rows: int | None = None
     threads: int | None = None
-    kernel: str | None = None
+    kernel: Kernel | None = None
     track_last: bool = False
     component_axis: int | None = None
-    group_by: str = "auto"
+    group_by: Grouping = "auto"
     num_latents: int | None = None  # delphi: the width of caches saved whole
     num_vectors: int | None = None  # delphi: the vectors of splits saved without tokens
     partial_latents: bool = False  # delphi: count the splits there are, each run apart
     saes: tuple[SaeRequest, ...] = ()  # SAEs whose latents are counted, each bound to a component
-    sae_dtype: str = "float32"  # the precision of the SAEs' matrix products (bf16/fp16 on a GPU)
+    sae_dtype: SaeDtype = "float32"  # the precision of the SAEs' matrix products (bf16/fp16 on a GPU)
     skip_positions: tuple[int, ...] = ()  # positions of each sequence left out (0: the BOS token)
     io_threads: int | None = None  # remote objects: range requests in flight (None: remote.IO_THREADS)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", tuple(self.keys or ()))
-        if self.group_by not in GROUPINGS:
-            raise BadOption("group_by", self.group_by, f"is not a grouping: use {', '.join(GROUPINGS)}")
+        object.__setattr__(self, "group_by", choice("group_by", self.group_by, GROUPINGS, "a grouping"))
         if self.flatten and self.component_axis is not None:
             raise Conflict(("flatten", "component_axis"), "flatten makes every axis before the features a batch axis")
         saes = tuple(SaeRequest.parse(r) if isinstance(r, str) else r for r in self.saes or ())
         object.__setattr__(self, "saes", saes)
-        if self.sae_dtype not in SAE_DTYPES:
-            raise BadOption("sae_dtype", self.sae_dtype, f"is not a dtype: use {', '.join(SAE_DTYPES)}")
+        object.__setattr__(self, "sae_dtype", choice("sae_dtype", self.sae_dtype, SAE_DTYPES, "a dtype"))
         if self.sae_dtype != "float32" and not saes:
             raise NeedsOption("sae_dtype", "sae")
         skip = tuple(self.skip_positions or ())
@@ -113,9 +125,8 @@ class CountOptions:
         _at_least_one("threads", self.threads, MAX_THREADS)
         _at_least_one("io_threads", self.io_threads, MAX_THREADS)
         kernel = self.kernel or os.environ.get(KERNEL_VARIABLE) or None
-        if kernel is not None and kernel not in KERNELS:
-            named = "kernel" if self.kernel else KERNEL_VARIABLE
-            raise BadOption(named, kernel, f"is not a kernel: use {', '.join(KERNELS)}")
+        if kernel is not None:
+            kernel = choice("kernel" if self.kernel else KERNEL_VARIABLE, kernel, KERNELS, "a kernel")
         object.__setattr__(self, "kernel", kernel)
         if self.input_format is not None:
             if self.input_format not in INPUT_FORMATS:
@@ -159,7 +170,7 @@ class ReportOptions:
         dense_above: str = "0.01",
         ultralow_below: str = "1e-4",
         fail_above: str | None = None,
-        **rest: object,
+        **rest: Any,
     ) -> ReportOptions:
         """Options from text as typed (``thresholds`` None: the defaults)."""
         return cls(
@@ -167,7 +178,7 @@ class ReportOptions:
             dense_above=parse_decimal(dense_above, "dense_above"),
             ultralow_below=parse_decimal(ultralow_below, "ultralow_below"),
             fail_above=None if fail_above is None else parse_decimal(fail_above, "fail_above"),
-            **rest,  # type: ignore[arg-type]
+            **rest,
         )
 
 
@@ -220,7 +231,7 @@ class ScanRequest:
     report: the pipeline only checks it, with the other outputs, before any work.
     """
 
-    paths: tuple[Path, ...]
+    paths: tuple[ShardPath, ...]
     count: CountOptions = field(default_factory=CountOptions)
     report: ReportOptions = field(default_factory=ReportOptions)
     part: Part | None = None

@@ -111,12 +111,14 @@ def _finish(
     """Report, then save: a report that cannot be made (no vectors) stops before any write.
     An empty part saves empty counts that merge with the other parts, and reports nothing.
     ``units`` are those counted (by every rank), ``shards`` their files."""
+    target = request.save_counts
     saved = None
-    if request.save_counts is not None:
+    if target is not None:
         records = [ShardRecord.of(u) for u in units]
         saved = SavedCounts(result.activity, records, part, result.kernel, result.device)
     if part is not None and not units:
-        _save_counts(request.save_counts, saved)
+        assert target is not None and saved is not None  # an empty part saves counts, or is EmptyPart before counting
+        save_counts(target, saved)
         note = (
             f"part {request.part} holds no shards ({part.total_units} in all): "
             f"saved empty counts to {request.save_counts}, which merge with the other parts"
@@ -125,15 +127,11 @@ def _finish(
     report = make_report(
         result.activity, request.report, shards, result.device, result.kernel, result.warnings, sources
     )
-    if saved is not None:
-        _save_counts(request.save_counts, saved)
+    if target is not None and saved is not None:
+        save_counts(target, saved)
     if request.save_sparsity is not None:
         save_sparsity(request.save_sparsity, result.activity)
     return ScanOutcome(report, saved)
-
-
-def _save_counts(path: Path | None, saved: SavedCounts | None) -> None:
-    save_counts(path, saved)  # type: ignore[arg-type]
 
 
 def _audit(

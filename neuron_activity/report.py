@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 
 from ._version import __version__
-from .activity import ROW_COLUMNS, ActivityRow, NeuronActivity
+from .activity import ROW_COLUMNS, ActivityRow, ComponentActivity, NeuronActivity
 from .density import DensitySummary, densities, summarize, top_neurons
 from .options import ReportOptions
 
@@ -149,20 +149,20 @@ class Report:
             doc["top"] = self.top_neurons()
         return doc
 
-    def _component_json(self, c: object) -> dict[str, object]:
+    def _component_json(self, c: ComponentActivity) -> dict[str, object]:
         doc: dict[str, object] = {
-            "component": c.name,  # type: ignore[attr-defined]
-            "num_features": c.num_features,  # type: ignore[attr-defined]
-            "num_vectors": c.num_vectors,  # type: ignore[attr-defined]
-            "nan_count": c.nan_count,  # type: ignore[attr-defined]
+            "component": c.name,
+            "num_features": c.num_features,
+            "num_vectors": c.num_vectors,
+            "nan_count": c.nan_count,
         }
-        if c.first_neuron:  # type: ignore[attr-defined]
-            doc["first_neuron"] = c.first_neuron  # type: ignore[attr-defined]
-        files = self.sources.get(c.name)  # type: ignore[attr-defined]
+        if c.first_neuron:
+            doc["first_neuron"] = c.first_neuron
+        files = self.sources.get(c.name)
         if files:
             doc["files"] = {"count": len(files), "first": files[0], "last": files[-1]}
-        if getattr(c, "sae", None):
-            doc["sae"] = c.sae  # type: ignore[attr-defined]
+        if c.sae:
+            doc["sae"] = c.sae
         return doc
 
 
@@ -172,13 +172,13 @@ def _number(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def activation_stats(c: object) -> Callable[[int], dict[str, object]]:
+def activation_stats(c: ComponentActivity) -> Callable[[int], dict[str, object]]:
     """Neuron ``i`` of ``c`` -> its mean activation when firing and largest activation, where they
     are kept (the means worked out once per component)."""
-    mean = c.mean_when_firing()  # type: ignore[attr-defined]
+    mean = c.mean_when_firing()
     if mean is None:
         return lambda i: {}
-    largest = c.states["act_max"]  # type: ignore[attr-defined]
+    largest = c.states["act_max"]
     return lambda i: {"mean_activation": _number(mean[i]), "max_activation": _number(largest[i])}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,7 +41,7 @@ def scan(
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: ProgressCallback | None = None,
     options: CountOptions | None = None,
-    **settings_given: object,
+    **settings_given: Any,
 ) -> ScanResult:
     """Count how often every neuron fires in the shards under ``paths``.
 
@@ -51,7 +51,7 @@ def scan(
     counts; ``on_plan`` sees the plan before counting. Parts and audits: ``pipeline.run_scan``.
     """
     if options is None:
-        options = CountOptions(**{"device": "cpu", **settings_given})  # type: ignore[arg-type]
+        options = CountOptions(**{"device": "cpu", **settings_given})
     device = device_for(options)
     with session():
         plan = plan_for(discover([to_path(p) for p in paths], options.input_format), options)

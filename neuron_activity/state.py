@@ -17,10 +17,14 @@ stream index ``first_vector`` (the index, in its component's stream, of the part
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final, Literal
 
 import numpy as np
 
-SUM, MAX, LAST = "sum", "max", "last"
+Reduce = Literal["sum", "max", "last"]
+SUM: Final = "sum"
+MAX: Final = "max"
+LAST: Final = "last"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +33,7 @@ class Field:
     value of a neuron that has seen nothing, and whether it is kept only when asked for."""
 
     name: str
-    reduce: str  # SUM: added; MAX: the larger; LAST: a stream index, shifted then the larger
+    reduce: Reduce  # SUM: added; MAX: the larger; LAST: a stream index, shifted then the larger
     empty: int | float
     dtype: str = "int64"
     optional: bool = False

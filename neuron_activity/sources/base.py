@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Final, Literal, Protocol
 
 import numpy as np
 
@@ -31,13 +31,14 @@ if TYPE_CHECKING:
 ShardPath = Path | RemotePath  # a shard is a local file or an object of a store
 
 # How an entry's values are stored, which says how the engine reads them.
-MAPPED = "mapped"  # rows lie contiguously at ``offset`` (or in ``regions``): mapped window by window
-FORTRAN = "fortran"  # a Fortran-ordered array: its reader gathers rows
-COMPRESSED = "compressed"  # a compressed member: its reader decompresses it as a stream
-LOADED = "loaded"  # a tensor its reader loads (torch.save files)
-SWAPPED = "swapped"  # rows at ``offset`` in big-endian order: its reader maps and byte-swaps them
-BATCHES = "batches"  # an Arrow column whose values are not in the file as they lie (compressed)
-SPARSE = "sparse"  # stored (location, value) entries: its reader counts them
+Storage = Literal["mapped", "fortran", "compressed", "loaded", "swapped", "batches", "sparse"]
+MAPPED: Final = "mapped"  # rows lie contiguously at ``offset`` (or in ``regions``): mapped window by window
+FORTRAN: Final = "fortran"  # a Fortran-ordered array: its reader gathers rows
+COMPRESSED: Final = "compressed"  # a compressed member: its reader decompresses it as a stream
+LOADED: Final = "loaded"  # a tensor its reader loads (torch.save files)
+SWAPPED: Final = "swapped"  # rows at ``offset`` in big-endian order: its reader maps and byte-swaps them
+BATCHES: Final = "batches"  # an Arrow column whose values are not in the file as they lie (compressed)
+SPARSE: Final = "sparse"  # stored (location, value) entries: its reader counts them
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,7 @@ class TensorEntry:
     files: tuple[ShardPath, ...] = ()  # every file of a multi-file entry (a delphi module)
     file_bytes: tuple[int, ...] = ()  # bytes read from each of ``files``
     note: str | None = None  # shown by inspect and in warnings; never read by code
-    storage: str = MAPPED
+    storage: Storage = MAPPED
     from_file: bool = False  # the key is the file's name (a single-array file)
     byteswap: bool = False  # values are big-endian: swapped to native order when read
     positions: int | None = None  # rows are sequences of this many positions (the format says so)

@@ -14,7 +14,7 @@ from .registry import INPUT_FORMATS, READERS, REMOTE_FORMATS, SUFFIX_FORMATS, de
 from .safetensors_files import is_counts_file
 
 
-class Shards(dict):  # type: ignore[type-arg]
+class Shards(dict[ShardPath, str]):
     """Shard files and their formats, in natural path order, with notes on what was skipped."""
 
     def __init__(
@@ -129,7 +129,8 @@ def _discover_remote(
         if fmt == "arrow" and not alone:  # a saved datasets folder: only the files its state.json lists
             if obj.parent not in datasets:
                 datasets[obj.parent] = arrow_files.dataset_files(obj.parent)
-            if datasets[obj.parent] is not None and obj not in datasets[obj.parent]:  # type: ignore[operator]
+            data_files = datasets[obj.parent]
+            if data_files is not None and obj not in data_files:
                 continue
         if obj.suffix == ".safetensors" and is_counts_file(obj):
             if alone:
@@ -188,7 +189,8 @@ def _files_under(folder: ShardPath) -> tuple[list[ShardPath], int, list[ShardPat
                 if p.parent not in listed:
                     data = arrow_files.dataset_files(p.parent)
                     listed[p.parent] = None if data is None else set(data)
-                if listed[p.parent] is not None and p not in listed[p.parent]:  # type: ignore[operator]
+                data_files = listed[p.parent]
+                if data_files is not None and p not in data_files:
                     continue  # a datasets cache file, not a data file
             files.append(p)
     return files, hidden, counts

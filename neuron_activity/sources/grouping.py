@@ -27,10 +27,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from .base import ShardPath
 
-GROUPINGS = ("auto", "key", "file", "folder")
+Grouping = Literal["auto", "key", "file", "folder"]
+GROUPINGS: tuple[Grouping, ...] = get_args(Grouping)
 GENERIC_KEYS = frozenset({"activations", "arr_0", ""})
 FILE_KEY = "activations"  # the key of a single-array file named only by a number
 LAYER_WORDS = frozenset(
@@ -67,7 +69,7 @@ class StemName:
     ambiguous: bool = False
 
 
-def stem_key(stem: str, grouping: str = "auto") -> StemName:
+def stem_key(stem: str, grouping: Grouping = "auto") -> StemName:
     """The component key of a single-array file named ``stem`` (see the module's rules)."""
     match = _TRAILING_NUMBER.match(stem)
     if match is None:
@@ -100,7 +102,7 @@ def common_folder(files: list[ShardPath]) -> ShardPath:
     return type(files[0])(os.path.commonpath(parents)) if parents else Path(".")
 
 
-def scope(file: ShardPath, root: ShardPath, grouping: str) -> str:
+def scope(file: ShardPath, root: ShardPath, grouping: Grouping) -> str:
     """The folder part of a component's name for ``file``: its folders below ``root``, less
     numbered shard folders (``auto``); all of them (``folder``, ``file``); none (``key``)."""
     if grouping == "key":
@@ -114,7 +116,7 @@ def scope(file: ShardPath, root: ShardPath, grouping: str) -> str:
     return "/".join(parts)
 
 
-def component_name(key: str, file: ShardPath, root: ShardPath, grouping: str, whole_file: bool) -> str:
+def component_name(key: str, file: ShardPath, root: ShardPath, grouping: Grouping, whole_file: bool) -> str:
     """The name of the component that ``key`` in ``file`` belongs to. ``whole_file``: the key
     was made from the file's name (a single-array file)."""
     if grouping == "file":

@@ -25,6 +25,7 @@ from .base import (
     TensorSlab,
     natural_key,
 )
+from .grouping import Grouping
 from .layout import layout_of
 from .registry import READERS, SPARSE_FORMATS
 
@@ -161,7 +162,7 @@ def plan_scan(
     flatten: bool = False,
     *,
     component_axis: int | None = None,
-    group_by: str = "auto",
+    group_by: Grouping = "auto",
     saes: Sequence[tuple[str | None, Sae]] = (),
     **reader_options: object,
 ) -> ScanPlan:
