@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from .counters import Counter
+from .counters import States as States
 from .cpu_counting import NativeCounter, NumpyCounter
+from .cpu_counting import in_ranges as in_ranges
+from .devices import describe_devices as describe_devices
+from .devices import resolve_device as resolve_device
 from .dtypes import FireRule
 from .native import CPU_KERNELS
+from .native import NATIVE_PROBLEM as NATIVE_PROBLEM
+from .native import describe_kernels as describe_kernels
 from .torch_counting import TorchCounter
+from .torch_counting import fire_mask as fire_mask
+from .torch_counting import nan_mask as nan_mask  # the "x as x" imports: names moved elsewhere, still importable here
 
 
 def kernel_for(device: str, kernel: str | None = None) -> str:

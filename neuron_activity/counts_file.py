@@ -37,6 +37,18 @@ from .remote.objects import RemotePath, current
 from .sources.base import ShardPath
 from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME
 from .sources.safetensors_files import read_metadata
+from .sparsity import (
+    check_one_component as check_one_component,
+)
+from .sparsity import (
+    is_sparsity_file as is_sparsity_file,
+)
+from .sparsity import (
+    load_sparsity as load_sparsity,
+)
+from .sparsity import (
+    save_sparsity as save_sparsity,
+)  # the "x as x" imports: names moved elsewhere, still importable here
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = ("1", "2")

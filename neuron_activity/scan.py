@@ -11,6 +11,8 @@ import numpy as np
 
 from . import state
 from .activity import NeuronActivity
+from .arrays import count_array as count_array
+from .arrays import raw_bits as raw_bits  # the "x as x" imports: names moved elsewhere, still importable here
 from .devices import resolve_device
 from .engine import ProgressCallback, count_slabs
 from .errors import BadInput, BadOption
