@@ -19,7 +19,9 @@ import numpy as np
 
 from .decimals import as_fraction as as_fraction
 from .decimals import decimal_text as decimal_text
-from .decimals import parse_decimal as parse_decimal  # the "x as x" imports: names moved elsewhere, still importable here
+from .decimals import (
+    parse_decimal as parse_decimal,  # the "x as x" imports: names moved elsewhere, still importable here
+)
 
 if TYPE_CHECKING:
     import torch
