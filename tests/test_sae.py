@@ -58,6 +58,8 @@ def reference(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         latents = np.where(gate > 0, np.maximum(mag, 0), 0)
         return latents, np.minimum(np.abs(gate), np.abs(mag))
     h = pre + w["b"]
+    if arch.get("decoder_norm"):  # SAELens' rescale_acts_by_decoder_norm: before the rule
+        h = h * np.linalg.norm(w["W_dec"], axis=1)
     if rule in ("relu", "tanh-relu"):
         latents = np.maximum(h, 0)
         return (np.tanh(latents) if rule == "tanh-relu" else latents), np.abs(h)
@@ -68,8 +70,6 @@ def reference(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.where(r > w["threshold"], r, 0), np.minimum(np.abs(r - w["threshold"]), np.abs(h))
     if rule == "topk":
         k = arch["k"]
-        if arch.get("decoder_norm"):
-            h = h * np.linalg.norm(w["W_dec"], axis=1)
         ordered = np.sort(h, axis=1)
         kth, next_ = ordered[:, -k], ordered[:, -k - 1]
         chosen = h >= kth[:, None]
@@ -145,6 +145,15 @@ def saelens(folder: Path, architecture: str, seed: int = 0, version: str = "6", 
     if architecture == "jumprelu":
         tensors["threshold"] = arch["weights"]["threshold"] = f32(rng.random(D_SAE) * 0.6)
         arch["rule"] = "jumprelu"
+    if architecture in ("batchtopk", "matryoshka_batchtopk"):  # a training checkpoint
+        norms = 0.05 + 1.95 * rng.random(D_SAE)  # decoder rows far from unit norm, as in training
+        w_dec = w["W_dec"] / np.linalg.norm(w["W_dec"], axis=1, keepdims=True) * norms[:, None]
+        tensors["W_dec"] = arch["weights"]["W_dec"] = f32(w_dec)
+        threshold = float(np.float32(0.45))
+        tensors["topk_threshold"] = np.array(threshold, np.float64)  # SAELens keeps it in double
+        arch["weights"]["threshold"] = np.full(D_SAE, threshold)
+        rescale = cfg_extra.get("rescale_acts_by_decoder_norm", True)  # the training default
+        arch.update(rule="jumprelu", decoder_norm=rescale)
     if architecture == "topk":
         arch.update(rule="topk", k=cfg_extra.get("k", 7), decoder_norm=cfg_extra.get("rescale_acts_by_decoder_norm"))
     cfg: dict = {"d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "apply_b_dec_to_input": True}
@@ -169,6 +178,26 @@ def saelens(folder: Path, architecture: str, seed: int = 0, version: str = "6", 
     save_file(tensors, str(folder / "sae_weights.safetensors"))
     (folder / "cfg.json").write_text(json.dumps(cfg))
     return arch
+
+
+def saelens_inference(training: Path, folder: Path) -> None:
+    """What SAELens' ``save_inference_model`` writes for a BatchTopK training checkpoint: the
+    decoder norms folded into W_enc and b_enc (W_dec made unit norm), the learned threshold a
+    JumpReLU threshold per latent, the architecture jumprelu."""
+    from safetensors.numpy import load_file
+
+    t = {k: v.astype(np.float64) for k, v in load_file(str(training / "sae_weights.safetensors")).items()}
+    cfg = json.loads((training / "cfg.json").read_text())
+    if cfg.get("rescale_acts_by_decoder_norm", True):
+        norms = np.linalg.norm(t["W_dec"], axis=1)
+        t["W_enc"], t["b_enc"], t["W_dec"] = t["W_enc"] * norms, t["b_enc"] * norms, t["W_dec"] / norms[:, None]
+    t["threshold"] = np.full(D_SAE, float(t.pop("topk_threshold")))
+    for key in ("k", "rescale_acts_by_decoder_norm", "topk_threshold_lr"):
+        cfg.pop(key, None)
+    cfg["architecture"] = "jumprelu"
+    folder.mkdir(parents=True)
+    save_file({k: f32(v) for k, v in t.items()}, str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps(cfg))
 
 
 def sparsify(folder: Path, activation: str = "topk", k: int = 6, seed: int = 1, transcode: bool = False) -> dict:
@@ -287,6 +316,10 @@ CASES = {
     "saelens-topk": lambda p: saelens(p, "topk", seed=4, k=7),
     "saelens-topk-rescaled": lambda p: saelens(p, "topk", seed=5, k=9, rescale_acts_by_decoder_norm=True),
     "saelens-gated": lambda p: saelens(p, "gated", seed=6),
+    "saelens-batchtopk": lambda p: saelens(p, "batchtopk", seed=14, k=32.0, rescale_acts_by_decoder_norm=True),
+    "saelens-batchtopk-default": lambda p: saelens(p, "batchtopk", seed=15, k=24.0),  # the flag left out: on
+    "saelens-batchtopk-unscaled": lambda p: saelens(p, "batchtopk", seed=16, rescale_acts_by_decoder_norm=False),
+    "saelens-matryoshka-batchtopk": lambda p: saelens(p, "matryoshka_batchtopk", seed=17),
     "saelens-no-b_dec": lambda p: saelens(p, "standard", seed=8, apply_b_dec_to_input=False),
     "saelens-constant-norm": lambda p: {
         **saelens(p, "standard", seed=9, normalize_activations="constant_norm_rescale"),
@@ -677,7 +710,7 @@ def test_inspect_shows_what_each_sae_encodes(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     (sae,) = json.loads(result.stdout)["saes"]
     assert (sae["latents"], sae["component"], sae["d_in"], sae["d_sae"]) == (f"{HOOK}:sae", HOOK, D_IN, D_SAE)
-    assert sae["encode"] == "SAELens topk: x - b_dec, h = x @ W_enc + b, top 4 of h * |W_dec|, relu"
+    assert sae["encode"] == "SAELens topk: x - b_dec, h = (x @ W_enc + b) * |W_dec|, top 4 of h, relu"
     table = nact("inspect", data, "--sae", tmp_path / "sae")
     assert f"SAE {tmp_path / 'sae'} encodes {HOOK} into {HOOK}:sae ({D_SAE} latents)" in table.stdout
 
@@ -714,3 +747,24 @@ def test_counts_of_another_sae_are_never_added(tmp_path: Path) -> None:
     )
     merged = nact("merge", a, b, "-o", tmp_path / "m.safetensors")
     assert merged.exit_code == 2 and "holds the latents of two different SAEs" in merged.stderr
+
+
+def test_a_batchtopk_training_checkpoint_counts_as_its_inference_model(tmp_path: Path) -> None:
+    """SAELens trains BatchTopK on pre-activations rescaled by the decoder row norms and learns its
+    threshold there: the training checkpoint and what save_inference_model folds from it give the
+    same latents, which differ from ignoring the norms."""
+    arch = saelens(tmp_path / "training", "batchtopk", seed=21, k=16.0, rescale_acts_by_decoder_norm=True)
+    saelens_inference(tmp_path / "training", tmp_path / "inference")
+    x = activations(seed=5)
+    data = cache(tmp_path / "cache", x)
+    sure, near, _ = expected_counts(arch, x)
+    counts = {}
+    for name in ("training", "inference"):
+        c = next(iter(scan([data], saes=(str(tmp_path / name),)).activity.components.values()))
+        assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all(), name
+        counts[name] = c.fire_counts
+    exact = near == 0
+    assert exact.mean() > 0.9 and (counts["training"][exact] == counts["inference"][exact]).all()
+    unscaled, _, _ = expected_counts({**arch, "decoder_norm": False}, x)
+    assert (unscaled != sure).sum() > D_SAE // 2  # the norms matter for most latents
+    assert "(x @ W_enc + b) * |W_dec|" in load_sae(tmp_path / "training").describe()

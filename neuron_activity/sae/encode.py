@@ -50,6 +50,8 @@ class NumpyEncoder:
             out = np.where(gate, np.maximum(h, 0), np.float32(0))
         else:
             h += self.bias
+            if sae.pre_scale is not None:
+                h *= sae.pre_scale
             if rule in ("relu", "tanh-relu"):
                 out = np.maximum(h, 0, out=h)
                 if rule == "tanh-relu":
@@ -60,8 +62,6 @@ class NumpyEncoder:
                 r = np.maximum(h, 0, out=h)
                 out = np.where(r > given(sae.threshold)[0], r, np.float32(0))
             elif rule == "topk":
-                if sae.topk_scale is not None:
-                    h *= sae.topk_scale
                 out = top_k(h, given(sae.k))
             else:  # groupmax
                 out = group_max(np.maximum(h, 0, out=h), given(sae.k))
@@ -124,8 +124,8 @@ class TorchEncoder:
 
         self.weight, self.bias = put(sae.weight, self.dtype), put(sae.bias)
         self.center, self.threshold = put_given(sae.center), put_given(sae.threshold)
-        self.topk_scale, self.mag_scale, self.mag_bias = (
-            put_given(sae.topk_scale),
+        self.pre_scale, self.mag_scale, self.mag_bias = (
+            put_given(sae.pre_scale),
             put_given(sae.mag_scale),
             put_given(sae.mag_bias),
         )
@@ -152,6 +152,8 @@ class TorchEncoder:
             out = torch.where(gate, torch.relu(h * given(self.mag_scale) + given(self.mag_bias)), 0.0)
         else:
             h = h + self.bias
+            if self.pre_scale is not None:
+                h = h * self.pre_scale
             if rule in ("relu", "tanh-relu"):
                 out = torch.relu(h)
                 if rule == "tanh-relu":
@@ -162,8 +164,6 @@ class TorchEncoder:
                 r = torch.relu(h)
                 out = torch.where(r > given(self.threshold)[0], r, 0.0)
             elif rule == "topk":
-                if self.topk_scale is not None:
-                    h = h * self.topk_scale
                 top = torch.topk(h, given(sae.k), dim=-1, sorted=False)
                 out = torch.zeros_like(h).scatter_(-1, top.indices, torch.relu(top.values))
             else:

@@ -33,7 +33,7 @@ class Sae:
     normalize: Normalization = "none"  # run-time, per vector
     threshold: np.ndarray | None = None  # jumprelu: [d_sae]; threshold: [1]
     k: int | None = None
-    topk_scale: np.ndarray | None = None  # topk: decoder row norms the pre-activations are scaled by
+    pre_scale: np.ndarray | None = None  # h is multiplied by it before the rule (SAELens' decoder row norms)
     mag_scale: np.ndarray | None = None  # gated: exp(r_mag)
     mag_bias: np.ndarray | None = None  # gated
     fingerprint: str = ""  # SHA-256 of the encoder as nact uses it: which SAE made a count
@@ -41,7 +41,7 @@ class Sae:
     def with_fingerprint(self) -> Sae:
         """This SAE with its fingerprint: the rule, its numbers and every array it encodes with."""
         parts = [repr((self.rule, self.d_in, self.d_sae, self.k, self.scale, self.normalize)).encode()]
-        for a in (self.weight, self.bias, self.center, self.threshold, self.topk_scale, self.mag_scale, self.mag_bias):
+        for a in (self.weight, self.bias, self.center, self.threshold, self.pre_scale, self.mag_scale, self.mag_bias):
             parts.append(b"-" if a is None else np.ascontiguousarray(a, np.float32).tobytes())
         return replace(self, fingerprint=hashlib.sha256(b"|".join(parts)).hexdigest())
 
@@ -67,11 +67,12 @@ class Sae:
             "tanh-relu": "tanh(relu(h))",
             "jumprelu": "relu(h) where h > threshold",
             "threshold": f"relu(h) where relu(h) > {float(self.threshold[0]) if self.threshold is not None else 0:g}",
-            "topk": f"top {self.k} of h{' * |W_dec|' if self.topk_scale is not None else ''}, relu",
+            "topk": f"top {self.k} of h, relu",
             "groupmax": f"max of each of {self.k} groups, relu",
             "gated": "relu(h * exp(r_mag) + b_mag) where h + b_gate > 0",
         }[self.rule]
-        return f"{self.library} {self.architecture}: " + ", ".join(steps + [f"h = x @ W_enc + b, {rule}"])
+        h = "h = (x @ W_enc + b) * |W_dec|" if self.pre_scale is not None else "h = x @ W_enc + b"
+        return f"{self.library} {self.architecture}: " + ", ".join(steps + [f"{h}, {rule}"])
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -14,6 +14,7 @@ from .files import SafetensorsWeights, Tensors, flag, read_json, top_k, weights,
 from .model import Sae
 
 WEIGHTS = "sae_weights.safetensors"
+BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")  # trained with a batch top k, saved as JumpReLU
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 
 
@@ -75,19 +76,33 @@ def read(folder: Path) -> Sae:
         if activation == "tanh-relu":
             return Sae(**common, rule="tanh-relu", weight=w_enc, bias=b_enc)
         raise BadInput(cfg_path, f"activation_fn {activation!r}: nact encodes relu and tanh-relu standard SAEs")
-    if architecture in ("jumprelu", "batchtopk", "matryoshka_batchtopk"):
+    if architecture == "jumprelu":
         threshold = _threshold(weights_path, tensors, d_sae)
         return Sae(**common, rule="jumprelu", weight=w_enc, bias=b_enc, threshold=threshold)
+    if architecture in BATCH_TOPK:  # a training checkpoint: JumpReLU at its learned threshold
+        threshold = _threshold(weights_path, tensors, d_sae)
+        pre_scale = _decoder_norms(cfg_path, cfg, weights_path, tensors, d_in, d_sae, default=True)
+        return Sae(**common, rule="jumprelu", weight=w_enc, bias=b_enc, threshold=threshold, pre_scale=pre_scale)
     if architecture == "topk":
         k = top_k(cfg_path, cfg.get("k", kwargs.get("k")), d_sae)
-        scale_by_norm = None
-        if flag(cfg_path, cfg, "rescale_acts_by_decoder_norm", False):
-            (w_dec,) = weights(weights_path, tensors, {"W_dec": (d_sae, d_in)})
-            scale_by_norm = np.linalg.norm(w_dec.astype(np.float32), axis=-1).astype(np.float32)
-        return Sae(**common, rule="topk", weight=w_enc, bias=b_enc, k=k, topk_scale=scale_by_norm)
+        pre_scale = _decoder_norms(cfg_path, cfg, weights_path, tensors, d_in, d_sae, default=False)
+        return Sae(**common, rule="topk", weight=w_enc, bias=b_enc, k=k, pre_scale=pre_scale)
     raise BadInput(
         cfg_path, f"architecture {architecture!r}: nact encodes standard, jumprelu, topk and gated SAELens SAEs"
     )
+
+
+def _decoder_norms(
+    cfg_path: Path, cfg: dict[str, Any], weights_path: Path, tensors: Tensors, d_in: int, d_sae: int, default: bool
+) -> np.ndarray | None:
+    """The decoder row norms the pre-activations are multiplied by before the rule, when
+    ``rescale_acts_by_decoder_norm`` is set (a TopK SAE's default is off; a BatchTopK training
+    SAE's is on: its threshold was learned on the rescaled pre-activations, and
+    ``save_inference_model`` folds the norms into W_enc and b_enc)."""
+    if not flag(cfg_path, cfg, "rescale_acts_by_decoder_norm", default):
+        return None
+    (w_dec,) = weights(weights_path, tensors, {"W_dec": (d_sae, d_in)})
+    return np.asarray(np.linalg.norm(w_dec.astype(np.float32), axis=-1), np.float32)
 
 
 def _threshold(weights_path: Path, tensors: Tensors, d_sae: int) -> np.ndarray:
