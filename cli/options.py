@@ -293,10 +293,10 @@ class Inputs:
         list[str] | None,
         typer.Option(
             "--sae",
-            metavar="[COMPONENT=]PATH",
+            metavar="[COMPONENT=]PATH[#NAME]",
             rich_help_panel=SAE_PANEL,
             help="Count the latents of the SAE checkpoint PATH (SAELens, sparsify, dictionary_learning) encoding its "
-            "hook's component, or COMPONENT (repeatable).",
+            "hook's component, or COMPONENT; its latents are named NAME, else by the end of PATH (repeatable).",
         ),
     ] = None
 

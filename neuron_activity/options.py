@@ -60,19 +60,32 @@ def _density(option: str, value: Fraction) -> None:
 
 @dataclass(frozen=True)
 class SaeRequest:
-    """An ``--sae [KEY=]PATH`` as given: the component it binds to (None: the SAE's own hook)."""
+    """An ``--sae [COMPONENT=]PATH[#NAME]`` as given: the SAE's folder, the component it encodes
+    (None: the SAE's own hook) and the name its latents go by (None: the shortest end of its
+    path that tells it apart from the other SAEs). A path that exists as given wins over both
+    readings, so folders such as ``lr=1e-3`` need no quoting."""
 
     path: Path
     key: str | None = None
+    name: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> SaeRequest:
-        key, equals, path = text.rpartition("=")
-        if equals and not key:
-            raise BadOption("sae", text, "names no component before '=': use KEY=PATH or PATH")
+        if Path(text).exists():
+            return cls(Path(text))
+        rest, hash_sign, name = text.rpartition("#")
+        if not hash_sign:
+            rest, name = text, ""
+        elif not name or "/" in name or ":" in name:
+            raise BadOption("sae", text, "names no SAE after '#': use PATH#NAME, a name without '/' or ':'")
+        key, equals, path = rest.rpartition("=")
+        if equals and Path(rest).exists():
+            key, path = "", rest
+        elif equals and not key:
+            raise BadOption("sae", text, "names no component before '=': use COMPONENT=PATH or PATH")
         if not path:
             raise BadOption("sae", text, "names no SAE folder")
-        return cls(Path(path), key or None)
+        return cls(Path(path), key or None, name or None)
 
 
 @dataclass(frozen=True)

@@ -90,13 +90,13 @@ def plan_for(shards: dict[ShardPath, str], options: CountOptions) -> ScanPlan:
     return plan
 
 
-def _load_saes(options: CountOptions) -> list[tuple[str | None, Sae]]:
-    """The SAEs asked for, each with the component it is asked to encode."""
+def _load_saes(options: CountOptions) -> list[tuple[str | None, Sae, str]]:
+    """The SAEs asked for, each with the component it is asked to encode and its name."""
     if not options.saes:
         return []
     from . import sae  # only scans with SAEs load their code and the zip reader it needs (~6 ms)
 
-    return [(r.key, sae.load_sae(r.path)) for r in options.saes]
+    return sae.load_saes(options.saes)
 
 
 def _check_positions(plan: ScanPlan, skip: tuple[int, ...]) -> None:

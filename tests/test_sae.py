@@ -768,3 +768,59 @@ def test_a_batchtopk_training_checkpoint_counts_as_its_inference_model(tmp_path:
     unscaled, _, _ = expected_counts({**arch, "decoder_norm": False}, x)
     assert (unscaled != sure).sum() > D_SAE // 2  # the norms matter for most latents
     assert "(x @ W_enc + b) * |W_dec|" in load_sae(tmp_path / "training").describe()
+
+
+def test_saes_whose_folders_share_a_name_are_named_apart(tmp_path: Path) -> None:
+    """SAELens names checkpoints by their sample count, dictionary_learning sweeps by trainer:
+    the shortest end of each path that tells them apart names their latents, or a name given."""
+    saelens(tmp_path / "run_a" / "1000000", "standard", seed=1)
+    saelens(tmp_path / "run_b" / "1000000", "jumprelu", seed=2)
+    saelens(tmp_path / "lr=1e-3", "standard", seed=3)  # an '=' in a folder that exists: a path
+    data = cache(tmp_path / "cache", activations())
+    args = [
+        "--sae",
+        tmp_path / "run_a" / "1000000",
+        "--sae",
+        tmp_path / "run_b" / "1000000",
+        "--sae",
+        tmp_path / "lr=1e-3",
+    ]
+    result = nact("scan", data, *args, "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    names = [c["component"] for c in json.loads(result.stdout)["components"]]
+    assert names == [f"{HOOK}:run_a/1000000", f"{HOOK}:run_b/1000000", f"{HOOK}:lr=1e-3"]
+    again = nact("scan", data, *args, "-f", "json")
+    assert [c["component"] for c in json.loads(again.stdout)["components"]] == names  # the same every run
+    named = nact(
+        "scan",
+        data,
+        "--sae",
+        f"{tmp_path / 'run_a' / '1000000'}#early",
+        "--sae",
+        f"{HOOK}={tmp_path / 'run_b' / '1000000'}#late",
+        "-f",
+        "json",
+    )
+    assert named.exit_code == 0, named.stderr
+    assert [c["component"] for c in json.loads(named.stdout)["components"]] == [f"{HOOK}:early", f"{HOOK}:late"]
+
+
+@pytest.mark.parametrize(
+    "sae_args, message",
+    [
+        (["{a}", "{a}"], "--sae '{a}' is given twice for component 'blocks.3.hook_resid_post'"),
+        (
+            ["{a}#x", "{b}#x"],
+            "--sae '{a}, {b}' both name their latents 'blocks.3.hook_resid_post:x': tell them apart with PATH#NAME",
+        ),
+        (["{a}#"], "--sae '{a}#' names no SAE after '#': use PATH#NAME, a name without '/' or ':'"),
+    ],
+)
+def test_saes_that_cannot_be_told_apart(tmp_path: Path, sae_args: list[str], message: str) -> None:
+    saelens(tmp_path / "a" / "final", "standard", seed=1)
+    saelens(tmp_path / "b" / "final", "standard", seed=2)
+    data = cache(tmp_path / "cache", activations())
+    paths = {"a": tmp_path / "a" / "final", "b": tmp_path / "b" / "final"}
+    args = [x for s in sae_args for x in ("--sae", s.format(**paths))]
+    result = nact("scan", data, *args)
+    assert result.exit_code == 2 and result.stderr == f"Error: {message.format(**paths)}\n"

@@ -31,7 +31,7 @@ to the component it encodes is part of planning (``sources.planning``).
 
 from .counter import SaeCounter, TorchSaeCounter, sae_counter
 from .encode import NumpyEncoder, TorchEncoder, batch_rows
-from .load import load_sae
+from .load import load_sae, load_saes
 from .model import RULES, Sae
 
 __all__ = [
@@ -43,5 +43,6 @@ __all__ = [
     "TorchSaeCounter",
     "batch_rows",
     "load_sae",
+    "load_saes",
     "sae_counter",
 ]

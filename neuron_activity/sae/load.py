@@ -3,10 +3,11 @@ that family's module."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import BadInput
+from ..options import SaeRequest
 from . import dictionary_learning, saelens, sparsify
 from .model import Sae
 
@@ -16,6 +17,25 @@ FAMILIES: dict[str, Callable[[Path], Sae]] = {
     sparsify.WEIGHTS: sparsify.read,
     dictionary_learning.WEIGHTS: dictionary_learning.read,
 }
+
+
+def load_saes(requests: Sequence[SaeRequest]) -> list[tuple[str | None, Sae, str]]:
+    """The SAEs asked for, each with the component it is asked to encode and its name: the name
+    given, else the shortest end of its path (at least ``Sae.name_parts`` parts) that no other
+    SAE's path ends with. The same command line gives the same names."""
+    saes = [load_sae(r.path) for r in requests]
+    resolved = [s.path.resolve().parts for s in saes]
+    names = []
+    for request, sae, parts in zip(requests, saes, resolved):
+        if request.name is not None:
+            names.append(request.name)
+            continue
+        others = {other for other in resolved if other != parts}
+        n = sae.name_parts
+        while n < len(parts) and any(other[-n:] == parts[-n:] for other in others):
+            n += 1
+        names.append("/".join(parts[-n:]) if n < len(parts) else str(sae.path.resolve()))
+    return [(r.key, sae, name) for r, sae, name in zip(requests, saes, names)]
 
 
 def load_sae(path: Path | str) -> Sae:

@@ -47,11 +47,14 @@ class Sae:
 
     @property
     def name(self) -> str:
-        """The SAE's name in component names: its folder, with the run's folder for sparsify
-        (whose folders are named after their hooks)."""
-        if self.library == "sparsify" and self.path.parent.name:
-            return f"{self.path.parent.name}/{self.path.name}"
-        return self.path.name
+        """The SAE's name when it is the only one: its folder, with the run's folder for
+        sparsify (whose folders are named after their hooks). See ``load.load_saes``."""
+        return "/".join(self.path.parts[-self.name_parts :])
+
+    @property
+    def name_parts(self) -> int:
+        """The fewest trailing parts of its path that name it."""
+        return 2 if self.library == "sparsify" and self.path.parent.name else 1
 
     def describe(self) -> str:
         """The encode as one line (for inspect and the JSON)."""

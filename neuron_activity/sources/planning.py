@@ -71,10 +71,11 @@ class BoundSae:
 
     sae: Sae
     component: str
+    label: str  # the SAE's name among those of the scan
 
     @property
     def name(self) -> str:
-        return f"{self.component}:{self.sae.name}"
+        return f"{self.component}:{self.label}"
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def plan_scan(
     *,
     component_axis: int | None = None,
     group_by: Grouping = "auto",
-    saes: Sequence[tuple[str | None, Sae]] = (),
+    saes: Sequence[tuple[str | None, Sae, str]] = (),
     **reader_options: object,
 ) -> ScanPlan:
     """Read every shard's header and decide what to count; raises on any problem found.
@@ -171,7 +172,7 @@ def plan_scan(
     ``keys`` are names or glob patterns matched against tensor keys and component names.
     ``group_by`` is a rule of ``grouping.GROUPINGS``; ``reader_options`` go to sparse readers.
     ``saes``: SAEs whose latents are counted instead of the activations they encode, each with
-    the component it is asked to encode (None: the one named as its hook).
+    the component it is asked to encode (None: the one named as its hook) and its name.
     """
     warnings = list(getattr(shards, "notes", []))
     entries = read_entries(shards, **reader_options)
@@ -273,7 +274,7 @@ def plan_scan(
     return _bind(plan, saes) if saes else plan
 
 
-def _bind(plan: ScanPlan, saes: Sequence[tuple[str | None, Sae]]) -> ScanPlan:
+def _bind(plan: ScanPlan, saes: Sequence[tuple[str | None, Sae, str]]) -> ScanPlan:
     """The plan that counts the latents of each SAE instead of the activations it encodes.
 
     An SAE encodes the component named with it, else the one named as its hook; that must be
@@ -283,7 +284,7 @@ def _bind(plan: ScanPlan, saes: Sequence[tuple[str | None, Sae]]) -> ScanPlan:
     streams = {name: g for g in plan.groups.values() for name in g.names}
     components = list(streams)
     bound: dict[str, list[BoundSae]] = {}
-    for asked, sae in saes:
+    for asked, sae, label in saes:
         key = asked or sae.hook
         group = streams.get(key) if key is not None else None
         if group is None or key is None:
@@ -301,11 +302,19 @@ def _bind(plan: ScanPlan, saes: Sequence[tuple[str | None, Sae]]) -> ScanPlan:
             if slab.key == group.key and (slab.entry.storage == SPARSE or slab.dtype not in FLOAT_INPUTS):
                 what = "a sparse cache of latents" if slab.entry.storage == SPARSE else f"{slab.dtype} values"
                 raise BadInput(slab.path, f"component {key!r} holds {what}: an SAE encodes float activations")
-        bound.setdefault(group.key, []).append(BoundSae(sae, key))
-    names = [b.name for found in bound.values() for b in found]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise BadOption("sae", twice[0], "is given twice")
+        bound.setdefault(group.key, []).append(BoundSae(sae, key, label))
+    by_name: dict[str, BoundSae] = {}
+    for b in (b for found in bound.values() for b in found):
+        before = by_name.setdefault(b.name, b)
+        if before is b:
+            continue
+        if before.sae.path.resolve() == b.sae.path.resolve():
+            raise BadOption("sae", str(b.sae.path), f"is given twice for component {b.component!r}")
+        raise BadOption(
+            "sae",
+            f"{before.sae.path}, {b.sae.path}",
+            f"both name their latents {b.name!r}: tell them apart with PATH#NAME",
+        )
     groups = {
         key: ComponentGroup(
             plan.groups[key].name,
