@@ -37,6 +37,7 @@ class Sae:
     mag_scale: np.ndarray | None = None  # gated: exp(r_mag)
     mag_bias: np.ndarray | None = None  # gated
     fingerprint: str = ""  # SHA-256 of the encoder as nact uses it: which SAE made a count
+    notes: tuple[str, ...] = ()  # what a scan with it should say (how nact read something the checkpoint left open)
 
     def with_fingerprint(self) -> Sae:
         """This SAE with its fingerprint: the rule, its numbers and every array it encodes with."""

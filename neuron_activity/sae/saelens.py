@@ -45,9 +45,15 @@ def read(folder: Path) -> Sae:
     if normalize not in NORMALIZATIONS:
         raise BadInput(cfg_path, f"normalize_activations {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
     scale = None
+    notes: list[str] = []
     if normalize == "expected_average_only_in":
-        scale = _stored_scale(folder, cfg_path)
+        scale = _stored_scale(folder)
         normalize = "none"
+        if scale is None:
+            notes.append(
+                f"SAE {folder}: normalize_activations is expected_average_only_in but it stores no scaling factor "
+                "(activation_scaler.json): its inputs are not scaled, as SAELens encodes it"
+            )
     tensors = SafetensorsWeights(folder / WEIGHTS)
     weights_path = folder / WEIGHTS
     apply_b_dec = flag(cfg_path, cfg, "apply_b_dec_to_input", True)
@@ -62,6 +68,7 @@ def read(folder: Path) -> Sae:
         center=b_dec if apply_b_dec else None,
         scale=scale,
         normalize=normalize,
+        notes=tuple(notes),
     )
     (w_enc,) = weights(weights_path, tensors, {"W_enc": (d_in, d_sae)})
     if architecture == "gated":
@@ -117,16 +124,14 @@ def _threshold(weights_path: Path, tensors: Tensors, d_sae: int) -> np.ndarray:
     raise BadInput(weights_path, "has no tensor 'threshold' (nor 'log_threshold')")
 
 
-def _stored_scale(folder: Path, cfg_path: Path) -> float:
+def _stored_scale(folder: Path) -> float | None:
     """The scaling factor of ``expected_average_only_in``: SAELens folds it into the weights of a
     finished SAE (whose cfg.json then says none) and keeps it in activation_scaler.json beside a
-    checkpoint taken during training."""
+    checkpoint taken during training, whose inputs were scaled by it; None when there is none."""
     scaler = folder / "activation_scaler.json"
-    value = read_json(scaler).get("scaling_factor") if scaler.is_file() else None
+    if not scaler.is_file():
+        return None
+    value = read_json(scaler).get("scaling_factor")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise BadInput(
-            cfg_path,
-            "normalize_activations is expected_average_only_in, but the checkpoint stores no scaling factor "
-            "(activation_scaler.json): nact cannot know the scale the SAE expects",
-        )
+        raise BadInput(scaler, f"scaling_factor is {value!r}, not a positive number")
     return float(value)

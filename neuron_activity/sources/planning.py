@@ -328,8 +328,10 @@ def _bind(plan: ScanPlan, saes: Sequence[tuple[str | None, Sae, str]]) -> ScanPl
         for key, found in bound.items()
     }
     kept = plan.restricted({s.path for s in plan.slabs if s.key in bound})
+    notes = tuple(dict.fromkeys(note for _, sae, _ in saes for note in sae.notes))
     return replace(
         kept,
+        warnings=kept.warnings + notes,
         groups=groups,
         slabs=tuple(s for s in kept.slabs if s.key in bound),
         saes={key: tuple(found) for key, found in bound.items()},
