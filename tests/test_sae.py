@@ -10,6 +10,7 @@ both that they are few and that nact agrees exactly everywhere else.
 from __future__ import annotations
 
 import json
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -292,6 +293,19 @@ def dictionary_learning(folder: Path, dict_class: str, seed: int = 2, k: int = 5
     return arch
 
 
+def gemma_scope(folder: Path, seed: int = 18) -> dict:
+    """A Gemma Scope SAE as the release lays it out: params.npz, no config, no hook named."""
+    rng = rng_for(seed)
+    w = base_weights(rng)
+    threshold = f32(rng.random(D_SAE) * 0.6)
+    folder.mkdir(parents=True)
+    np.savez(folder / "params.npz", W_enc=w["W"], W_dec=w["W_dec"], b_enc=w["b"], b_dec=w["b_dec"], threshold=threshold)
+    arch: dict = {"weights": {**w, "threshold": threshold}, "center": None, "rule": "jumprelu", "hook": None}
+    if "embedding" in str(folder):  # trained on embeddings times sqrt(d_in): SAELens divides W_enc by it
+        arch["scale"] = 1 / np.sqrt(D_IN)
+    return arch
+
+
 def activations(seed: int = 7, rows: int = ROWS) -> np.ndarray:
     rng = rng_for(seed)
     return f32(rng.standard_normal((rows, D_IN)) * (1 + rng.random((rows, 1))))
@@ -337,12 +351,28 @@ CASES = {
     "dl-batchtopk": lambda p: dictionary_learning(p, "BatchTopKSAE"),
     "dl-jumprelu": lambda p: dictionary_learning(p, "JumpReluAutoEncoder"),
     "dl-gated": lambda p: dictionary_learning(p, "GatedAutoEncoder"),
+    "gemma-scope": lambda p: gemma_scope(p / "layer_3" / "width_16k" / "average_l0_71"),
+    "gemma-scope-embedding": lambda p: gemma_scope(p / "embedding" / "width_4k" / "average_l0_6", seed=19),
 }
 
 
 def sae_folder(tmp_path: Path, case: str) -> Path:
-    # sparsify names a coder's folder after its hook
-    return tmp_path / "run" / HOOK if case.startswith("sparsify") else tmp_path / case
+    # sparsify names a coder's folder after its hook; Gemma Scope's are under layer and width
+    if case.startswith("sparsify"):
+        return tmp_path / "run" / HOOK
+    if case == "gemma-scope":
+        return tmp_path / case / "layer_3" / "width_16k" / "average_l0_71"
+    if case == "gemma-scope-embedding":
+        return tmp_path / case / "embedding" / "width_4k" / "average_l0_6"
+    return tmp_path / case
+
+
+def make_case(tmp_path: Path, case: str) -> tuple[Path, dict, str]:
+    """The SAE of ``case``, its reference, and how --sae names it (bound by name where the
+    checkpoint names no hook)."""
+    folder = sae_folder(tmp_path, case)
+    arch = CASES[case](folder if not case.startswith("gemma-scope") else tmp_path / case)
+    return folder, arch, str(folder) if arch.get("hook", HOOK) else f"{HOOK}={folder}"
 
 
 # ----------------------------------------------------------------------------- tests
@@ -350,8 +380,7 @@ def sae_folder(tmp_path: Path, case: str) -> Path:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_encoder_decides_as_the_formulas_do(tmp_path: Path, case: str) -> None:
-    folder = sae_folder(tmp_path, case)
-    arch = CASES[case](folder)
+    folder, arch, _ = make_case(tmp_path, case)
     x = activations()
     latents = NumpyEncoder(load_sae(folder)).encode(x)
     want, margin = reference(arch, x)
@@ -363,11 +392,10 @@ def test_encoder_decides_as_the_formulas_do(tmp_path: Path, case: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_scan_counts_the_latents(tmp_path: Path, case: str) -> None:
-    folder = sae_folder(tmp_path, case)
-    arch = CASES[case](folder)
-    x = activations(seed=hash(case) % 1000)
+    folder, arch, asked = make_case(tmp_path, case)
+    x = activations(seed=zlib.crc32(case.encode()) % 1000)  # per case, the same every run
     data = cache(tmp_path / "cache", x)
-    result = scan([data], saes=(str(folder),), chunk_rows=400)
+    result = scan([data], saes=(asked,), chunk_rows=400)
     name = f"{HOOK}:{load_sae(folder).name}"
     assert list(result.activity.components) == [name]
     c = result.activity.components[name]
@@ -393,15 +421,16 @@ def test_scan_counts_the_latents(tmp_path: Path, case: str) -> None:
         "dl-batchtopk",
         "saelens-layer-norm",
         "saelens-constant-norm",
+        "saelens-batchtopk",
+        "gemma-scope",
     ],
 )
 def test_the_torch_encoder_agrees(tmp_path: Path, case: str) -> None:
     """The encoder that runs on a GPU, run here on the cpu (kernel torch): the same counts."""
-    folder = sae_folder(tmp_path, case)
-    arch = CASES[case](folder)
+    folder, arch, asked = make_case(tmp_path, case)
     x = activations(seed=3)
     data = cache(tmp_path / "cache", x)
-    result = scan([data], saes=(str(folder),), kernel="torch", chunk_rows=700, track_last=True)
+    result = scan([data], saes=(asked,), kernel="torch", chunk_rows=700, track_last=True)
     assert result.kernel == "sae+torch"
     c = next(iter(result.activity.components.values()))
     sure, near, latents = expected_counts(arch, x)
@@ -829,3 +858,22 @@ def test_saes_that_cannot_be_told_apart(tmp_path: Path, sae_args: list[str], mes
     args = [x for s in sae_args for x in ("--sae", s.format(**paths))]
     result = nact("scan", data, *args)
     assert result.exit_code == 2 and result.stderr == f"Error: {message.format(**paths)}\n"
+
+
+def test_a_checkpoint_that_names_no_hook_is_bound_by_name(tmp_path: Path) -> None:
+    """Gemma Scope names only a layer (in its folders): without COMPONENT=, one line naming the
+    choices; with it, the component's latents."""
+    folder = tmp_path / "gemma-scope-2b-pt-res" / "layer_3" / "width_16k" / "average_l0_71"
+    gemma_scope(folder)
+    data = cache(tmp_path / "cache", activations(), other=activations(seed=2))
+    result = nact("scan", data, "--sae", folder)
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: {folder}: the checkpoint names no hook: name the component it encodes "
+        f"(components: {HOOK}, other): bind it with --sae COMPONENT=PATH\n"
+    )
+    result = nact("scan", data, "--sae", f"{HOOK}={folder}", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    (component,) = json.loads(result.stdout)["components"]
+    assert component["component"] == f"{HOOK}:average_l0_71" and component["sae"]["library"] == "Gemma Scope"
+    scanned = nact("scan", folder.parent.parent)
+    assert scanned.exit_code == 2 and "a Gemma Scope SAE checkpoint, not activations" in scanned.stderr

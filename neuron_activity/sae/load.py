@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from ..options import SaeRequest
-from . import dictionary_learning, saelens, sparsify
+from . import dictionary_learning, gemma_scope, saelens, sparsify
 from .model import Sae
 
 # weights file -> the family's reader, in the order they are looked for
@@ -16,6 +16,7 @@ FAMILIES: dict[str, Callable[[Path], Sae]] = {
     saelens.WEIGHTS: saelens.read,
     sparsify.WEIGHTS: sparsify.read,
     dictionary_learning.WEIGHTS: dictionary_learning.read,
+    gemma_scope.WEIGHTS: gemma_scope.read,
 }
 
 
@@ -55,5 +56,5 @@ def load_sae(path: Path | str) -> Sae:
     raise BadInput(
         folder,
         "not an SAE checkpoint: nact reads SAELens (cfg.json, sae_weights.safetensors), sparsify "
-        "(cfg.json, sae.safetensors) and dictionary_learning (config.json, ae.pt) folders",
+        "(cfg.json, sae.safetensors), dictionary_learning (config.json, ae.pt) and Gemma Scope (params.npz) folders",
     )

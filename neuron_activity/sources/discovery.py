@@ -29,7 +29,9 @@ SAE_CHECKPOINTS = {
     "sae_weights.safetensors": "a SAELens SAE checkpoint",
     "sae.safetensors": "a sparsify SAE checkpoint",
     "sparsity.safetensors": "a SAELens feature-sparsity file",
+    "params.npz": "a Gemma Scope SAE checkpoint",
 }
+STANDALONE_CHECKPOINTS = ("sparsity.safetensors", "params.npz")  # known by their name alone
 
 
 def sae_checkpoint(path: ShardPath) -> str | None:
@@ -37,7 +39,7 @@ def sae_checkpoint(path: ShardPath) -> str | None:
     kind = SAE_CHECKPOINTS.get(path.name)
     if kind is None:
         return None
-    if path.name == "sparsity.safetensors" or (path.parent / "cfg.json").is_file():
+    if path.name in STANDALONE_CHECKPOINTS or (path.parent / "cfg.json").is_file():
         return kind
     return None
 
@@ -114,7 +116,7 @@ def _discover_remote(
     datasets: dict[ShardPath, list[ShardPath] | None] = {}
     for obj in objects:
         kind = SAE_CHECKPOINTS.get(obj.name)
-        if kind and (obj.name == "sparsity.safetensors" or obj.parent / "cfg.json" in names):
+        if kind and (obj.name in STANDALONE_CHECKPOINTS or obj.parent / "cfg.json" in names):
             raise _refuse_sae(obj.parent, kind)
         if not alone and obj.suffix not in SUFFIX_FORMATS:
             continue
@@ -173,7 +175,7 @@ def _files_under(folder: ShardPath) -> tuple[list[ShardPath], int, list[ShardPat
         here = Path(top)
         hidden += sum(1 for d in dirs if d.startswith(".")) + sum(1 for n in names if n.startswith("."))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if "cfg.json" in names or "sparsity.safetensors" in names:
+        if "cfg.json" in names or any(n in names for n in STANDALONE_CHECKPOINTS):
             for name in names:
                 kind = sae_checkpoint(here / name)
                 if kind is not None:
