@@ -458,3 +458,19 @@ def test_a_shard_truncated_while_it_is_counted(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(BadInput) as caught:
         scan([path], chunk_rows=1 << 10, threads=1, kernel="native")
     assert str(caught.value) == f"{path}: changed during the scan: it was truncated while being counted"
+
+
+def test_widths_are_bounded_by_the_memory_their_counts_need(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No fixed bound on widths: a layer, a delphi module or an SAE too wide for this machine is
+    one line that says how much memory it would need, before anything is allocated."""
+    from neuron_activity import memory
+
+    monkeypatch.setattr(memory, "available", lambda: 1 << 20)  # a machine with 1 MiB to give
+    write_shard(tmp_path / "wide" / "a.safetensors", {"acts": torch.ones(2, 40_000)})
+    done = nact("scan", tmp_path / "wide")
+    assert done.exit_code == 2 and done.stderr == (
+        f"Error: {tmp_path / 'wide' / 'a.safetensors'}: counting 1 component(s), the widest 'acts' (40,000 neurons) "
+        "needs 1.5 MiB of memory, more than this machine has available (1.0 MiB)\n"
+    )
+    write_shard(tmp_path / "narrow" / "a.safetensors", {"acts": torch.ones(2, 4_000)})
+    assert nact("scan", tmp_path / "narrow").exit_code == 0

@@ -877,3 +877,18 @@ def test_a_checkpoint_that_names_no_hook_is_bound_by_name(tmp_path: Path) -> Non
     assert component["component"] == f"{HOOK}:average_l0_71" and component["sae"]["library"] == "Gemma Scope"
     scanned = nact("scan", folder.parent.parent)
     assert scanned.exit_code == 2 and "a Gemma Scope SAE checkpoint, not activations" in scanned.stderr
+
+
+def test_an_sae_too_wide_for_this_machine_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real SAEs reach 16-34 million latents: the bound is the memory the weights and counts
+    need, said before they are read."""
+    from neuron_activity import memory
+
+    saelens(tmp_path / "sae", "standard")
+    data = cache(tmp_path / "cache", activations())
+    monkeypatch.setattr(memory, "available", lambda: 12_000)  # less than W_enc (24 x 96 float32) as read
+    result = nact("scan", data, "--sae", tmp_path / "sae")
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: {tmp_path / 'sae' / 'sae_weights.safetensors'}: tensor 'W_enc' of shape [{D_IN}, {D_SAE}] needs "
+        "18.0 KiB of memory, more than this machine has available (11.7 KiB)\n"
+    )

@@ -6,6 +6,7 @@ tensors of a safetensors file (each read in float32 when first looked up) or of 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..dtypes import FLOAT_INPUTS, INTEGER_FORMATS, ITEMSIZE, UNSIGNED_VIEW, to_float32
 from ..errors import BadInput, first_line
+from ..memory import check_fits
 from ..sources import torch_zip
 from ..sources.base import TensorEntry
 from ..sources.safetensors_files import read_header
@@ -59,6 +61,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._read:
             e = self.entries[key]
+            check_fits(self.path, f"tensor {key!r} of shape {list(e.shape)}", e.nbytes + 4 * math.prod(e.shape))
             with open(self.path, "rb") as f:
                 f.seek(e.offset or 0)
                 raw = f.read(e.nbytes)
@@ -84,6 +87,7 @@ def torch_weights(path: Path) -> dict[str, np.ndarray]:
     found = torch_zip.entries(path, "pt")
     if found is not None:
         out = {}
+        check_fits(path, "its tensors", sum(e.nbytes + 4 * math.prod(e.shape) for e in found))
         with open(path, "rb") as f:
             for e in found:
                 f.seek(e.offset or 0)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput, first_line
+from ..memory import check_fits
 from .files import weights
 from .model import Sae
 
@@ -48,6 +49,8 @@ class NpzWeights(Mapping[str, np.ndarray]):
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._read:
+            member = self._npz.zip.getinfo(self._names[key] + ".npy")
+            check_fits(self.path, f"array {key!r}", 2 * member.file_size)  # as read, then in float32
             try:
                 value = self._npz[self._names[key]]
             except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:

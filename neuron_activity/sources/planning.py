@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..dtypes import FLOAT_FORMATS, FLOAT_INPUTS, INTEGER_FORMATS, ITEMSIZE
 from ..errors import AxisProblem, BadInput, BadOption, KeyNotFound, NoVectors, SaeNotBound, ShapeMismatch
+from ..memory import check_width
 from ..remote.objects import RemotePath
 from . import delphi_caches, grouping
 from .base import (
@@ -31,8 +32,6 @@ from .registry import READERS, SPARSE_FORMATS
 
 if TYPE_CHECKING:
     from ..sae.model import Sae
-
-MAX_FEATURES = 1 << 24  # per component: far above any layer or SAE, and bounds per-neuron state
 
 
 @dataclass(frozen=True)
@@ -213,11 +212,6 @@ def plan_scan(
             empty.setdefault(name, None)
             empty_units.append(entry.path)
             continue
-        if entry.shape[-1] > MAX_FEATURES:
-            raise BadInput(
-                entry.path,
-                f"tensor {entry.key!r} has {entry.shape[-1]} features, more than nact counts ({MAX_FEATURES})",
-            )
         try:
             layout = layout_of(name, entry.key, entry.shape, flatten, component_axis)
         except AxisProblem as e:
@@ -268,6 +262,12 @@ def plan_scan(
         detail = "; ".join(warnings) or "the shards hold no tensors"
         raise NoVectors(f"nothing to count in {len(shards)} shard(s): {detail}")
     groups = {k: replace(g, files=tuple(group_files[k])) for k, g in groups.items()}
+    widest = max(groups.values(), key=lambda g: g.width)
+    check_width(
+        widest.first_path,
+        f"{len(groups)} component(s), the widest {widest.name!r}",
+        sum(g.width for g in groups.values()),
+    )
     plan = ScanPlan(
         tuple(shards), dict(shards), tuple(entries), groups, tuple(slabs), tuple(warnings), tuple(empty_units)
     )
@@ -327,6 +327,8 @@ def _bind(plan: ScanPlan, saes: Sequence[tuple[str | None, Sae, str]]) -> ScanPl
         )
         for key, found in bound.items()
     }
+    latents = [b for found in bound.values() for b in found]
+    check_width(latents[0].sae.path, f"the latents of {len(latents)} SAE(s)", sum(b.sae.d_sae for b in latents))
     kept = plan.restricted({s.path for s in plan.slabs if s.key in bound})
     notes = tuple(dict.fromkeys(note for _, sae, _ in saes for note in sae.notes))
     return replace(
