@@ -1,11 +1,6 @@
 """SAE latents (--sae): random SAEs of every architecture saved in each library's own layout,
-encoded by a reference written here from the libraries' formulas in float64, compared per latent.
-
-A float32 encode can decide differently from the float64 one only where a deciding quantity
-(a pre-activation against its threshold, a top-k value against the k-th, ...) lies within float32
-rounding of its boundary; those (vector, latent) pairs are counted as "near" and the tests check
-both that they are few and that nact agrees exactly everywhere else.
-"""
+encoded by the float64 reference of ``sae_checkpoints`` (the libraries' formulas), compared per
+latent."""
 
 from __future__ import annotations
 
@@ -17,6 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sae_checkpoints import (
+    D_IN,
+    D_SAE,
+    DEAD,
+    HOOK,
+    ROWS,
+    activations,
+    base_weights,
+    cache,
+    expected_counts,
+    f32,
+    near_boundary,
+    reference,
+    rng_for,
+)
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
@@ -25,105 +35,13 @@ from neuron_activity import scan
 from neuron_activity.sae import NumpyEncoder, load_sae
 
 runner = CliRunner()
-D_IN, D_SAE, ROWS = 24, 96, 1500
-NEAR = 1e-5  # ten times float32 rounding of these dot products (24 terms of |x w| < 2) and more
-HOOK = "blocks.3.hook_resid_post"
-DEAD = 3  # latents 0..2 have a bias that keeps them from ever firing
 
 
 def nact(*args: object):
     return runner.invoke(app, [str(a) for a in args])
 
 
-# ----------------------------------------------------------------------------- the reference
-
-
-def reference(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Latents (float64) and, per (vector, latent), how far its firing decision is from flipping."""
-    x = x.astype(np.float64)
-    w = {k: np.asarray(v, np.float64) for k, v in arch["weights"].items()}
-    if arch.get("scale") is not None:
-        x = x * arch["scale"]
-    if arch.get("normalize") == "constant_norm_rescale":
-        x = x * np.sqrt(x.shape[1]) / np.linalg.norm(x, axis=1, keepdims=True)
-    elif arch.get("normalize") == "layer_norm":
-        x = x - x.mean(axis=1, keepdims=True)
-        x = x / (x.std(axis=1, ddof=1, keepdims=True) + 1e-5)
-    if arch.get("center") is not None:
-        x = x - w[arch["center"]]
-    pre = x @ w["W"]
-    rule = arch["rule"]
-    if rule == "gated":
-        gate = pre + w["b_gate"]
-        mag = pre * np.exp(w["r_mag"]) + w["b_mag"]
-        latents = np.where(gate > 0, np.maximum(mag, 0), 0)
-        return latents, np.minimum(np.abs(gate), np.abs(mag))
-    h = pre + w["b"]
-    if arch.get("decoder_norm"):  # SAELens' rescale_acts_by_decoder_norm: before the rule
-        h = h * np.linalg.norm(w["W_dec"], axis=1)
-    if rule in ("relu", "tanh-relu"):
-        latents = np.maximum(h, 0)
-        return (np.tanh(latents) if rule == "tanh-relu" else latents), np.abs(h)
-    if rule == "jumprelu":
-        return np.where(h > w["threshold"], np.maximum(h, 0), 0), np.minimum(np.abs(h - w["threshold"]), np.abs(h))
-    if rule == "threshold":
-        r = np.maximum(h, 0)
-        return np.where(r > w["threshold"], r, 0), np.minimum(np.abs(r - w["threshold"]), np.abs(h))
-    if rule == "topk":
-        k = arch["k"]
-        ordered = np.sort(h, axis=1)
-        kth, next_ = ordered[:, -k], ordered[:, -k - 1]
-        chosen = h >= kth[:, None]
-        between = (kth + next_)[:, None] / 2  # in or out of the top k: against the middle of the gap
-        margin = np.minimum(np.abs(h - between), np.where(chosen, np.abs(h), np.inf))
-        return np.where(chosen, np.maximum(h, 0), 0), margin
-    if rule == "groupmax":
-        k = arch["k"]
-        r = np.maximum(h, 0).reshape(len(h), k, -1)
-        ordered = np.sort(r, axis=2)
-        top = ordered[:, :, -1:]
-        best = r == top
-        gap = (ordered[:, :, -1] - ordered[:, :, -2])[:, :, None]
-        margin = np.where(best, np.minimum(gap, np.abs(h.reshape(r.shape))), top - r)
-        margin = np.where(top == 0, np.inf, margin)  # nothing in the group is above 0: none fires
-        return np.where(best, r, 0).reshape(len(h), -1), margin.reshape(len(h), -1)
-    raise AssertionError(rule)
-
-
-def near_boundary(latents: np.ndarray, margin: np.ndarray, fire_above: float = 0.0) -> np.ndarray:
-    """Decisions too close to call in float32: a deciding quantity near its boundary, or a
-    non-zero latent near ``fire_above`` (a latent set to exactly 0 is decided)."""
-    return (margin < NEAR) | ((np.abs(latents - fire_above) < NEAR) & (latents != 0))
-
-
-def expected_counts(arch: dict, x: np.ndarray, fire_above: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per latent: the vectors it surely fires on, those too near a boundary to say, and its
-    latents (float64)."""
-    latents, margin = reference(arch, x)
-    near = near_boundary(latents, margin, fire_above)
-    fires = latents > fire_above
-    return (fires & ~near).sum(axis=0), near.sum(axis=0), latents
-
-
 # ----------------------------------------------------------------------------- checkpoints
-
-
-def rng_for(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
-
-
-def f32(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, np.float32)
-
-
-def base_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    w_dec = rng.standard_normal((D_SAE, D_IN)) * (0.5 + rng.random((D_SAE, 1)))
-    return {
-        "W": f32(rng.standard_normal((D_IN, D_SAE)) * 0.4),
-        "b": f32(np.r_[np.full(DEAD, -30.0), rng.standard_normal(D_SAE - DEAD) * 0.5 - 0.8]),
-        "b_dec": f32(rng.standard_normal(D_IN) * 0.2),
-        "W_dec": f32(w_dec),
-    }
 
 
 def saelens(folder: Path, architecture: str, seed: int = 0, version: str = "6", **cfg_extra: object) -> dict:
@@ -304,21 +222,6 @@ def gemma_scope(folder: Path, seed: int = 18) -> dict:
     if "embedding" in str(folder):  # trained on embeddings times sqrt(d_in): SAELens divides W_enc by it
         arch["scale"] = 1 / np.sqrt(D_IN)
     return arch
-
-
-def activations(seed: int = 7, rows: int = ROWS) -> np.ndarray:
-    rng = rng_for(seed)
-    return f32(rng.standard_normal((rows, D_IN)) * (1 + rng.random((rows, 1))))
-
-
-def cache(folder: Path, x: np.ndarray, key: str = HOOK, shards: int = 3, **more: np.ndarray) -> Path:
-    """Shards of ``x`` under ``key`` (and of ``more`` under their keys, split alike)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    others = {k: np.array_split(v, shards) for k, v in more.items()}
-    for i, part in enumerate(np.array_split(x, shards)):
-        tensors = {key: f32(part), **{k: f32(v[i]) for k, v in others.items()}}
-        save_file(tensors, str(folder / f"shard_{i:02d}.safetensors"))
-    return folder
 
 
 CASES = {
