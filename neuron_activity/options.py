@@ -14,6 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
+from . import native
 from .activity import DEFAULT_THRESHOLDS, Threshold
 from .decimals import as_fraction, decimal_text, parse_decimal
 from .devices import check_device_name
@@ -139,7 +140,10 @@ class CountOptions:
         _at_least_one("io_threads", self.io_threads, MAX_THREADS)
         kernel = self.kernel or os.environ.get(KERNEL_VARIABLE) or None
         if kernel is not None:
-            kernel = choice("kernel" if self.kernel else KERNEL_VARIABLE, kernel, KERNELS, "a kernel")
+            named = "kernel" if self.kernel else KERNEL_VARIABLE  # the option, or the variable it came from
+            kernel = choice(named, kernel, KERNELS, "a kernel")
+            if kernel == "native" and native.kernels is None:
+                raise BadOption(named, kernel, f"is not available: the C kernel is {native.NATIVE_PROBLEM}")
         object.__setattr__(self, "kernel", kernel)
         if self.input_format is not None:
             if self.input_format not in INPUT_FORMATS:

@@ -402,6 +402,24 @@ def test_json_and_version_name_the_kernel(monkeypatch: pytest.MonkeyPatch) -> No
     assert version[0].startswith("nact 0.2.0") and version[1].startswith("cpu kernel: native (C extension")
 
 
+def test_a_c_kernel_that_is_not_built_is_named_as_it_was_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused when the options are made (before any read), by the name it was asked for by."""
+    from neuron_activity import BadOption, CountOptions, native
+
+    problem = "not built (no C compiler when nact was installed)"
+    monkeypatch.setattr(native, "kernels", None)
+    monkeypatch.setattr(native, "NATIVE_PROBLEM", problem)
+    monkeypatch.setenv("NACT_KERNEL", "native")
+    done = nact("scan", SAMPLE_DATA)
+    assert done.exit_code == 2
+    assert done.stderr == f"Error: NACT_KERNEL 'native' is not available: the C kernel is {problem}\n"
+    monkeypatch.delenv("NACT_KERNEL")
+    with pytest.raises(BadOption) as caught:
+        CountOptions(kernel="native")
+    assert str(caught.value) == f"kernel 'native' is not available: the C kernel is {problem}"
+    assert CountOptions(kernel="numpy").kernel == "numpy"
+
+
 def test_the_version_has_one_source() -> None:
     from importlib.metadata import version
 
