@@ -24,7 +24,18 @@ DEAD = 3  # latents 0..2 have a bias that keeps them from ever firing
 
 
 def reference(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Latents (float64) and, per (vector, latent), how far its firing decision is from flipping."""
+    """Latents (float64) and, per (vector, latent), how far its firing decision is from flipping.
+
+    ``arch``: the rule and its weights, and the steps around it: ``scale`` (the input times it),
+    ``normalize``, ``center`` (a weight subtracted from the input), ``decoder_norm`` (h times the
+    decoder's row norms before the rule), ``post_scale`` (the latents times it after the rule)."""
+    latents, margin = _rule(arch, x)
+    if arch.get("post_scale") is not None:
+        latents = latents * np.asarray(arch["post_scale"], np.float64)
+    return latents, margin
+
+
+def _rule(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = x.astype(np.float64)
     w = {k: np.asarray(v, np.float64) for k, v in arch["weights"].items()}
     if arch.get("scale") is not None:
@@ -54,6 +65,14 @@ def reference(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if rule == "threshold":
         r = np.maximum(h, 0)
         return np.where(r > w["threshold"], r, 0), np.minimum(np.abs(r - w["threshold"]), np.abs(h))
+    if rule == "abstopk":  # SAELens' AbsTopK: the k largest |h| keep h; nact counts |h| (its sign dropped)
+        k = arch["k"]
+        a = np.abs(h)
+        ordered = np.sort(a, axis=1)
+        kth, next_ = ordered[:, -k], ordered[:, -k - 1]
+        chosen = a >= kth[:, None]
+        margin = np.minimum(np.abs(a - (kth + next_)[:, None] / 2), np.where(chosen, a, np.inf))
+        return np.where(chosen, a, 0), margin
     if rule == "topk":
         k = arch["k"]
         ordered = np.sort(h, axis=1)

@@ -61,9 +61,15 @@ def saelens(folder: Path, architecture: str, seed: int = 0, version: str = "6", 
         arch["rule"] = "gated"
     else:
         tensors["b_enc"] = w["b"]
-    if architecture == "jumprelu":
+    if architecture in ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder"):
         tensors["threshold"] = arch["weights"]["threshold"] = f32(rng.random(D_SAE) * 0.6)
         arch["rule"] = "jumprelu"
+    if architecture.endswith("transcoder"):  # its output is another hook's, of d_out features
+        tensors["W_dec"] = f32(rng.standard_normal((D_SAE, 2 * D_IN)))
+        tensors["b_dec"] = f32(rng.standard_normal(2 * D_IN))
+        if "skip" in architecture:
+            tensors["W_skip"] = f32(rng.standard_normal((2 * D_IN, D_IN)))
+        arch["center"] = None
     if architecture in ("batchtopk", "matryoshka_batchtopk"):  # a training checkpoint
         norms = 0.05 + 1.95 * rng.random(D_SAE)  # decoder rows far from unit norm, as in training
         w_dec = w["W_dec"] / np.linalg.norm(w["W_dec"], axis=1, keepdims=True) * norms[:, None]
@@ -73,15 +79,20 @@ def saelens(folder: Path, architecture: str, seed: int = 0, version: str = "6", 
         arch["weights"]["threshold"] = np.full(D_SAE, threshold)
         rescale = cfg_extra.get("rescale_acts_by_decoder_norm", True)  # the training default
         arch.update(rule="jumprelu", decoder_norm=rescale)
-    if architecture == "topk":
-        arch.update(rule="topk", k=cfg_extra.get("k", 7), decoder_norm=cfg_extra.get("rescale_acts_by_decoder_norm"))
+    if architecture in ("topk", "abstopk"):
+        k = cfg_extra.get("k", 7)
+        arch.update(rule=architecture, k=k, decoder_norm=cfg_extra.get("rescale_acts_by_decoder_norm"))
     cfg: dict = {"d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "apply_b_dec_to_input": True}
     if version == "6":
         cfg.update(
             architecture=architecture,
             normalize_activations="none",
+            reshape_activations="none",
             metadata={"hook_name": HOOK, "sae_lens_version": "6.5.1", "model_name": "gpt2"},
         )
+        if architecture.endswith("transcoder"):
+            cfg.update(d_out=2 * D_IN, apply_b_dec_to_input=False)
+            cfg["metadata"]["hook_name_out"] = "blocks.3.hook_mlp_out"
     elif version == "4":  # 4.x: hook_point, activation_fn_str, a topk SAE named by its activation only
         cfg.update(hook_point=HOOK, normalize_activations=None)
         if architecture == "topk":
@@ -142,12 +153,24 @@ def sparsify(folder: Path, activation: str = "topk", k: int = 6, seed: int = 1, 
     return {"weights": w, "center": None if transcode else "b_dec", "rule": activation, "k": k}
 
 
-def dictionary_learning(folder: Path, dict_class: str, seed: int = 2, k: int = 5, threshold: float = 0.3) -> dict:
+def dictionary_learning(
+    folder: Path,
+    dict_class: str,
+    seed: int = 2,
+    k: int = 5,
+    threshold: float = 0.3,
+    file: str = "ae.pt",
+    norm_factor: float | None = None,
+) -> dict:
+    """A dictionary_learning run's folder (config.json) and its weights in ``file``: the final
+    ``ae.pt``, a ``checkpoints/ae_<step>.pt``, or (with ``norm_factor``) the in-run backup whose
+    weights expect the inputs divided by it."""
     rng = rng_for(seed)
     w = base_weights(rng)
     t = {key: torch.from_numpy(v) for key, v in w.items()}
     arch: dict = {"weights": dict(w), "center": "b_dec", "rule": "relu"}
-    if dict_class == "AutoEncoder":
+    if dict_class == "AutoEncoder":  # from_pretrained multiplies the latents by the decoder's column norms
+        arch["post_scale"] = np.linalg.norm(w["W_dec"].astype(np.float64), axis=1)
         state = OrderedDict(
             bias=t["b_dec"],
             **{
@@ -169,6 +192,16 @@ def dictionary_learning(folder: Path, dict_class: str, seed: int = 2, k: int = 5
         )
         arch.update(rule="topk", k=k) if dict_class == "AutoEncoderTopK" else arch.update(rule="threshold")
         arch["weights"]["threshold"] = np.float32(threshold)
+    elif dict_class == "AutoEncoderNew":
+        state = OrderedDict(
+            **{
+                "encoder.weight": t["W"].T.contiguous(),
+                "encoder.bias": t["b"],
+                "decoder.weight": t["W_dec"].T.contiguous(),
+                "decoder.bias": t["b_dec"],
+            }
+        )
+        arch["center"] = None
     elif dict_class == "JumpReluAutoEncoder":
         thr = f32(rng.random(D_SAE) * 0.5)
         state = OrderedDict(
@@ -192,8 +225,18 @@ def dictionary_learning(folder: Path, dict_class: str, seed: int = 2, k: int = 5
         arch["weights"].update(b_gate=extra["gate_bias"], b_mag=extra["mag_bias"], r_mag=extra["r_mag"])
     else:
         raise AssertionError(dict_class)
-    folder.mkdir(parents=True)
-    torch.save(state, folder / "ae.pt")
+    if norm_factor is not None:  # its inputs divided by the factor; the final ae.pt's latents are times it
+        arch["scale"] = 1 / norm_factor
+        arch["post_scale"] = arch.get("post_scale", 1.0) * norm_factor
+        state = {
+            "step": 300,
+            "ae": state,
+            "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]},
+            "config": {"dict_class": dict_class, "k": k},
+            "norm_factor": norm_factor,
+        }
+    (folder / file).parent.mkdir(parents=True)
+    torch.save(state, folder / file)
     cfg = {
         "trainer": {
             "dict_class": dict_class,
@@ -224,6 +267,75 @@ def gemma_scope(folder: Path, seed: int = 18) -> dict:
     return arch
 
 
+def gemma_scope_2(folder: Path, seed: int = 20, site: str = "model.layers.3.output", kind: str = "sae") -> dict:
+    """A Gemma Scope 2 SAE or transcoder: params.safetensors (lower-case names), config.json."""
+    rng = rng_for(seed)
+    w = base_weights(rng)
+    threshold = f32(rng.random(D_SAE) * 0.6)
+    folder.mkdir(parents=True)
+    tensors = {"w_enc": w["W"], "w_dec": w["W_dec"], "b_enc": w["b"], "b_dec": w["b_dec"], "threshold": threshold}
+    if kind == "transcoder":
+        tensors["affine_skip_connection"] = f32(rng.standard_normal((D_IN, D_IN)))
+    save_file(tensors, str(folder / "params.safetensors"))
+    out = site.replace("pre_feedforward", "post_feedforward")
+    cfg = {
+        "width": D_SAE,
+        "model_name": "google/gemma-3-1b-pt",
+        "architecture": "jump_relu",
+        "l0": 20,
+        "affine_connection": kind == "transcoder",
+        "type": kind,
+        "hf_hook_point_in": site,
+        "hf_hook_point_out": out,
+    }
+    (folder / "config.json").write_text(json.dumps(cfg))
+    arch = {"weights": {**w, "threshold": threshold}, "center": None, "rule": "jumprelu"}
+    return arch if site == "model.layers.3.output" else {**arch, "hook": None}  # the tests' cache has no other hook
+
+
+def llama_scope(folder: Path, seed: int = 21, unit_decoder: bool = True, norm: str = "dataset-wise") -> dict:
+    """A Llama Scope SAE as released: hyperparams.json and checkpoints/final.safetensors, trained on
+    inputs scaled to an average norm of sqrt(d_model), one JumpReLU threshold for every latent."""
+    rng = rng_for(seed)
+    w = base_weights(rng)
+    if unit_decoder:
+        w["W_dec"] = f32(w["W_dec"] / np.linalg.norm(w["W_dec"], axis=1, keepdims=True))
+    average, theta = 3.5, 0.15
+    (folder / "checkpoints").mkdir(parents=True)
+    tensors = {
+        "encoder.weight": f32(w["W"].T),
+        "encoder.bias": w["b"],
+        "decoder.weight": f32(w["W_dec"].T),
+        "decoder.bias": w["b_dec"],
+    }
+    save_file(tensors, str(folder / "checkpoints" / "final.safetensors"))
+    cfg = {
+        "d_model": D_IN,
+        "d_sae": D_SAE,
+        "expansion_factor": D_SAE // D_IN,
+        "hook_point_in": HOOK,
+        "hook_point_out": HOOK,
+        "use_decoder_bias": True,
+        "apply_decoder_bias_to_pre_encoder": False,
+        "act_fn": "jumprelu",
+        "jump_relu_threshold": theta,
+        "top_k": 50,
+        "norm_activation": norm,
+        "dataset_average_activation_norm": {"in": average, "out": average},
+        "sparsity_include_decoder_norm": True,
+        "use_glu_encoder": False,
+        "lp": 1,
+    }
+    (folder / "hyperparams.json").write_text(json.dumps(cfg))
+    s = np.sqrt(D_IN) / average if norm == "dataset-wise" else 1.0
+    arch = {"weights": {**w, "threshold": np.full(D_SAE, theta * s)}, "center": None, "rule": "jumprelu", "scale": s}
+    if norm == "token-wise":
+        arch.update(scale=None, normalize="constant_norm_rescale")
+    if not unit_decoder:  # lm_saes multiplies h by the decoder norms before the threshold
+        arch["decoder_norm"] = True
+    return arch
+
+
 CASES = {
     "saelens-standard": lambda p: saelens(p, "standard"),
     "saelens-standard-5x": lambda p: saelens(p, "standard", version="5"),
@@ -233,6 +345,12 @@ CASES = {
     "saelens-topk": lambda p: saelens(p, "topk", seed=4, k=7),
     "saelens-topk-rescaled": lambda p: saelens(p, "topk", seed=5, k=9, rescale_acts_by_decoder_norm=True),
     "saelens-gated": lambda p: saelens(p, "gated", seed=6),
+    "saelens-abstopk": lambda p: saelens(p, "abstopk", seed=22, k=8),
+    "saelens-abstopk-rescaled": lambda p: saelens(p, "abstopk", seed=23, k=5, rescale_acts_by_decoder_norm=True),
+    "saelens-transcoder": lambda p: saelens(p, "transcoder", seed=24),
+    "saelens-skip-transcoder": lambda p: saelens(p, "skip_transcoder", seed=25),
+    "saelens-jumprelu-transcoder": lambda p: saelens(p, "jumprelu_transcoder", seed=26),
+    "saelens-jumprelu-skip-transcoder": lambda p: saelens(p, "jumprelu_skip_transcoder", seed=27),
     "saelens-batchtopk": lambda p: saelens(p, "batchtopk", seed=14, k=32.0, rescale_acts_by_decoder_norm=True),
     "saelens-batchtopk-default": lambda p: saelens(p, "batchtopk", seed=15, k=24.0),  # the flag left out: on
     "saelens-batchtopk-unscaled": lambda p: saelens(p, "batchtopk", seed=16, rescale_acts_by_decoder_norm=False),
@@ -254,6 +372,19 @@ CASES = {
     "dl-batchtopk": lambda p: dictionary_learning(p, "BatchTopKSAE"),
     "dl-jumprelu": lambda p: dictionary_learning(p, "JumpReluAutoEncoder"),
     "dl-gated": lambda p: dictionary_learning(p, "GatedAutoEncoder"),
+    "dl-autoencoder-new": lambda p: dictionary_learning(p, "AutoEncoderNew", seed=28),
+    "dl-checkpoint": lambda p: dictionary_learning(
+        p.parent.parent, "BatchTopKSAE", seed=29, file="checkpoints/ae_100.pt"
+    ),
+    "dl-backup": lambda p: dictionary_learning(p, "BatchTopKSAE", seed=30, norm_factor=4.25),
+    "dl-backup-autoencoder": lambda p: dictionary_learning(p, "AutoEncoder", seed=31, norm_factor=0.75),
+    "gemma-scope-2": lambda p: gemma_scope_2(p),
+    "gemma-scope-2-transcoder": lambda p: gemma_scope_2(
+        p, seed=32, site="model.layers.3.pre_feedforward_layernorm.output", kind="transcoder"
+    ),
+    "llama-scope": lambda p: llama_scope(p),
+    "llama-scope-decoder-norms": lambda p: llama_scope(p, seed=33, unit_decoder=False),
+    "llama-scope-token-wise": lambda p: llama_scope(p, seed=34, norm="token-wise"),
     "gemma-scope": lambda p: gemma_scope(p / "layer_3" / "width_16k" / "average_l0_71"),
     "gemma-scope-embedding": lambda p: gemma_scope(p / "embedding" / "width_4k" / "average_l0_6", seed=19),
 }
@@ -267,6 +398,10 @@ def sae_folder(tmp_path: Path, case: str) -> Path:
         return tmp_path / case / "layer_3" / "width_16k" / "average_l0_71"
     if case == "gemma-scope-embedding":
         return tmp_path / case / "embedding" / "width_4k" / "average_l0_6"
+    if case == "dl-checkpoint":  # a file of the run's checkpoints/ names it
+        return tmp_path / case / "checkpoints" / "ae_100.pt"
+    if case.startswith("llama-scope"):
+        return tmp_path / case / "Llama3_1-8B-Base-L3R-8x"
     return tmp_path / case
 
 
@@ -766,7 +901,7 @@ def test_saes_that_cannot_be_told_apart(tmp_path: Path, sae_args: list[str], mes
 def test_a_checkpoint_that_names_no_hook_is_bound_by_name(tmp_path: Path) -> None:
     """Gemma Scope names only a layer (in its folders): without COMPONENT=, one line naming the
     choices; with it, the component's latents."""
-    folder = tmp_path / "gemma-scope-2b-pt-res" / "layer_3" / "width_16k" / "average_l0_71"
+    folder = tmp_path / "saes" / "layer_3" / "width_16k" / "average_l0_71"
     gemma_scope(folder)
     data = cache(tmp_path / "cache", activations(), other=activations(seed=2))
     result = nact("scan", data, "--sae", folder)
@@ -780,6 +915,31 @@ def test_a_checkpoint_that_names_no_hook_is_bound_by_name(tmp_path: Path) -> Non
     assert component["component"] == f"{HOOK}:average_l0_71" and component["sae"]["library"] == "Gemma Scope"
     scanned = nact("scan", folder.parent.parent)
     assert scanned.exit_code == 2 and "a Gemma Scope SAE checkpoint, not activations" in scanned.stderr
+
+
+@pytest.mark.parametrize(
+    ("release", "layer", "hook"),
+    [
+        ("gemma-scope-2b-pt-res", "layer_3", "blocks.3.hook_resid_post"),
+        ("models--google--gemma-scope-9b-it-res", "layer_3", "blocks.3.hook_resid_post"),  # a Hub download
+        ("gemma-scope-2b-pt-mlp", "layer_12", "blocks.12.hook_mlp_out"),
+        ("gemma-scope-2b-pt-transcoders", "layer_0", "blocks.0.ln2.hook_normalized"),
+    ],
+)
+def test_a_gemma_scope_path_that_keeps_its_release_names_the_hook(
+    tmp_path: Path, release: str, layer: str, hook: str
+) -> None:
+    folder = tmp_path / release / "snapshots" / "0abc" / layer / "width_16k" / "average_l0_71"
+    arch = gemma_scope(folder)
+    x = activations()
+    data = cache(tmp_path / "cache", x, key=hook, other=activations(seed=2))
+    (name, counted), *others = scan([data], saes=(str(folder),)).activity.components.items()
+    assert name == f"{hook}:average_l0_71" and not others
+    sure, near, _ = expected_counts(arch, x)
+    assert (counted.fire_counts == sure)[near == 0].all()
+    elsewhere = cache(tmp_path / "other-cache", x, key="blocks.4.hook_resid_post")
+    result = nact("scan", elsewhere, "--sae", folder)
+    assert result.exit_code == 2 and f"{hook}" in result.stderr and "COMPONENT=PATH" in result.stderr
 
 
 def test_an_sae_too_wide_for_this_machine_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

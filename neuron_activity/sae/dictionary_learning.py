@@ -1,22 +1,34 @@
 """saprmarks/dictionary_learning checkpoints: ``config.json`` and ``ae.pt`` (a ``torch.save``
-state dict, read without running its pickle)."""
+state dict, read without running its pickle), a run's ``checkpoints/ae_<step>.pt`` (its
+``config.json`` is one folder up) and its in-run backup (an ``ae.pt`` holding the weights under
+``ae``, beside the ``norm_factor`` its inputs were divided by).
+
+The latents are those of the library's loader (``utils.load_dictionary``): an ``AutoEncoder``'s
+are multiplied by the norms of its decoder's columns, as ``AutoEncoder.from_pretrained``
+(``normalize_decoder=True``, its default) makes them; every other class's are its ``encode``'s.
+A backup's inputs are divided by its ``norm_factor`` and its latents multiplied by it, which is
+what the run's final ``ae.pt`` (its biases scaled by the factor) encodes."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import BadInput
-from .files import Tensors, flag, read_json, top_k, torch_weights, weights, whole
+from .files import Tensors, TorchWeights, flag, read_json, top_k, weights, whole
 from .model import Sae
 
 WEIGHTS = "ae.pt"
+UNIT_RTOL, UNIT_ATOL = 1e-5, 1e-8  # normalize_decoder leaves a decoder alone whose norms are this close to 1
 
 
-def read(folder: Path) -> Sae:
-    """The SAE of a dictionary_learning checkpoint folder (``config.json``, ``ae.pt``)."""
+def read(folder: Path, weights_path: Path | None = None) -> Sae:
+    """The SAE of a dictionary_learning checkpoint folder (``config.json``, ``ae.pt``), or of
+    one of its run's files ``weights_path`` (``checkpoints/ae_<step>.pt``)."""
     cfg_path = folder / "config.json"
     cfg = read_json(cfg_path)
     trainer = cfg.get("trainer")
@@ -24,21 +36,36 @@ def read(folder: Path) -> Sae:
         raise BadInput(cfg_path, "has no 'trainer' object (dictionary_learning writes one)")
     dict_class = trainer.get("dict_class")
     d_in, d_sae = whole(cfg_path, trainer, "activation_dim"), whole(cfg_path, trainer, "dict_size")
-    weights_path = folder / WEIGHTS
-    tensors = torch_weights(weights_path)
+    if weights_path is None:
+        weights_path = folder / WEIGHTS
+    stored = TorchWeights(weights_path)
+    tensors: Tensors = stored
+    norm_factor = None
+    if any(key.startswith("ae.") for key in stored):  # an in-run backup: the weights under "ae"
+        tensors, norm_factor = _backup(weights_path, stored)
     hook = trainer.get("submodule_name") if isinstance(trainer.get("submodule_name"), str) else None
     common: dict[str, Any] = dict(
-        path=folder,
+        path=folder if weights_path == folder / WEIGHTS else weights_path,
         library="dictionary_learning",
         architecture=str(dict_class),
         hook=hook,
         d_in=d_in,
         d_sae=d_sae,
+        scale=None if norm_factor is None else 1 / norm_factor,
+        post_scale=None if norm_factor is None else np.full(d_sae, norm_factor, np.float32),
     )
     linear = {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,)}
     if dict_class == "AutoEncoder":
-        w, b, center = weights(weights_path, tensors, {**linear, "bias": (d_in,)})
+        w, b, center, w_dec = weights(
+            weights_path, tensors, {**linear, "bias": (d_in,), "decoder.weight": (d_in, d_sae)}
+        )
+        norms = np.asarray(np.linalg.norm(w_dec, axis=0), np.float32)  # from_pretrained's normalize_decoder
+        if not np.allclose(norms, 1, rtol=UNIT_RTOL, atol=UNIT_ATOL):
+            common["post_scale"] = norms * (norm_factor or 1.0)
         return Sae(**common, rule="relu", weight=w.T, bias=b, center=center)
+    if dict_class == "AutoEncoderNew":
+        w, b = weights(weights_path, tensors, linear)
+        return Sae(**common, rule="relu", weight=w.T, bias=b)
     if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
         w, b, center = weights(weights_path, tensors, {**linear, "b_dec": (d_in,)})
         if dict_class == "AutoEncoderTopK":  # encode(use_threshold=False), its default: the top k
@@ -78,9 +105,35 @@ def read(folder: Path) -> Sae:
         return Sae(**common, rule="gated", weight=w.T, bias=gate, center=center, mag_scale=np.exp(r_mag), mag_bias=mag)
     raise BadInput(
         cfg_path,
-        f"dict_class {dict_class!r}: nact encodes AutoEncoder, JumpReluAutoEncoder, AutoEncoderTopK, "
-        "BatchTopKSAE, MatryoshkaBatchTopKSAE and GatedAutoEncoder",
+        f"dict_class {dict_class!r}: nact encodes AutoEncoder, AutoEncoderNew, JumpReluAutoEncoder, "
+        "AutoEncoderTopK, BatchTopKSAE, MatryoshkaBatchTopKSAE and GatedAutoEncoder",
     )
+
+
+class _Under(Mapping[str, np.ndarray]):
+    """The tensors of ``tensors`` under ``prefix``, named without it."""
+
+    def __init__(self, tensors: Tensors, prefix: str) -> None:
+        self.tensors, self.prefix = tensors, prefix
+        self.names = [key[len(prefix) :] for key in tensors if key.startswith(prefix)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.tensors[self.prefix + key]
+
+
+def _backup(path: Path, tensors: TorchWeights) -> tuple[Tensors, float | None]:
+    """The weights of an in-run backup and the factor its inputs were divided by (None: not
+    normalised)."""
+    factor = tensors.numbers.get("norm_factor")
+    if factor is not None and not (math.isfinite(factor) and factor > 0):
+        raise BadInput(path, f"norm_factor is {factor!r}, not a positive number")
+    return _Under(tensors, "ae."), None if factor is None else float(factor)
 
 
 def _scalar(weights_path: Path, tensors: Tensors) -> np.ndarray:

@@ -63,8 +63,12 @@ class NumpyEncoder:
                 out = np.where(r > given(sae.threshold)[0], r, np.float32(0))
             elif rule == "topk":
                 out = top_k(h, given(sae.k))
+            elif rule == "abstopk":
+                out = top_k(np.abs(h, out=h), given(sae.k))
             else:  # groupmax
                 out = group_max(np.maximum(h, 0, out=h), given(sae.k))
+        if sae.post_scale is not None:
+            out *= sae.post_scale
         if bad.any():
             out[bad] = np.nan
         return np.asarray(out, np.float32)
@@ -124,11 +128,8 @@ class TorchEncoder:
 
         self.weight, self.bias = put(sae.weight, self.dtype), put(sae.bias)
         self.center, self.threshold = put_given(sae.center), put_given(sae.threshold)
-        self.pre_scale, self.mag_scale, self.mag_bias = (
-            put_given(sae.pre_scale),
-            put_given(sae.mag_scale),
-            put_given(sae.mag_bias),
-        )
+        self.pre_scale, self.post_scale = put_given(sae.pre_scale), put_given(sae.post_scale)
+        self.mag_scale, self.mag_bias = put_given(sae.mag_scale), put_given(sae.mag_bias)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """float32 latents ``[n, d_sae]`` of float32 inputs ``[n, d_in]`` on the device."""
@@ -163,8 +164,8 @@ class TorchEncoder:
             elif rule == "threshold":
                 r = torch.relu(h)
                 out = torch.where(r > given(self.threshold)[0], r, 0.0)
-            elif rule == "topk":
-                top = torch.topk(h, given(sae.k), dim=-1, sorted=False)
+            elif rule in ("topk", "abstopk"):
+                top = torch.topk(h if rule == "topk" else h.abs(), given(sae.k), dim=-1, sorted=False)
                 out = torch.zeros_like(h).scatter_(-1, top.indices, torch.relu(top.values))
             else:
                 r = torch.relu(h)
@@ -172,6 +173,8 @@ class TorchEncoder:
                 best = r.reshape(*r.shape[:-1], k, -1).max(dim=-1)
                 offsets = torch.arange(0, sae.d_sae, sae.d_sae // k, device=h.device)
                 out = torch.zeros_like(h).scatter_(-1, best.indices + offsets, best.values)
+        if self.post_scale is not None:
+            out = out * self.post_scale
         if self.dtype != torch.float32:
             out = out.to(self.dtype).float()
         out[bad] = float("nan")

@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -40,23 +40,25 @@ def read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-class SafetensorsWeights(Mapping[str, np.ndarray]):
-    """The tensors of a safetensors file by name, each read (in float32) when first looked up:
-    an encoder does not read the decoder it does not use."""
+class LazyWeights(Mapping[str, np.ndarray]):
+    """The tensors of a weights file by name, each read in float32 when first looked up (an
+    encoder does not read the decoder it does not use); ``loaded`` are tensors read already."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, entries: dict[str, TensorEntry], loaded: dict[str, np.ndarray] | None = None
+    ) -> None:
         self.path = path
-        self.entries: dict[str, TensorEntry] = {e.key: e for e in read_header(path)}
-        self._read: dict[str, np.ndarray] = {}
+        self.entries = entries
+        self._read = dict(loaded or {})
 
     def __contains__(self, key: object) -> bool:
-        return key in self.entries
+        return key in self.entries or key in self._read
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.entries)
+        return iter({**dict.fromkeys(self.entries), **dict.fromkeys(self._read)})
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(set(self.entries) | set(self._read))
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._read:
@@ -71,6 +73,28 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
         return self._read[key]
 
 
+class SafetensorsWeights(LazyWeights):
+    """The tensors of a safetensors file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, {e.key: e for e in read_header(path)})
+
+
+class TorchWeights(LazyWeights):
+    """The tensors of a ``torch.save`` file by dotted path (``ae.encoder.weight`` for a dict under
+    ``ae``), read without running its pickle; the numbers kept beside them (a step, a
+    normalisation factor) in ``numbers``."""
+
+    def __init__(self, path: Path) -> None:
+        found = torch_zip.entries(path, "pt")
+        if found is None:  # a legacy or compressed file: torch reads it, all at once
+            loaded, self.numbers = _torch_load(path)
+            super().__init__(path, {}, loaded)
+        else:
+            super().__init__(path, {e.member or e.key: e for e in found})
+            self.numbers = torch_zip.numbers(path)
+
+
 def as_float32(raw: bytes, dtype: str, shape: tuple[int, ...], path: Path, key: str) -> np.ndarray:
     """A tensor's bytes as float32 (integer buffers too, such as dictionary_learning's ``k``)."""
     if dtype in FLOAT_INPUTS:
@@ -82,28 +106,27 @@ def as_float32(raw: bytes, dtype: str, shape: tuple[int, ...], path: Path, key: 
     return values.reshape(shape)
 
 
-def torch_weights(path: Path) -> dict[str, np.ndarray]:
-    """The tensors of a ``torch.save`` state dict in float32, read without running its pickle."""
-    found = torch_zip.entries(path, "pt")
-    if found is not None:
-        out = {}
-        check_fits(path, "its tensors", sum(e.nbytes + 4 * math.prod(e.shape) for e in found))
-        with open(path, "rb") as f:
-            for e in found:
-                f.seek(e.offset or 0)
-                out[e.member or e.key] = as_float32(f.read(e.nbytes), e.dtype, e.shape, path, e.member or e.key)
-        return out
+def _torch_load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
+    """Every tensor (float32) and number of a ``torch.save`` file, by ``torch.load(weights_only=True)``."""
     try:
         import torch  # a legacy or compressed file only: torch costs seconds to import
     except ImportError:
         raise BadInput(path, "needs torch to be read (a legacy or compressed torch.save file)") from None
+    check_fits(path, "its tensors", 2 * path.stat().st_size)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise BadInput(path, f"cannot load: {first_line(e)}") from None
-    if not isinstance(loaded, dict):
-        raise BadInput(path, "not a state dict of tensors")
-    return {str(k): v.detach().to(torch.float32).numpy() for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+    def is_tensor(value: object) -> TypeGuard[torch.Tensor]:
+        return isinstance(value, torch.Tensor)
+
+    def is_number(value: object) -> TypeGuard[int | float]:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    found = torch_zip.walk(loaded, is_tensor, path)
+    tensors = {k or path.stem: v.detach().to(torch.float32).numpy() for k, v in found.items()}
+    return tensors, torch_zip.walk(loaded, is_number, path)
 
 
 def weights(path: Path, tensors: Tensors, shapes: dict[str, tuple[int, ...]]) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from ..options import SaeRequest
-from . import dictionary_learning, gemma_scope, saelens, sparsify
+from . import dictionary_learning, gemma_scope, llama_scope, saelens, sparsify
 from .model import Sae
 
 # weights file -> the family's reader, in the order they are looked for
@@ -17,6 +17,14 @@ FAMILIES: dict[str, Callable[[Path], Sae]] = {
     sparsify.WEIGHTS: sparsify.read,
     dictionary_learning.WEIGHTS: dictionary_learning.read,
     gemma_scope.WEIGHTS: gemma_scope.read,
+    gemma_scope.WEIGHTS_2: gemma_scope.read_2,
+    llama_scope.WEIGHTS: llama_scope.read,
+}
+# a config file without the weights file of any family that keeps it: what it is missing
+CONFIGS = {
+    "cfg.json": "sae_weights.safetensors (SAELens) nor sae.safetensors (sparsify)",
+    "config.json": "ae.pt (dictionary_learning) nor params.safetensors (Gemma Scope 2)",
+    "hyperparams.json": "checkpoints/final.safetensors (Llama Scope)",
 }
 
 
@@ -40,21 +48,31 @@ def load_saes(requests: Sequence[SaeRequest]) -> list[tuple[str | None, Sae, str
 
 
 def load_sae(path: Path | str) -> Sae:
-    """The SAE in the checkpoint folder ``path`` (a file of the folder names the folder too)."""
-    folder = Path(path)
-    if folder.is_file():
-        folder = folder.parent
+    """The SAE in the checkpoint folder ``path``: a file of the folder names the folder too, and
+    a file of a training run's ``checkpoints/`` names that checkpoint."""
+    given = Path(path)
+    folder = given.parent if given.is_file() else given
+    if given.is_file() and folder.name == "checkpoints":
+        run = folder.parent
+        if (run / "hyperparams.json").is_file() and given.suffix == ".safetensors":
+            return llama_scope.read(run, given).with_fingerprint()
+        if (run / "config.json").is_file() and given.suffix == ".pt":
+            return dictionary_learning.read(run, given).with_fingerprint()
     if not folder.is_dir():
         raise BadInput(folder, "no such SAE checkpoint folder")
     for weights, read in FAMILIES.items():
         if (folder / weights).is_file():
             return read(folder).with_fingerprint()
-    inside = sorted(p.parent.name for name in FAMILIES for p in folder.glob(f"*/{name}"))
+    for config, missing in CONFIGS.items():
+        if (folder / config).is_file():
+            raise BadInput(folder, f"has {config} but neither {missing}: give the folder the checkpoint was saved to")
+    inside = sorted({p.parent.name for name in FAMILIES for p in folder.glob(f"*/{name}")})
     if inside:
         listed = ", ".join(inside[:4]) + (", ..." if len(inside) > 4 else "")
         raise BadInput(folder, f"holds {len(inside)} SAE checkpoint(s) in its folders ({listed}): give one of them")
     raise BadInput(
         folder,
-        "not an SAE checkpoint: nact reads SAELens (cfg.json, sae_weights.safetensors), sparsify "
-        "(cfg.json, sae.safetensors), dictionary_learning (config.json, ae.pt) and Gemma Scope (params.npz) folders",
+        "not an SAE checkpoint: nact reads the folders of SAELens (cfg.json, sae_weights.safetensors), sparsify "
+        "(cfg.json, sae.safetensors), dictionary_learning (config.json, ae.pt), Gemma Scope (params.npz; "
+        "params.safetensors, config.json) and Llama Scope (hyperparams.json, checkpoints/final.safetensors)",
     )

@@ -1,5 +1,6 @@
 """SAELens checkpoints: ``cfg.json`` and ``sae_weights.safetensors``, from SAELens 3 to 6
-(standard, gated, JumpReLU, TopK, BatchTopK and Matryoshka-BatchTopK)."""
+(standard, gated, JumpReLU, TopK, AbsTopK, BatchTopK and Matryoshka-BatchTopK SAEs and the four
+transcoders; attention SAEs of ``hook_z``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ from .model import Sae
 
 WEIGHTS = "sae_weights.safetensors"
 BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")  # trained with a batch top k, saved as JumpReLU
+# a transcoder encodes its input hook as the SAE of its activation does (never centred by b_dec)
+TRANSCODERS = {
+    "transcoder": "standard",
+    "skip_transcoder": "standard",
+    "jumprelu_transcoder": "jumprelu",
+    "jumprelu_skip_transcoder": "jumprelu",
+}
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 
 
@@ -35,9 +43,14 @@ def read(folder: Path) -> Sae:
     head = cfg.get("hook_head_index", metadata.get("hook_head_index"))
     if head is not None:
         raise BadInput(cfg_path, f"an SAE of one attention head (hook_head_index {head}): nact encodes whole hooks")
-    if cfg.get("reshape_activations", "none") not in ("none", None):
+    reshape = cfg.get("reshape_activations")
+    if reshape is None:  # SAELens < 6 merged the heads of every hook_z SAE
+        reshape = "hook_z" if isinstance(hook, str) and hook.endswith("hook_z") else "none"
+    if reshape not in ("none", "hook_z") or (reshape == "hook_z" and architecture in TRANSCODERS):
         raise BadInput(
-            cfg_path, f"reshape_activations {cfg['reshape_activations']!r}: nact encodes [..., d_in] activations only"
+            cfg_path,
+            f"reshape_activations {reshape!r} for a {architecture} SAE: nact reads [..., d_in] activations and, "
+            "for SAEs other than transcoders, hook_z's [..., heads, d_head]",
         )
     normalize = cfg.get("normalize_activations", "none")
     if isinstance(normalize, bool) or normalize is None:  # SAELens < 6 wrote a flag
@@ -56,8 +69,10 @@ def read(folder: Path) -> Sae:
             )
     tensors = SafetensorsWeights(folder / WEIGHTS)
     weights_path = folder / WEIGHTS
-    apply_b_dec = flag(cfg_path, cfg, "apply_b_dec_to_input", True)
-    (b_dec,) = weights(weights_path, tensors, {"b_dec": (d_in,)})
+    apply_b_dec = flag(cfg_path, cfg, "apply_b_dec_to_input", architecture not in TRANSCODERS)
+    if apply_b_dec and architecture in TRANSCODERS:
+        raise BadInput(cfg_path, "a transcoder with apply_b_dec_to_input: SAELens refuses it, and so does nact")
+    b_dec = weights(weights_path, tensors, {"b_dec": (d_in,)})[0] if apply_b_dec else None
     common: dict[str, Any] = dict(
         path=folder,
         library="SAELens",
@@ -65,11 +80,13 @@ def read(folder: Path) -> Sae:
         hook=hook,
         d_in=d_in,
         d_sae=d_sae,
-        center=b_dec if apply_b_dec else None,
+        center=b_dec,
         scale=scale,
         normalize=normalize,
+        reshape=reshape,
         notes=tuple(notes),
     )
+    architecture = TRANSCODERS.get(architecture, architecture)
     (w_enc,) = weights(weights_path, tensors, {"W_enc": (d_in, d_sae)})
     if architecture == "gated":
         b_gate, b_mag, r_mag = weights(
@@ -90,12 +107,14 @@ def read(folder: Path) -> Sae:
         threshold = _threshold(weights_path, tensors, d_sae)
         pre_scale = _decoder_norms(cfg_path, cfg, weights_path, tensors, d_in, d_sae, default=True)
         return Sae(**common, rule="jumprelu", weight=w_enc, bias=b_enc, threshold=threshold, pre_scale=pre_scale)
-    if architecture == "topk":
+    if architecture in ("topk", "abstopk"):
         k = top_k(cfg_path, cfg.get("k", kwargs.get("k")), d_sae)
         pre_scale = _decoder_norms(cfg_path, cfg, weights_path, tensors, d_in, d_sae, default=False)
-        return Sae(**common, rule="topk", weight=w_enc, bias=b_enc, k=k, pre_scale=pre_scale)
+        return Sae(**common, rule=architecture, weight=w_enc, bias=b_enc, k=k, pre_scale=pre_scale)
     raise BadInput(
-        cfg_path, f"architecture {architecture!r}: nact encodes standard, jumprelu, topk and gated SAELens SAEs"
+        cfg_path,
+        f"architecture {architecture!r}: nact encodes SAELens' standard, gated, jumprelu, topk, abstopk, batchtopk "
+        "and matryoshka_batchtopk SAEs and its transcoders",
     )
 
 

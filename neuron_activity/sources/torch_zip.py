@@ -198,16 +198,40 @@ def entries(path: ShardPath, fmt: str) -> list[TensorEntry] | None:
         return None
 
 
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def numbers(path: ShardPath) -> dict[str, int | float]:
+    """The numbers kept beside the tensors of a zip-format ``torch.save`` file (a training
+    run's step, a normalisation factor, ...) by dotted path; empty when the file needs torch."""
+    try:
+        with open_shard(path) as raw, zipfile.ZipFile(raw) as z:
+            loaded = _load(z)
+    except Exception:  # not a file this reader knows: it holds no numbers it can tell
+        return {}
+    return walk(loaded[0], _is_number, path) if loaded is not None else {}
+
+
+def _load(z: zipfile.ZipFile) -> tuple[object, str] | None:
+    """The pickle of a ``torch.save`` zip, unpickled into descriptions, and its members' prefix."""
+    names = z.namelist()
+    pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(pickles) != 1:
+        return None
+    prefix = pickles[0][: -len("data.pkl")]
+    if f"{prefix}byteorder" in names and z.read(f"{prefix}byteorder").strip() != b"little":
+        return None
+    return _Unpickler(io.BytesIO(z.read(pickles[0]))).load(), prefix
+
+
 def _entries(path: ShardPath, fmt: str, raw: BinaryIO) -> list[TensorEntry] | None:
     with zipfile.ZipFile(raw) as z:
-        names = z.namelist()
-        pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
-        if len(pickles) != 1:
+        loaded = _load(z)
+        if loaded is None:
             return None
-        prefix = pickles[0][: -len("data.pkl")]
-        if f"{prefix}byteorder" in names and z.read(f"{prefix}byteorder").strip() != b"little":
-            return None
-        found = walk(_Unpickler(io.BytesIO(z.read(pickles[0]))).load(), _is_tensor, path)
+        tree, prefix = loaded
+        found = walk(tree, _is_tensor, path)
         out = []
         for member, t in found.items():
             info = z.getinfo(f"{prefix}data/{t.storage.key}")
