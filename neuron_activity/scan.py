@@ -17,7 +17,7 @@ from .devices import resolve_device
 from .engine import ProgressCallback, count_slabs
 from .errors import BadInput, BadOption
 from .options import CountOptions
-from .remote.objects import RemotePath, current, session
+from .remote.objects import session
 from .sources.base import ShardPath, to_path
 from .sources.discovery import discover
 from .sources.planning import ScanPlan, plan_scan
@@ -74,17 +74,18 @@ def device_for(options: CountOptions, requested: str | None = None) -> str:
 def plan_for(shards: dict[ShardPath, str], options: CountOptions) -> ScanPlan:
     """The plan of ``shards`` under ``options`` (headers only; and the SAEs' checkpoints, whose
     latents are then what is counted)."""
-    plan = plan_scan(
-        shards,
-        options.keys,
-        options.flatten,
-        component_axis=options.component_axis,
-        group_by=options.group_by,
-        saes=_load_saes(options),
-        num_latents=options.num_latents,
-        num_vectors=options.num_vectors,
-        partial=options.partial_latents,
-    )
+    with session():
+        plan = plan_scan(
+            shards,
+            options.keys,
+            options.flatten,
+            component_axis=options.component_axis,
+            group_by=options.group_by,
+            saes=_load_saes(options),
+            num_latents=options.num_latents,
+            num_vectors=options.num_vectors,
+            partial=options.partial_latents,
+        )
     if options.skip_positions:
         _check_positions(plan, options.skip_positions)
     return plan
@@ -127,11 +128,12 @@ def count(
     plan: ScanPlan, options: CountOptions, device: str, on_progress: ProgressCallback | None = None
 ) -> ScanResult:
     """Count the slabs of ``plan`` on ``device`` (already resolved); ``on_progress(path, nbytes)``
-    is called from the counting threads."""
-    totals, kernel = count_slabs(plan, options, device, on_progress)
-    remote = [p for p in plan.shards if isinstance(p, RemotePath)]
-    if remote:
-        current().check_unchanged(remote)
+    is called from the counting threads. An object of a store that changed since it was planned
+    is an error."""
+    with session() as remote:
+        totals, kernel = count_slabs(plan, options, device, on_progress)
+        if plan.objects:
+            remote.check_unchanged(plan.objects)
     activity = NeuronActivity(options.fire_above)
     for group in plan.groups.values():
         states, num_vectors = totals[group.key]

@@ -604,6 +604,42 @@ def test_an_http_object_scans_by_range_requests(web, tmp_path: Path) -> None:
     assert not any(r.startswith("GET") and not r.rstrip().endswith(tuple("0123456789")) for r in handler.requests)
 
 
+def test_a_plan_and_its_count_made_apart_read_each_window_once_and_see_a_change(web) -> None:
+    """discover, plan_for and count called one by one, outside any scan: each keeps what it
+    learns for its own requests (a window fetched ahead is the one counted, not fetched twice),
+    and the plan remembers what each object was, so a count notices one replaced since."""
+    from neuron_activity import BadInput, CountOptions
+    from neuron_activity.scan import count, plan_for
+    from neuron_activity.sources import discover
+
+    root, base, handler = web
+    rng = np.random.default_rng(6)
+    x = activations(rng, 1000, 32)
+    save_file({"acts": x}, str(root / "shard.safetensors"))
+    options = CountOptions(chunk_rows=100, threads=1, io_threads=1)  # one thread: windows are fetched ahead
+    plan = plan_for(discover([remote.as_path(f"{base}/shard.safetensors")]), options)
+    handler.requests.clear()
+    result = count(plan, options, "cpu")
+    assert result.activity.components["acts"].fire_counts.tolist() == fire_counts(x)
+    windows = [r for r in handler.requests if r.startswith("GET")]
+    assert len(windows) == len(set(windows)) == 10
+    save_file({"acts": -x}, str(root / "shard.safetensors"))  # the same size: only the ETag tells
+    with pytest.raises(BadInput, match="changed during the scan .ETag"):
+        count(plan, options, "cpu")
+
+
+def test_what_lasts_as_long_as_a_session_is_refused_outside_one() -> None:
+    """Outside a session ``current()`` is a passing one: nothing fetched ahead would ever be taken."""
+    passing = remote.current()
+    with pytest.raises(RuntimeError, match="outside its session"):
+        passing.fetch_ahead(remote.RemotePath("s3://bucket/a.safetensors"), 0, 10)
+    with pytest.raises(RuntimeError, match="outside its session"):
+        passing.check_unchanged({})
+    with remote.session() as running:
+        assert remote.current() is running
+        running.check_unchanged({})
+
+
 def test_a_503_that_recovers_is_tried_again(web) -> None:
     root, base, handler = web
     x = activations(np.random.default_rng(3), 64, 8)

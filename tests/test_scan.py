@@ -298,3 +298,25 @@ def test_merging_counts_of_different_fire_rules_is_the_librarys_own_error() -> N
         "counts made with fire above 0.1 cannot be merged into counts made with fire above 0: they count different events"
     )
     assert zero.components["a"].fire_counts.tolist() == [1, 0]  # left as it was
+
+
+def test_a_plan_is_never_changed_and_a_part_of_it_carries_only_its_units(tmp_path: Path) -> None:
+    from types import MappingProxyType
+
+    from neuron_activity import CountOptions
+    from neuron_activity.scan import plan_for
+    from neuron_activity.sources import discover
+
+    for name in ("a", "b"):
+        write_shard(tmp_path / f"{name}.safetensors", {"acts": torch.ones(3, 4)})
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    plan = plan_for(discover([tmp_path]), CountOptions())
+    part = plan.restricted([first])
+    assert (plan.shards, part.shards) == ((first, second), (first,))
+    assert [s.path for s in part.slabs] == [first] and part.units() == [first]
+    assert (plan.groups["acts"].files, part.groups["acts"].files) == ((first, second), (first,))
+    assert part.groups["acts"].num_features == 4  # every component keeps its place and shape
+    assert isinstance(plan.groups, MappingProxyType) and isinstance(part.saes, MappingProxyType)
+    with pytest.raises(TypeError):
+        plan.groups["acts"] = part.groups["acts"]  # a plan's groups are read-only
+    assert {plan, part, plan} == {plan, part} and plan != part  # a plan is itself, hashed by identity

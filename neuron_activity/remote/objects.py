@@ -4,10 +4,12 @@ A URL becomes a ``RemotePath``: a path whose name, suffix, parent and natural or
 file's do (so components group as for files), whose ``str()`` is the URL, and which no local
 file call can open. What a listing or a HEAD request said of each object (size, ETag, last
 modified), each object's first block, and the windows fetched ahead belong to a ``Session``:
-one per scan (``session()``, entered by ``scan``, ``run_scan``, ``inspect`` and ``audit``), so
-that planning reads no object twice, a scan notices an object that changed under it, an audit
-records what it counted, and a long-lived process never sees what an earlier scan learned.
-Outside a scan every call asks the store afresh.
+one per scan (``session()``, entered by every public call that reads objects: ``discover``,
+``read_entries``, ``plan_for``, ``count``, ``scan``, ``run_scan``, ``inspect``, ``audit``; a call
+inside another takes the session already open), so that planning reads no object twice, an
+audit records what it counted, and a long-lived process never sees what an earlier scan
+learned. Outside a session, ``info`` and ``read_range`` ask the store afresh; what lives as long
+as a session (fetches begun ahead, the check that no object changed) refuses to run outside one.
 
 Credentials and endpoints come the standard way: the AWS environment and config files
 (``AWS_ENDPOINT_URL`` for S3-compatible stores), ``HF_TOKEN`` for the Hub.
@@ -19,12 +21,12 @@ import contextvars
 import io
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -38,6 +40,8 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 HEADER_BLOCK = 1 << 16  # headers are read through a small buffer: a few requests, not a whole object
 IO_THREADS = 8  # range requests in flight by default: windows are fetched and counted on as many threads
 WINDOW_BYTES = 16 << 20  # one range request: large enough to amortize a round trip, small for memory
+
+Plan = TypeVar("Plan")
 
 
 def is_url(text: str) -> bool:
@@ -140,7 +144,7 @@ class Session:
 
     infos: dict[str, ObjectInfo] = field(default_factory=dict)  # by URL: as listed, or as a HEAD said
     heads: dict[str, bytes] = field(default_factory=dict)  # by URL: the first HEADER_BLOCK bytes
-    plans: dict[str, Any] = field(default_factory=dict)  # by URL: what a reader planned of it (arrow_remote)
+    plans: dict[str, object] = field(default_factory=dict)  # by URL: what a reader planned of it (see ``planned``)
     ahead: dict[tuple[str, int, int], Future[bytes]] = field(default_factory=dict)  # ranges fetched early
     lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor | None = None
@@ -237,9 +241,21 @@ class Session:
             return early.result()
         return fetch(path, start, stop)
 
+    def planned(self, path: RemotePath, kind: type[Plan]) -> Plan | None:
+        """What a reader planned of the object ``path`` (a ``kind``), if one has in this session."""
+        with self.lock:
+            found = self.plans.get(str(path))
+        return found if isinstance(found, kind) else None
+
+    def keep_plan(self, path: RemotePath, plan: object) -> None:
+        """Keep what a reader planned of ``path``, for ``planned`` to give back."""
+        with self.lock:
+            self.plans[str(path)] = plan
+
     def fetch_ahead(self, path: RemotePath, start: int, stop: int, threads: int = IO_THREADS) -> None:
         """Begin fetching bytes ``[start, stop)`` in the background; ``read_range`` of the same range
         takes them (for a scan that counts on one thread: the next windows arrive meanwhile)."""
+        self._check_running("fetch_ahead")
         with self.lock:
             if (str(path), start, stop) in self.ahead:
                 return
@@ -249,15 +265,15 @@ class Session:
                 self._pool = ThreadPoolExecutor(threads, thread_name_prefix="nact-ahead")
             self.ahead[(str(path), start, stop)] = self._pool.submit(fetch, path, start, stop)
 
-    def check_unchanged(self, paths: list[RemotePath], threads: int = IO_THREADS) -> None:
-        """Each object still has the size and version tag it had when it was planned; one that
-        changed during the scan is an error (its counts may mix two versions)."""
+    def check_unchanged(self, planned: Mapping[RemotePath, ObjectInfo], threads: int = IO_THREADS) -> None:
+        """Each object still has the size and version tag ``planned`` says it had when it was
+        planned; one that changed during the scan is an error (its counts may mix two versions)."""
+        self._check_running("check_unchanged")
 
         def check(path: RemotePath) -> None:
-            with self.lock:
-                before = self.infos.get(str(path))
+            before = planned[path]
             now = self.info(path, refresh=True)
-            if before is not None and (before.size, before.tag) != (now.size, now.tag):
+            if (before.size, before.tag) != (now.size, now.tag):
                 what = (
                     f"size {before.size} -> {now.size} bytes"
                     if before.size != now.size
@@ -265,7 +281,13 @@ class Session:
                 )
                 raise BadInput(path, f"changed during the scan ({what}): scan it again")
 
-        each(paths, check, threads)
+        each(list(planned), check, threads)
+
+    def _check_running(self, what: str) -> None:
+        """Refuse (a bug) to begin what must end with this session when it is not the one running:
+        outside ``session()``, ``current()`` gives a passing session that nothing reads again."""
+        if _active.get() is not self:
+            raise RuntimeError(f"Session.{what} outside its session: call it inside `with session():`")
 
     def close(self) -> None:
         """Cancel what was fetched ahead and not taken; stop the fetching threads."""

@@ -42,6 +42,10 @@ class Column:
     regions: tuple[tuple[int, int], ...]  # (byte offset in the object, vectors) per record batch
 
 
+class Columns(dict[str, Column]):
+    """The float hook columns of one object by name: its plan, kept in the scan's session."""
+
+
 # --- flatbuffers: just enough to read Message and RecordBatch tables --------------------------
 
 
@@ -145,10 +149,10 @@ def _read(path: RemotePath, start: int, stop: int) -> bytes:
 GUESS = 4096  # a message's metadata is read with its prefix when it is at most this long
 
 
-def plan(path: RemotePath) -> dict[str, Column]:
+def plan(path: RemotePath) -> Columns:
     """The float hook columns of a remote Arrow stream, from its messages' metadata (and, for
     lists with offsets, their offsets) only."""
-    planned: dict[str, Column] | None = current().plans.get(str(path))  # planned in parallel by arrow_files.entries
+    planned = current().planned(path, Columns)  # planned in parallel by arrow_files.entries
     if planned is not None:
         return planned
     import pyarrow as pa  # the Arrow extra: only Arrow caches need it
@@ -205,8 +209,8 @@ def plan(path: RemotePath) -> dict[str, Column]:
         pos = body_start + body
     if schema is None:
         raise BadInput(path, "not a readable Arrow stream: no schema")
-    columns = {name: f.column() for name, f in found.items()}
-    current().plans[str(path)] = columns
+    columns = Columns({name: f.column() for name, f in found.items()})
+    current().keep_plan(path, columns)
     return columns
 
 

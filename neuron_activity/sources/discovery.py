@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import BadInput, BadOption, MixedFormats
-from ..remote.objects import RemotePath, current, prefetch_heads
+from ..remote.objects import RemotePath, current, prefetch_heads, session
 from . import arrow_files
 from .base import ShardPath, natural_key
 from .registry import INPUT_FORMATS, READERS, REMOTE_FORMATS, SUFFIX_FORMATS, detect
@@ -67,7 +67,8 @@ def discover(paths: list[ShardPath], input_format: str | None = None) -> Shards:
         raise BadInput(remote[0], "remote objects and local files cannot be scanned together: give one kind")
     for path in paths:
         if isinstance(path, RemotePath):
-            _discover_remote(path, input_format, found, notes, named)
+            with session():  # the prefix's listing answers the checks of its objects (or the open scan's does)
+                _discover_remote(path, input_format, found, notes, named)
         elif path.is_dir():
             try:
                 files, hidden, counts = _files_under(path)

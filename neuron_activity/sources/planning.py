@@ -6,14 +6,15 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from ..dtypes import FLOAT_FORMATS, FLOAT_INPUTS, INTEGER_FORMATS, ITEMSIZE
 from ..errors import AxisProblem, BadInput, BadOption, KeyNotFound, NoVectors, SaeNotBound, ShapeMismatch
 from ..memory import check_width
-from ..remote.objects import RemotePath
+from ..remote.objects import ObjectInfo, RemotePath, info, session
 from . import delphi_caches, grouping
 from .base import (
     BATCHES,
@@ -77,21 +78,26 @@ class BoundSae:
         return f"{self.component}:{self.label}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ScanPlan:
-    """What a scan counts, decided from headers only: the shards and their formats, every entry
-    read, the component groups, the slabs to count in stream order, the SAEs that encode a
-    stream (whose latents are then what is counted), and warnings. Made once by ``plan_scan``;
-    ``restricted`` gives the plan of some of its units."""
+    """What a scan counts, decided from headers only: the shards, the component groups, the
+    slabs to count in stream order, the SAEs that encode a stream (whose latents are then what
+    is counted), warnings, and what the store said of each remote shard when it was planned.
+    Made once by ``plan_scan`` and never changed: its mappings are read-only copies, and two
+    plans are the same plan only if they are one object. ``restricted`` gives the plan of some
+    of its units."""
 
     shards: tuple[ShardPath, ...]
-    formats: dict[ShardPath, str]
-    entries: tuple[TensorEntry, ...]
-    groups: dict[str, ComponentGroup]
+    groups: Mapping[str, ComponentGroup]
     slabs: tuple[TensorSlab, ...]
     warnings: tuple[str, ...] = ()
     empty_units: tuple[ShardPath, ...] = ()  # units whose tensors hold no vectors
-    saes: dict[str, tuple[BoundSae, ...]] = field(default_factory=dict)  # stream -> the SAEs that encode it
+    saes: Mapping[str, tuple[BoundSae, ...]] = field(default_factory=dict)  # stream -> the SAEs that encode it
+    objects: Mapping[RemotePath, ObjectInfo] = field(default_factory=dict)  # remote shards, as planned
+
+    def __post_init__(self) -> None:
+        for name in ("groups", "saes", "objects"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     def units(self) -> list[ShardPath]:
         """What can be counted apart, in stream order: shard files, or a delphi module's folder
@@ -99,16 +105,21 @@ class ScanPlan:
         return sorted(dict.fromkeys([*(s.path for s in self.slabs), *self.empty_units]), key=natural_key)
 
     def restricted(self, keep: Sequence[ShardPath] | set[ShardPath]) -> ScanPlan:
-        """The plan that counts only the slabs of these units; every component keeps its place
-        and shape."""
+        """The plan that counts only the slabs of these units: its shards, slabs, empty units,
+        objects and each group's files are those of the units kept; every component keeps its
+        place and shape."""
         keep = set(keep)
         slabs = tuple(s for s in self.slabs if s.path in keep)
         files = {f for s in slabs for f in s.entry.files}  # the files of kept multi-file units
+        shards = tuple(p for p in self.shards if p in keep or p in files)
+        kept = {*shards, *keep}
         return replace(
             self,
+            shards=shards,
+            groups={k: replace(g, files=tuple(f for f in g.files if f in kept)) for k, g in self.groups.items()},
             slabs=slabs,
             empty_units=tuple(u for u in self.empty_units if u in keep),
-            shards=tuple(p for p in self.shards if p in keep or p in files),
+            objects={p: found for p, found in self.objects.items() if p in kept},
         )
 
     def shard_bytes(self) -> dict[ShardPath, int]:
@@ -137,12 +148,13 @@ def read_entries(formats: dict[ShardPath, str], **reader_options: object) -> lis
     for path, fmt in formats.items():
         by_format.setdefault(fmt, []).append(path)
     found = []
-    for fmt, paths in by_format.items():
-        reader = READERS[fmt]
-        if fmt in SPARSE_FORMATS:
-            found += reader.entries(paths, named=getattr(formats, "named", frozenset()), **reader_options)
-        else:
-            found += reader.entries(paths)
+    with session():  # each object's first block is fetched once, for every reader that reads it
+        for fmt, paths in by_format.items():
+            reader = READERS[fmt]
+            if fmt in SPARSE_FORMATS:
+                found += reader.entries(paths, named=getattr(formats, "named", frozenset()), **reader_options)
+            else:
+                found += reader.entries(paths)
     for entry in found:
         if isinstance(entry.path, RemotePath) and entry.storage not in (MAPPED, COMPRESSED, SPARSE, BATCHES):
             raise BadInput(
@@ -174,7 +186,9 @@ def plan_scan(
     the component it is asked to encode (None: the one named as its hook) and its name.
     """
     warnings = list(getattr(shards, "notes", []))
-    entries = read_entries(shards, **reader_options)
+    with session():  # what the store says of each object, as the headers were read
+        entries = read_entries(shards, **reader_options)
+        objects = {p: info(p) for p in shards if isinstance(p, RemotePath)}
     patterns = list(keys or ())
     used: set[str] = set()
     seen_keys: set[str] = set()
@@ -268,9 +282,7 @@ def plan_scan(
         f"{len(groups)} component(s), the widest {widest.name!r}",
         sum(g.width for g in groups.values()),
     )
-    plan = ScanPlan(
-        tuple(shards), dict(shards), tuple(entries), groups, tuple(slabs), tuple(warnings), tuple(empty_units)
-    )
+    plan = ScanPlan(tuple(shards), groups, tuple(slabs), tuple(warnings), tuple(empty_units), objects=objects)
     return _bind(plan, saes) if saes else plan
 
 
