@@ -1,7 +1,8 @@
 """The ``nact`` Typer app. Commands import the library lazily so ``nact --help`` stays fast.
 
 Every failure is turned into one line and an exit code here, in ``NactGroup.main``: the one
-edge between the commands and the shell (see ``output`` for the codes).
+edge between the commands and the shell (see ``output`` for the codes). A library error that a
+command raises reaches it worded with that command's own flags (``NactCommand``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 try:
     from typer import _click as click  # typer vendors click from 0.2x on
 except ImportError:  # older typer uses click itself
-    import click  # type: ignore[no-redef]
+    import click  # type: ignore[no-redef]  # the same module, under its own name
 
 from .output import (
     EXIT_INTERRUPTED,
@@ -33,6 +34,8 @@ from .output import (
 )
 
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
+# what Click (8.2 on) raises for a bare `nact COMMAND`; older Click prints the help and exits 0 itself
+NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _plain_metavar(make_metavar: Callable[..., str]) -> Callable[..., str]:
@@ -62,31 +65,33 @@ COMMANDS = {
 
 class NactCommand(TyperCommand):
     """A command of nact: once its arguments are parsed (``--help`` has exited by then) it loads
-    the library, runs, and says a library error (bad input or usage) in one line that names the
-    command's own flags, exit code 2.
+    the library, runs, and words a library error (bad input or usage) with the command's own
+    flags, for ``NactGroup.main`` to say in one line with exit code 2.
 
-    The library is loaded with the cyclic collector off (numpy and the library make hundreds of
-    thousands of objects that live until exit), then frozen out of its passes and the collector
-    turned back on for the work: 8-13 ms of a 250 ms run (``bench/scan_bench.py --startup-only``).
+    The first command of a process loads the library with the cyclic collector off (numpy and
+    the library make hundreds of thousands of objects that live until exit), then freezes them
+    out of its passes and turns it back on for the work: 8-13 ms of a 250 ms run
+    (``bench/scan_bench.py --startup-only``). A later command of the same process (CliRunner, a
+    notebook) finds the library loaded and leaves the collector alone: freezing again would keep
+    whatever the process holds then for good.
     """
 
     def invoke(self, ctx: Any) -> Any:
-        if gc.isenabled():
+        if "neuron_activity" not in sys.modules and gc.isenabled():
             gc.disable()
             try:
                 import_module("neuron_activity")
             finally:
                 gc.freeze()
                 gc.enable()
-        from neuron_activity.errors import NactError  # loaded just above
+        from neuron_activity.errors import NactError  # the library: loaded just above
 
-        from .wording import word
+        from .wording import word  # imports the library: loaded here, after --help has exited
 
         try:
             return super().invoke(ctx)
         except NactError as e:
-            say(f"Error: {one_line(word(e, self))}")
-            raise typer.Exit(EXIT_USAGE) from None
+            raise click.ClickException(word(e, self)) from None
 
 
 class LazyCommands(MutableMapping[str, Any]):
@@ -162,7 +167,7 @@ def run_guarded(call: Any) -> int:
     except typer.Exit as e:
         return e.exit_code
     except click.ClickException as e:
-        if type(e).__name__ == "NoArgsIsHelpError":  # bare `nact COMMAND`: its help, as Click shows it
+        if isinstance(e, NO_ARGS_IS_HELP):  # bare `nact COMMAND`: its help, as Click shows it
             e.show()
             return EXIT_USAGE
         hint = ""
@@ -186,6 +191,13 @@ def run_guarded(call: Any) -> int:
         say(f"Error: {e.filename}: {e.strerror or e}")
         return EXIT_USAGE
     except Exception as e:
+        # A library error raised outside a command's run (a parameter's callback) is bad input or
+        # usage. Its module is looked up, not imported: a run that never loaded the library raised
+        # none, and `nact --help` need not import numpy.
+        errors = sys.modules.get("neuron_activity.errors")
+        if errors is not None and isinstance(e, errors.NactError):
+            say(f"Error: {one_line(str(e))}")
+            return EXIT_USAGE
         return internal_error(e)  # a bug: say so in one line, never exit 1
 
 

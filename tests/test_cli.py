@@ -258,7 +258,7 @@ def test_every_command_has_help() -> None:
     import typer.main
 
     group = typer.main.get_command(app)
-    for name, command in group.commands.items():  # type: ignore[attr-defined]
+    for name, command in group.commands.items():
         assert command.help and "Examples" in command.help, name
         result = nact(name, "--help")
         assert result.exit_code == 0 and "Usage: nact " + name in result.stdout
@@ -269,6 +269,39 @@ def test_top_level_help_and_version() -> None:
     assert result.exit_code == 0 and "scan" in result.stdout and "Exit codes" in result.stdout
     result = nact("--version")
     assert result.exit_code == 0 and result.stdout.startswith("nact ")
+
+
+def test_a_library_error_outside_a_commands_run_exits_2_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raised by an option's callback (here --version's), before any command runs."""
+    from neuron_activity import DeviceUnavailable, devices
+
+    def unavailable() -> str:
+        raise DeviceUnavailable("device 'cuda' is not available:\n  the driver is gone")
+
+    monkeypatch.setattr(devices, "describe_devices", unavailable)
+    result = nact("--version")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == "Error: device 'cuda' is not available: the driver is gone\n"
+
+
+def test_the_collector_is_frozen_only_by_the_first_command_of_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freezing again in a long-lived process (this one) would keep what it holds for good."""
+    import gc
+    import subprocess
+    import sys
+
+    frozen: list[bool] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    assert nact("scan", SAMPLE_DATA, "-f", "json").exit_code == 0
+    assert frozen == [] and gc.isenabled()
+    first = "import gc, sys; from nact_cli.main import app; app(sys.argv[1:], standalone_mode=False); print(gc.get_freeze_count() > 0, gc.isenabled())"
+    done = subprocess.run(
+        [sys.executable, "-c", first, "scan", str(SAMPLE_DATA), "-f", "csv", "-o", "/dev/null"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == "True True\n"
 
 
 def test_thresholds_repeated_or_as_percentages() -> None:
