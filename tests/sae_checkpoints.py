@@ -27,7 +27,7 @@ def reference(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Latents (float64) and, per (vector, latent), how far its firing decision is from flipping.
 
     ``arch``: the rule and its weights, and the steps around it: ``scale`` (the input times it),
-    ``normalize``, ``center`` (a weight subtracted from the input), ``decoder_norm`` (h times the
+    ``normalize``, ``whiten`` ((mean, matrix)), ``center`` (a weight subtracted from the input), ``decoder_norm`` (h times the
     decoder's row norms before the rule), ``post_scale`` (the latents times it after the rule)."""
     latents, margin = _rule(arch, x)
     if arch.get("post_scale") is not None:
@@ -45,6 +45,9 @@ def _rule(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     elif arch.get("normalize") == "layer_norm":
         x = x - x.mean(axis=1, keepdims=True)
         x = x / (x.std(axis=1, ddof=1, keepdims=True) + 1e-5)
+    if arch.get("whiten") is not None:  # SAELens' covariance whitening: (x - mean) @ matrix
+        mean, matrix = arch["whiten"]
+        x = (x - mean) @ matrix
     if arch.get("center") is not None:
         x = x - w[arch["center"]]
     pre = x @ w["W"]

@@ -35,6 +35,7 @@ from neuron_activity import scan
 from neuron_activity.sae import NumpyEncoder, load_sae
 
 runner = CliRunner()
+WHITENING = "activation_whitening.safetensors"
 
 
 def nact(*args: object):
@@ -107,6 +108,13 @@ def saelens(folder: Path, architecture: str, seed: int = 0, version: str = "6", 
     folder.mkdir(parents=True)
     save_file(tensors, str(folder / "sae_weights.safetensors"))
     (folder / "cfg.json").write_text(json.dumps(cfg))
+    if cfg.get("normalize_activations") == "covariance_whitening":  # a training checkpoint's whitening
+        mean = rng.standard_normal(D_IN) * 0.3
+        q, _ = np.linalg.qr(rng.standard_normal((D_IN, D_IN)))
+        matrix = q * (0.5 + rng.random(D_IN))  # E diag(lambda + eps)^-1/2, as SAELens estimates it
+        save_file({"mean": mean, "matrix": matrix, "inverse_matrix": np.linalg.inv(matrix)}, str(folder / WHITENING))
+        (folder / "activation_scaler.json").write_text(json.dumps({"scaling_factor": None, "has_whitening": True}))
+        arch["whiten"] = (mean, matrix)
     return arch
 
 
@@ -356,6 +364,11 @@ CASES = {
     "saelens-batchtopk-unscaled": lambda p: saelens(p, "batchtopk", seed=16, rescale_acts_by_decoder_norm=False),
     "saelens-matryoshka-batchtopk": lambda p: saelens(p, "matryoshka_batchtopk", seed=17),
     "saelens-no-b_dec": lambda p: saelens(p, "standard", seed=8, apply_b_dec_to_input=False),
+    "saelens-whitened": lambda p: saelens(p, "standard", seed=35, normalize_activations="covariance_whitening"),
+    "saelens-whitened-topk": lambda p: saelens(
+        p, "topk", seed=36, k=9, rescale_acts_by_decoder_norm=True, normalize_activations="covariance_whitening"
+    ),
+    "saelens-whitened-gated": lambda p: saelens(p, "gated", seed=37, normalize_activations="covariance_whitening"),
     "saelens-constant-norm": lambda p: {
         **saelens(p, "standard", seed=9, normalize_activations="constant_norm_rescale"),
         "normalize": "constant_norm_rescale",
@@ -614,6 +627,69 @@ def test_a_checkpoint_that_does_not_say_what_it_is(tmp_path: Path) -> None:
     save_file(tensors, str(weights))
     result = nact("scan", tmp_path / "cache", "--sae", gated)
     assert result.exit_code == 2 and "has no tensor 'r_mag'" in result.stderr
+
+
+def test_whitening_not_stored_encodes_unwhitened_and_says_so(tmp_path: Path) -> None:
+    folder = tmp_path / "sae"
+    arch = saelens(folder, "standard", seed=38, normalize_activations="covariance_whitening")
+    (folder / WHITENING).unlink()
+    data = cache(tmp_path / "cache", activations())
+    result = nact("scan", data, "--sae", folder, "-f", "json")
+    assert result.exit_code == 0 and result.stderr == (
+        f"Warning: SAE {folder}: normalize_activations is covariance_whitening but it stores no whitening "
+        f"({WHITENING}): its inputs are not whitened, as SAELens encodes it\n"
+    )
+    counted = next(iter(scan([data], saes=(str(folder),)).activity.components.values()))
+    sure, near, _ = expected_counts({**arch, "whiten": None}, activations())
+    assert (counted.fire_counts == sure)[near == 0].all()
+
+
+def _write(path: Path, edit: dict) -> None:
+    cfg = json.loads(path.read_text())
+    cfg.update(edit)
+    path.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: (saelens(p, "transcoder"), _write(p / "cfg.json", {"apply_b_dec_to_input": True})),
+            "{p}/cfg.json: a transcoder with apply_b_dec_to_input: SAELens refuses it, and so does nact",
+        ),
+        (
+            lambda p: (saelens(p, "jumprelu_transcoder"), _write(p / "cfg.json", {"reshape_activations": "hook_z"})),
+            "{p}/cfg.json: reshape_activations 'hook_z' for a jumprelu_transcoder SAE: nact reads [..., d_in] "
+            "activations and, for SAEs other than transcoders, hook_z's [..., heads, d_head]",
+        ),
+        (
+            lambda p: (gemma_scope_2(p), _write(p / "config.json", {"architecture": "topk"})),
+            "{p}/config.json: architecture 'topk': Gemma Scope 2 SAEs nact encodes are jump_relu",
+        ),
+        (
+            lambda p: (llama_scope(p), _write(p / "hyperparams.json", {"norm_activation": "batch-wise"})),
+            "{p}/hyperparams.json: norm_activation 'batch-wise' is not dataset-wise, token-wise or inference",
+        ),
+        (
+            lambda p: (llama_scope(p), _write(p / "hyperparams.json", {"dataset_average_activation_norm": None})),
+            "{p}/hyperparams.json: dataset_average_activation_norm.in is None, not a positive number",
+        ),
+        (
+            lambda p: (gemma_scope_2(p), (p / "params.safetensors").unlink()),
+            "{p}: has config.json but neither ae.pt (dictionary_learning) nor params.safetensors (Gemma Scope 2): "
+            "give the folder the checkpoint was saved to",
+        ),
+        (
+            lambda p: dictionary_learning(p, "BatchTopKSAE", norm_factor=-1.0),
+            "{p}/ae.pt: norm_factor is -1.0, not a positive number",
+        ),
+    ],
+)
+def test_refusals_name_the_file_and_what_to_do(tmp_path: Path, make, message: str) -> None:
+    folder = tmp_path / "sae"
+    make(folder)
+    result = nact("scan", cache(tmp_path / "cache", activations()), "--sae", f"{HOOK}={folder}")
+    assert result.exit_code == 2 and result.stderr == f"Error: {message.format(p=folder)}\n"
 
 
 def test_bf16_cache_is_encoded_from_its_values(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ transcoders; attention SAEs of ``hook_z``)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,19 @@ TRANSCODERS = {
     "jumprelu_transcoder": "jumprelu",
     "jumprelu_skip_transcoder": "jumprelu",
 }
-NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm", "covariance_whitening")
+WHITENING = "activation_whitening.safetensors"  # beside a training checkpoint: mean [d_in], matrix [d_in, d_in]
 
 
 def read(folder: Path) -> Sae:
     """The SAE of a SAELens checkpoint folder (``cfg.json``, ``sae_weights.safetensors``)."""
     cfg_path = folder / "cfg.json"
     cfg = read_json(cfg_path)
+    sae = _read(folder, cfg_path, cfg)
+    return _whitened(folder, sae) if cfg.get("normalize_activations") == "covariance_whitening" else sae
+
+
+def _read(folder: Path, cfg_path: Path, cfg: dict[str, Any]) -> Sae:
     metadata: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
     # SAELens < 6 kept the hook at the top level ("hook_name", older "hook_point") and named no
     # architecture (standard, or topk through activation_fn); 6.x keeps it under "metadata".
@@ -59,6 +66,8 @@ def read(folder: Path) -> Sae:
         raise BadInput(cfg_path, f"normalize_activations {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
     scale = None
     notes: list[str] = []
+    if normalize == "covariance_whitening":  # the stored whitening is folded into the weights (see _whitened)
+        scale, normalize = _stored_scale(folder), "none"
     if normalize == "expected_average_only_in":
         scale = _stored_scale(folder)
         normalize = "none"
@@ -151,6 +160,34 @@ def _stored_scale(folder: Path) -> float | None:
     if not scaler.is_file():
         return None
     value = read_json(scaler).get("scaling_factor")
+    if value is None:  # a whitened SAE's scaler keeps no factor
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise BadInput(scaler, f"scaling_factor is {value!r}, not a positive number")
     return float(value)
+
+
+def _whitened(folder: Path, sae: Sae) -> Sae:
+    """A training checkpoint of ``covariance_whitening``, whose inputs were whitened:
+    ``z = (x - mean) @ matrix`` (after the scaling factor, when there is one), then centred by
+    b_dec. The map is folded into the encoder as SAELens' ``fold_activation_whitening`` folds
+    it (``W_enc = matrix @ W_enc``, the mean and b_dec into the bias), in float64."""
+    scaler = folder / "activation_scaler.json"
+    stored = read_json(scaler).get("has_whitening", True) if scaler.is_file() else True
+    path = folder / WHITENING
+    if not stored or not path.is_file():
+        note = (
+            f"SAE {folder}: normalize_activations is covariance_whitening but it stores no whitening ({WHITENING}): "
+            "its inputs are not whitened, as SAELens encodes it"
+        )
+        return replace(sae, notes=(*sae.notes, note))
+    tensors = SafetensorsWeights(path)
+    mean, matrix = weights(path, tensors, {"mean": (sae.d_in,), "matrix": (sae.d_in, sae.d_in)})
+    m = matrix.astype(np.float64)
+    w = np.asarray(sae.weight, np.float64)
+    shift = mean.astype(np.float64) @ m + (0 if sae.center is None else sae.center.astype(np.float64))
+    moved = shift @ w  # what the mean and b_dec take from every pre-activation
+    folded = replace(sae, weight=np.asarray(m @ w, np.float32), center=None, bias=(sae.bias - moved).astype(np.float32))
+    if sae.mag_bias is not None and sae.mag_scale is not None:  # gated: h * exp(r_mag) + b_mag
+        folded = replace(folded, mag_bias=(sae.mag_bias - moved * sae.mag_scale).astype(np.float32))
+    return folded
