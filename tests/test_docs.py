@@ -26,7 +26,7 @@ pip install torch==2.13.0 && pip install '.[test]' && pytest
 """
 
 
-def cli_reference():  # type: ignore[no-untyped-def]
+def cli_reference():
     """docs/cli_reference.py, imported (docs/ is not a package)."""
     spec = importlib.util.spec_from_file_location("cli_reference", DOCS / "cli_reference.py")
     assert spec is not None and spec.loader is not None

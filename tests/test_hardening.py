@@ -450,7 +450,7 @@ def test_a_shard_truncated_while_it_is_counted(tmp_path: Path, monkeypatch: pyte
     path = big_shard(tmp_path / "big.safetensors", rows=1 << 10, width=4096)
     real_update = cpu_counting.NativeCounter.update
 
-    def cut_then_update(self, bits, first_vector=0):  # type: ignore[no-untyped-def]
+    def cut_then_update(self, bits, first_vector=0):
         os.truncate(path, 4096)
         return real_update(self, bits, first_vector)
 
