@@ -1,0 +1,296 @@
+"""The pickle of a zip-format ``torch.save`` file read by a restricted unpickler, for checkpoints
+whose pickle holds more than tensors (strings, numbers, nested dicts, a pydantic model).
+
+Nothing of the file runs. The unpickler knows the globals that rebuild tensors and containers
+(``_rebuild_tensor_v2``/``v3``, ``_rebuild_parameter``, ``OrderedDict``, storage types, dtypes)
+and the few a caller allows; a tensor becomes a ``TensorRef`` (where its numbers lie in the
+archive), an object of an allowed class an inert ``Record`` of the state the pickle gave it, and
+any other global is refused with its name (``Refused``). Tensors are read afterwards, each when it
+is asked for (``Pickled.array``), in float32, from the part of its storage it spans. ``names``
+tells a family's files apart by what their pickle names, from its opcodes alone.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+import pickletools
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..dtypes import ITEMSIZE, TORCH_NAMES
+from ..errors import BadInput, first_line
+from ..memory import check_fits
+from ..sources.torch_zip import STORAGE_TYPES
+from .files import as_float32
+
+MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a checkpoint's pickle describes its tensors: kilobytes
+PICKLE_MAGIC = b"\x80"  # a legacy torch.save file starts with a pickle (of its magic number)
+
+
+class Refused(BadInput):
+    """A pickle that names a global nact does not allow; ``name`` is the global (``module.name``)."""
+
+    def __init__(self, path: object, name: str, allowed: str) -> None:
+        self.name = name
+        super().__init__(path, f"its pickle names {name}, which nact does not run: {allowed}")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRef:
+    """A tensor of the file, not read: its storage (the member ``data/<storage>``), its dtype
+    (nact's name) and its view of the storage, in elements."""
+
+    storage: str
+    dtype: str
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    def select(self, index: int) -> TensorRef:
+        """The tensor's ``index``-th entry along its first axis (as ``tensor[index]``)."""
+        return TensorRef(self.storage, self.dtype, self.offset + index * self.stride[0], self.size[1:], self.stride[1:])
+
+
+class Record:
+    """An object of a class the caller allows, inert: the state the pickle gave it (``BUILD``);
+    none of the class's code exists here. ``name`` is the global it stands for."""
+
+    name: ClassVar[str] = ""
+    state: object = None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+
+def records(*names: str) -> dict[str, type[Record]]:
+    """A ``Record`` class for each global ``module.Name``, to allow them in ``load``."""
+    return {name: type(name.rpartition(".")[2], (Record,), {"name": name}) for name in names}
+
+
+@dataclass(frozen=True, slots=True)
+class _Named:
+    """A storage type or dtype the pickle names: only its name is kept."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Storage:
+    key: str
+    dtype: str | None  # None: an untyped storage (the tensor names its dtype)
+
+
+def _ints(values: object) -> tuple[int, ...]:
+    if not isinstance(values, tuple) or not all(type(v) is int and v >= 0 for v in values):
+        raise ValueError(f"a tensor's size or stride is {values!r}")
+    return values
+
+
+def _tensor(storage: object, offset: object, size: object, stride: object, dtype: str | None) -> TensorRef:
+    if not isinstance(storage, _Storage) or type(offset) is not int or offset < 0 or dtype is None:
+        raise ValueError("a tensor without a typed storage")
+    size, stride = _ints(size), _ints(stride)
+    if len(size) != len(stride):
+        raise ValueError(f"a tensor of size {list(size)} and stride {list(stride)}")
+    return TensorRef(storage.key, dtype, offset, size, stride)
+
+
+def _rebuild_v2(storage: object, offset: object, size: object, stride: object, *rest: object) -> TensorRef:
+    return _tensor(storage, offset, size, stride, storage.dtype if isinstance(storage, _Storage) else None)
+
+
+def _rebuild_v3(
+    storage: object,
+    offset: object,
+    size: object,
+    stride: object,
+    grad: object,
+    hooks: object,
+    dtype: object,
+    *_: object,
+) -> TensorRef:
+    return _tensor(storage, offset, size, stride, TORCH_NAMES.get(dtype.name) if isinstance(dtype, _Named) else None)
+
+
+def _rebuild_parameter(data: object, *rest: object) -> object:
+    return data
+
+
+TENSOR_GLOBALS: dict[str, object] = {
+    "torch._utils._rebuild_tensor_v2": _rebuild_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_v3,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "collections.OrderedDict": OrderedDict,
+    "torch.storage.UntypedStorage": _Named("UntypedStorage"),
+    **{f"torch.{name}": _Named(name) for name in (*STORAGE_TYPES, *TORCH_NAMES)},
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, allowed: Mapping[str, object], path: Path, refusal: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.allowed, self.path, self.refusal = allowed, path, refusal
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        if full in TENSOR_GLOBALS:
+            return TENSOR_GLOBALS[full]
+        if full in self.allowed:
+            return self.allowed[full]
+        raise Refused(self.path, full, self.refusal)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise ValueError(f"a persistent id {pid!r:.60}")
+        _, kind, key, _location, _numel = pid
+        if not isinstance(kind, _Named) or not isinstance(key, str):
+            raise ValueError("a storage without a type or key")
+        return _Storage(key, STORAGE_TYPES.get(kind.name))
+
+
+@dataclass(frozen=True)
+class Pickled:
+    """What a ``torch.save`` file's pickle holds (``root``: dicts, lists, numbers, strings,
+    ``TensorRef`` and ``Record`` objects), and the archive its tensors are read from."""
+
+    path: Path
+    root: object
+    folder: str  # the archive's folder: its members are <folder>data.pkl, <folder>data/<key>
+
+    def refs(self, tensors: Mapping[Any, object], shapes: Mapping[str, tuple[int, ...]]) -> list[TensorRef]:
+        """The tensors of ``tensors`` named in ``shapes``, each checked to have its shape (not read)."""
+        out = []
+        for key, shape in shapes.items():
+            value = tensors.get(key)
+            if not isinstance(value, TensorRef):
+                have = sorted(k for k, v in tensors.items() if isinstance(v, TensorRef))
+                raise BadInput(self.path, f"has no tensor {key!r} (it has {', '.join(have) or 'none'})")
+            if value.size != shape:
+                raise BadInput(self.path, f"tensor {key!r} has shape {list(value.size)}, expected {list(shape)}")
+            out.append(value)
+        return out
+
+    def array(self, tensor: TensorRef, key: str) -> np.ndarray:
+        """The tensor (named ``key`` in messages) in float32, read from the part of its storage it
+        spans."""
+        count = math.prod(tensor.size)
+        if not count:
+            return np.zeros(tensor.size, np.float32)
+        itemsize = ITEMSIZE[tensor.dtype]
+        first = tensor.offset
+        span = 1 + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))  # elements, from the first
+        try:
+            with zipfile.ZipFile(self.path) as z:
+                try:
+                    info = z.getinfo(f"{self.folder}data/{tensor.storage}")
+                except KeyError:
+                    raise BadInput(self.path, f"tensor {key!r} has no storage in the archive") from None
+                if (first + span) * itemsize > info.file_size:
+                    raise BadInput(self.path, f"tensor {key!r} lies beyond its storage ({info.file_size} bytes)")
+                check_fits(self.path, f"tensor {key!r} of shape {list(tensor.size)}", (itemsize + 4) * span + 4 * count)
+                with z.open(info) as member:
+                    member.seek(first * itemsize)
+                    raw = member.read(span * itemsize)
+        except (OSError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as e:  # zipfile's errors
+            raise BadInput(self.path, f"tensor {key!r} cannot be read: {first_line(e)}") from None
+        if len(raw) != span * itemsize:
+            raise BadInput(self.path, f"truncated: tensor {key!r}")
+        values = as_float32(raw, tensor.dtype, (span,), self.path, key)
+        strides = tuple(4 * s for s in tensor.stride)
+        view = np.lib.stride_tricks.as_strided(values, tensor.size, strides, writeable=False)
+        return view if view.flags.c_contiguous else view.copy()
+
+
+def load(path: Path, allowed: Mapping[str, object], refusal: str) -> Pickled:
+    """The pickle of the zip-format ``torch.save`` file ``path``, read with the globals of tensors
+    and ``allowed`` (``module.name``: what stands for it); any other global is ``Refused``, with
+    ``refusal`` saying what the file should name."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            member = _pickle_member(z)
+            if member is None:
+                raise BadInput(path, "a zip archive that is not a torch.save file (it has no one data.pkl)")
+            folder = member[: -len("data.pkl")]
+            if z.getinfo(member).file_size > MAX_PICKLE_BYTES:
+                raise BadInput(path, f"its pickle is larger than {MAX_PICKLE_BYTES >> 20} MiB: not a checkpoint")
+            if f"{folder}byteorder" in z.namelist() and z.read(f"{folder}byteorder").strip() != b"little":
+                raise BadInput(path, "a big-endian torch.save file: load it with torch and save it again")
+            data = z.read(member)
+    except zipfile.BadZipFile:
+        raise BadInput(path, _not_a_zip(path)) from None
+    except IsADirectoryError:
+        raise BadInput(path, "a folder, not a torch.save file") from None
+    except FileNotFoundError:
+        raise BadInput(path, "no such file") from None
+    except (OSError, EOFError, RuntimeError, NotImplementedError) as e:  # an encrypted or unknown compression
+        raise BadInput(path, f"cannot read: {first_line(e)}") from None
+    try:
+        root = _Unpickler(data, allowed, path, refusal).load()
+    except Refused:
+        raise
+    except Exception as e:  # the pickle is the file's: whatever fails in it is a corrupt file
+        raise BadInput(path, f"a corrupt torch.save pickle: {first_line(e)}") from None
+    return Pickled(path, root, folder)
+
+
+@dataclass(frozen=True)
+class Names:
+    """What a pickle names, found by reading its opcodes (nothing runs, no tensor is read): its
+    globals (``module.name``) and its strings (dict keys and values alike)."""
+
+    globals: frozenset[str]
+    strings: frozenset[str]
+
+
+def names(path: Path) -> Names | None:
+    """The names in the pickle of the zip-format ``torch.save`` file ``path`` (up to where a
+    corrupt pickle stops making sense); None when it is not one, or cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            member = _pickle_member(z)
+            if member is None or z.getinfo(member).file_size > MAX_PICKLE_BYTES:
+                return None
+            data = z.read(member)
+    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
+        return None
+    found: set[str] = set()
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL" and isinstance(arg, str):
+                found.add(arg.replace(" ", ".", 1))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.add(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
+                strings.append(str(arg))
+    except Exception:  # the pickle is the file's: what it names up to where it breaks is what it names
+        pass
+    return Names(frozenset(found), frozenset(strings))
+
+
+def _pickle_member(z: zipfile.ZipFile) -> str | None:
+    """The archive's ``data.pkl`` (``<folder>/data.pkl``), if it has exactly one."""
+    pickles = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+    return pickles[0] if len(pickles) == 1 else None
+
+
+def _not_a_zip(path: Path) -> str:
+    """What a file that is not a zip archive is, said for a ``torch.save`` reader."""
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if start.startswith(b"PK"):
+        return "truncated or corrupt: a zip archive without its directory (download or save it again)"
+    if start.startswith(PICKLE_MAGIC):
+        return (
+            "a torch.save file in the legacy format (torch < 1.6): nact reads the zip format; "
+            "load it with torch and save it again"
+        )
+    return "not a torch.save file (not a zip archive)"
