@@ -62,7 +62,7 @@ def module_state(items: list[tuple[str, object]], modules: tuple[str, ...]) -> O
     """A state dict as ``nn.Module.state_dict`` returns it: an OrderedDict with ``_metadata``
     (each module's version) set on it, which ``torch.save`` pickles too."""
     state = OrderedDict(items)
-    state._metadata = OrderedDict((m, {"version": 1}) for m in ("", *modules))  # type: ignore[attr-defined]
+    vars(state)["_metadata"] = OrderedDict((m, {"version": 1}) for m in ("", *modules))
     return state
 
 
