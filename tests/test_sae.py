@@ -629,6 +629,44 @@ def test_a_checkpoint_that_does_not_say_what_it_is(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "has no tensor 'r_mag'" in result.stderr
 
 
+@pytest.mark.parametrize("shape", [(ROWS, 4, 6), (ROWS // 5, 5, 4, 6), (ROWS, 24)])
+def test_an_attention_sae_reads_hook_z_with_its_heads_merged(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    """SAELens' reshape_activations hook_z: [..., heads, d_head] is encoded as [..., heads * d_head]
+    (row-major, as einops merges it); a cache already flat is read as it is."""
+    hook = "blocks.3.attn.hook_z"
+    folder = tmp_path / "sae"
+    arch = saelens(folder, "jumprelu", seed=39, reshape_activations="hook_z")
+    _write(folder / "cfg.json", {"metadata": {"hook_name": hook, "sae_lens_version": "6.5.1"}})
+    x = activations()
+    data = tmp_path / "cache"
+    data.mkdir()
+    save_file({hook: f32(x.reshape(shape))}, str(data / "z.safetensors"))
+    (name, counted), *others = scan([data], saes=(str(folder),)).activity.components.items()
+    assert name == f"{hook}:sae" and not others and counted.num_vectors == ROWS
+    sure, near, _ = expected_counts(arch, x)
+    assert (counted.fire_counts == sure)[near == 0].all()
+
+
+def test_gemma_scope_2_is_bound_by_its_module_or_its_hook(tmp_path: Path) -> None:
+    folder = tmp_path / "attn_out" / "layer_3_width_16k_l0_small"
+    arch = gemma_scope_2(folder, seed=40, site="model.layers.3.self_attn.o_proj.input")
+    x = activations()
+    for key in ("model.layers.3.self_attn.o_proj.input", "blocks.3.attn.hook_z"):
+        data = tmp_path / key
+        data.mkdir()
+        save_file({key: f32(x if key.startswith("model") else x.reshape(ROWS, 4, 6))}, str(data / "a.safetensors"))
+        (name, counted), *others = scan([data], saes=(str(folder),)).activity.components.items()
+        assert name == f"{key}:layer_3_width_16k_l0_small" and not others
+        sure, near, _ = expected_counts(arch, x)
+        assert (counted.fire_counts == sure)[near == 0].all()
+    sae = load_sae(folder)
+    assert (sae.hook, sae.hook_aliases, sae.reshape) == (
+        "blocks.3.attn.hook_z",
+        ("model.layers.3.self_attn.o_proj.input",),
+        "hook_z",
+    )
+
+
 def test_whitening_not_stored_encodes_unwhitened_and_says_so(tmp_path: Path) -> None:
     folder = tmp_path / "sae"
     arch = saelens(folder, "standard", seed=38, normalize_activations="covariance_whitening")

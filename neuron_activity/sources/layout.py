@@ -84,6 +84,13 @@ def layout_of(
     return Layout(tuple(f"{name}[{i}]" for i in range(count)), math.prod(shape[:-2]), features)
 
 
+def heads_merged(name: str, shape: tuple[int, ...]) -> Layout:
+    """The layout of an attention ``hook_z`` tensor ``[..., heads, d_head]`` an SAE encodes with
+    its heads merged: ``heads * d_head`` features per vector (row-major, as einops merges them)."""
+    positions = shape[1] if len(shape) == 4 else None  # [batch, position, heads, d_head]
+    return Layout((name,), math.prod(shape[:-2]), shape[-2] * shape[-1], positions=positions)
+
+
 def component_layout(key: str, shape: tuple[int, ...], flatten: bool) -> tuple[tuple[str, ...], int, int]:
     """Component names, number of rows and features of a tensor of ``shape`` under ``key``."""
     layout = layout_of(key, key, shape, flatten)

@@ -28,7 +28,7 @@ from .base import (
     natural_key,
 )
 from .grouping import Grouping
-from .layout import layout_of
+from .layout import heads_merged, layout_of
 from .registry import READERS, SPARSE_FORMATS
 
 if TYPE_CHECKING:
@@ -186,6 +186,8 @@ def plan_scan(
     the component it is asked to encode (None: the one named as its hook) and its name.
     """
     warnings = list(getattr(shards, "notes", []))
+    # components an attention SAE reads as hook_z's [..., heads, d_head], its heads merged
+    merge_heads = {key for asked, sae, _ in saes if sae.reshape == "hook_z" for key in _hooks(asked, sae)}
     with session():  # what the store says of each object, as the headers were read
         entries = read_entries(shards, **reader_options)
         objects = {p: info(p) for p in shards if isinstance(p, RemotePath)}
@@ -227,7 +229,10 @@ def plan_scan(
             empty_units.append(entry.path)
             continue
         try:
-            layout = layout_of(name, entry.key, entry.shape, flatten, component_axis)
+            if name in merge_heads and len(entry.shape) >= 3:
+                layout = heads_merged(name, entry.shape)
+            else:
+                layout = layout_of(name, entry.key, entry.shape, flatten, component_axis)
         except AxisProblem as e:
             e.path = str(entry.path)
             raise
@@ -286,18 +291,26 @@ def plan_scan(
     return _bind(plan, saes) if saes else plan
 
 
+def _hooks(asked: str | None, sae: Sae) -> tuple[str, ...]:
+    """The components an SAE may encode: the one named with it, else its hook by each of its names."""
+    if asked is not None:
+        return (asked,)
+    return (sae.hook, *sae.hook_aliases) if sae.hook is not None else ()
+
+
 def _bind(plan: ScanPlan, saes: Sequence[tuple[str | None, Sae, str]]) -> ScanPlan:
     """The plan that counts the latents of each SAE instead of the activations it encodes.
 
-    An SAE encodes the component named with it, else the one named as its hook; that must be
-    one component (not one index of a component axis) of ``d_in`` float features. Components no
-    SAE is bound to are not counted. Raises ``SaeNotBound`` or ``BadInput``.
+    An SAE encodes the component named with it, else the one named as its hook (by any of its
+    names); that must be one component (not one index of a component axis) of ``d_in`` float
+    features (an attention SAE's ``hook_z`` with its heads merged). Components no SAE is bound
+    to are not counted. Raises ``SaeNotBound`` or ``BadInput``.
     """
     streams = {name: g for g in plan.groups.values() for name in g.names}
     components = list(streams)
     bound: dict[str, list[BoundSae]] = {}
     for asked, sae, label in saes:
-        key = asked or sae.hook
+        key = next((k for k in _hooks(asked, sae) if k in streams), asked or sae.hook)
         group = streams.get(key) if key is not None else None
         if group is None or key is None:
             raise SaeNotBound(sae.path, asked if asked is not None else sae.hook, components)
