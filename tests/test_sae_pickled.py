@@ -10,7 +10,6 @@ import contextlib
 import json
 import pickletools
 import sys
-import tempfile
 import types
 import zipfile
 import zlib
@@ -40,8 +39,8 @@ from typer.testing import CliRunner
 
 from nact_cli.main import app
 from neuron_activity import scan
-from neuron_activity.errors import BadInput, NactError
-from neuron_activity.sae import NumpyEncoder, Sae, TorchEncoder, load_sae, openai, unpickle
+from neuron_activity.errors import BadInput
+from neuron_activity.sae import NumpyEncoder, Sae, TorchEncoder, openai, unpickle
 from neuron_activity.sae import ai_safety_foundation as asf
 
 runner = CliRunner()
@@ -238,20 +237,6 @@ def make_case(tmp_path: Path, case: str) -> tuple[Path, dict, Sae]:
     arch, component = CASES[case](path)
     sae = openai.read_file(path) if case.startswith("openai") else asf.read_file(path, component)
     return path, arch, sae
-
-
-def _load_sae_reads_files() -> bool:
-    """Whether ``load_sae`` is given these files (the CLI can then scan with them)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "0.pt"
-        openai_checkpoint(path)
-        try:
-            return load_sae(path).library == openai.LIBRARY
-        except NactError:
-            return False
-
-
-wired = pytest.mark.skipif(not _load_sae_reads_files(), reason="load_sae does not dispatch single files yet")
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -657,7 +642,6 @@ def test_an_asf_config_that_disagrees_with_its_weights(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- scanning (the CLI)
 
 
-@wired
 @pytest.mark.parametrize("case", ["openai-topk", "openai-relu", "asf-1.5", "asf-1.0"])
 def test_scan_counts_the_latents(tmp_path: Path, case: str) -> None:
     path, arch, sae = make_case(tmp_path, case)
@@ -677,7 +661,6 @@ def test_scan_counts_the_latents(tmp_path: Path, case: str) -> None:
     np.testing.assert_allclose(c.states["act_max"][exact], latents.max(0)[exact], rtol=1e-4, atol=1e-5)
 
 
-@wired
 def test_a_file_that_names_no_hook_is_bound_by_name(tmp_path: Path) -> None:
     path = tmp_path / "v5_32k" / "autoencoders" / "3.pt"
     openai_checkpoint(path)
@@ -690,7 +673,6 @@ def test_a_file_that_names_no_hook_is_bound_by_name(tmp_path: Path) -> None:
     assert nact("scan", data, "--sae", f"{HOOK}={path}").exit_code == 0
 
 
-@wired
 def test_a_lightning_config_names_its_hook(tmp_path: Path) -> None:
     path = tmp_path / "run_final.pt"
     arch = asf_checkpoint(path, n_components=1, names=[HOOK])[0]
@@ -701,7 +683,6 @@ def test_a_lightning_config_names_its_hook(tmp_path: Path) -> None:
     assert ((c.fire_counts >= sure) & (c.fire_counts <= sure + near)).all() and (near == 0).mean() > 0.8
 
 
-@wired
 @pytest.mark.parametrize("family", ["openai", "asf"])
 def test_refusals_through_the_cli_are_one_line(tmp_path: Path, family: str) -> None:
     path = tmp_path / "0.pt"

@@ -28,9 +28,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BadInput
+from ..sources.torch_zip import TensorRef
 from . import files, unpickle
 from .model import Sae
-from .unpickle import Record, TensorRef
+from .unpickle import Record
 
 LIBRARY = "ai-safety-foundation sparse_autoencoder"
 STATE = "sparse_autoencoder.autoencoder.model.SparseAutoencoderState"

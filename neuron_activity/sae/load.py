@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from ..options import SaeRequest
-from . import dictionary_learning, gemma_scope, llama_scope, saelens, sparsify
+from . import ai_safety_foundation, dictionary_learning, gemma_scope, llama_scope, openai, saelens, sparsify
 from .model import Sae
 
 # weights file -> the family's reader, in the order they are looked for
@@ -20,6 +20,11 @@ FAMILIES: dict[str, Callable[[Path], Sae]] = {
     gemma_scope.WEIGHTS_2: gemma_scope.read_2,
     llama_scope.WEIGHTS: llama_scope.read,
 }
+# single-file checkpoints: how each family tells its files, and reads one
+FILES: tuple[tuple[Callable[[Path], bool], Callable[[Path], Sae]], ...] = (
+    (openai.recognizes, openai.read_file),
+    (ai_safety_foundation.recognizes, ai_safety_foundation.read_file),
+)
 # a config file without the weights file of any family that keeps it: what it is missing
 CONFIGS = {
     "cfg.json": "sae_weights.safetensors (SAELens) nor sae.safetensors (sparsify)",
@@ -48,8 +53,9 @@ def load_saes(requests: Sequence[SaeRequest]) -> list[tuple[str | None, Sae, str
 
 
 def load_sae(path: Path | str) -> Sae:
-    """The SAE in the checkpoint folder ``path``: a file of the folder names the folder too, and
-    a file of a training run's ``checkpoints/`` names that checkpoint."""
+    """The SAE in the checkpoint folder ``path``: a file of the folder names the folder too, a
+    file of a training run's ``checkpoints/`` names that checkpoint, and a checkpoint kept in one
+    file (OpenAI's, the ai-safety-foundation library's) is that file."""
     given = Path(path)
     folder = given.parent if given.is_file() else given
     if given.is_file() and folder.name == "checkpoints":
@@ -58,6 +64,10 @@ def load_sae(path: Path | str) -> Sae:
             return llama_scope.read(run, given).with_fingerprint()
         if (run / "config.json").is_file() and given.suffix == ".pt":
             return dictionary_learning.read(run, given).with_fingerprint()
+    if given.is_file():
+        for recognizes, read_file in FILES:
+            if recognizes(given):
+                return read_file(given).with_fingerprint()
     if not folder.is_dir():
         raise BadInput(folder, "no such SAE checkpoint folder")
     for weights, read in FAMILIES.items():
@@ -74,5 +84,6 @@ def load_sae(path: Path | str) -> Sae:
         folder,
         "not an SAE checkpoint: nact reads the folders of SAELens (cfg.json, sae_weights.safetensors), sparsify "
         "(cfg.json, sae.safetensors), dictionary_learning (config.json, ae.pt), Gemma Scope (params.npz; "
-        "params.safetensors, config.json) and Llama Scope (hyperparams.json, checkpoints/final.safetensors)",
+        "params.safetensors, config.json) and Llama Scope (hyperparams.json, checkpoints/final.safetensors), and "
+        "the .pt files of OpenAI's and the ai-safety-foundation sparse_autoencoder",
     )

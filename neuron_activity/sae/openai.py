@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
+from ..sources.torch_zip import TensorRef
 from . import files, unpickle
 from .model import Sae
-from .unpickle import TensorRef
 
 LIBRARY = "OpenAI sparse_autoencoder"
 KEYS = ("encoder.weight", "pre_bias", "latent_bias")  # what tells its state dict from others'

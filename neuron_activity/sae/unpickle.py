@@ -1,10 +1,9 @@
 """The pickle of a zip-format ``torch.save`` file read by a restricted unpickler, for checkpoints
 whose pickle holds more than tensors (strings, numbers, nested dicts, a pydantic model).
 
-Nothing of the file runs. The unpickler knows the globals that rebuild tensors and containers
-(``_rebuild_tensor_v2``/``v3``, ``_rebuild_parameter``, ``OrderedDict``, storage types, dtypes)
-and the few a caller allows; a tensor becomes a ``TensorRef`` (where its numbers lie in the
-archive), an object of an allowed class an inert ``Record`` of the state the pickle gave it, and
+Nothing of the file runs. The unpickler of ``sources.torch_zip`` knows the globals that rebuild
+tensors and containers, and here also the few a caller allows; a tensor becomes a ``TensorRef``
+(where its numbers lie in the archive), an object of an allowed class an inert ``Record`` of the state the pickle gave it, and
 any other global is refused with its name (``Refused``). Tensors are read afterwards, each when it
 is asked for (``Pickled.array``), in float32, from the part of its storage it spans. ``names``
 tells a family's files apart by what their pickle names, from its opcodes alone.
@@ -12,12 +11,9 @@ tells a family's files apart by what their pickle names, from its opcodes alone.
 
 from __future__ import annotations
 
-import io
 import math
-import pickle
 import pickletools
 import zipfile
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +21,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..dtypes import ITEMSIZE, TORCH_NAMES
+from ..dtypes import ITEMSIZE
 from ..errors import BadInput, first_line
 from ..memory import check_fits
-from ..sources.torch_zip import STORAGE_TYPES
+from ..sources.torch_zip import TensorRef, Unpickler
 from .files import as_float32
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a checkpoint's pickle describes its tensors: kilobytes
@@ -41,22 +37,6 @@ class Refused(BadInput):
     def __init__(self, path: object, name: str, allowed: str) -> None:
         self.name = name
         super().__init__(path, f"its pickle names {name}, which nact does not run: {allowed}")
-
-
-@dataclass(frozen=True, slots=True)
-class TensorRef:
-    """A tensor of the file, not read: its storage (the member ``data/<storage>``), its dtype
-    (nact's name) and its view of the storage, in elements."""
-
-    storage: str
-    dtype: str
-    offset: int
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
-
-    def select(self, index: int) -> TensorRef:
-        """The tensor's ``index``-th entry along its first axis (as ``tensor[index]``)."""
-        return TensorRef(self.storage, self.dtype, self.offset + index * self.stride[0], self.size[1:], self.stride[1:])
 
 
 class Record:
@@ -73,87 +53,6 @@ class Record:
 def records(*names: str) -> dict[str, type[Record]]:
     """A ``Record`` class for each global ``module.Name``, to allow them in ``load``."""
     return {name: type(name.rpartition(".")[2], (Record,), {"name": name}) for name in names}
-
-
-@dataclass(frozen=True, slots=True)
-class _Named:
-    """A storage type or dtype the pickle names: only its name is kept."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Storage:
-    key: str
-    dtype: str | None  # None: an untyped storage (the tensor names its dtype)
-
-
-def _ints(values: object) -> tuple[int, ...]:
-    if not isinstance(values, tuple) or not all(type(v) is int and v >= 0 for v in values):
-        raise ValueError(f"a tensor's size or stride is {values!r}")
-    return values
-
-
-def _tensor(storage: object, offset: object, size: object, stride: object, dtype: str | None) -> TensorRef:
-    if not isinstance(storage, _Storage) or type(offset) is not int or offset < 0 or dtype is None:
-        raise ValueError("a tensor without a typed storage")
-    size, stride = _ints(size), _ints(stride)
-    if len(size) != len(stride):
-        raise ValueError(f"a tensor of size {list(size)} and stride {list(stride)}")
-    return TensorRef(storage.key, dtype, offset, size, stride)
-
-
-def _rebuild_v2(storage: object, offset: object, size: object, stride: object, *rest: object) -> TensorRef:
-    return _tensor(storage, offset, size, stride, storage.dtype if isinstance(storage, _Storage) else None)
-
-
-def _rebuild_v3(
-    storage: object,
-    offset: object,
-    size: object,
-    stride: object,
-    grad: object,
-    hooks: object,
-    dtype: object,
-    *_: object,
-) -> TensorRef:
-    return _tensor(storage, offset, size, stride, TORCH_NAMES.get(dtype.name) if isinstance(dtype, _Named) else None)
-
-
-def _rebuild_parameter(data: object, *rest: object) -> object:
-    return data
-
-
-TENSOR_GLOBALS: dict[str, object] = {
-    "torch._utils._rebuild_tensor_v2": _rebuild_v2,
-    "torch._utils._rebuild_tensor_v3": _rebuild_v3,
-    "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "collections.OrderedDict": OrderedDict,
-    "torch.storage.UntypedStorage": _Named("UntypedStorage"),
-    **{f"torch.{name}": _Named(name) for name in (*STORAGE_TYPES, *TORCH_NAMES)},
-}
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, allowed: Mapping[str, object], path: Path, refusal: str) -> None:
-        super().__init__(io.BytesIO(data))
-        self.allowed, self.path, self.refusal = allowed, path, refusal
-
-    def find_class(self, module: str, name: str) -> Any:
-        full = f"{module}.{name}"
-        if full in TENSOR_GLOBALS:
-            return TENSOR_GLOBALS[full]
-        if full in self.allowed:
-            return self.allowed[full]
-        raise Refused(self.path, full, self.refusal)
-
-    def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise ValueError(f"a persistent id {pid!r:.60}")
-        _, kind, key, _location, _numel = pid
-        if not isinstance(kind, _Named) or not isinstance(key, str):
-            raise ValueError("a storage without a type or key")
-        return _Storage(key, STORAGE_TYPES.get(kind.name))
 
 
 @dataclass(frozen=True)
@@ -233,7 +132,7 @@ def load(path: Path, allowed: Mapping[str, object], refusal: str) -> Pickled:
     except (OSError, EOFError, RuntimeError, NotImplementedError) as e:  # an encrypted or unknown compression
         raise BadInput(path, f"cannot read: {first_line(e)}") from None
     try:
-        root = _Unpickler(data, allowed, path, refusal).load()
+        root = Unpickler(data, allowed, lambda name: Refused(path, name, refusal)).load()
     except Refused:
         raise
     except Exception as e:  # the pickle is the file's: whatever fails in it is a corrupt file

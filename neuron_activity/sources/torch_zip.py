@@ -19,9 +19,9 @@ import pickle
 import struct
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, TypeGuard, TypeVar
+from typing import Any, BinaryIO, TypeGuard, TypeVar
 
 from ..dtypes import ITEMSIZE, TORCH_NAMES
 from ..errors import BadInput, NactError
@@ -62,29 +62,39 @@ class _Storage:
     dtype: str | None  # None: an untyped storage (the tensor names its dtype)
 
 
-@dataclass(frozen=True)
-class _Tensor:
-    storage: _Storage
+@dataclass(frozen=True, slots=True)
+class TensorRef:
+    """A tensor of the file, not read: its storage (the member ``data/<storage>``), its dtype
+    (nact's name) and its view of the storage, in elements."""
+
+    storage: str
+    dtype: str
     offset: int
     size: tuple[int, ...]
     stride: tuple[int, ...]
-    dtype: str
+
+    def select(self, index: int) -> TensorRef:
+        """The tensor's ``index``-th entry along its first axis (as ``tensor[index]``)."""
+        return TensorRef(self.storage, self.dtype, self.offset + index * self.stride[0], self.size[1:], self.stride[1:])
 
 
 def _ints(values: object) -> tuple[int, ...]:
     if not isinstance(values, tuple) or not all(type(v) is int and v >= 0 for v in values):
-        raise Unsupported("size or stride")
+        raise ValueError(f"a tensor's size or stride is {values!r:.60}")
     return values
 
 
-def _tensor(storage: object, offset: object, size: object, stride: object, dtype: str | None) -> _Tensor:
+def _tensor(storage: object, offset: object, size: object, stride: object, dtype: str | None) -> TensorRef:
     if not isinstance(storage, _Storage) or type(offset) is not int or offset < 0 or dtype is None:
-        raise Unsupported("tensor")
-    return _Tensor(storage, offset, _ints(size), _ints(stride), dtype)
+        raise ValueError("a tensor without a typed storage")
+    size, stride = _ints(size), _ints(stride)
+    if len(size) != len(stride):
+        raise ValueError(f"a tensor of size {list(size)} and stride {list(stride)}")
+    return TensorRef(storage.key, dtype, offset, size, stride)
 
 
-def _rebuild_v2(storage: object, offset: object, size: object, stride: object, *rest: object) -> _Tensor:
-    return _tensor(storage, offset, size, stride, getattr(storage, "dtype", None))
+def _rebuild_v2(storage: object, offset: object, size: object, stride: object, *rest: object) -> TensorRef:
+    return _tensor(storage, offset, size, stride, storage.dtype if isinstance(storage, _Storage) else None)
 
 
 def _rebuild_v3(
@@ -96,7 +106,7 @@ def _rebuild_v3(
     hooks: object,
     dtype: object,
     *rest: object,
-) -> _Tensor:
+) -> TensorRef:
     name = TORCH_NAMES.get(dtype.name) if isinstance(dtype, _Named) else None
     return _tensor(storage, offset, size, stride, name)
 
@@ -105,30 +115,48 @@ def _rebuild_parameter(data: object, *rest: object) -> object:
     return data
 
 
-GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_v2,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("collections", "OrderedDict"): OrderedDict,
+# the globals that rebuild tensors and containers, by module.name: what stands for each
+TENSOR_GLOBALS: dict[str, object] = {
+    "torch._utils._rebuild_tensor_v2": _rebuild_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_v3,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "collections.OrderedDict": OrderedDict,
+    "torch.storage.UntypedStorage": _Named("UntypedStorage"),
+    **{f"torch.{name}": _Named(name) for name in (*STORAGE_TYPES, *TORCH_NAMES)},
 }
 
 
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) in GLOBALS:
-            return GLOBALS[(module, name)]
-        if module == "torch" and (name in STORAGE_TYPES or name in TORCH_NAMES):
-            return _Named(name)
-        if (module, name) == ("torch.storage", "UntypedStorage"):
-            return _Named(name)
-        raise Unsupported(f"{module}.{name}")
+def _unsupported(name: str) -> Exception:
+    return Unsupported(name)
 
-    def persistent_load(self, pid: object) -> object:
+
+class Unpickler(pickle.Unpickler):
+    """Rebuilds a ``torch.save`` pickle as descriptions: tensors as ``TensorRef``, the globals of
+    ``allowed`` (``module.name``) as what stands for them; any other global raises ``refuse(name)``."""
+
+    def __init__(
+        self,
+        data: bytes,
+        allowed: Mapping[str, object] | None = None,
+        refuse: Callable[[str], Exception] = _unsupported,
+    ) -> None:
+        super().__init__(io.BytesIO(data))
+        self.allowed, self.refuse = allowed or {}, refuse
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        if full in TENSOR_GLOBALS:
+            return TENSOR_GLOBALS[full]
+        if full in self.allowed:
+            return self.allowed[full]
+        raise self.refuse(full)
+
+    def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise Unsupported("persistent id")
+            raise ValueError(f"a persistent id {pid!r:.60}")
         _, kind, key, _location, _numel = pid
         if not isinstance(kind, _Named) or not isinstance(key, str):
-            raise Unsupported("storage")
+            raise ValueError("a storage without a type or key")
         return _Storage(key, STORAGE_TYPES.get(kind.name))
 
 
@@ -149,8 +177,8 @@ def _member_data(raw: BinaryIO, info: zipfile.ZipInfo) -> int:
     return int(info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len)
 
 
-def _is_tensor(value: object) -> TypeGuard[_Tensor]:
-    return isinstance(value, _Tensor)
+def _is_tensor(value: object) -> TypeGuard[TensorRef]:
+    return isinstance(value, TensorRef)
 
 
 Leaf = TypeVar("Leaf")
@@ -222,7 +250,7 @@ def _load(z: zipfile.ZipFile) -> tuple[object, str] | None:
     prefix = pickles[0][: -len("data.pkl")]
     if f"{prefix}byteorder" in names and z.read(f"{prefix}byteorder").strip() != b"little":
         return None
-    return _Unpickler(io.BytesIO(z.read(pickles[0]))).load(), prefix
+    return Unpickler(z.read(pickles[0])).load(), prefix
 
 
 def _entries(path: ShardPath, fmt: str, raw: BinaryIO) -> list[TensorEntry] | None:
@@ -234,7 +262,7 @@ def _entries(path: ShardPath, fmt: str, raw: BinaryIO) -> list[TensorEntry] | No
         found = walk(tree, _is_tensor, path)
         out = []
         for member, t in found.items():
-            info = z.getinfo(f"{prefix}data/{t.storage.key}")
+            info = z.getinfo(f"{prefix}data/{t.storage}")
             itemsize = ITEMSIZE[t.dtype]
             count = math.prod(t.size)
             if info.compress_type != zipfile.ZIP_STORED or not _row_major(t.size, t.stride):
