@@ -4,9 +4,8 @@ same components of other counts, drawn to a figure on request; and its JSON docu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 from .activity import NeuronActivity
@@ -17,13 +16,13 @@ from .files import check_outputs
 from .options import CountOptions, ReportOptions, check_bins_per_decade
 from .plot import check_plot_path, plot_histograms
 from .remote.objects import RemotePath
+from .report import JSON_SCHEMA_VERSION
 from .scan import ProgressCallback, scan
-from .sources.base import ShardPath
+from .sources.base import ShardPath, to_path
 from .sources.planning import ScanPlan
 from .sources.safetensors_files import is_counts_file
 from .sparsity import is_sparsity_file, load_sparsity
 
-JSON_SCHEMA_VERSION = 1
 DPI_RANGE = (10, 1200)
 
 
@@ -110,7 +109,7 @@ def load_activity(
 
 
 def density_report(
-    paths: list[ShardPath],
+    paths: Sequence[ShardPath | str],
     options: CountOptions,
     marks: ReportOptions,
     *,
@@ -126,7 +125,7 @@ def density_report(
     check_bins_per_decade(bins_per_decade)
     if figure is not None:
         check_outputs([figure.path])
-    activity, warnings = load_activity(paths, options, on_plan, on_progress)
+    activity, warnings = load_activity([to_path(p) for p in paths], options, on_plan, on_progress)
     components = [c for c in activity.components.values() if c.num_vectors]
     if not components:
         activity.rows(list(marks.thresholds))  # raises: no vectors at all
@@ -149,8 +148,8 @@ def density_report(
             histograms,
             figure.path,
             report.thresholds,
-            float(Fraction(marks.dense_above)),
-            float(Fraction(marks.ultralow_below)),
+            float(marks.dense_above),
+            float(marks.ultralow_below),
             dpi=figure.dpi,
             log_y=figure.log_y,
             compare=compared or None,

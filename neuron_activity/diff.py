@@ -9,6 +9,7 @@ import numpy as np
 from .activity import NeuronActivity, Threshold
 from .decimals import decimal_text
 from .errors import CountsMismatch, NactError, ShapeMismatch
+from .report import JSON_SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Changes:
 
     def to_json(self, neurons: bool = False) -> dict[str, object]:
         return {
-            "schema_version": 1,
+            "schema_version": JSON_SCHEMA_VERSION,
             "threshold": float(self.threshold.value),
             "components": [c.as_dict(neurons) for c in self.components],
         }

@@ -10,6 +10,7 @@ from typing import Any
 from .errors import NactError
 from .options import CountOptions
 from .remote.objects import session
+from .report import JSON_SCHEMA_VERSION
 from .scan import plan_for
 from .sources import READERS, SPARSE_FORMATS, ComponentGroup, TensorEntry, discover, layout_of, why_not_counted
 from .sources.base import ShardPath, to_path
@@ -60,7 +61,7 @@ class Inspection:
         """The JSON document of ``nact inspect``; ``worded`` says each problem (the CLI names its
         flags)."""
         return {
-            "schema_version": 1,
+            "schema_version": JSON_SCHEMA_VERSION,
             "shards": [{"path": str(p), "format": f} for p, f in self.shards.items()],
             "tensors": [t.as_dict() for t in self.tensors],
             "groups": self.groups_as_dicts(),

@@ -9,10 +9,11 @@ the files it names are checked by the pipeline before anything is read or writte
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, cast, get_args
 
 from . import native
 from .activity import DEFAULT_THRESHOLDS, Threshold
@@ -21,7 +22,7 @@ from .devices import check_device_name
 from .errors import BadOption, Conflict, NeedsOption
 from .sources.base import ShardPath, to_path
 from .sources.grouping import GROUPINGS, Grouping
-from .sources.registry import INPUT_FORMATS
+from .sources.registry import INPUT_FORMATS, InputFormat
 
 MAX_THREADS = 256
 MAX_PARTS = 1_000_000
@@ -97,7 +98,7 @@ class CountOptions:
     flatten: bool = False
     fire_above: Fraction = Fraction(0)
     device: str = "auto"
-    input_format: str | None = None
+    input_format: InputFormat | None = None
     chunk_rows: int | None = None
     threads: int | None = None
     kernel: Kernel | None = None
@@ -146,8 +147,17 @@ class CountOptions:
                 raise BadOption(named, kernel, f"is not available: the C kernel is {native.NATIVE_PROBLEM}")
         object.__setattr__(self, "kernel", kernel)
         if self.input_format is not None:
-            if self.input_format not in INPUT_FORMATS:
-                raise BadOption("input_format", self.input_format, f"is not a format: use {', '.join(INPUT_FORMATS)}")
+            fmt = choice("input_format", self.input_format, INPUT_FORMATS, "a format")
+            object.__setattr__(self, "input_format", fmt)
+
+    @classmethod
+    def parse(cls, *, fire_above: str = "0", sae_dtype: str = "float32", **rest: Any) -> CountOptions:
+        """Options from text as typed (the other settings as ``CountOptions`` takes them)."""
+        return cls(
+            fire_above=parse_decimal(fire_above, "fire_above"),
+            sae_dtype=cast(SaeDtype, sae_dtype),  # checked when made, as every setting is
+            **rest,
+        )
 
 
 @dataclass(frozen=True)
@@ -292,3 +302,9 @@ class ScanRequest:
         same = [n for n, p in named if sum(q == p for _, q in named) > 1]
         if same:
             raise Conflict(tuple(same), "they name the same file")
+
+    @classmethod
+    def parse(cls, paths: Sequence[str], *, shard: str | None = None, **rest: Any) -> ScanRequest:
+        """A request from text as typed: ``paths`` (URLs are objects of a store), ``shard`` as
+        ``I/N`` (the ``part``); the other settings as ``ScanRequest`` takes them."""
+        return cls(paths=tuple(map(to_path, paths)), part=None if shard is None else Part.parse(shard), **rest)

@@ -78,26 +78,30 @@ def _run(
     if request.distributed:
         return _on_ranks(request, options, shards)
     assert device is not None
-    plan = plan_for(shards, options)
-    if request.save_sparsity is not None:
-        check_one_component(request.save_sparsity, list(plan.sources()))
-    units = plan.units()
-    mine, record = _part_units(request.part, units)
-    if request.part is not None and not mine and request.save_counts is None:
-        raise EmptyPart(request.part, len(units))
-    plan = plan.restricted(mine)
+    plan, mine, record = _my_part(request, shards, options)
     if on_plan is not None:
         on_plan(plan)
     result = count(plan, options, device, on_progress)
     return _finish(request, result, mine, record, [str(p) for p in plan.shards], plan.sources())
 
 
-def _part_units(part: Part | None, units: list[ShardPath]) -> tuple[list[ShardPath], PartRecord | None]:
-    """The units a (possibly partial) scan counts, and its part record."""
+def _my_part(
+    request: ScanRequest, shards: dict[ShardPath, str], options: CountOptions
+) -> tuple[ScanPlan, list[ShardPath], PartRecord | None]:
+    """The plan of the units this scan counts (all of them, or its part's), those units, and
+    its part record. A part with no units is refused unless it saves (empty) counts."""
+    plan = plan_for(shards, options)
+    if request.save_sparsity is not None:
+        check_one_component(request.save_sparsity, list(plan.sources()))
+    units = plan.units()
+    part = request.part
     if part is None:
-        return units, None
+        return plan.restricted(units), units, None  # shards with nothing to count are not listed
     start, stop = part.bounds(len(units))
-    return units[start:stop], PartRecord(part.index, part.of, start, stop - start, len(units))
+    if start == stop and request.save_counts is None:
+        raise EmptyPart(part, len(units))
+    mine = units[start:stop]
+    return plan.restricted(mine), mine, PartRecord(part.index, part.of, start, stop - start, len(units))
 
 
 def _finish(
@@ -176,12 +180,7 @@ def _on_ranks(request: ScanRequest, options: CountOptions, shards: dict[ShardPat
     the whole, recording every unit counted by any rank."""
 
     def work(rank: int, world: int, device: str) -> tuple[NeuronActivity, RankResult]:
-        plan = plan_for(shards, options)
-        units = plan.units()
-        mine, record = _part_units(request.part, units)
-        if request.part is not None and not mine and request.save_counts is None:
-            raise EmptyPart(request.part, len(units))
-        plan = plan.restricted(mine)
+        plan, mine, record = _my_part(request, shards, options)
         files, sources = [str(p) for p in plan.shards], plan.sources()
         result = count(plan.restricted(Part(rank, world).of_units(mine)), options, device_for(options, device))
         return result.activity, (result, mine, record, files, sources)

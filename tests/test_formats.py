@@ -39,6 +39,12 @@ def nact(*args: object):
 # --- .npy and .npz ---------------------------------------------------------------------------
 
 
+def test_the_input_formats_are_the_readers_formats_in_order() -> None:
+    from neuron_activity.sources import registry
+
+    assert registry.INPUT_FORMATS == tuple(registry.READERS)
+
+
 def test_npy_shards_one_component_per_name(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     a = [np.maximum(rng.standard_normal((n, 7)), 0).astype(np.float32) for n in (50, 31)]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import BadInput, BadOption, MixedFormats
+from ..errors import BadInput, MixedFormats
 from ..remote.objects import RemotePath, current, prefetch_heads, session
 from . import arrow_files
 from .base import ShardPath, natural_key
-from .registry import INPUT_FORMATS, READERS, REMOTE_FORMATS, SUFFIX_FORMATS, detect
+from .registry import REMOTE_FORMATS, SUFFIX_FORMATS, InputFormat, detect
 from .safetensors_files import is_counts_file
 
 
@@ -48,7 +48,7 @@ def _refuse_sae(path: ShardPath, kind: str) -> BadInput:
     return BadInput(path, f"{kind}, not activations: scan the cache of activations the SAE reads")
 
 
-def discover(paths: list[ShardPath], input_format: str | None = None) -> Shards:
+def discover(paths: list[ShardPath], input_format: InputFormat | None = None) -> Shards:
     """Shard files under ``paths`` with their formats, in natural path order.
 
     Directories are searched recursively for files nact can read; hidden files and folders
@@ -57,8 +57,6 @@ def discover(paths: list[ShardPath], input_format: str | None = None) -> Shards:
     is refused. Files of several formats are refused unless ``input_format`` picks one (files
     named on the command line are then read as that format).
     """
-    if input_format is not None and input_format not in READERS:
-        raise BadOption("input_format", input_format, f"is not a format: use {', '.join(INPUT_FORMATS)}")
     found: dict[ShardPath, str] = {}
     notes: list[str] = []
     named: set[ShardPath] = set()
@@ -104,7 +102,11 @@ def discover(paths: list[ShardPath], input_format: str | None = None) -> Shards:
 
 
 def _discover_remote(
-    path: RemotePath, input_format: str | None, found: dict[ShardPath, str], notes: list[str], named: set[ShardPath]
+    path: RemotePath,
+    input_format: InputFormat | None,
+    found: dict[ShardPath, str],
+    notes: list[str],
+    named: set[ShardPath],
 ) -> None:
     """The remote twin of a folder search: ``path`` is an object, or a prefix listed as a folder
     (natural order, hidden objects skipped, saved counts skipped, SAE checkpoints refused)."""

@@ -4,6 +4,7 @@ suffix, and for safetensors its header (a delphi split is a safetensors file).""
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Literal, get_args
 
 from ..errors import BadInput
 from . import arrow_files, delphi_caches, numpy_files, safetensors_files, torch_files
@@ -12,7 +13,8 @@ from .base import ShardPath
 DENSE_READERS: tuple[ModuleType, ...] = (safetensors_files, numpy_files, torch_files, arrow_files)
 SPARSE_READERS: tuple[ModuleType, ...] = (delphi_caches,)
 READERS: dict[str, ModuleType] = {fmt: r for r in (*DENSE_READERS, *SPARSE_READERS) for fmt in r.FORMATS}
-INPUT_FORMATS = tuple(READERS)
+InputFormat = Literal["safetensors", "npy", "npz", "torch", "arrow", "delphi"]  # the readers' formats, in order
+INPUT_FORMATS: tuple[InputFormat, ...] = get_args(InputFormat)
 SPARSE_FORMATS = tuple(fmt for r in SPARSE_READERS for fmt in r.FORMATS)
 SUFFIX_FORMATS: dict[str, str] = {
     suffix: fmt for r in (*DENSE_READERS, *SPARSE_READERS) for suffix, fmt in r.SUFFIXES.items()

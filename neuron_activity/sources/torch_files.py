@@ -9,11 +9,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..dtypes import TORCH_NAMES, UNSIGNED_VIEW, signed_bits
+from ..dtypes import TORCH_NAMES, UNSIGNED_VIEW, is_tensor, signed_bits
 from ..errors import BadInput, NactError, first_line
 from ..remote.objects import RemotePath
 from .base import LOADED, ShardPath, TensorEntry, TensorSlab, local_file
@@ -65,12 +65,9 @@ def load(path: Path) -> object:
 
 def tensors(obj: object, path: ShardPath | None = None) -> dict[str, torch.Tensor]:
     """Every tensor in ``obj`` by dotted path; sparse and other layouts are refused."""
-    import torch
+    import torch  # loaded already: the object came from torch.load (this module never imports it up front: ~3 s)
 
     from .torch_zip import walk  # pickle and zipfile (~4 ms): loaded for .pt files only
-
-    def is_tensor(value: object) -> TypeGuard[torch.Tensor]:
-        return isinstance(value, torch.Tensor)
 
     found = walk(obj, is_tensor, path)
     for prefix, value in found.items():
