@@ -2,46 +2,42 @@
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .options import (
     CountsFiles,
-    DenseAbove,
-    FailAbove,
     Format,
-    Neurons,
     Output,
     Quiet,
+    Reporting,
     SaveSparsity,
     TableOrJson,
-    Thresholds,
-    Top,
-    UltralowBelow,
     Union,
-    Window,
+    counts_files_argument,
+    neurons_option,
+    output_option,
+    threshold_option,
+    with_reporting,
 )
 from .output import EXIT_BREACH, console_width, emit, on_terminal, say
-from .render import check_format, finish
+from .render import check_format, finish, table, to_text
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
+@with_reporting
 def report(
     files: CountsFiles,
-    threshold: Thresholds = None,
+    reporting: Reporting,
     fmt: Format = None,
     output: Output = None,
-    fail_above: FailAbove = None,
     quiet: Quiet = False,
-    window: Window = None,
-    dense_above: DenseAbove = "0.01",
-    ultralow_below: UltralowBelow = "1e-4",
-    neurons: Neurons = False,
-    top: Top = None,
     union: Union = False,
     save_sparsity: SaveSparsity = None,
 ) -> None:
@@ -59,15 +55,7 @@ def report(
     from neuron_activity import saved  # the library: loaded once a command runs
     from neuron_activity.options import ReportOptions
 
-    options = ReportOptions.parse(
-        threshold,
-        dense_above=dense_above,
-        ultralow_below=ultralow_below,
-        fail_above=fail_above,
-        window=window,
-        neurons=neurons,
-        top=top,
-    )
+    options = ReportOptions.parse(**reporting.settings())
     reported = saved.report(files, options, union=union, sparsity=save_sparsity, output=output)
     for note in reported.notes:
         say(f"Note: {note}")
@@ -75,10 +63,8 @@ def report(
 
 
 def merge(
-    files: Annotated[
-        list[Path], typer.Argument(metavar="FILE...", help="Saved counts, in stream order.", show_default=False)
-    ],
-    output: Annotated[Path, typer.Option("--output", "-o", metavar="OUT", help="Where to save the merged counts.")],
+    files: Annotated[list[Path], counts_files_argument("Saved counts, in stream order.")],
+    output: Annotated[Path, output_option("Where to save the merged counts.", metavar="OUT", panel=None)],
     union: Union = False,
 ) -> None:
     """Add up saved counts of disjoint shard sets into one file (written atomically).
@@ -100,10 +86,8 @@ def merge(
 def diff(
     old: Annotated[Path, typer.Argument(metavar="OLD", help="Saved counts before.", show_default=False)],
     new: Annotated[Path, typer.Argument(metavar="NEW", help="Saved counts after.", show_default=False)],
-    threshold: Annotated[str, typer.Option("--threshold", "-t", metavar="P", help="Dead threshold.")] = "0",
-    neurons: Annotated[
-        bool, typer.Option("--neurons", help="List which neurons died, revived and stayed dead.")
-    ] = False,
+    threshold: Annotated[str, threshold_option("Dead threshold.", panel=None)] = "0",
+    neurons: Annotated[bool, neurons_option("List which neurons died, revived and stayed dead.", panel=None)] = False,
     fail_on_new_dead: Annotated[bool, typer.Option("--fail-on-new-dead", help="Exit 1 when any neuron died.")] = False,
     fmt: TableOrJson = "table",
 ) -> None:
@@ -132,14 +116,11 @@ def diff(
 
 
 def _diff_table(changes: list[Any], neurons: bool) -> str:
-    from rich.console import Console  # as in render.render_table
-    from rich.table import Table
-
-    table = Table(title="Dead neurons, old -> new", title_justify="left", header_style="bold")
+    rows = table("Dead neurons, old -> new")
     for name in ("component", "died", "revived", "stayed_dead", "dead_old", "dead_new"):
-        table.add_column(name, justify="left" if name == "component" else "right", overflow="fold")
+        rows.add_column(name, justify="left" if name == "component" else "right", overflow="fold")
     for c in changes:
-        table.add_row(
+        rows.add_row(
             c.component,
             str(len(c.died)),
             str(len(c.revived)),
@@ -147,12 +128,13 @@ def _diff_table(changes: list[Any], neurons: bool) -> str:
             str(c.dead_old),
             str(c.dead_new),
         )
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=console_width(on_terminal(sys.stdout)), color_system=None, highlight=False)
-    console.print(table)
-    if neurons:
-        for c in changes:
-            for label, items in (("died", c.died), ("revived", c.revived)):
-                if items:
-                    console.print(f"{c.component} {label}: {' '.join(map(str, items))}", markup=False)
-    return buffer.getvalue()
+
+    def draw(console: Console) -> None:
+        console.print(rows)
+        if neurons:
+            for c in changes:
+                for label, items in (("died", c.died), ("revived", c.revived)):
+                    if items:
+                        console.print(f"{c.component} {label}: {' '.join(map(str, items))}", markup=False)
+
+    return to_text(draw, console_width(on_terminal(sys.stdout)))

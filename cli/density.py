@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .options import COUNT, OUTPUT, DenseAbove, Device, FireAbove, Inputs, TableOrJson, UltralowBelow, with_inputs
+from .options import (
+    OUTPUT,
+    DenseAbove,
+    Device,
+    FireAbove,
+    Inputs,
+    TableOrJson,
+    UltralowBelow,
+    paths_argument,
+    threshold_option,
+    with_inputs,
+)
 from .output import emit, say
 from .progress import progress_hooks
-from .render import check_format
+from .render import check_format, to_text
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 BAR_WIDTH = 50
 
@@ -22,23 +35,13 @@ BAR_WIDTH = 50
 def density(
     paths: Annotated[
         list[str],
-        typer.Argument(
-            metavar="PATH...",
-            show_default=False,
-            help="Activation shards or folders (or their URLs), saved counts files, or SAELens sparsity.safetensors files.",
+        paths_argument(
+            "Activation shards or folders (or their URLs), saved counts files, or SAELens sparsity.safetensors files."
         ),
     ],
     inputs: Inputs,
     threshold: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--threshold",
-            "-t",
-            metavar="P",
-            help="Dead thresholds to mark (repeatable).",
-            show_default="1e-5, 1e-6",
-            rich_help_panel=COUNT,
-        ),
+        list[str] | None, threshold_option("Dead thresholds to mark (repeatable).", show_default="1e-5, 1e-6")
     ] = None,
     fire_above: FireAbove = "0",
     device: Device = "auto",
@@ -90,18 +93,16 @@ def density(
       nact density cache/ --sae sae/ --compare sae/sparsity.safetensors   # nact's counts against SAELens' own
     """
     check_format(fmt, ("table", "json"))
-    from neuron_activity.decimals import parse_decimal
     from neuron_activity.density_report import Figure, density_report  # the library: loaded once a command runs
     from neuron_activity.options import CountOptions, ReportOptions
-    from neuron_activity.sources.base import to_path
 
     marks = ReportOptions.parse(threshold or ["1e-5", "1e-6"], dense_above=dense_above, ultralow_below=ultralow_below)
-    options = CountOptions(**inputs.settings(), fire_above=parse_decimal(fire_above, "fire_above"), device=device)
+    options = CountOptions.parse(**inputs.settings(), fire_above=fire_above, device=device)
     figure = Figure(plot, dpi, log_y) if plot is not None else None
     labels = (", ".join(map(str, paths)), str(compare))
     with progress_hooks() as hooks:
         report = density_report(
-            [to_path(p) for p in paths],
+            paths,
             options,
             marks,
             bins_per_decade=bins_per_decade,
@@ -125,31 +126,30 @@ def density(
 
 def render_histograms(histograms: list[Any], marks: list[float], dense_above: float, width: int = 100) -> str:
     """Text histograms, one per component, readable without colour."""
-    from rich.console import Console  # as in render.render_table
 
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, color_system=None, highlight=False)
-    for h in histograms:
-        total = int(h.counts.sum()) + h.dead
-        console.print(f"{h.component}: {total:,} neurons, {h.num_vectors:,} vectors", markup=False)
-        tallest = max(int(h.counts.max(initial=0)), h.dead, 1)
-        lines = [("never fired", h.dead, "")]
-        for i in range(len(h.counts)):
-            lo, hi = h.edges[i], h.edges[i + 1]
-            notes = [f"<- {m:g}" for m in marks if m > 0 and lo <= math.log10(m) < hi]
-            if lo <= math.log10(dense_above) < hi:
-                notes.append(f"<- dense > {dense_above:g}")
-            lines.append((f"{lo:6.2f} .. {hi:5.2f}", int(h.counts[i]), "  ".join(notes)))
-        console.print(f"  {'log10 density':<16} {'neurons':>8}", markup=False)
-        for label, n, note in lines:
-            bar = "█" * math.ceil(BAR_WIDTH * n / tallest) if n else ""
-            console.print(f"  {label:<16} {n:>8} {bar} {note}".rstrip(), markup=False)
-        below = [m for m in marks if 0 < m and m * h.num_vectors < 1]
-        for m in below:
-            console.print(
-                f"  (threshold {m:g} is below one fire in {h.num_vectors:,} vectors: dead at it means never fired)",
-                markup=False,
-                soft_wrap=True,
-            )
-        console.print("")
-    return buffer.getvalue()
+    def draw(console: Console) -> None:
+        for h in histograms:
+            total = int(h.counts.sum()) + h.dead
+            console.print(f"{h.component}: {total:,} neurons, {h.num_vectors:,} vectors", markup=False)
+            tallest = max(int(h.counts.max(initial=0)), h.dead, 1)
+            lines = [("never fired", h.dead, "")]
+            for i in range(len(h.counts)):
+                lo, hi = h.edges[i], h.edges[i + 1]
+                notes = [f"<- {m:g}" for m in marks if m > 0 and lo <= math.log10(m) < hi]
+                if lo <= math.log10(dense_above) < hi:
+                    notes.append(f"<- dense > {dense_above:g}")
+                lines.append((f"{lo:6.2f} .. {hi:5.2f}", int(h.counts[i]), "  ".join(notes)))
+            console.print(f"  {'log10 density':<16} {'neurons':>8}", markup=False)
+            for label, n, note in lines:
+                bar = "█" * math.ceil(BAR_WIDTH * n / tallest) if n else ""
+                console.print(f"  {label:<16} {n:>8} {bar} {note}".rstrip(), markup=False)
+            below = [m for m in marks if 0 < m and m * h.num_vectors < 1]
+            for m in below:
+                console.print(
+                    f"  (threshold {m:g} is below one fire in {h.num_vectors:,} vectors: dead at it means never fired)",
+                    markup=False,
+                    soft_wrap=True,
+                )
+            console.print("")
+
+    return to_text(draw, width)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from .options import Inputs, Paths, TableOrJson, with_inputs
 from .output import EXIT_USAGE, console_width, emit, on_terminal, say
-from .render import check_format, files_span, listed_names
+from .render import check_format, files_span, listed_names, table, to_text
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @with_inputs
@@ -29,11 +31,10 @@ def inspect(ctx: typer.Context, paths: Paths, inputs: Inputs, fmt: TableOrJson =
     check_format(fmt, ("table", "json"))
     from neuron_activity import inspect as inspect_shards  # the library: loaded once a command runs
     from neuron_activity.options import CountOptions
-    from neuron_activity.sources.base import to_path
 
-    from .wording import word
+    from .wording import word  # imports the library too
 
-    result = inspect_shards([to_path(p) for p in paths], CountOptions(**inputs.settings(), device="cpu"))
+    result = inspect_shards(paths, CountOptions(**inputs.settings(), device="cpu"))
     problems = [word(p, ctx.command) for p in result.problems]
     if fmt == "json":
         emit(json.dumps(result.to_json(lambda p: word(p, ctx.command)), indent=2) + "\n", None)
@@ -46,15 +47,8 @@ def inspect(ctx: typer.Context, paths: Paths, inputs: Inputs, fmt: TableOrJson =
 
 
 def _table(result: Any, width: int) -> str:
-    from rich.console import Console  # as in render.render_table
-    from rich.table import Table
-
     formats = sorted(set(result.shards.values()))
-    table = Table(
-        title=f"{len(result.shards)} shard(s): {', '.join(formats) or 'none'}",
-        title_justify="left",
-        header_style="bold",
-    )
+    rows = table(f"{len(result.shards)} shard(s): {', '.join(formats) or 'none'}")
     for name in (
         "path",
         "key",
@@ -68,13 +62,13 @@ def _table(result: Any, width: int) -> str:
         "read",
     ):
         numeric = name in ("components", "num_vectors", "num_features", "bytes")
-        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
+        rows.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for t in result.tensors:
         e = t.entry
         status = "yes" if t.skipped is None else f"no: {t.skipped}"
         if e.note:
             status += f" ({e.note})"
-        table.add_row(
+        rows.add_row(
             str(e.path),
             e.key,
             e.format,
@@ -86,17 +80,18 @@ def _table(result: Any, width: int) -> str:
             f"{e.nbytes:,}",
             status,
         )
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, color_system=None, highlight=False)
-    console.print(table)
-    if result.groups:
-        console.print("Components, as a scan would count them:", markup=False)
-        for g in result.groups:
-            line = f"  {listed_names(g.names)} ({g.num_features} features): {files_span(g.files)}"
+
+    def draw(console: Console) -> None:
+        console.print(rows)
+        if result.groups:
+            console.print("Components, as a scan would count them:", markup=False)
+            for g in result.groups:
+                line = f"  {listed_names(g.names)} ({g.num_features} features): {files_span(g.files)}"
+                console.print(line, markup=False, overflow="ignore", crop=False)
+        for b in result.saes:
+            line = f"SAE {b['path']} encodes {b['component']} into {b['latents']} ({b['d_sae']} latents): {b['encode']}"
             console.print(line, markup=False, overflow="ignore", crop=False)
-    for b in result.saes:
-        line = f"SAE {b['path']} encodes {b['component']} into {b['latents']} ({b['d_sae']} latents): {b['encode']}"
-        console.print(line, markup=False, overflow="ignore", crop=False)
-    for note in result.notes:
-        console.print(f"Note: {note}", markup=False, overflow="ignore", crop=False)
-    return buffer.getvalue()
+        for note in result.notes:
+            console.print(f"Note: {note}", markup=False, overflow="ignore", crop=False)
+
+    return to_text(draw, width)

@@ -1,13 +1,15 @@
 """The command line's options, each declared once (flags, metavar, help, help panel) and used by
-every command that takes it; ``Inputs`` gathers the options that say what the inputs hold, which
-``scan``, ``inspect`` and ``density`` share."""
+every command that takes it; an option whose help differs between commands is made by one
+function (``thresholds``, ``output``, ...) with each command's help. ``Inputs`` gathers the
+options that say what the inputs hold, which ``scan``, ``inspect`` and ``density`` share;
+``Reporting`` those that say what a report shows, which ``scan`` and ``report`` share."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast, get_type_hints
 
@@ -24,27 +26,46 @@ PERFORMANCE = "Performance"
 
 FORMATS = ("table", "json", "csv", "markdown")
 
+
+def paths_argument(help: str) -> Any:
+    """The ``PATH...`` argument of a command that reads activations, with that command's help."""
+    return typer.Argument(metavar="PATH...", show_default=False, help=help)
+
+
+def counts_files_argument(help: str) -> Any:
+    """The ``FILE...`` argument of a command that reads saved counts, with that command's help."""
+    return typer.Argument(metavar="FILE...", help=help, show_default=False)
+
+
+def threshold_option(help: str, show_default: bool | str = True, panel: str | None = COUNT) -> Any:
+    """The ``--threshold/-t P`` option, with a command's help, default shown and help panel."""
+    return typer.Option("--threshold", "-t", metavar="P", help=help, show_default=show_default, rich_help_panel=panel)
+
+
+def neurons_option(help: str, panel: str | None = OUTPUT) -> Any:
+    """The ``--neurons`` switch, with a command's help and help panel."""
+    return typer.Option("--neurons", help=help, rich_help_panel=panel)
+
+
+def output_option(help: str, metavar: str = "FILE", panel: str | None = OUTPUT) -> Any:
+    """The ``--output/-o`` option, with a command's help, metavar and help panel."""
+    return typer.Option("--output", "-o", metavar=metavar, help=help, rich_help_panel=panel)
+
+
+def format_option(help: str, show_default: bool | str = True) -> Any:
+    """The ``--format/-f FORMAT`` option, with a command's help and default shown."""
+    return typer.Option(
+        "--format", "-f", metavar="FORMAT", help=help, show_default=show_default, rich_help_panel=OUTPUT
+    )
+
+
 Paths = Annotated[
-    list[str],
-    typer.Argument(
-        metavar="PATH...",
-        show_default=False,
-        help="Shard files or directories (searched recursively), or URLs (s3://, https://).",
-    ),
+    list[str], paths_argument("Shard files or directories (searched recursively), or URLs (s3://, https://).")
 ]
-CountsFiles = Annotated[
-    list[Path], typer.Argument(metavar="FILE...", help="Saved counts (nact scan --save-counts).", show_default=False)
-]
+CountsFiles = Annotated[list[Path], counts_files_argument("Saved counts (nact scan --save-counts).")]
 Thresholds = Annotated[
     list[str] | None,
-    typer.Option(
-        "--threshold",
-        "-t",
-        metavar="P",
-        help="Dead threshold, a portion of vectors: 1e-6, 0.001% (repeatable).",
-        show_default="0, 1e-5, 1e-6",
-        rich_help_panel=COUNT,
-    ),
+    threshold_option("Dead threshold, a portion of vectors: 1e-6, 0.001% (repeatable).", show_default="0, 1e-5, 1e-6"),
 ]
 FireAbove = Annotated[
     str,
@@ -74,12 +95,7 @@ UltralowBelow = Annotated[
         rich_help_panel=COUNT,
     ),
 ]
-Neurons = Annotated[
-    bool,
-    typer.Option(
-        "--neurons", help="List the dead neurons (indices and fire counts) per threshold.", rich_help_panel=OUTPUT
-    ),
-]
+Neurons = Annotated[bool, neurons_option("List the dead neurons (indices and fire counts) per threshold.")]
 Top = Annotated[
     int | None,
     typer.Option(
@@ -88,28 +104,12 @@ Top = Annotated[
 ]
 Format = Annotated[
     str | None,
-    typer.Option(
-        "--format",
-        "-f",
-        metavar="FORMAT",
-        help=f"One of {', '.join(FORMATS)}.",
-        show_default="from the -o file's extension (.json, .csv, .md), else table",
-        rich_help_panel=OUTPUT,
+    format_option(
+        f"One of {', '.join(FORMATS)}.", show_default="from the -o file's extension (.json, .csv, .md), else table"
     ),
 ]
-TableOrJson = Annotated[
-    str, typer.Option("--format", "-f", metavar="FORMAT", help="table or json.", rich_help_panel=OUTPUT)
-]
-Output = Annotated[
-    Path | None,
-    typer.Option(
-        "--output",
-        "-o",
-        metavar="FILE",
-        help="Write the result to FILE (atomically) instead of stdout.",
-        rich_help_panel=OUTPUT,
-    ),
-]
+TableOrJson = Annotated[str, format_option("table or json.")]
+Output = Annotated[Path | None, output_option("Write the result to FILE (atomically) instead of stdout.")]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print nothing unless --fail-above is breached.", rich_help_panel=OUTPUT)
 ]
@@ -324,31 +324,80 @@ def _positions(text: str | None) -> tuple[object, ...]:
     return tuple(int(p.strip()) if p.strip().isdigit() else p.strip() for p in text.split(","))
 
 
+@dataclass(frozen=True)
+class Reporting:
+    """What a report of counts shows: the options ``scan`` and ``report`` share (each field is
+    one option, declared here once)."""
+
+    threshold: Thresholds = None
+    window: Window = None
+    dense_above: DenseAbove = "0.01"
+    ultralow_below: UltralowBelow = "1e-4"
+    neurons: Neurons = False
+    top: Top = None
+    fail_above: FailAbove = None
+
+    def settings(self) -> dict[str, Any]:
+        """These options as the arguments of ``ReportOptions.parse`` (which refuses a bad value)."""
+        return {
+            "thresholds": self.threshold,
+            "window": self.window,
+            "dense_above": self.dense_above,
+            "ultralow_below": self.ultralow_below,
+            "neurons": self.neurons,
+            "top": self.top,
+            "fail_above": self.fail_above,
+        }
+
+
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
-def with_inputs(command: Command) -> Command:
-    """Give ``command`` the options of ``Inputs`` (after its own arguments) and pass them to it as
-    one ``inputs: Inputs`` parameter. Typer reads a command's parameters from its signature, so
-    the wrapper's signature lists the fields of ``Inputs`` in place of ``inputs``."""
-    own = inspect.signature(command, eval_str=True).parameters
-    names = [f.name for f in fields(Inputs)]
-    hints = get_type_hints(Inputs, include_extras=True)  # the Annotated options, resolved from text
-    shared = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(Inputs, name), annotation=hints[name])
-        for name in names
-    ]
-    first = [p for p in own.values() if p.name != "inputs" and p.default is inspect.Parameter.empty]
-    rest = [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own.values() if p.name != "inputs" and p not in first
+def sharing(group: type[Any]) -> Callable[[Command], Command]:
+    """A decorator that gives a command the options of the dataclass ``group`` (each field one
+    option) in place of its one parameter of that type, and passes them to it as one ``group``
+    value. Typer reads a command's parameters from its signature, so the wrapper's signature
+    lists the fields of ``group`` where that parameter stood (after the arguments)."""
+    shared = fields(group)
+    names = [f.name for f in shared]
+    hints = get_type_hints(group, include_extras=True)  # the Annotated options, resolved from text
+    options = [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=f.default if f.default_factory is MISSING else f.default_factory(),
+            annotation=hints[f.name],
+        )
+        for f in shared
     ]
 
-    def call(*args: Any, **kwargs: Any) -> Any:
-        inputs = Inputs(**{name: kwargs.pop(name) for name in names})
-        return command(*args, inputs=inputs, **kwargs)
+    def share(command: Command) -> Command:
+        own = inspect.signature(command, eval_str=True).parameters
+        slots = [p.name for p in own.values() if p.annotation is group]
+        assert len(slots) == 1, f"{command.__name__}: needs one parameter of type {group.__name__}"
+        slot = slots[0]
+        twice = sorted(set(own) & set(names))
+        assert not twice, f"{command.__name__}: parameter(s) {', '.join(twice)} are options of {group.__name__} already"
+        arguments = [p for p in own.values() if p.name != slot and p.default is inspect.Parameter.empty]
+        rest: list[inspect.Parameter] = []
+        for p in own.values():
+            if p.name == slot:
+                rest += options
+            elif p not in arguments:
+                rest.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
 
-    signature = inspect.Signature([*first, *shared, *rest])
-    wrapper: Any = functools.wraps(command)(call)
-    wrapper.__signature__ = signature
-    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
-    return cast(Command, wrapper)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            kwargs[slot] = group(**{name: kwargs.pop(name) for name in names})
+            return command(*args, **kwargs)
+
+        signature = inspect.Signature([*arguments, *rest])
+        wrapper: Any = functools.wraps(command)(call)
+        wrapper.__signature__ = signature
+        wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        return cast(Command, wrapper)
+
+    return share
+
+
+with_inputs = sharing(Inputs)
+with_reporting = sharing(Reporting)

@@ -16,6 +16,9 @@ from .options import FORMATS
 from .output import EXIT_BREACH, console_width, emit, on_terminal, say, use_color
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
     from neuron_activity import ActivityRow
     from neuron_activity.density import DensitySummary
     from neuron_activity.report import Report
@@ -174,30 +177,44 @@ def grouping_lines(report: Report) -> list[str]:
     return [f"{listed_names(names)}: read from {files_span(files)}" for names, files in report.file_groups()]
 
 
-def render_table(report: Report, color: bool = False, width: int = 100) -> str:
-    from rich.console import Console
-    from rich.table import Table
+def table(title: str) -> Table:
+    """A table as nact draws them: its title on the left, bold headers."""
+    from rich.table import Table  # rich draws tables and progress only: ~25 ms a machine-readable run does not pay
 
-    table = Table(title=dead_title(report), title_justify="left", header_style="bold")
-    table.add_column("component", overflow="fold")
+    return Table(title=title, title_justify="left", header_style="bold")
+
+
+def to_text(draw: Callable[[Console], None], width: int, color: bool = False) -> str:
+    """What ``draw`` prints on a console ``width`` columns wide (colour only if ``color``), as text."""
+    from rich.console import Console  # as in table()
+
+    buffer = io.StringIO()
+    draw(Console(file=buffer, width=width, color_system="standard" if color else None, highlight=False))
+    return buffer.getvalue()
+
+
+def render_table(report: Report, color: bool = False, width: int = 100) -> str:
+    rows = table(dead_title(report))
+    rows.add_column("component", overflow="fold")
     for name in headers(report)[1:]:
-        table.add_column(name, justify="right")
+        rows.add_column(name, justify="right")
     previous = None
     for r in report.rows:
         if previous is not None and r.component != previous:
-            table.add_section()
-        table.add_row(*cells(report, r), style="red" if r.dead else None)
+            rows.add_section()
+        rows.add_row(*cells(report, r), style="red" if r.dead else None)
         previous = r.component
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, color_system="standard" if color else None, highlight=False)
-    console.print(table)
-    if report.density:
-        density = Table(title=density_title(report), title_justify="left", header_style="bold")
-        for i, name in enumerate(DENSITY_HEADERS):
-            density.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
-        for d in report.density:
-            density.add_row(*density_cells(d))
-        console.print(density)
-    for line in grouping_lines(report) + dead_lines(report) + top_lines(report):
-        console.print(line, markup=False, overflow="ignore", crop=False)
-    return buffer.getvalue()
+
+    def draw(console: Console) -> None:
+        console.print(rows)
+        if report.density:
+            density = table(density_title(report))
+            for i, name in enumerate(DENSITY_HEADERS):
+                density.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+            for d in report.density:
+                density.add_row(*density_cells(d))
+            console.print(density)
+        for line in grouping_lines(report) + dead_lines(report) + top_lines(report):
+            console.print(line, markup=False, overflow="ignore", crop=False)
+
+    return to_text(draw, width, color)

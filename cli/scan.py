@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from .options import (
     ChunkRows,
-    DenseAbove,
     Device,
-    FailAbove,
     FireAbove,
     Format,
     Inputs,
     IoThreads,
-    Neurons,
     Output,
     Paths,
     Quiet,
+    Reporting,
     Rescan,
     SaeDtype,
     SaveCounts,
@@ -22,11 +20,8 @@ from .options import (
     Shard,
     State,
     Threads,
-    Thresholds,
-    Top,
-    UltralowBelow,
-    Window,
     with_inputs,
+    with_reporting,
 )
 from .output import say
 from .progress import progress_hooks
@@ -34,23 +29,19 @@ from .render import check_format, finish
 
 
 @with_inputs
+@with_reporting
 def scan(
     paths: Paths,
     inputs: Inputs,
-    threshold: Thresholds = None,
+    *,
     fire_above: FireAbove = "0",
-    window: Window = None,
-    dense_above: DenseAbove = "0.01",
-    ultralow_below: UltralowBelow = "1e-4",
     sae_dtype: SaeDtype = "float32",
     fmt: Format = None,
     output: Output = None,
     quiet: Quiet = False,
-    neurons: Neurons = False,
-    top: Top = None,
+    reporting: Reporting,
     save_counts: SaveCounts = None,
     save_sparsity: SaveSparsity = None,
-    fail_above: FailAbove = None,
     state: State = None,
     rescan: Rescan = False,
     shard: Shard = None,
@@ -82,34 +73,24 @@ def scan(
       nact scan s3://bucket/acts/   # a cache in an object store, by range requests (the remote extra)
     """
     fmt = check_format(fmt, output=output)
-    from neuron_activity.decimals import parse_decimal
     from neuron_activity.distributed import launched  # the library: loaded once a command runs
-    from neuron_activity.options import SAE_DTYPES, CountOptions, Part, ReportOptions, ScanRequest, choice
+    from neuron_activity.options import CountOptions, ReportOptions, ScanRequest
     from neuron_activity.pipeline import run_scan
-    from neuron_activity.sources.base import to_path
 
     distributed = launched()
-    request = ScanRequest(
-        paths=tuple(to_path(p) for p in paths),
-        count=CountOptions(
+    request = ScanRequest.parse(
+        paths,
+        count=CountOptions.parse(
             **inputs.settings(),
-            fire_above=parse_decimal(fire_above, "fire_above"),
+            fire_above=fire_above,
             device=device,
             chunk_rows=chunk_rows,
             threads=threads,
             io_threads=io_threads,
-            sae_dtype=choice("sae_dtype", sae_dtype, SAE_DTYPES, "a dtype"),
+            sae_dtype=sae_dtype,
         ),
-        report=ReportOptions.parse(
-            threshold,
-            dense_above=dense_above,
-            ultralow_below=ultralow_below,
-            fail_above=fail_above,
-            window=window,
-            neurons=neurons,
-            top=top,
-        ),
-        part=Part.parse(shard) if shard is not None else None,
+        report=ReportOptions.parse(**reporting.settings()),
+        shard=shard,
         state=state,
         rescan=rescan,
         save_counts=save_counts,

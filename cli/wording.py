@@ -31,8 +31,9 @@ def word(error: BaseException, command: Any) -> str:
     """``error`` in one line, its options named as ``command`` (the Click command that ran) names them."""
     named = flags(command)
 
-    def flag(option: str) -> str:
-        return named.get(option, option)
+    def flag(option: str, elsewhere: str | None = None) -> str:
+        """How the command spells ``option``; else ``elsewhere`` (another command's flag), else its name."""
+        return named.get(option, elsewhere or option)
 
     if isinstance(error, errors.BadOption):
         return error.worded(flag(error.option))
@@ -53,11 +54,12 @@ def word(error: BaseException, command: Any) -> str:
     if isinstance(error, errors.StateMismatch):
         return f"{error}: use the same {flag(error.option)}, or {flag('rescan')} to start over"
     if isinstance(error, errors.NotTracked):
-        return f"{error}: --window needs counts saved with --save-counts or --state"
+        saved = f"{flag('save_counts', '--save-counts')} or {flag('state', '--state')}"
+        return f"{error}: {flag('window', '--window')} needs counts saved with {saved}"
     if isinstance(error, ComponentsDiffer):
-        return f"{error}: pass --union to merge them anyway"
+        return f"{error}: pass {flag('union', '--union')} to merge them anyway"
     if isinstance(error, errors.NotCountsFile):
         return f"{error} (saved with nact scan --save-counts)"
     if isinstance(error, EmptyPart):
-        return f"{flag('shard')} {error}: pass --save-counts to save an empty part that merges with the others"
+        return f"{flag('shard')} {error}: pass {flag('save_counts')} to save an empty part that merges with the others"
     return str(error)

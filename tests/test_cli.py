@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import torch
+import typer
 from conftest import SAMPLE_DATA, SAMPLE_ROWS
 from reference import write_shard
 from typer.testing import CliRunner
 
 from nact_cli.main import app
+from nact_cli.options import sharing
 
 runner = CliRunner()
 
@@ -302,6 +307,30 @@ def test_the_collector_is_frozen_only_by_the_first_command_of_a_process(monkeypa
         check=True,
     )
     assert done.stdout == "True True\n"
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Options that commands share, one with a default made by a factory."""
+
+    names: Annotated[list[str], typer.Option("--name")] = field(default_factory=list)
+    loud: Annotated[bool, typer.Option("--loud")] = False
+
+
+def takes_shared(paths: list[str], shared: Shared, last: int = 0) -> tuple[list[str], Shared, int]:
+    return paths, shared, last
+
+
+def names_twice(names: list[str], shared: Shared) -> None: ...
+
+
+def test_shared_options_stand_where_their_group_did_and_a_name_taken_twice_is_refused() -> None:
+    command = sharing(Shared)(takes_shared)
+    assert list(inspect.signature(command).parameters) == ["paths", "names", "loud", "last"]
+    assert inspect.signature(command).parameters["names"].default == []  # the factory's value
+    assert command(["a"], names=["x"], loud=True, last=2) == (["a"], Shared(["x"], True), 2)
+    with pytest.raises(AssertionError, match="names_twice: parameter.s. names are options of Shared already"):
+        sharing(Shared)(names_twice)
 
 
 def test_thresholds_repeated_or_as_percentages() -> None:

@@ -225,6 +225,19 @@ def test_merge_refuses_different_components_unless_union(tmp_path: Path) -> None
     assert list(load_counts(out).activity.components) == ["layer0", "layer1"]
 
 
+def test_a_window_over_counts_that_never_tracked_last_fired_names_the_flags(tmp_path: Path) -> None:
+    from neuron_activity import count_array
+
+    path = tmp_path / "c.safetensors"
+    save_counts(path, SavedCounts(count_array(np.ones((3, 2)), "acts")))  # no last_fired: a metric's counts
+    result = nact("report", path, "--window", "2")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: component 'acts' has no record of when neurons last fired: "
+        "--window needs counts saved with --save-counts or --state\n"
+    )
+
+
 def test_diff_refuses_counts_of_different_fire_rules(tmp_path: Path) -> None:
     nact("scan", SAMPLE_DATA, "--save-counts", tmp_path / "a.safetensors", "-q")
     nact("scan", SAMPLE_DATA, "--save-counts", tmp_path / "b.safetensors", "-q", "--fire-above", "0.5")
