@@ -695,3 +695,30 @@ def test_refusals_through_the_cli_are_one_line(tmp_path: Path, family: str) -> N
     assert result.exit_code == 2 and not out.exists()
     reader = openai if family == "openai" else asf
     assert result.stderr == f"Error: {path}: its pickle names os.system, which nact does not run: {reader.REFUSAL}\n"
+
+
+def test_a_file_of_several_components_counts_each_on_its_hook(tmp_path: Path) -> None:
+    """The reference library trains one SAE per component in one file (``n_components``); its
+    Lightning config names each component's hook: each is bound to its own."""
+    path = tmp_path / "run_final.pt"
+    hooks = ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"]
+    archs = asf_checkpoint(path, n_components=2, names=hooks, seed=46)
+    xs = [activations(seed=3), activations(seed=4)]
+    data = cache(tmp_path / "cache", xs[0], key=hooks[0], **{hooks[1]: xs[1]})
+    counted = scan([data], saes=(str(path),)).activity.components
+    assert list(counted) == [f"{hook}:run_final.pt" for hook in hooks]
+    for hook, arch, x in zip(hooks, archs, xs):
+        sure, near, _ = expected_counts(arch, x)
+        assert (counted[f"{hook}:run_final.pt"].fire_counts == sure)[near == 0].all()
+    (one,) = scan([data], saes=(f"{hooks[1]}={path}",)).activity.components.values()
+    sure, near, _ = expected_counts(archs[1], xs[1])
+    assert (one.fire_counts == sure)[near == 0].all()
+    result = nact("scan", data, "--sae", f"blocks.7.hook_mlp_out={path}")
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: {path}: holds the SAEs of components {', '.join(hooks)}, not of 'blocks.7.hook_mlp_out': "
+        "name one of them\n"
+    )
+    unnamed = tmp_path / "unnamed.pt"
+    asf_checkpoint(unnamed, "1.3", n_components=2)
+    result = nact("scan", data, "--sae", unnamed)
+    assert result.exit_code == 2 and "holds the SAEs of 2 components and names none of them" in result.stderr

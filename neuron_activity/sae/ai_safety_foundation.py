@@ -25,6 +25,7 @@ otherwise the file names none, and the SAE is bound with ``--sae COMPONENT=PATH`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadInput
@@ -67,41 +68,79 @@ def recognizes(path: Path) -> bool:
 def read_file(path: Path, component: int | None = None) -> Sae:
     """The SAE of an ai-safety-foundation ``sparse_autoencoder`` checkpoint file: of component
     ``component`` when it was trained on several (``n_components``), of the only one otherwise."""
-    pickled = unpickle.load(path, ALLOWED, REFUSAL)
-    config, state_dict = _state(path, pickled.root)
-    keys = _encoder_keys(state_dict)
-    if keys is None:
-        raise BadInput(path, f"has no encoder ({' or '.join(w for w, _ in ENCODER_KEYS)}) in its state dict")
-    weight_key, bias_key = keys
-    encoder = state_dict[weight_key]
-    if not isinstance(encoder, TensorRef) or len(encoder.size) not in (2, 3):
-        shape = list(encoder.size) if isinstance(encoder, TensorRef) else None
-        raise BadInput(path, f"{weight_key!r} is {shape}, not a tensor [(n_components,) d_sae, d_in]")
-    d_sae, d_in = encoder.size[-2:]
-    n_components = encoder.size[0] if len(encoder.size) == 3 else None
-    names: list[str] = []
-    if config is not None:
-        n_components, names = _check_config(path, config, d_in, d_sae, n_components)
-    lead = () if n_components is None else (n_components,)
-    refs = pickled.refs(
-        state_dict, {weight_key: (*lead, d_sae, d_in), bias_key: (*lead, d_sae), TIED_BIAS: (*lead, d_in)}
-    )
-    index = _component(path, n_components, component, names)
-    if index is not None:
-        refs = [ref.select(index) for ref in refs]
-    weight, bias, tied_bias = (pickled.array(ref, key) for ref, key in zip(refs, (weight_key, bias_key, TIED_BIAS)))
-    return Sae(
-        path=path,
-        library=LIBRARY,
-        architecture="SparseAutoencoder",
-        rule="relu",
-        hook=names[index or 0] if names else None,
-        d_in=d_in,
-        d_sae=d_sae,
-        weight=weight.T,
-        bias=bias,
-        center=tied_bias,
-    )
+    encoder = _Encoder.read(path)
+    return encoder.sae(_component(path, encoder.n_components, component, encoder.names))
+
+
+def read_all(path: Path) -> list[Sae]:
+    """The SAE of every component of a checkpoint file (one when it has no component axis), each
+    hooked to its component's name; a file of several components that names none is refused."""
+    encoder = _Encoder.read(path)
+    n = encoder.n_components
+    if n is None or n == 1:
+        return [encoder.sae(None if n is None else 0)]
+    if not encoder.names:
+        raise BadInput(
+            path,
+            f"holds the SAEs of {n} components and names none of them: save one with "
+            "SparseAutoencoder.load(path, component_idx=I).save(new_path), and bind it with --sae COMPONENT=PATH",
+        )
+    return [encoder.sae(i) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class _Encoder:
+    """A checkpoint's encoder tensors (not read) with its shape and components' names."""
+
+    path: Path
+    pickled: unpickle.Pickled
+    keys: tuple[str, str]
+    refs: list[TensorRef]
+    d_in: int
+    d_sae: int
+    n_components: int | None
+    names: list[str]
+
+    @classmethod
+    def read(cls, path: Path) -> _Encoder:
+        pickled = unpickle.load(path, ALLOWED, REFUSAL)
+        config, state_dict = _state(path, pickled.root)
+        keys = _encoder_keys(state_dict)
+        if keys is None:
+            raise BadInput(path, f"has no encoder ({' or '.join(w for w, _ in ENCODER_KEYS)}) in its state dict")
+        weight_key, bias_key = keys
+        encoder = state_dict[weight_key]
+        if not isinstance(encoder, TensorRef) or len(encoder.size) not in (2, 3):
+            shape = list(encoder.size) if isinstance(encoder, TensorRef) else None
+            raise BadInput(path, f"{weight_key!r} is {shape}, not a tensor [(n_components,) d_sae, d_in]")
+        d_sae, d_in = encoder.size[-2:]
+        n_components = encoder.size[0] if len(encoder.size) == 3 else None
+        names: list[str] = []
+        if config is not None:
+            n_components, names = _check_config(path, config, d_in, d_sae, n_components)
+        lead = () if n_components is None else (n_components,)
+        refs = pickled.refs(
+            state_dict, {weight_key: (*lead, d_sae, d_in), bias_key: (*lead, d_sae), TIED_BIAS: (*lead, d_in)}
+        )
+        return cls(path, pickled, keys, refs, d_in, d_sae, n_components, names)
+
+    def sae(self, index: int | None) -> Sae:
+        """The SAE of component ``index`` (None: the file has no component axis)."""
+        refs = self.refs if index is None else [ref.select(index) for ref in self.refs]
+        keys = (*self.keys, TIED_BIAS)
+        weight, bias, tied_bias = (self.pickled.array(ref, key) for ref, key in zip(refs, keys))
+        return Sae(
+            path=self.path,
+            library=LIBRARY,
+            architecture="SparseAutoencoder",
+            rule="relu",
+            hook=self.names[index or 0] if self.names else None,
+            d_in=self.d_in,
+            d_sae=self.d_sae,
+            weight=weight.T,
+            bias=bias,
+            center=tied_bias,
+        )
 
 
 def _state(path: Path, root: object) -> tuple[dict[object, object] | None, dict[object, object]]:

@@ -37,7 +37,8 @@ def load_saes(requests: Sequence[SaeRequest]) -> list[tuple[str | None, Sae, str
     """The SAEs asked for, each with the component it is asked to encode and its name: the name
     given, else the shortest end of its path (at least ``Sae.name_parts`` parts) that no other
     SAE's path ends with. The same command line gives the same names."""
-    saes = [load_sae(r.path) for r in requests]
+    chosen = [(r, sae) for r in requests for sae in _load_all(r)]
+    requests, saes = [r for r, _ in chosen], [sae for _, sae in chosen]
     resolved = [s.path.resolve().parts for s in saes]
     names = []
     for request, sae, parts in zip(requests, saes, resolved):
@@ -50,6 +51,22 @@ def load_saes(requests: Sequence[SaeRequest]) -> list[tuple[str | None, Sae, str
             n += 1
         names.append("/".join(parts[-n:]) if n < len(parts) else str(sae.path.resolve()))
     return [(r.key, sae, name) for r, sae, name in zip(requests, saes, names)]
+
+
+def _load_all(request: SaeRequest) -> list[Sae]:
+    """The SAEs a request asks for: one, or each component's of a file of several (the one whose
+    hook the request names, when it names a component)."""
+    path = Path(request.path)
+    if not (path.is_file() and ai_safety_foundation.recognizes(path)):
+        return [load_sae(path)]
+    found = [sae.with_fingerprint() for sae in ai_safety_foundation.read_all(path)]
+    if request.key is None or len(found) == 1:
+        return found
+    named = [sae for sae in found if sae.hook == request.key]
+    if not named:
+        hooks = ", ".join(str(sae.hook) for sae in found)
+        raise BadInput(path, f"holds the SAEs of components {hooks}, not of {request.key!r}: name one of them")
+    return named
 
 
 def load_sae(path: Path | str) -> Sae:
