@@ -27,7 +27,7 @@ from .options import CountOptions
 from .remote.objects import IO_THREADS, WINDOW_BYTES, RemotePath, current, in_this_context, read_range
 from .sources.base import MAPPED, SPARSE, ShardPath, TensorSlab
 from .sources.planning import ScanPlan
-from .sources.registry import READERS
+from .sources.registry import DENSE_READERS, SPARSE_READERS
 
 CHUNK_BYTES = 32 * 1024 * 1024  # default window mapped at a time, per thread
 STATE_BYTES = 512 * 1024 * 1024  # per-neuron state of all threads: wide layers count with fewer threads
@@ -126,7 +126,7 @@ class _Sum:
 
 def count_slabs(
     plan: ScanPlan, options: CountOptions, device: str, on_progress: ProgressCallback | None
-) -> tuple[dict[str, tuple[States, int]], str]:
+) -> tuple[Totals, str]:
     """Per key: the states over its whole width and its number of vectors; and the kernel."""
     threads = 1 if device == "mps" else options.threads or min(os.cpu_count() or 1, 8)  # mps: one queue
     remote = any(isinstance(p, RemotePath) for p in plan.shards)
@@ -162,11 +162,11 @@ def count_slabs(
             while (item := next_item()) is not None:
                 slab, start, end, first_vector = item
                 key = (slab.key, slab.dtype)
-                reader = READERS[slab.entry.format]
                 if slab.entry.storage == SPARSE:
                     sums = sparse.setdefault(key, _Sum(slab.width, track_last))
                     files = slab.entry.files[start:end]
                     native = options.kernel in (None, "native")
+                    reader = SPARSE_READERS[slab.entry.format]
                     counted = reader.count(slab, rule_for(slab.dtype), track_last, files, native, skip)
                     for path, states, nbytes in counted:
                         sums.add(states, first_vector)
@@ -190,7 +190,7 @@ def count_slabs(
                     progress(slab.path, (end - start) * slab.row_bytes)
                     continue
                 row = 0
-                for bits in reader.chunks(slab, _chunk_rows(slab, options.chunk_rows)):
+                for bits in DENSE_READERS[slab.entry.format].chunks(slab, _chunk_rows(slab, options.chunk_rows)):
                     nbytes, row = bits.nbytes, row + bits.shape[0]
                     if kept:
                         bits = bits[kept.mask(row - bits.shape[0], row)]

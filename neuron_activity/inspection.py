@@ -12,8 +12,9 @@ from .options import CountOptions
 from .remote.objects import session
 from .report import JSON_SCHEMA_VERSION
 from .scan import plan_for
-from .sources import READERS, SPARSE_FORMATS, ComponentGroup, TensorEntry, discover, layout_of, why_not_counted
+from .sources import SPARSE_FORMATS, ComponentGroup, Shards, TensorEntry, discover, layout_of, why_not_counted
 from .sources.base import ShardPath, to_path
+from .sources.registry import entries_of
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class InspectedTensor:
 
 @dataclass
 class Inspection:
-    shards: dict[ShardPath, str] = field(default_factory=dict)
+    shards: Shards = field(default_factory=lambda: Shards({}))
     tensors: list[InspectedTensor] = field(default_factory=list)
     groups: list[ComponentGroup] = field(default_factory=list)  # as a scan would count them
     notes: list[str] = field(default_factory=list)
@@ -92,16 +93,14 @@ def _inspect(paths: Sequence[ShardPath | str], options: CountOptions) -> Inspect
     for fmt, files in by_format.items():
         for unit in _reader_units(fmt, files):
             try:
-                if fmt in SPARSE_FORMATS:
-                    entries = READERS[fmt].entries(
-                        unit,
-                        num_latents=options.num_latents,
-                        num_vectors=options.num_vectors,
-                        partial=options.partial_latents,
-                        named=getattr(result.shards, "named", frozenset()),
-                    )
-                else:
-                    entries = READERS[fmt].entries(unit)
+                entries = entries_of(
+                    fmt,
+                    unit,
+                    num_latents=options.num_latents,
+                    num_vectors=options.num_vectors,
+                    partial=options.partial_latents,
+                    named=result.shards.named,
+                )
             except NactError as e:
                 result.problems.append(e)
                 continue

@@ -108,7 +108,6 @@ class TorchCounter:
         self.rule = rule
         self.width = width
         self.device = torch.device(device)
-        self._np_signed = np.dtype(f"i{np.dtype(rule.unsigned).itemsize}")
         self._fire_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
         self._nan_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
         self._ranges = rule.signed_fire_ranges()

@@ -2,9 +2,10 @@
 headers, before any counting.
 
 A reader is a module with ``FORMATS`` (the format names it reads), ``SUFFIXES`` (file suffix ->
-format, for detection) and ``entries(paths)``. A dense reader also has ``chunks(slab, rows)``
-for entries it cannot have mapped in place; a sparse reader has ``count(slab, rule,
-track_last)`` and counts its stored entries itself.
+format, for detection) and ``entries(paths)`` (``Reader``). A dense reader also has
+``chunks(slab, rows)`` for entries it cannot have mapped in place (``DenseReader``); a sparse
+reader's ``entries`` takes the options of its format, and its ``count(slab, rule, ...)`` counts
+its stored entries itself (``SparseReader``). ``registry`` holds them, typed.
 """
 
 from __future__ import annotations
@@ -138,19 +139,42 @@ class TensorSlab:
 
 
 class Reader(Protocol):
-    FORMATS: tuple[str, ...]
-    SUFFIXES: dict[str, str]
+    """A reader module: the formats it reads and the file suffixes that say them."""
 
-    def entries(self, paths: list[ShardPath]) -> list[TensorEntry]: ...
+    @property
+    def FORMATS(self) -> tuple[str, ...]: ...
+
+    @property
+    def SUFFIXES(self) -> dict[str, str]: ...
 
 
 class DenseReader(Reader, Protocol):
+    """A reader of tensors whose rows the engine counts (mapped in place, or from ``chunks``)."""
+
+    def entries(self, paths: list[ShardPath]) -> list[TensorEntry]:
+        """The tensor entries of ``paths``, from their headers."""
+        ...
+
     def chunks(self, slab: TensorSlab, chunk_rows: int) -> Iterator[np.ndarray]:
         """Rows ``[n, slab.width]`` of raw bits (the dtype's unsigned view), in order."""
         ...
 
 
 class SparseReader(Reader, Protocol):
+    """A reader of stored (location, value) entries, which counts them itself."""
+
+    def entries(
+        self,
+        paths: list[ShardPath],
+        *,
+        num_latents: int | None = None,
+        num_vectors: int | None = None,
+        partial: bool = False,
+        named: frozenset[ShardPath] = frozenset(),
+    ) -> list[TensorEntry]:
+        """The entries of ``paths`` (one per module folder); ``named``: files named one by one."""
+        ...
+
     def count(
         self,
         slab: TensorSlab,

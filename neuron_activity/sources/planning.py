@@ -27,9 +27,10 @@ from .base import (
     TensorSlab,
     natural_key,
 )
+from .discovery import Shards
 from .grouping import Grouping
 from .layout import heads_merged, layout_of
-from .registry import READERS, SPARSE_FORMATS
+from .registry import entries_of
 
 if TYPE_CHECKING:
     from ..sae.model import Sae
@@ -142,19 +143,25 @@ class ScanPlan:
         return {name: list(files.get(g.name, {})) for g in self.groups.values() for name in g.names}
 
 
-def read_entries(formats: dict[ShardPath, str], **reader_options: object) -> list[TensorEntry]:
-    """Every tensor entry of the shards, shard by shard in their order."""
+def read_entries(
+    formats: dict[ShardPath, str],
+    *,
+    num_latents: int | None = None,
+    num_vectors: int | None = None,
+    partial: bool = False,
+) -> list[TensorEntry]:
+    """Every tensor entry of the shards, shard by shard in their order; the options are those of
+    sparse caches (``registry.entries_of``)."""
     by_format: dict[str, list[ShardPath]] = {}
     for path, fmt in formats.items():
         by_format.setdefault(fmt, []).append(path)
+    named = formats.named if isinstance(formats, Shards) else frozenset()  # the files named one by one
     found = []
     with session():  # each object's first block is fetched once, for every reader that reads it
         for fmt, paths in by_format.items():
-            reader = READERS[fmt]
-            if fmt in SPARSE_FORMATS:
-                found += reader.entries(paths, named=getattr(formats, "named", frozenset()), **reader_options)
-            else:
-                found += reader.entries(paths)
+            found += entries_of(
+                fmt, paths, num_latents=num_latents, num_vectors=num_vectors, partial=partial, named=named
+            )
     for entry in found:
         if isinstance(entry.path, RemotePath) and entry.storage not in (MAPPED, COMPRESSED, SPARSE, BATCHES):
             raise BadInput(
@@ -176,12 +183,15 @@ def plan_scan(
     component_axis: int | None = None,
     group_by: Grouping = "auto",
     saes: Sequence[tuple[str | None, Sae, str]] = (),
-    **reader_options: object,
+    num_latents: int | None = None,
+    num_vectors: int | None = None,
+    partial: bool = False,
 ) -> ScanPlan:
     """Read every shard's header and decide what to count; raises on any problem found.
 
     ``keys`` are names or glob patterns matched against tensor keys and component names.
-    ``group_by`` is a rule of ``grouping.GROUPINGS``; ``reader_options`` go to sparse readers.
+    ``group_by`` is a rule of ``grouping.GROUPINGS``; ``num_latents``, ``num_vectors`` and
+    ``partial`` are the options of sparse caches.
     ``saes``: SAEs whose latents are counted instead of the activations they encode, each with
     the component it is asked to encode (None: the one named as its hook) and its name.
     """
@@ -189,7 +199,7 @@ def plan_scan(
     # components an attention SAE reads as hook_z's [..., heads, d_head], its heads merged
     merge_heads = {key for asked, sae, _ in saes if sae.reshape == "hook_z" for key in _hooks(asked, sae)}
     with session():  # what the store says of each object, as the headers were read
-        entries = read_entries(shards, **reader_options)
+        entries = read_entries(shards, num_latents=num_latents, num_vectors=num_vectors, partial=partial)
         objects = {p: info(p) for p in shards if isinstance(p, RemotePath)}
     patterns = list(keys or ())
     used: set[str] = set()

@@ -3,22 +3,21 @@ suffix, and for safetensors its header (a delphi split is a safetensors file).""
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Literal, get_args
 
 from ..errors import BadInput
 from . import arrow_files, delphi_caches, numpy_files, safetensors_files, torch_files
-from .base import ShardPath
+from .base import DenseReader, Reader, ShardPath, SparseReader, TensorEntry
 
-DENSE_READERS: tuple[ModuleType, ...] = (safetensors_files, numpy_files, torch_files, arrow_files)
-SPARSE_READERS: tuple[ModuleType, ...] = (delphi_caches,)
-READERS: dict[str, ModuleType] = {fmt: r for r in (*DENSE_READERS, *SPARSE_READERS) for fmt in r.FORMATS}
+_DENSE: tuple[DenseReader, ...] = (safetensors_files, numpy_files, torch_files, arrow_files)
+_SPARSE: tuple[SparseReader, ...] = (delphi_caches,)
+DENSE_READERS: dict[str, DenseReader] = {fmt: r for r in _DENSE for fmt in r.FORMATS}
+SPARSE_READERS: dict[str, SparseReader] = {fmt: r for r in _SPARSE for fmt in r.FORMATS}
+READERS: dict[str, Reader] = {**DENSE_READERS, **SPARSE_READERS}
 InputFormat = Literal["safetensors", "npy", "npz", "torch", "arrow", "delphi"]  # the readers' formats, in order
 INPUT_FORMATS: tuple[InputFormat, ...] = get_args(InputFormat)
-SPARSE_FORMATS = tuple(fmt for r in SPARSE_READERS for fmt in r.FORMATS)
-SUFFIX_FORMATS: dict[str, str] = {
-    suffix: fmt for r in (*DENSE_READERS, *SPARSE_READERS) for suffix, fmt in r.SUFFIXES.items()
-}
+SPARSE_FORMATS = tuple(SPARSE_READERS)
+SUFFIX_FORMATS: dict[str, str] = {suffix: fmt for r in READERS.values() for suffix, fmt in r.SUFFIXES.items()}
 # formats whose layout lets a remote object be read by range requests: a header (or a zip
 # directory), then windows of rows (of entries, for delphi splits)
 REMOTE_FORMATS = ("safetensors", "npy", "npz", "torch", "delphi", "arrow")
@@ -37,3 +36,20 @@ def detect(path: ShardPath) -> str:
         if delphi_caches.is_split(header):
             return "delphi"
     return fmt
+
+
+def entries_of(
+    fmt: str,
+    paths: list[ShardPath],
+    *,
+    num_latents: int | None = None,
+    num_vectors: int | None = None,
+    partial: bool = False,
+    named: frozenset[ShardPath] = frozenset(),
+) -> list[TensorEntry]:
+    """The entries the reader of ``fmt`` finds in ``paths``; the options after ``paths`` are those
+    of sparse caches (``named``: files named one by one, not found in a folder)."""
+    sparse = SPARSE_READERS.get(fmt)
+    if sparse is not None:
+        return sparse.entries(paths, num_latents=num_latents, num_vectors=num_vectors, partial=partial, named=named)
+    return DENSE_READERS[fmt].entries(paths)
