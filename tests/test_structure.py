@@ -111,3 +111,51 @@ def test_the_library_imports_neither_the_cli_nor_typer_nor_rich() -> None:
                 if isinstance(n, ast.ImportFrom) and n.module and not n.level
             }
             assert not roots & {"typer", "rich", "click"}, name
+
+
+# Names that moved to modules of their own and stay importable from their old modules (as
+# ``from .new import name as name``): these, and no others.
+KEPT_ALIASES = {
+    "neuron_activity.counting": {
+        "States": "neuron_activity.counters",
+        "in_ranges": "neuron_activity.cpu_counting",
+        "describe_devices": "neuron_activity.devices",
+        "resolve_device": "neuron_activity.devices",
+        "NATIVE_PROBLEM": "neuron_activity.native",
+        "describe_kernels": "neuron_activity.native",
+        "fire_mask": "neuron_activity.torch_counting",
+        "nan_mask": "neuron_activity.torch_counting",
+    },
+    "neuron_activity.scan": {"count_array": "neuron_activity.arrays", "raw_bits": "neuron_activity.arrays"},
+    "neuron_activity.dtypes": {
+        "as_fraction": "neuron_activity.decimals",
+        "decimal_text": "neuron_activity.decimals",
+        "parse_decimal": "neuron_activity.decimals",
+    },
+    "neuron_activity.counts_file": {
+        "check_one_component": "neuron_activity.sparsity",
+        "is_sparsity_file": "neuron_activity.sparsity",
+        "load_sparsity": "neuron_activity.sparsity",
+        "save_sparsity": "neuron_activity.sparsity",
+    },
+}
+
+
+def test_the_names_kept_importable_from_their_old_modules_are_these_and_no_others() -> None:
+    from importlib import import_module
+
+    found: dict[str, dict[str, str]] = {}
+    for name, path in modules().items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = package.split(".")[: len(package.split(".")) - max(node.level - 1, 0)] if node.level else []
+            source = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:
+                if alias.asname == alias.name:
+                    found.setdefault(name, {})[alias.name] = source
+    assert found == KEPT_ALIASES
+    for old, names in KEPT_ALIASES.items():
+        for moved, new in names.items():
+            assert getattr(import_module(old), moved) is getattr(import_module(new), moved), f"{old}.{moved}"
