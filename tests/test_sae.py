@@ -5,6 +5,7 @@ latent."""
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -1068,4 +1069,77 @@ def test_an_sae_too_wide_for_this_machine_is_one_line(tmp_path: Path, monkeypatc
     assert result.exit_code == 2 and result.stderr == (
         f"Error: {tmp_path / 'sae' / 'sae_weights.safetensors'}: tensor 'W_enc' of shape [{D_IN}, {D_SAE}] needs "
         "18.0 KiB of memory, more than this machine has available (11.7 KiB)\n"
+    )
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: ((p / "cfg.json").unlink(), os.mkfifo(p / "cfg.json")),
+            "{p}/cfg.json: not a regular file (a device, FIFO or folder): a config is a JSON file",
+        ),
+        (
+            lambda p: ((p / "cfg.json").unlink(), os.symlink("/dev/zero", p / "cfg.json")),
+            "{p}/cfg.json: not a regular file (a device, FIFO or folder): a config is a JSON file",
+        ),
+        (
+            lambda p: (p / "cfg.json").write_text('{"a": ' + _nested(100_000) + "}"),
+            "{p}/cfg.json: not JSON nact reads: nested too deep",
+        ),
+        (
+            lambda p: (p / "activation_scaler.json").write_text(_nested(100_000)),
+            "{p}/activation_scaler.json: not JSON nact reads: nested too deep",
+        ),
+        (
+            lambda p: _write(p / "cfg.json", {"metadata": {"hook_name": ["a", "b"]}}),
+            "{p}/cfg.json: hook_name is ['a', 'b'], not a string",
+        ),
+        (
+            lambda p: _write(p / "cfg.json", {"hook_name": {"x": 1}, "metadata": {}}),
+            "{p}/cfg.json: hook_name is {'x': 1}, not a string",
+        ),
+    ],
+)
+def test_a_bad_saelens_config_is_one_line(tmp_path: Path, make, message: str) -> None:
+    folder = tmp_path / "sae"
+    saelens(folder, "standard", normalize_activations="expected_average_only_in")
+    make(folder)
+    result = nact("scan", cache(tmp_path / "cache", activations()), "--sae", f"{HOOK}={folder}")
+    assert result.exit_code == 2 and result.stderr == f"Error: {message.replace('{p}', str(folder))}\n"
+
+
+@pytest.mark.parametrize("k", [float("nan"), float("inf"), 2.5, -3.0])
+def test_a_dictionary_learning_k_that_is_not_whole(tmp_path: Path, k: float) -> None:
+    folder = tmp_path / "sae"
+    dictionary_learning(folder, "AutoEncoderTopK")
+    state = torch.load(folder / "ae.pt", weights_only=True)
+    state["k"] = torch.tensor(k)
+    torch.save(state, folder / "ae.pt")
+    result = nact("scan", cache(tmp_path / "cache", activations()), "--sae", folder)
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: {folder}/ae.pt: k is {k!r}, not a whole number from 1 to d_sae ({D_SAE})\n"
+    )
+
+
+def test_a_zip_bombed_pickle_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    """A small ae.pt whose data.pkl inflates to more than 64 MiB: refused from the zip's directory."""
+    import zipfile
+
+    folder = tmp_path / "sae"
+    dictionary_learning(folder, "AutoEncoder")
+    size = 65 * 1024 * 1024
+    with zipfile.ZipFile(folder / "ae.pt", "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("archive/data.pkl", "w", force_zip64=True) as member:
+            for _ in range(size // (1 << 20)):
+                member.write(bytes(1 << 20))
+    assert (folder / "ae.pt").stat().st_size < 1 << 20
+    result = nact("scan", cache(tmp_path / "cache", activations()), "--sae", folder)
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: {folder}/ae.pt: its pickle (data.pkl) inflates to {size} bytes, more than 64 MiB: "
+        "not a torch.save file of tensors\n"
     )

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInput
-from .files import Tensors, TorchWeights, flag, read_json, top_k, weights, whole
+from .files import Tensors, TorchWeights, flag, read_json, text, top_k, weights, whole
 from .model import Sae
 
 WEIGHTS = "ae.pt"
@@ -43,7 +43,7 @@ def read(folder: Path, weights_path: Path | None = None) -> Sae:
     norm_factor = None
     if any(key.startswith("ae.") for key in stored):  # an in-run backup: the weights under "ae"
         tensors, norm_factor = _backup(weights_path, stored)
-    hook = trainer.get("submodule_name") if isinstance(trainer.get("submodule_name"), str) else None
+    hook = text(cfg_path, trainer, "submodule_name")
     common: dict[str, Any] = dict(
         path=folder if weights_path == folder / WEIGHTS else weights_path,
         library="dictionary_learning",
@@ -69,14 +69,15 @@ def read(folder: Path, weights_path: Path | None = None) -> Sae:
     if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
         w, b, center = weights(weights_path, tensors, {**linear, "b_dec": (d_in,)})
         if dict_class == "AutoEncoderTopK":  # encode(use_threshold=False), its default: the top k
-            k = tensors["k"].reshape(-1)[0] if "k" in tensors and tensors["k"].size == 1 else trainer.get("k")
+            kept = "k" in tensors and tensors["k"].size == 1  # the k the class keeps in its state dict
+            k = float(tensors["k"].reshape(-1)[0]) if kept else trainer.get("k")
             return Sae(
                 **common,
                 rule="topk",
                 weight=w.T,
                 bias=b,
                 center=center,
-                k=top_k(cfg_path, int(k) if k is not None else k, d_sae),
+                k=top_k(weights_path if kept else cfg_path, k, d_sae),
             )
         return Sae(
             **common, rule="threshold", weight=w.T, bias=b, center=center, threshold=_scalar(weights_path, tensors)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -23,21 +24,49 @@ from ..sources.safetensors_files import read_header
 Tensors = Mapping[str, np.ndarray]
 
 
+MAX_JSON_BYTES = 16 * 1024 * 1024  # a checkpoint's config is kilobytes
+
+
 def read_json(path: Path) -> dict[str, Any]:
-    """A checkpoint's JSON object; a missing file is a checkpoint without it."""
+    """A checkpoint's JSON object; a missing file is a checkpoint without it. Only a regular file
+    of at most ``MAX_JSON_BYTES`` is read (a FIFO or a device would block or never end)."""
     try:
-        text = path.read_text()
+        info = path.stat()
     except FileNotFoundError:
         raise BadInput(path.parent, f"SAE checkpoint without {path.name}") from None
+    except OSError as e:
+        raise BadInput(path, f"cannot read: {first_line(e)}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BadInput(path, "not a regular file (a device, FIFO or folder): a config is a JSON file")
+    if info.st_size > MAX_JSON_BYTES:
+        raise BadInput(path, f"{info.st_size} bytes, more than {MAX_JSON_BYTES >> 20} MiB: not a config")
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_JSON_BYTES + 1).decode()
     except (OSError, UnicodeDecodeError) as e:
         raise BadInput(path, f"cannot read: {first_line(e)}") from None
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise BadInput(path, "not JSON nact reads: nested too deep") from None
     except ValueError as e:
         raise BadInput(path, f"not JSON: {first_line(e)}") from None
     if not isinstance(value, dict):
         raise BadInput(path, "not a JSON object")
     return value
+
+
+def text(cfg_path: Path, cfg: dict[str, Any], key: str) -> str | None:
+    """``cfg[key]``, a string or missing (None)."""
+    value = cfg.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadInput(cfg_path, f"{key} is {_short(value)}, not a string")
+    return value
+
+
+def _short(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 class LazyWeights(Mapping[str, np.ndarray]):
@@ -146,7 +175,7 @@ def whole(cfg_path: Path, cfg: dict[str, Any], key: str, default: int | None = N
     """``cfg[key]``, a whole number of at least 1."""
     value = cfg.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadInput(cfg_path, f"{key} is {value!r}, not a whole number of at least 1")
+        raise BadInput(cfg_path, f"{key} is {_short(value)}, not a whole number of at least 1")
     return value
 
 
@@ -156,12 +185,13 @@ def flag(cfg_path: Path, cfg: dict[str, Any], key: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise BadInput(cfg_path, f"{key} is {value!r}, not true or false")
+        raise BadInput(cfg_path, f"{key} is {_short(value)}, not true or false")
     return value
 
 
 def top_k(cfg_path: Path, k: object, d_sae: int) -> int:
     """A TopK SAE's ``k``: a whole number from 1 to ``d_sae``."""
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
-        raise BadInput(cfg_path, f"k is {k!r}, not a whole number from 1 to d_sae ({d_sae})")
-    return k
+    value = int(k) if isinstance(k, float) and k.is_integer() else k  # SAELens >= 6.11 writes k as a float
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= d_sae:
+        raise BadInput(cfg_path, f"k is {_short(k)}, not a whole number from 1 to d_sae ({d_sae})")
+    return value

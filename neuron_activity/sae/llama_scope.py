@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInput
-from .files import SafetensorsWeights, flag, read_json, weights, whole
+from .files import SafetensorsWeights, flag, read_json, text, weights, whole
 from .model import Sae
 
 WEIGHTS = "checkpoints/final.safetensors"
@@ -70,13 +70,13 @@ def read(folder: Path, path: Path | None = None) -> Sae:
                 "sparsity_include_decoder_norm: h is multiplied by them before the threshold, as lm_saes encodes "
                 "it (SAELens' loader leaves them out)",
             )
-    hook = cfg.get("hook_point_in")
+    hook = text(cfg_path, cfg, "hook_point_in")
     return Sae(
         path=folder if path == folder / WEIGHTS else path,
         library="Llama Scope",
         architecture=activation,
         rule="jumprelu",
-        hook=hook if isinstance(hook, str) else None,
+        hook=hook,
         d_in=d_in,
         d_sae=d_sae,
         weight=w_enc.T,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInput
-from .files import SafetensorsWeights, Tensors, flag, read_json, top_k, weights, whole
+from .files import SafetensorsWeights, Tensors, flag, read_json, text, top_k, weights, whole
 from .model import Sae
 
 WEIGHTS = "sae_weights.safetensors"
@@ -40,7 +40,9 @@ def _read(folder: Path, cfg_path: Path, cfg: dict[str, Any]) -> Sae:
     metadata: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
     # SAELens < 6 kept the hook at the top level ("hook_name", older "hook_point") and named no
     # architecture (standard, or topk through activation_fn); 6.x keeps it under "metadata".
-    hook = metadata.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    hook = (
+        text(cfg_path, metadata, "hook_name") or text(cfg_path, cfg, "hook_name") or text(cfg_path, cfg, "hook_point")
+    )
     architecture = cfg.get("architecture", "standard")
     activation = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu")) or "relu"
     kwargs: dict[str, Any] = cfg["activation_fn_kwargs"] if isinstance(cfg.get("activation_fn_kwargs"), dict) else {}

@@ -24,10 +24,9 @@ import numpy as np
 from ..dtypes import ITEMSIZE
 from ..errors import BadInput, first_line
 from ..memory import check_fits
-from ..sources.torch_zip import TensorRef, Unpickler
+from ..sources.torch_zip import MAX_PICKLE_BYTES, PickleTooLarge, TensorRef, Unpickler
 from .files import as_float32
 
-MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a checkpoint's pickle describes its tensors: kilobytes
 PICKLE_MAGIC = b"\x80"  # a legacy torch.save file starts with a pickle (of its magic number)
 
 
@@ -119,7 +118,7 @@ def load(path: Path, allowed: Mapping[str, object], refusal: str) -> Pickled:
                 raise BadInput(path, "a zip archive that is not a torch.save file (it has no one data.pkl)")
             folder = member[: -len("data.pkl")]
             if z.getinfo(member).file_size > MAX_PICKLE_BYTES:
-                raise BadInput(path, f"its pickle is larger than {MAX_PICKLE_BYTES >> 20} MiB: not a checkpoint")
+                raise PickleTooLarge(path, z.getinfo(member).file_size)
             if f"{folder}byteorder" in z.namelist() and z.read(f"{folder}byteorder").strip() != b"little":
                 raise BadInput(path, "a big-endian torch.save file: load it with torch and save it again")
             data = z.read(member)

@@ -29,6 +29,7 @@ from ..remote.objects import RemotePath
 from .base import MAPPED, ShardPath, TensorEntry, open_shard
 
 MAX_NESTING = 64  # containers within containers
+MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a pickle describes the tensors (100,000 take ~20 MB): larger is a zip bomb
 MAX_TENSORS = 100_000
 STORAGE_TYPES = {
     "FloatStorage": "F32",
@@ -47,6 +48,18 @@ ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 class Unsupported(Exception):
     """The file needs torch to be read (not an error: the caller falls back)."""
+
+
+class PickleTooLarge(BadInput):
+    """A pickle that inflates past ``MAX_PICKLE_BYTES``: refused before it is read (torch would
+    read it whole)."""
+
+    def __init__(self, path: object, size: int) -> None:
+        super().__init__(
+            path,
+            f"its pickle (data.pkl) inflates to {size} bytes, more than {MAX_PICKLE_BYTES >> 20} MiB: not a "
+            "torch.save file of tensors",
+        )
 
 
 @dataclass(frozen=True)
@@ -218,6 +231,8 @@ def entries(path: ShardPath, fmt: str) -> list[TensorEntry] | None:
             if not zipfile.is_zipfile(raw):
                 return None
             return _entries(path, fmt, raw)
+    except PickleTooLarge:
+        raise  # torch would inflate it whole
     except NactError:
         if isinstance(path, RemotePath):
             raise  # an object that cannot be read says so; torch cannot read it either
@@ -235,18 +250,21 @@ def numbers(path: ShardPath) -> dict[str, int | float]:
     run's step, a normalisation factor, ...) by dotted path; empty when the file needs torch."""
     try:
         with open_shard(path) as raw, zipfile.ZipFile(raw) as z:
-            loaded = _load(z)
+            loaded = _load(z, path)
     except Exception:  # not a file this reader knows: it holds no numbers it can tell
         return {}
     return walk(loaded[0], _is_number, path) if loaded is not None else {}
 
 
-def _load(z: zipfile.ZipFile) -> tuple[object, str] | None:
+def _load(z: zipfile.ZipFile, path: ShardPath) -> tuple[object, str] | None:
     """The pickle of a ``torch.save`` zip, unpickled into descriptions, and its members' prefix."""
     names = z.namelist()
     pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pickles) != 1:
         return None
+    size = z.getinfo(pickles[0]).file_size  # zipfile reads no more than this
+    if size > MAX_PICKLE_BYTES:
+        raise PickleTooLarge(path, size)
     prefix = pickles[0][: -len("data.pkl")]
     if f"{prefix}byteorder" in names and z.read(f"{prefix}byteorder").strip() != b"little":
         return None
@@ -255,7 +273,7 @@ def _load(z: zipfile.ZipFile) -> tuple[object, str] | None:
 
 def _entries(path: ShardPath, fmt: str, raw: BinaryIO) -> list[TensorEntry] | None:
     with zipfile.ZipFile(raw) as z:
-        loaded = _load(z)
+        loaded = _load(z, path)
         if loaded is None:
             return None
         tree, prefix = loaded
