@@ -66,13 +66,12 @@ class DeviceUnavailable(NactError):
 class BadOption(NactError):
     """An option value that is not allowed. ``option`` is its library name (``fire_above``)."""
 
-    def __init__(self, option: str, value: object, problem: str) -> None:
-        self.option, self.value, self.problem = option, value, problem
+    def __init__(self, option: str, value: str | int, problem: str) -> None:
+        self.option, self.value, self.problem = option, value, problem  # exact values as decimals.decimal_text
         super().__init__(self.worded(option.replace("_", " ")))
 
     def worded(self, name: str) -> str:
-        value = self.value  # exact values come as the decimal text of decimals.decimal_text
-        shown = value if isinstance(value, int) else repr(value)
+        shown = self.value if isinstance(self.value, int) else repr(self.value)
         return f"{name} {shown} {self.problem}"
 
 

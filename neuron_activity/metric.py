@@ -47,7 +47,7 @@ def exact_portion(threshold: float | str | Fraction) -> Fraction:
     if not 0 <= value <= 1:
         raise BadOption(
             "threshold",
-            decimal_text(value) if isinstance(threshold, Fraction) else threshold,
+            threshold if isinstance(threshold, str) else decimal_text(value),
             "is not a portion of vectors between 0 and 1",
         )
     return value

@@ -585,3 +585,29 @@ def test_delphi_skip_positions(tmp_path: Path) -> None:
     assert c.last_fired.tolist() == last.tolist()
     plain = scan([tmp_path]).activity.components["layers.2.mlp"]
     assert plain.fire_counts[4] > c.fire_counts[4]
+
+
+def test_a_delphi_column_drops_its_own_pages_each_once(tmp_path: Path) -> None:
+    """Pages are let go from the column's first page on, each range once, never the file's start."""
+    import mmap
+
+    from neuron_activity.sources import delphi_caches
+    from neuron_activity.sources.base import TensorEntry
+
+    page = mmap.PAGESIZE
+    rows = 3 * page // 12 + 10  # rows of 12 bytes from byte page + 100: they end in the file's fifth page
+    path = tmp_path / "split.safetensors"
+    path.write_bytes(bytes(6 * page))
+    entry = TensorEntry(path, "locations", "I32", (rows, 3), "delphi", offset=page + 100)
+    column = delphi_caches._Column(path, entry, np.int32)
+    dropped: list[tuple[int, int]] = []
+
+    class Recorded:
+        def madvise(self, advice: int, start: int, length: int) -> None:
+            dropped.append((start, length))
+
+    column.map = Recorded()
+    to_second_page = -(-(page - 100) // 12)  # the first rows that fill the column's first page
+    for counted in (10, to_second_page, to_second_page, rows):
+        column.drop_behind(counted)
+    assert dropped == [(page, page), (2 * page, 2 * page)]

@@ -231,11 +231,13 @@ class _Column:
             count = math.prod(entry.shape)
             self.rows = np.frombuffer(self.map, dtype=dtype, count=count, offset=self.offset).reshape(entry.shape)
         self.row_bytes = math.prod(entry.shape[1:]) * np.dtype(dtype).itemsize
+        self.dropped = self.offset - self.offset % mmap.PAGESIZE  # where the next drop starts: the column's first page
 
     def drop_behind(self, rows: int) -> None:
-        """Let the pages of the first ``rows`` rows leave the process (``drop_pages``)."""
+        """Let the pages of the first ``rows`` rows leave the process (``drop_pages``), from where
+        the last call stopped: the pages of the file before the column are not the column's."""
         if rows and self.map is not None:
-            drop_pages(self.map, self.offset + rows * self.row_bytes)
+            self.dropped = drop_pages(self.map, self.offset + rows * self.row_bytes, self.dropped)
 
 
 def count(
