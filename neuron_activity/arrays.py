@@ -14,7 +14,6 @@ from .decimals import as_fraction
 from .devices import resolve_device
 from .dtypes import NUMPY_NAMES, TORCH_NAMES, fire_rule, is_tensor, signed_bits
 from .errors import BadOption
-from .metric import TensorActivity
 from .options import CountOptions, Kernel
 from .sources.layout import component_layout
 
@@ -44,6 +43,8 @@ def count_array(
         track_last=track_last,
     )
     if is_tensor(array) and array.device.type != "cpu" and array.dim() in (2, 3) and not track_last and not flatten:
+        from .metric import TensorActivity  # 1.6 ms of every run's start-up: only tensors on a device need it
+
         shape = tuple(array.shape)  # counted where it lies: no copy to the host
         components = shape[1] if len(shape) == 3 else None
         on_device = TensorActivity(shape[-1], components, fire_above=options.fire_above, name=name)

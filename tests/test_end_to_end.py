@@ -59,7 +59,8 @@ def test_help_does_not_import_torch_or_numpy() -> None:
 
 def test_a_machine_readable_scan_loads_only_what_it_uses() -> None:
     """A CPU scan of safetensors to CSV runs one command: no torch, no rich (tables and progress
-    only), no pyarrow, no zip reader, no counts-file code, and no other command's module."""
+    only), no pyarrow, no zip reader, no training metric, no audit code, and no other command's
+    module."""
     unused = [
         "torch",
         "rich",
@@ -68,6 +69,8 @@ def test_a_machine_readable_scan_loads_only_what_it_uses() -> None:
         "fsspec",
         "s3fs",
         "neuron_activity.sae",
+        "neuron_activity.metric",
+        "neuron_activity.audit",
         "nact_cli.counts",
         "nact_cli.density",
         "nact_cli.inspect",
