@@ -52,7 +52,8 @@ def report(
       nact report part-*.safetensors --format json --fail-above 0.05
     """
     fmt = check_format(fmt, output=output)
-    from neuron_activity import saved  # the library: loaded once a command runs
+    # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
+    from neuron_activity import saved
     from neuron_activity.options import ReportOptions
 
     options = ReportOptions.parse(**reporting.settings())
@@ -77,7 +78,8 @@ def merge(
 
       nact merge part-*.safetensors -o all.safetensors
     """
-    from neuron_activity import saved  # as in report
+    # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
+    from neuron_activity import saved
 
     for note in saved.merge(files, output, union=union):
         say(f"Note: {note}")
@@ -102,7 +104,8 @@ def diff(
       nact diff old.safetensors new.safetensors -t 1e-6 --neurons --format json --fail-on-new-dead
     """
     check_format(fmt, ("table", "json"))
-    from neuron_activity import Threshold, saved  # as in report
+    # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
+    from neuron_activity import Threshold, saved
 
     changes = saved.diff(old, new, Threshold.parse(threshold))
     if fmt == "json":

@@ -93,7 +93,8 @@ def density(
       nact density cache/ --sae sae/ --compare sae/sparsity.safetensors   # nact's counts against SAELens' own
     """
     check_format(fmt, ("table", "json"))
-    from neuron_activity.density_report import Figure, density_report  # the library: loaded once a command runs
+    # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
+    from neuron_activity.density_report import Figure, density_report
     from neuron_activity.options import CountOptions, ReportOptions
 
     marks = ReportOptions.parse(threshold or ["1e-5", "1e-6"], dense_above=dense_above, ultralow_below=ultralow_below)

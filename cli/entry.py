@@ -15,7 +15,7 @@ def main() -> None:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
     try:
-        from .main import app
+        from .main import app  # in the try: a Ctrl-C while the app loads ends in one line too
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
         sys.exit(130)

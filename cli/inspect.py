@@ -29,10 +29,11 @@ def inspect(ctx: typer.Context, paths: Paths, inputs: Inputs, fmt: TableOrJson =
       nact inspect cache/ --format json | jq '.tensors[] | {key, shape, counted}'
     """
     check_format(fmt, ("table", "json"))
-    from neuron_activity import inspect as inspect_shards  # the library: loaded once a command runs
+    # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
+    from neuron_activity import inspect as inspect_shards
     from neuron_activity.options import CountOptions
 
-    from .wording import word  # imports the library too
+    from .wording import word  # it imports the library: as above
 
     result = inspect_shards(paths, CountOptions(**inputs.settings(), device="cpu"))
     problems = [word(p, ctx.command) for p in result.problems]

@@ -86,7 +86,7 @@ class NactCommand(TyperCommand):
                 gc.enable()
         from neuron_activity.errors import NactError  # the library: loaded just above
 
-        from .wording import word  # imports the library: loaded here, after --help has exited
+        from .wording import word  # it imports the library: loaded here, after --help has exited
 
         try:
             return super().invoke(ctx)
@@ -213,6 +213,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
+        # the library (and numpy, ~100 ms): loaded for --version only, never for --help
         from neuron_activity._version import __version__
         from neuron_activity.devices import describe_devices
         from neuron_activity.native import describe_kernels

@@ -75,11 +75,13 @@ class StdoutGone(Exception):
 def emit(text: str, output: Path | None) -> None:
     """The result goes to ``output`` (atomically) or to stdout, and nothing else goes to stdout."""
     if output is not None:
+        # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
         from neuron_activity.files import write_text_atomic
 
         write_text_atomic(output, text)
         return
     if sys.stdout is None:  # started with stdout closed (>&-)
+        # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
         from neuron_activity.errors import BadOutput
 
         raise BadOutput("stdout", "is closed: nowhere to write the result (give -o FILE)")

@@ -3,6 +3,7 @@ and finishing a command the same way everywhere: output, warnings, --fail-above.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import sys
@@ -86,14 +87,13 @@ def cells(report: Report, row: ActivityRow) -> list[str]:
 
 
 def headers(report: Report) -> list[str]:
-    from neuron_activity.activity import ROW_COLUMNS  # the library: loaded once a command runs
+    # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
+    from neuron_activity.activity import ROW_COLUMNS
 
     return list(ROW_COLUMNS) + ([f"dead_in_window({report.window})"] if report.window is not None else [])
 
 
 def render_csv(report: Report) -> str:
-    import csv
-
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=report.columns(), lineterminator="\n")
     writer.writeheader()
@@ -102,6 +102,7 @@ def render_csv(report: Report) -> str:
 
 
 def dead_title(report: Report) -> str:
+    # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
     from neuron_activity.decimals import decimal_text
 
     order = ", ".join(t.text for t in report.options.thresholds)

@@ -73,7 +73,8 @@ def scan(
       nact scan s3://bucket/acts/   # a cache in an object store, by range requests (the remote extra)
     """
     fmt = check_format(fmt, output=output)
-    from neuron_activity.distributed import launched  # the library: loaded once a command runs
+    # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
+    from neuron_activity.distributed import launched
     from neuron_activity.options import CountOptions, ReportOptions, ScanRequest
     from neuron_activity.pipeline import run_scan
 

@@ -43,7 +43,7 @@ def count_array(
         track_last=track_last,
     )
     if is_tensor(array) and array.device.type != "cpu" and array.dim() in (2, 3) and not track_last and not flatten:
-        from .metric import TensorActivity  # 1.6 ms of every run's start-up: only tensors on a device need it
+        from .metric import TensorActivity  # it imports torch (seconds), loaded already for a tensor on a device
 
         shape = tuple(array.shape)  # counted where it lies: no copy to the host
         components = shape[1] if len(shape) == 3 else None

@@ -46,7 +46,7 @@ def resolve_device(requested: str) -> str:
         mac = sys.platform == "darwin" and os.uname().machine == "arm64"
         if not (nvidia_present() or mac) or not torch_installed():
             return "cpu"
-        import torch
+        import torch  # seconds to import: only where a GPU may be there
 
         if torch.cuda.is_available():
             return "cuda"
@@ -55,7 +55,7 @@ def resolve_device(requested: str) -> str:
         return "cpu"
     if not torch_installed():
         raise DeviceUnavailable(f"device {requested!r} needs PyTorch, which is not installed (pip install torch)")
-    import torch
+    import torch  # seconds to import: only a GPU asked for by name gets here
 
     kind, _, index = requested.partition(":")
     if kind == "cuda":

@@ -29,7 +29,7 @@ def run_on_ranks(device: str, work: Callable[[int, int, str], tuple[NeuronActivi
     A rank whose work fails raises its own error; the others stop with a one-line error saying
     another rank failed. On cuda each rank counts on ``cuda:LOCAL_RANK`` and NCCL reduces.
     """
-    import torch
+    import torch  # seconds to import: only ranks of torchrun get here (every scan imports launched)
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -61,7 +61,7 @@ def run_on_ranks(device: str, work: Callable[[int, int, str], tuple[NeuronActivi
 def all_reduce(activity: NeuronActivity, rank: int, world: int, device: Any) -> None:
     """Reduce every component's states across ranks as ``state.FIELDS`` declare, one collective
     per field; stream indices become global (the ranks' shares are in stream order)."""
-    import torch
+    import torch  # as in run_on_ranks: loaded already there
     import torch.distributed as dist
 
     components = list(activity.components.values())

@@ -32,7 +32,7 @@ TORCH_SIGNED: dict[int, str] = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}  
 
 def signed_bits(tensor: torch.Tensor) -> torch.Tensor:
     """A torch tensor's raw bits: the same memory viewed as signed integers of its item size."""
-    import torch
+    import torch  # loaded already: the caller holds a tensor (this module never loads torch itself)
 
     signed: torch.dtype = getattr(torch, TORCH_SIGNED[tensor.element_size()])
     return tensor.view(signed)

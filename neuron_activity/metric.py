@@ -19,7 +19,9 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from . import state
 from .activity import NeuronActivity, Threshold
@@ -28,9 +30,6 @@ from .decimals import as_fraction, decimal_text
 from .dtypes import TORCH_NAMES, fire_rule, signed_bits
 from .errors import BadOption, ShapeMismatch
 from .torch_counting import fire_mask, nan_mask
-
-if TYPE_CHECKING:
-    import torch
 
 COUNTED = tuple(f for f in state.FIELDS if not f.optional)  # the per-neuron states kept in training
 
@@ -57,8 +56,6 @@ def count_tensor(activations: Any, fire_above: str | Fraction | int = 0) -> tupl
     """Per-neuron fire and NaN counts (int64, on the tensor's device) of ``activations`` of
     shape ``[batch, ..., features]``, summed over the batch axis: ``[..., features]``. Nothing is
     copied to the host."""
-    import torch
-
     dtype = TORCH_NAMES.get(str(activations.dtype).removeprefix("torch."))
     if dtype is None:
         raise BadOption("activations", f"dtype {activations.dtype}", "cannot be counted")
@@ -143,8 +140,6 @@ class TensorActivity:
         self.num_vectors += int(activations.shape[0])
 
     def _states(self) -> dict[str, Any]:
-        import torch
-
         if self.states is None:
             return {f.name: torch.zeros(self.shape.state_shape, dtype=torch.int64) for f in COUNTED}
         return self.states
@@ -163,7 +158,7 @@ class TensorActivity:
 
 def _metric_class() -> type:
     try:
-        from torchmetrics import Metric
+        from torchmetrics import Metric  # optional (pip install torchmetrics), and ~2 s: loaded on first use
     except ImportError:
         raise BadOption("metric", "NeuronActivityMetric", "needs torchmetrics: pip install torchmetrics") from None
 
@@ -193,8 +188,6 @@ def _metric_class() -> type:
             name: str = "activations",
             **kwargs: Any,
         ) -> None:
-            import torch
-
             super().__init__(**kwargs)
             self.shape = _Shape(num_learned_features, num_components)
             self.threshold = exact_portion(threshold_is_dead_portion_fires)

@@ -42,7 +42,7 @@ def plot_histograms(
     components from other counts, drawn as outlines in the same panels (``labels`` names both)."""
     suffix = check_plot_path(path)
     try:
-        import matplotlib
+        import matplotlib  # optional (the plot extra), and ~0.5 s with pyplot: only --plot needs it
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

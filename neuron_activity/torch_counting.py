@@ -1,7 +1,8 @@
 """Counting with torch on a device (cuda, mps; cpu for testing): the fire rule on raw bits as
 tensors, and a counter whose totals stay on the device until they are read once.
 
-torch is imported by the functions that use it (about 3 s here): a CPU scan never pays for it.
+torch is imported by the functions that use it, not at the top (it takes seconds to import): this
+module is imported by every scan, and by the SAE package on CPU scans, which never pay for it.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class CudaStager:
         return stagers[device]
 
     def __init__(self, device: torch.device) -> None:
-        import torch
+        import torch  # seconds to import: only counting on a device needs it (see the docstring)
 
         self.device = device
         self.copy_stream = torch.cuda.Stream(device=device)
@@ -67,7 +68,7 @@ class CudaStager:
     @contextmanager
     def on_device(self, host_bits: np.ndarray) -> Iterator[torch.Tensor]:
         """A device tensor holding ``host_bits`` (int8/16/32/64), valid inside the block."""
-        import torch
+        import torch  # seconds to import: only counting on a device needs it (see the docstring)
 
         slot = self.slots[self.turn]
         self.turn ^= 1
@@ -103,7 +104,7 @@ class TorchCounter:
     name = "torch"
 
     def __init__(self, rule: FireRule, width: int, device: str, track_last: bool = False) -> None:
-        import torch
+        import torch  # seconds to import: only counting on a device needs it (see the docstring)
 
         self.rule = rule
         self.width = width
@@ -118,7 +119,7 @@ class TorchCounter:
     def on_device(self, bits: np.ndarray) -> Iterator[torch.Tensor]:
         """Rows of raw bits (any integer view) as a signed-integer tensor on the device, valid
         inside the block (on cuda, through the thread's pinned double buffer)."""
-        import torch
+        import torch  # seconds to import: only counting on a device needs it (see the docstring)
 
         signed = bits.view(np.dtype(f"i{bits.itemsize}"))
         if self._stager is not None:
@@ -142,7 +143,7 @@ class TorchCounter:
     def count_bits(self, x: torch.Tensor, first_vector: int = 0) -> None:
         """Add the counts of rows of raw bits that are already on the device (signed integers of
         the rule's width), numbered from ``first_vector`` in the stream."""
-        import torch
+        import torch  # seconds to import: only counting on a device needs it (see the docstring)
 
         fires = fire_mask(x, self._ranges)
         if fires is not None:

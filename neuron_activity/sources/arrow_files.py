@@ -35,7 +35,7 @@ SUFFIXES = {".arrow": FORMAT}
 
 def _pyarrow() -> Any:
     try:
-        import pyarrow
+        import pyarrow  # optional (the arrow extra), and ~50 ms: only Arrow caches need it
         import pyarrow.ipc
     except ImportError:
         raise NactError("reading Arrow caches (SAELens) needs pyarrow: pip install pyarrow") from None
