@@ -295,8 +295,9 @@ class Inputs:
             "--sae",
             metavar="[COMPONENT=]PATH[#NAME]",
             rich_help_panel=SAE_PANEL,
-            help="Count the latents of the SAE checkpoint PATH (SAELens, sparsify, dictionary_learning) encoding its "
-            "hook's component, or COMPONENT; its latents are named NAME, else by the end of PATH (repeatable).",
+            help="Count the latents of the SAE checkpoint PATH (a folder or file of SAELens, sparsify, "
+            "dictionary_learning, Gemma Scope, Llama Scope, OpenAI; hf://ORG/REPO/PATH on the Hub) encoding its hook's "
+            "component, or COMPONENT; its latents are named NAME, else by the end of PATH (repeatable).",
         ),
     ] = None
 

@@ -60,14 +60,18 @@ def _density(option: str, value: Fraction) -> None:
         raise BadOption(option, decimal_text(value), "is not a density between 0 and 1")
 
 
+HUB = "hf://"  # an SAE on the Hugging Face Hub
+
+
 @dataclass(frozen=True)
 class SaeRequest:
-    """An ``--sae [COMPONENT=]PATH[#NAME]`` as given: the SAE's folder, the component it encodes
+    """An ``--sae [COMPONENT=]PATH[#NAME]`` as given: the SAE's folder (or file, or an
+    ``hf://ORG/REPO/PATH`` on the Hugging Face Hub, kept as text), the component it encodes
     (None: the SAE's own hook) and the name its latents go by (None: the shortest end of its
     path that tells it apart from the other SAEs). A path that exists as given wins over both
     readings, so folders such as ``lr=1e-3`` need no quoting."""
 
-    path: Path
+    path: Path | str
     key: str | None = None
     name: str | None = None
 
@@ -87,7 +91,7 @@ class SaeRequest:
             raise BadOption("sae", text, "names no component before '=': use COMPONENT=PATH or PATH")
         if not path:
             raise BadOption("sae", text, "names no SAE folder")
-        return cls(Path(path), key or None, name or None)
+        return cls(path if path.startswith(HUB) else Path(path), key or None, name or None)
 
 
 @dataclass(frozen=True)

@@ -363,3 +363,44 @@ def test_a_gemma_scope_sae_fetched_from_the_hub_is_read_and_bound_by_its_path(
         assert hub.unexpected == []
     sae = load_sae(result["path"])
     assert sae.hook == "blocks.3.hook_resid_post"
+
+
+def test_a_scan_with_an_sae_on_the_hub_counts_as_the_same_sae_on_disk(env: dict[str, str], tmp_path: Path) -> None:
+    """``nact scan CACHE --sae hf://...``: fetched once, named by its URL, counted as the same
+    checkpoint read from a folder; a second scan reads it from the cache with the Hub gone."""
+    from safetensors.numpy import save_file
+
+    from neuron_activity import scan
+
+    rng = np.random.default_rng(6)
+    weights = {
+        "W_enc": rng.standard_normal((8, 32)).astype(np.float32),
+        "b_enc": np.r_[np.full(4, -50.0), rng.standard_normal(28) * 0.5 - 0.5].astype(np.float32),  # 4 dead
+        "threshold": (rng.random(32) * 0.5).astype(np.float32),
+        "W_dec": rng.standard_normal((32, 8)).astype(np.float32),
+        "b_dec": rng.standard_normal(8).astype(np.float32),
+    }
+    local = tmp_path / "local" / "layer_3" / "width_16k" / "average_l0_71"
+    local.mkdir(parents=True)
+    np.savez(local / "params.npz", **weights)
+    (tmp_path / "cache").mkdir()
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    save_file({"blocks.3.hook_resid_post": x}, str(tmp_path / "cache" / "a.safetensors"))
+    want = scan([tmp_path / "cache"], saes=(f"blocks.3.hook_resid_post={local}",))
+    (expected,) = want.activity.components.values()
+    files = {"layer_3/width_16k/average_l0_71/params.npz": (local / "params.npz").read_bytes()}
+    url = "hf://google/gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71"
+    nact = [sys.executable, "-c", "from nact_cli.entry import main; main()"]
+    command = [*nact, "scan", str(tmp_path / "cache"), "--sae", url, "-t", "0", "--neurons", "-f", "json"]
+    with FakeHub({"google/gemma-scope-2b-pt-res": Repo({"main": files})}) as hub:
+        first = subprocess.run(command, env=env | {"HF_ENDPOINT": hub.url}, capture_output=True, text=True)
+        assert hub.unexpected == []
+    again = subprocess.run(command, env=env | {"HF_ENDPOINT": hub.url}, capture_output=True, text=True)
+    for done in (first, again):
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        doc = json.loads(done.stdout)
+        (component,), (row,) = doc["components"], doc["rows"]
+        assert component["component"] == row["component"] == "blocks.3.hook_resid_post:average_l0_71"
+        assert row["dead_neurons"] == [int(i) for i in np.flatnonzero(expected.fire_counts == 0)]
+        assert 0 < len(row["dead_neurons"]) < 32, row  # the test has latents of both kinds
+        assert component["sae"]["fingerprint"] == expected.sae["fingerprint"]

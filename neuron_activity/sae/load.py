@@ -3,12 +3,14 @@ that family's module."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import BadInput
-from ..options import SaeRequest
-from . import ai_safety_foundation, dictionary_learning, gemma_scope, llama_scope, openai, saelens, sparsify
+from ..options import HUB, SaeRequest
+from . import ai_safety_foundation, dictionary_learning, gemma_scope, hub, llama_scope, openai, saelens, sparsify
 from .model import Sae
 
 # weights file -> the family's reader, in the order they are looked for
@@ -35,28 +37,37 @@ CONFIGS = {
 
 def load_saes(requests: Sequence[SaeRequest]) -> list[tuple[str | None, Sae, str]]:
     """The SAEs asked for, each with the component it is asked to encode and its name: the name
-    given, else the shortest end of its path (at least ``Sae.name_parts`` parts) that no other
-    SAE's path ends with. The same command line gives the same names."""
+    given, else the shortest end of its path (at least ``Sae.name_parts`` parts; of its URL for an
+    SAE on the Hub) that no other SAE's path ends with. The same command line gives the same names."""
     chosen = [(r, sae) for r in requests for sae in _load_all(r)]
-    requests, saes = [r for r, _ in chosen], [sae for _, sae in chosen]
-    resolved = [s.path.resolve().parts for s in saes]
-    names = []
-    for request, sae, parts in zip(requests, saes, resolved):
+    resolved = [_parts(r, sae) for r, sae in chosen]
+    out = []
+    for (request, sae), parts in zip(chosen, resolved):
         if request.name is not None:
-            names.append(request.name)
+            out.append((request.key, sae, request.name))
             continue
         others = {other for other in resolved if other != parts}
         n = sae.name_parts
         while n < len(parts) and any(other[-n:] == parts[-n:] for other in others):
             n += 1
-        names.append("/".join(parts[-n:]) if n < len(parts) else str(sae.path.resolve()))
-    return [(r.key, sae, name) for r, sae, name in zip(requests, saes, names)]
+        out.append((request.key, sae, "/".join(parts[-n:]) if n < len(parts) else "/".join(parts)))
+    return out
+
+
+def _parts(request: SaeRequest, sae: Sae) -> tuple[str, ...]:
+    """What an SAE is named from: its resolved path, or the URL it was fetched from (a Hub cache's
+    paths end in commit hashes)."""
+    if isinstance(request.path, str):
+        return tuple(part for part in request.path.removeprefix(HUB).split("/") if part)
+    return sae.path.resolve().parts
 
 
 def _load_all(request: SaeRequest) -> list[Sae]:
     """The SAEs a request asks for: one, or each component's of a file of several (the one whose
-    hook the request names, when it names a component)."""
-    path = Path(request.path)
+    hook the request names, when it names a component). One on the Hub is fetched first."""
+    if isinstance(request.path, str):
+        return _load_all(replace(request, path=hub.fetch(request.path, progress=sys.stderr.isatty())))
+    path = request.path
     if not (path.is_file() and ai_safety_foundation.recognizes(path)):
         return [load_sae(path)]
     found = [sae.with_fingerprint() for sae in ai_safety_foundation.read_all(path)]
