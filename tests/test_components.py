@@ -322,10 +322,14 @@ def test_hidden_files_and_saved_counts_are_skipped_with_a_note(tmp_path: Path) -
         (["cfg.json", "sae_weights.safetensors"], "a SAELens SAE checkpoint"),
         (["cfg.json", "sae.safetensors"], "a sparsify SAE checkpoint"),
         (["sparsity.safetensors"], "a SAELens feature-sparsity file"),
+        (["config.json", "params.safetensors"], "a Gemma Scope 2 SAE checkpoint"),
+        (["config.json", "ae.pt"], "a dictionary_learning SAE checkpoint"),
+        (["../config.json", "ae_1000.pt"], "a dictionary_learning SAE checkpoint"),  # a run's checkpoints/
+        (["../hyperparams.json", "final.safetensors"], "a Llama Scope SAE checkpoint"),
     ],
 )
 def test_sae_checkpoints_are_refused_with_a_hint(tmp_path: Path, files: list[str], kind: str) -> None:
-    folder = tmp_path / "sae" / "blocks.0.hook_resid_pre"
+    folder = tmp_path / "sae" / ("checkpoints" if files[0].startswith("..") else "blocks.0.hook_resid_pre")
     folder.mkdir(parents=True)
     for name in files:
         if name.endswith(".json"):
@@ -360,3 +364,23 @@ def test_big_endian_npy_is_counted_exactly(tmp_path: Path, dtype: str) -> None:
         assert counts_of(tmp_path / name, fire_above="1e-5", chunk_rows=9) == {
             k.format("acts"): v for k, v in want.items()
         }
+
+
+@pytest.mark.parametrize(
+    ("name", "tensors"),
+    [
+        ("3.pt", {"encoder.weight": torch.ones(8, 4), "decoder.weight": torch.ones(4, 8), "pre_bias": torch.ones(4)}),
+        ("sae.safetensors", {"W_enc": torch.ones(4, 8), "W_dec": torch.ones(8, 4), "b_enc": torch.ones(8)}),
+    ],
+)
+def test_a_file_of_sae_weights_is_not_counted_as_activations(tmp_path: Path, name: str, tensors: dict) -> None:
+    """An SAE's weights without the config that names their family (an OpenAI state dict, a
+    copied weights file): refused, unless the tensors to count are named."""
+    torch.save(tensors, tmp_path / name) if name.endswith(".pt") else write_shard(tmp_path / name, tensors)
+    result = nact("scan", tmp_path / name)
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: {tmp_path / name}: holds an SAE's encoder and decoder weights, not activations: give it with --sae "
+        "and scan the cache of activations it reads (or name the tensors to count with --key)\n"
+    )
+    key = next(iter(tensors))
+    assert nact("scan", tmp_path / name, "--key", key).exit_code == 0

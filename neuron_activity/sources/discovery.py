@@ -4,6 +4,7 @@ natural path order, with their formats and notes on what was skipped."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BadInput, MixedFormats
@@ -25,22 +26,32 @@ class Shards(dict[ShardPath, str]):
         self.named = frozenset(named or ())  # files named one by one, not found in a folder
 
 
-SAE_CHECKPOINTS = {
-    "sae_weights.safetensors": "a SAELens SAE checkpoint",
-    "sae.safetensors": "a sparsify SAE checkpoint",
-    "sparsity.safetensors": "a SAELens feature-sparsity file",
-    "params.npz": "a Gemma Scope SAE checkpoint",
+SAE_CHECKPOINTS = {  # an SAE file's name -> (the config beside it that makes it one, or None: its name does; what it is)
+    "sae_weights.safetensors": ("cfg.json", "a SAELens SAE checkpoint"),
+    "sae.safetensors": ("cfg.json", "a sparsify SAE checkpoint"),
+    "sparsity.safetensors": (None, "a SAELens feature-sparsity file"),
+    "params.npz": (None, "a Gemma Scope SAE checkpoint"),
+    "params.safetensors": ("config.json", "a Gemma Scope 2 SAE checkpoint"),
+    "ae.pt": ("config.json", "a dictionary_learning SAE checkpoint"),
 }
-STANDALONE_CHECKPOINTS = ("sparsity.safetensors", "params.npz")  # known by their name alone
+RUN_CHECKPOINTS = {  # a file of a training run's checkpoints/ folder: its suffix -> the run's config, what it is
+    ".pt": ("config.json", "a dictionary_learning SAE checkpoint"),
+    ".safetensors": ("hyperparams.json", "a Llama Scope SAE checkpoint"),
+}
 
 
-def sae_checkpoint(path: ShardPath) -> str | None:
-    """What kind of SAE file ``path`` is (weights or sparsity, not activations), or None."""
-    kind = SAE_CHECKPOINTS.get(path.name)
-    if kind is None:
-        return None
-    if path.name in STANDALONE_CHECKPOINTS or (path.parent / "cfg.json").is_file():
+def sae_checkpoint(path: ShardPath, exists: Callable[[ShardPath], bool] | None = None) -> str | None:
+    """What kind of SAE file ``path`` is (weights or sparsity, not activations), or None; told by
+    its name and the config beside it (``exists``: whether a file is there; a local file's
+    ``is_file`` when not given)."""
+    there = exists or (lambda p: p.is_file())
+    config, kind = SAE_CHECKPOINTS.get(path.name, ("", ""))
+    if kind and (config is None or there(path.parent / config)):
         return kind
+    if path.parent.name == "checkpoints" and path.suffix in RUN_CHECKPOINTS:
+        config, kind = RUN_CHECKPOINTS[path.suffix]
+        if there(path.parent.parent / config):
+            return kind
     return None
 
 
@@ -118,8 +129,8 @@ def _discover_remote(
     counts: list[ShardPath] = []
     datasets: dict[ShardPath, list[ShardPath] | None] = {}
     for obj in objects:
-        kind = SAE_CHECKPOINTS.get(obj.name)
-        if kind and (obj.name in STANDALONE_CHECKPOINTS or obj.parent / "cfg.json" in names):
+        kind = sae_checkpoint(obj, names.__contains__)
+        if kind is not None:
             raise _refuse_sae(obj.parent, kind)
         if not alone and obj.suffix not in SUFFIX_FORMATS:
             continue
@@ -178,8 +189,8 @@ def _files_under(folder: ShardPath) -> tuple[list[ShardPath], int, list[ShardPat
         here = Path(top)
         hidden += sum(1 for d in dirs if d.startswith(".")) + sum(1 for n in names if n.startswith("."))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if "cfg.json" in names or any(n in names for n in STANDALONE_CHECKPOINTS):
-            for name in names:
+        for name in names:
+            if name in SAE_CHECKPOINTS or here.name == "checkpoints":
                 kind = sae_checkpoint(here / name)
                 if kind is not None:
                     raise _refuse_sae(here, kind)

@@ -202,6 +202,8 @@ def plan_scan(
         entries = read_entries(shards, num_latents=num_latents, num_vectors=num_vectors, partial=partial)
         objects = {p: info(p) for p in shards if isinstance(p, RemotePath)}
     patterns = list(keys or ())
+    if not patterns:
+        _refuse_sae_weights(entries)
     used: set[str] = set()
     seen_keys: set[str] = set()
     skipped: dict[str, tuple[str, str, int]] = {}  # key -> (dtype, why, shard count)
@@ -299,6 +301,24 @@ def plan_scan(
     )
     plan = ScanPlan(tuple(shards), groups, tuple(slabs), tuple(warnings), tuple(empty_units), objects=objects)
     return _bind(plan, saes) if saes else plan
+
+
+SAE_WEIGHTS = ({"encoder.weight", "decoder.weight"}, {"W_enc", "W_dec"}, {"w_enc", "w_dec"})
+
+
+def _refuse_sae_weights(entries: Sequence[TensorEntry]) -> None:
+    """A file of an SAE's weights (an encoder and a decoder: an OpenAI or dictionary_learning
+    state dict, ...) is not activations: counting its weights would answer another question."""
+    keys: dict[ShardPath, set[str]] = {}
+    for entry in entries:
+        keys.setdefault(entry.path, set()).add(entry.key)
+    for path, found in keys.items():
+        if any(pair <= found for pair in SAE_WEIGHTS):
+            raise BadInput(
+                path,
+                "holds an SAE's encoder and decoder weights, not activations: give it with --sae and scan the "
+                "cache of activations it reads (or name the tensors to count with --key)",
+            )
 
 
 def _hooks(asked: str | None, sae: Sae) -> tuple[str, ...]:
