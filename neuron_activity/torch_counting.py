@@ -140,9 +140,10 @@ class TorchCounter:
                 f"device 'mps' cannot count {self.rule.dtype} tensors on this macOS ({e}); count on the cpu instead"
             ) from None
 
-    def count_bits(self, x: torch.Tensor, first_vector: int = 0) -> None:
+    def count_bits(self, x: torch.Tensor, first_vector: int = 0) -> torch.Tensor | None:
         """Add the counts of rows of raw bits that are already on the device (signed integers of
-        the rule's width), numbered from ``first_vector`` in the stream."""
+        the rule's width), numbered from ``first_vector`` in the stream; where they fire (None:
+        nothing can), for a caller that sums what fired."""
         import torch  # seconds to import: only counting on a device needs it (see the docstring)
 
         fires = fire_mask(x, self._ranges)
@@ -156,6 +157,7 @@ class TorchCounter:
         nans = nan_mask(x, self.rule)
         if nans is not None:
             self._nan_counts += nans.sum(dim=0, dtype=torch.int64)
+        return fires
 
     def result(self) -> States:
         last = None if self._last is None else self._last.cpu().numpy()

@@ -13,7 +13,7 @@ import numpy as np
 from ..counters import Counter, States
 from ..counting import make_counter
 from ..dtypes import FireRule, fire_rule, to_float32
-from ..torch_counting import TorchCounter, fire_mask
+from ..torch_counting import TorchCounter
 from .encode import NumpyEncoder, TorchEncoder, batch_rows
 from .model import Sae
 
@@ -107,14 +107,11 @@ class TorchSaeCounter:
         import torch
 
         view = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}[self.dtype]
-        ranges = self.rule.signed_fire_ranges()
         with self.counters[0].on_device(bits) as raw:
             x = raw.view(view).float()
             for encoder, counter, sums, maxima in zip(self.encoders, self.counters, self.sums, self.maxima):
                 latents = encoder.encode(x)
-                latent_bits = latents.view(torch.int32)
-                counter.count_bits(latent_bits, first_vector)
-                fires = fire_mask(latent_bits, ranges)
+                fires = counter.count_bits(latents.view(torch.int32), first_vector)
                 if fires is not None:
                     sums += torch.where(fires, latents, 0.0).sum(dim=0, dtype=torch.float64)
                 torch.fmax(maxima, torch.nan_to_num(latents, nan=-math.inf).amax(dim=0).double(), out=maxima)
