@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -155,11 +157,93 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     torch.save({"acts": torch.ones(2, 2), "payload": Exploit(marker)}, tmp_path / "evil.pt")
     result = nact("scan", tmp_path / "evil.pt")
-    assert result.exit_code == 2
-    assert result.stderr.startswith(f"Error: {tmp_path / 'evil.pt'}: refused: it needs unsafe unpickling")
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: {tmp_path / 'evil.pt'}: its pickle names __builtin__.getattr, which nact does not run: nact reads "
+        "tensors, dicts and lists of tensors, and TransformerLens ActivationCache objects\n"
+    )
     assert not marker.exists()
     torch.load(tmp_path / "evil.pt", weights_only=False)  # the same file, loaded unsafely, does run it
     assert marker.exists()
+
+
+@contextmanager
+def transformer_lens_classes() -> Iterator[tuple[type, type]]:
+    """Stand-ins of TransformerLens' ActivationCache and HookedTransformer under their own module
+    names (so that torch.save pickles them by those names), gone afterwards: the tests need no
+    transformer_lens, and nact must read the files without it."""
+    import sys
+    import types
+
+    class ActivationCache:  # as transformer_lens keeps it: cache_dict, the model, flags
+        def __init__(self, cache_dict: dict, model: torch.nn.Module) -> None:
+            self.cache_dict, self.model, self.has_batch_dim = cache_dict, model, True
+
+    class HookedTransformer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Linear(8, 16)
+            self.cfg = {"n_layers": 2, "act_fn": "gelu"}
+
+        def __setstate__(self, state: dict) -> None:  # would run on an unsafe load
+            raise AssertionError("the model was unpickled for real")
+
+    package = types.ModuleType("transformer_lens")
+    modules = {package.__name__: package}
+    for name, cls in (("ActivationCache", ActivationCache), ("HookedTransformer", HookedTransformer)):
+        module = types.ModuleType(f"transformer_lens.{name}")
+        cls.__module__, cls.__qualname__ = module.__name__, name
+        setattr(module, name, cls)
+        setattr(package, name, module)
+        modules[module.__name__] = module
+    sys.modules.update(modules)
+    try:
+        yield ActivationCache, HookedTransformer
+    finally:
+        for name in modules:
+            del sys.modules[name]
+
+
+def test_a_transformer_lens_activation_cache_saved_whole_is_read_without_it(tmp_path: Path) -> None:
+    """``torch.save(cache)`` of an ActivationCache (its model inside): its cache_dict counted as
+    the same tensors saved on their own, nothing of the pickle run, the model left unread;
+    strided views (a permuted attention pattern) included."""
+    rng = np.random.default_rng(8)
+    cache_dict = {
+        "blocks.0.hook_resid_post": random_activations(rng, (2, 8, 16), "F32"),
+        "blocks.0.mlp.hook_post": random_activations(rng, (2, 8, 32), "BF16"),
+        "blocks.0.attn.hook_pattern": random_activations(rng, (2, 8, 4, 8), "F32").permute(0, 2, 1, 3),
+    }
+    with transformer_lens_classes() as (ActivationCache, HookedTransformer):
+        torch.save(ActivationCache(cache_dict, HookedTransformer()), tmp_path / "cache.pt")
+    torch.save(cache_dict, tmp_path / "dict.pt")
+    args = ("--key", "blocks.0.hook_resid_post", "--key", "blocks.0.mlp.hook_post", "--component-axis", "-2")
+    want = nact("scan", tmp_path / "dict.pt", *args, "-f", "json")
+    got = nact("scan", tmp_path / "cache.pt", *args, "-f", "json")
+    assert want.exit_code == 0 and got.exit_code == 0, got.stderr
+    assert json.loads(got.stdout)["rows"] == json.loads(want.stdout)["rows"]
+    assert counts(tmp_path / "cache.pt", keys=["blocks.0.hook_resid_post"]) == {
+        "blocks.0.hook_resid_post": expected(as_float64(cache_dict["blocks.0.hook_resid_post"]))
+    }
+    pattern = nact("scan", tmp_path / "cache.pt", "--key", "blocks.0.attn.hook_pattern", "--flatten", "-f", "json")
+    alone = nact("scan", tmp_path / "dict.pt", "--key", "blocks.0.attn.hook_pattern", "--flatten", "-f", "json")
+    assert pattern.exit_code == 0, pattern.stderr
+    assert json.loads(pattern.stdout)["rows"] == json.loads(alone.stdout)["rows"]
+
+
+def test_an_object_of_another_class_is_named_in_one_line(tmp_path: Path) -> None:
+    with transformer_lens_classes() as (_, HookedTransformer):
+        torch.save({"model": HookedTransformer(), "acts": torch.ones(3, 4)}, tmp_path / "model.pt")
+    for missing in (None, "torch"):
+        code, stderr = (
+            (lambda r: (r.exit_code, r.stderr))(nact("scan", tmp_path / "model.pt"))
+            if missing is None
+            else invoke_without(missing, ["scan", str(tmp_path / "model.pt")])
+        )
+        assert code == 2 and stderr == (
+            f"Error: {tmp_path / 'model.pt'}: its pickle names transformer_lens.HookedTransformer.HookedTransformer, "
+            "which nact does not run: nact reads tensors, dicts and lists of tensors, and TransformerLens "
+            "ActivationCache objects\n"
+        )
 
 
 def test_broken_torch_file(tmp_path: Path) -> None:

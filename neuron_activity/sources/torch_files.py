@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,8 +30,16 @@ SUFFIXES = {".pt": FORMAT, ".pth": FORMAT}
 LEGACY_MAX_BYTES = 1 << 30  # legacy (non-zip) files load whole: larger ones are refused
 
 
+READS = "nact reads tensors, dicts and lists of tensors, and TransformerLens ActivationCache objects"
+
+
 def load(path: Path) -> object:
     """The object in a torch.save file, loaded safely, or BadInput saying why it cannot be."""
+    from .torch_zip import ACTIVATION_CACHE, unknown_global  # as in tensors()
+
+    stranger = unknown_global(path)
+    if stranger is not None and stranger != ACTIVATION_CACHE and not stranger.startswith("torch."):
+        raise BadInput(path, f"its pickle names {stranger}, which nact does not run: {READS}")  # as torch.load would
     try:
         import torch  # seconds to import, and optional: only files torch_zip cannot map need it
     except ImportError:
@@ -50,11 +59,12 @@ def load(path: Path) -> object:
                         f"to {LEGACY_MAX_BYTES} bytes; save it again with a current torch.save",
                     )
                 return torch.load(path, map_location="cpu", weights_only=True)
+            if stranger == ACTIVATION_CACHE:
+                return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert(), mmap=True)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except pickle.UnpicklingError as e:
-            raise BadInput(
-                path, f"refused: it needs unsafe unpickling, and nact loads only tensors ({first_line(e)})"
-            ) from None
+        except pickle.UnpicklingError:  # torch's message is pages long, with terminal escapes
+            named = f"its pickle names {stranger}, which" if stranger else "it needs unsafe unpickling, which"
+            raise BadInput(path, f"{named} nact does not run: {READS}") from None
         except RecursionError:
             raise BadInput(path, "not a readable torch.save file: nested too deeply") from None
         except NactError:
@@ -63,13 +73,34 @@ def load(path: Path) -> object:
             raise BadInput(path, f"not a readable torch.save file: {first_line(e)}") from None
 
 
+def _inert() -> ModuleType:
+    """A pickle module for ``torch.load`` whose unpickler builds tensors with torch's own
+    functions (those ``weights_only`` allows) and every other global as an inert stand-in that
+    is never called: an ActivationCache saved whole (with its model) loads without any of it
+    running, and the model's weights stay mapped, unread."""
+    import pickle  # loaded by torch already
+
+    from .torch_zip import TENSOR_GLOBALS, stranger  # as in tensors()
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> object:
+            full = f"{module}.{name}"
+            return super().find_class(module, name) if full in TENSOR_GLOBALS else stranger(full)
+
+    module = ModuleType("pickle")  # torch.load takes the module's Unpickler (and load, for legacy files)
+    setattr(module, "Unpickler", Unpickler)  # noqa: B010 (a module built here: its attributes are not declared)
+    setattr(module, "load", pickle.load)  # noqa: B010
+    return module
+
+
 def tensors(obj: object, path: ShardPath | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor in ``obj`` by dotted path; sparse and other layouts are refused."""
+    """Every tensor in ``obj`` by dotted path (of an ActivationCache, its ``cache_dict``'s);
+    sparse and other layouts are refused."""
     import torch  # loaded already: the object came from torch.load (this module never imports it up front: ~3 s)
 
-    from .torch_zip import walk  # pickle and zipfile (~4 ms): loaded for .pt files only
+    from .torch_zip import activation_cache, walk  # pickle and zipfile (~4 ms): loaded for .pt files only
 
-    found = walk(obj, is_tensor, path)
+    found = walk(activation_cache(obj) or obj, is_tensor, path)
     for prefix, value in found.items():
         if value.layout != torch.strided:
             raise BadInput(

@@ -143,6 +143,38 @@ def _unsupported(name: str) -> Exception:
     return Unsupported(name)
 
 
+class Stranger:
+    """An object of a class nact does not know, inert: the global it stands for, the arguments
+    the pickle gave it and the state it set (nothing of the class runs, nor exists here)."""
+
+    name = ""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.args, self.kwargs = args, kwargs
+        self.state: object = None
+        self.items: list[object] = []
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+    def append(self, item: object) -> None:  # a list subclass's APPENDS
+        self.items.append(item)
+
+    def extend(self, items: list[object]) -> None:
+        self.items.extend(items)
+
+    def __setitem__(self, key: object, value: object) -> None:  # a dict subclass's SETITEMS
+        self.items.append((key, value))
+
+
+def stranger(name: str) -> type[Stranger]:
+    """An inert stand-in class for the global ``name`` (``module.name``)."""
+    return type(name.rpartition(".")[2] or "Stranger", (Stranger,), {"name": name})
+
+
+ACTIVATION_CACHE = "transformer_lens.ActivationCache.ActivationCache"
+
+
 class Unpickler(pickle.Unpickler):
     """Rebuilds a ``torch.save`` pickle as descriptions: tensors as ``TensorRef``, the globals of
     ``allowed`` (``module.name``) as what stands for them; any other global raises ``refuse(name)``."""
@@ -152,9 +184,11 @@ class Unpickler(pickle.Unpickler):
         data: bytes,
         allowed: Mapping[str, object] | None = None,
         refuse: Callable[[str], Exception] = _unsupported,
+        inert: bool = False,
     ) -> None:
         super().__init__(io.BytesIO(data))
-        self.allowed, self.refuse = allowed or {}, refuse
+        self.allowed, self.refuse, self.inert = allowed or {}, refuse, inert
+        self.strangers: dict[str, type[Stranger]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         full = f"{module}.{name}"
@@ -162,6 +196,8 @@ class Unpickler(pickle.Unpickler):
             return TENSOR_GLOBALS[full]
         if full in self.allowed:
             return self.allowed[full]
+        if self.inert:  # every other global an inert stand-in: nothing it names is called
+            return self.strangers.setdefault(full, stranger(full))
         raise self.refuse(full)
 
     def persistent_load(self, pid: Any) -> Any:
@@ -268,7 +304,40 @@ def _load(z: zipfile.ZipFile, path: ShardPath) -> tuple[object, str] | None:
     prefix = pickles[0][: -len("data.pkl")]
     if f"{prefix}byteorder" in names and z.read(f"{prefix}byteorder").strip() != b"little":
         return None
-    return Unpickler(z.read(pickles[0])).load(), prefix
+    data = z.read(pickles[0])
+    try:
+        return Unpickler(data).load(), prefix
+    except Unsupported:
+        cache = activation_cache(Unpickler(data, inert=True).load())
+        if cache is None:
+            raise
+        return cache, prefix
+
+
+def activation_cache(root: object) -> dict[object, object] | None:
+    """The tensors of a TransformerLens ``ActivationCache`` saved whole (``torch.save(cache)``):
+    its ``cache_dict``, read from the inert stand-in of the object; the model it drags along is
+    left unread. None when ``root`` is not one."""
+    if not (isinstance(root, Stranger) and root.name == ACTIVATION_CACHE and isinstance(root.state, dict)):
+        return None
+    tensors = root.state.get("cache_dict")
+    return tensors if isinstance(tensors, dict) else None
+
+
+def unknown_global(path: ShardPath) -> str | None:
+    """The first global a zip-format ``torch.save`` file's pickle names that is not a tensor's or
+    a container's (``module.name``; an ActivationCache's is one); None when there is none."""
+    try:
+        with open_shard(path) as raw, zipfile.ZipFile(raw) as z:
+            pickles = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(pickles) != 1 or z.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
+                return None
+            Unpickler(z.read(pickles[0])).load()
+    except Unsupported as e:
+        return str(e)
+    except Exception:  # not a file this reader can tell about
+        return None
+    return None
 
 
 def _entries(path: ShardPath, fmt: str, raw: BinaryIO) -> list[TensorEntry] | None:
