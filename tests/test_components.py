@@ -384,3 +384,36 @@ def test_a_file_of_sae_weights_is_not_counted_as_activations(tmp_path: Path, nam
     )
     key = next(iter(tensors))
     assert nact("scan", tmp_path / name, "--key", key).exit_code == 0
+
+
+def test_a_stack_of_layers_is_a_question_not_a_guess(tmp_path: Path) -> None:
+    """``cache.stack_activation(...)``'s [layer, batch, pos, d]: which axis holds components is
+    asked, in one line naming both choices; each choice then counts what it says."""
+    rng = np.random.default_rng(9)
+    x = relu(rng, (2, 8, 32, 16))
+    write_shard(tmp_path / "stack.safetensors", {"resid": torch.from_numpy(x)})
+    result = nact("scan", tmp_path)
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: {tmp_path / 'stack.safetensors'}: tensor 'resid' of shape [2, 8, 32, 16]: has 2 axes between its "
+        "first and its features: nact cannot tell which holds components (a stack of layers, heads) and which "
+        "vectors: pick the component axis, or flatten them all (--flatten or --component-axis)\n"
+    )
+    per_layer = counts_of(tmp_path, component_axis=0)
+    assert per_layer == {
+        f"resid[{i}]": (fire_counts(x[i].reshape(-1, 16).astype(np.float64)).tolist(), 256) for i in range(2)
+    }
+    assert counts_of(tmp_path, flatten=True) == {
+        "resid": (fire_counts(x.reshape(-1, 16).astype(np.float64)).tolist(), 512)
+    }
+
+
+def test_one_note_for_every_flattened_transformerlens_hook(tmp_path: Path) -> None:
+    hooks = [f"blocks.{i}.hook_resid_post" for i in range(6)]
+    write_shard(tmp_path / "a.safetensors", {h: torch.ones(2, 5, 4) for h in hooks})
+    result = nact("scan", tmp_path, "-f", "json")
+    assert result.exit_code == 0
+    assert result.stderr == (
+        "Warning: 6 components ('blocks.0.hook_resid_post': [2, 5, 4], 'blocks.1.hook_resid_post', "
+        "'blocks.2.hook_resid_post', 'blocks.3.hook_resid_post', ...) read as a TransformerLens hook's [batch, "
+        "position, d] layout: positions flattened into vectors (pick a component axis to count per position)\n"
+    )

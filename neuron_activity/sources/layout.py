@@ -20,7 +20,7 @@ class Layout:
     num_rows: int
     num_features: int
     first_axis: bool = False
-    note: str | None = None
+    note: str | None = None  # how its axes were read, where nact read a layout it was not told (one per kind)
     positions: int | None = None  # vectors are sequences of this many positions, when known
 
 
@@ -66,11 +66,15 @@ def layout_of(
     count = shape[-2]
     positions = _looks_like_positions(key, shape)
     if positions:
-        note = (
-            f"component {name!r}: {list(shape)} read as {positions}: {count} positions flattened into "
-            f"{math.prod(shape[:-1])} vectors (pick a component axis to count per position)"
+        return Layout((name,), math.prod(shape[:-1]), features, note=positions, positions=count)
+    if ndim > 3 and math.prod(shape[1:-1]) > 1:  # [layer, batch, pos, d], [batch, pos, heads, d_head], ...
+        raise AxisProblem(
+            name,
+            shape,
+            f"has {ndim - 2} axes between its first and its features: nact cannot tell which holds components "
+            "(a stack of layers, heads) and which vectors: pick the component axis, or flatten them all",
+            options=("flatten", "component_axis"),
         )
-        return Layout((name,), math.prod(shape[:-1]), features, note=note, positions=count)
     if count == 1:
         return Layout((name,), math.prod(shape[:-2]), features)
     if count > MAX_COMPONENTS:

@@ -208,6 +208,7 @@ def plan_scan(
     seen_keys: set[str] = set()
     skipped: dict[str, tuple[str, str, int]] = {}  # key -> (dtype, why, shard count)
     notes: dict[str, str] = {}
+    read_as: dict[str, dict[str, tuple[tuple[int, ...], int]]] = {}  # a layout read -> component -> shape, vectors
     ambiguous: dict[str, list[ShardPath]] = {}
     empty: dict[str, None] = {}
     empty_units: list[ShardPath] = []
@@ -248,8 +249,8 @@ def plan_scan(
         except AxisProblem as e:
             e.path = str(entry.path)
             raise
-        if layout.note and name not in notes:
-            notes[name] = layout.note
+        if layout.note:
+            read_as.setdefault(layout.note, {})[name] = (entry.shape, layout.num_rows)
         if entry.storage == SPARSE:
             notes.setdefault(name, f"component {name!r}: {entry.note}")
         if layout.first_axis and entry.storage not in (MAPPED, LOADED):
@@ -285,7 +286,7 @@ def plan_scan(
                 f"{len(files)} files {pattern} were counted as {len(files)} components: a number that is not "
                 "zero-padded is taken as a layer (group by key to count them as shards of one component)"
             )
-    warnings += list(notes.values())
+    warnings += [_read_as(layout, found) for layout, found in read_as.items()] + list(notes.values())
     if not groups and empty:
         listed = ", ".join(map(repr, empty))
         raise NoVectors(f"no vectors were counted (components: {listed}): every tensor read is empty")
@@ -319,6 +320,21 @@ def _refuse_sae_weights(entries: Sequence[TensorEntry]) -> None:
                 "holds an SAE's encoder and decoder weights, not activations: give it with --sae and scan the "
                 "cache of activations it reads (or name the tensors to count with --key)",
             )
+
+
+def _read_as(layout: str, found: dict[str, tuple[tuple[int, ...], int]]) -> str:
+    """One note for every component whose axes were read as ``layout`` (the first few named)."""
+    (name, (shape, rows)), *others = found.items()
+    if not others:
+        return (
+            f"component {name!r}: {list(shape)} read as {layout}: {shape[-2]} positions flattened into {rows} vectors "
+            "(pick a component axis to count per position)"
+        )
+    listed = ", ".join(repr(n) for n in list(found)[1:4]) + (", ..." if len(others) > 3 else "")
+    return (
+        f"{len(found)} components ({name!r}: {list(shape)}, {listed}) read as {layout}: positions flattened into "
+        "vectors (pick a component axis to count per position)"
+    )
 
 
 def _hooks(asked: str | None, sae: Sae) -> tuple[str, ...]:
