@@ -4,17 +4,19 @@ counts over a number of vectors (rounded from the densities, and said so)."""
 
 from __future__ import annotations
 
-import json
 import math
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from .activity import NeuronActivity
+from .dtypes import FLOAT_INPUTS, ITEMSIZE, UNSIGNED_VIEW, to_float32
 from .errors import BadInput, BadOption
 from .files import write_atomic
+from .json_files import read_json
+from .memory import STATE_BYTES_PER_NEURON, check_fits
 from .sources.safetensors_files import read_header
 
 SPARSITY_KEY = "sparsity"  # SAELens' sparsity.safetensors: log10(density + SPARSITY_EPS) per latent
@@ -57,10 +59,8 @@ def load_sparsity(path: Path, num_vectors: int | None = None) -> tuple[NeuronAct
     that gives its rarest latent a thousand fires, so densities round by at most 0.05%, at most
     1e10), and a note saying so. Its
     component is named as nact names the SAE's latents when the SAE's cfg.json is beside it."""
-    try:
-        logs = load_file(str(path))[SPARSITY_KEY].astype(np.float64)
-    except Exception as e:
-        raise BadInput(path, f"cannot read sparsity: {e}") from None
+    name = _sparsity_name(path)
+    logs = _read_densities(path)
     if not np.isfinite(logs).all() or (logs > 0).any():
         raise BadInput(path, "corrupt sparsity file: log10 densities must be finite and at most 0")
     density = np.clip(10.0**logs - SPARSITY_EPS, 0, 1)
@@ -68,7 +68,6 @@ def load_sparsity(path: Path, num_vectors: int | None = None) -> tuple[NeuronAct
     rarest = float(density[alive].min()) if alive.any() else 1.0
     chosen = num_vectors or 10 ** min(10, math.ceil(-math.log10(rarest)) + 3)
     counts = np.where(alive, np.maximum(np.rint(density * chosen), 1), 0).astype(np.int64)
-    name = _sparsity_name(path)
     activity = NeuronActivity(Fraction(0))
     activity.add(name, counts, chosen)
     how = "given" if num_vectors else "give the number of vectors it was measured on to change it"
@@ -79,16 +78,48 @@ def load_sparsity(path: Path, num_vectors: int | None = None) -> tuple[NeuronAct
     return activity, note
 
 
+# Per latent while a sparsity file is read: its float32 value, its log10 density and density
+# (float64), whether it is alive, and its count (int64), beside the states it becomes.
+READ_BYTES_PER_LATENT = 4 + 8 + 8 + 1 + 8
+
+
+def _read_densities(path: Path) -> np.ndarray:
+    """The log10 densities of a sparsity file (float64), its size checked against the memory
+    they need before any of it is read."""
+    entries = read_header(path)
+    if len(entries) != 1 or entries[0].key != SPARSITY_KEY or len(entries[0].shape) != 1:
+        raise BadInput(path, f"not a sparsity file: it holds more than one tensor {SPARSITY_KEY!r} of one axis")
+    entry = entries[0]
+    if entry.dtype not in FLOAT_INPUTS:
+        raise BadInput(path, f"corrupt sparsity file: {SPARSITY_KEY!r} is {entry.dtype}, not floats")
+    width = entry.shape[0]
+    check_fits(
+        path,
+        f"reading {width:,} latent densities",
+        width * (READ_BYTES_PER_LATENT + STATE_BYTES_PER_NEURON),
+    )
+    try:
+        with open(path, "rb") as f:
+            f.seek(entry.offset or 0)
+            raw = f.read(entry.nbytes)
+    except OSError as e:
+        raise BadInput(path, f"cannot read sparsity: {e.strerror or e}") from None
+    if len(raw) != entry.nbytes:
+        raise BadInput(path, "changed while it was read: truncated")
+    bits: np.ndarray = np.frombuffer(raw, UNSIGNED_VIEW[ITEMSIZE[entry.dtype]])
+    return bits.view(np.float64).copy() if entry.dtype == "F64" else to_float32(bits, entry.dtype).astype(np.float64)
+
+
 def _sparsity_name(path: Path) -> str:
+    """``HOOK:FOLDER`` when the SAE's ``cfg.json`` beside the file names its hook, else the
+    file's stem."""
     folder = path.parent
     cfg = folder / "cfg.json"
-    if cfg.is_file():
-        try:
-            data = json.loads(cfg.read_text())
-            meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
-            hook = meta.get("hook_name") or data.get("hook_name") or data.get("hook_point")
-            if isinstance(hook, str):
-                return f"{hook}:{folder.name}"
-        except (OSError, ValueError, AttributeError):
-            pass
-    return path.stem
+    if not cfg.exists() and not cfg.is_symlink():
+        return path.stem
+    data = read_json(cfg)
+    meta = data.get("metadata")
+    hook = (
+        (meta.get("hook_name") if isinstance(meta, dict) else None) or data.get("hook_name") or data.get("hook_point")
+    )
+    return f"{hook}:{folder.name}" if isinstance(hook, str) else path.stem

@@ -12,7 +12,6 @@ scan holds about one batch of a file. Needs pyarrow: ``pip install pyarrow``.
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import numpy as np
 
 from ..dtypes import ARROW_NAMES, ITEMSIZE, UNSIGNED_VIEW
 from ..errors import BadInput, NactError, first_line
+from ..json_files import read_json
 from ..remote.objects import RemotePath, each
 from . import arrow_remote
 from .base import BATCHES, MAPPED, ShardPath, TensorEntry, TensorSlab, drop_pages, mapped_chunks
@@ -48,11 +48,10 @@ def dataset_files(folder: ShardPath) -> list[ShardPath] | None:
     if not state.is_file():
         return None
     try:
-        listed = json.loads(state.read_text())["_data_files"]
+        listed = read_json(state)["_data_files"]
         names = [item["filename"] for item in listed]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
-        problem = "nested too deeply" if isinstance(e, RecursionError) else f"{type(e).__name__}: {e}"
-        raise BadInput(state, f"not a valid datasets state.json: {problem}") from None
+    except (KeyError, TypeError) as e:
+        raise BadInput(state, f"not a valid datasets state.json: {type(e).__name__}: {e}") from None
     files = []
     for name in names:
         if not isinstance(name, str) or Path(name).name != name:

@@ -19,7 +19,6 @@ dropped counts as not firing.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import re
@@ -32,6 +31,7 @@ from ..counters import States
 from ..cpu_counting import in_ranges
 from ..dtypes import INTEGER_FORMATS, FireRule
 from ..errors import BadInput
+from ..json_files import read_json
 from ..native import kernels
 from ..remote.objects import RemoteArray, RemotePath
 from .base import SPARSE, ShardPath, TensorEntry, TensorSlab, drop_pages
@@ -94,10 +94,7 @@ def _config_splits(folder: ShardPath) -> int | None:
     config = folder / "config.json"
     if not config.is_file():
         return None
-    try:
-        n = json.loads(config.read_text()).get("n_splits")
-    except (OSError, ValueError, AttributeError, RecursionError) as e:
-        raise BadInput(config, f"not a readable delphi config: {e}") from None
+    n = read_json(config).get("n_splits")
     return n if isinstance(n, int) and n > 0 else None
 
 
