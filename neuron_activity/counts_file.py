@@ -18,6 +18,8 @@ version 1 (no part record) load as they are.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,13 +32,15 @@ from . import state
 from ._version import __version__
 from .activity import NeuronActivity
 from .decimals import decimal_text, parse_decimal
-from .errors import BadInput, CountsMismatch, NactError, NotCountsFile
+from .errors import BadInput, BadOutput, CountsMismatch, NactError, NotCountsFile
 from .files import write_atomic
-from .options import MAX_FIRE_ABOVE
+from .json_files import parse_json
+from .memory import STATE_BYTES_PER_NEURON, check_fits
+from .options import MAX_FIRE_ABOVE, MAX_PARTS
 from .remote.objects import RemotePath, current
 from .sources.base import ShardPath
 from .sources.safetensors_files import COUNTS_FORMAT as FORMAT_NAME
-from .sources.safetensors_files import read_metadata
+from .sources.safetensors_files import read_header, read_metadata
 from .sparsity import (
     check_one_component as check_one_component,
 )
@@ -52,6 +56,8 @@ from .sparsity import (
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = ("1", "2")
+MAX_COUNT = 2**63 - 1  # int64: the most vectors (and so fires) a count holds, and the largest neuron index
+SAFETENSORS_DTYPES = {"int64": "I64", "float64": "F64"}  # state.FIELDS' dtypes as safetensors names them
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,12 @@ class ShardRecord:
         st = resolved.stat()
         return cls(str(resolved), st.st_size, st.st_mtime_ns)
 
+    @classmethod
+    def in_memory(cls) -> ShardRecord:
+        """The record of vectors counted in memory (a training loop's metric), which no file
+        names: a name of its own, so that the same counts merged twice are recognised."""
+        return cls(f"<counted in memory {uuid.uuid4().hex[:16]}>", 0, time.time_ns())
+
 
 @dataclass(frozen=True)
 class PartRecord:
@@ -107,20 +119,40 @@ class SavedCounts:
     device: str | None = None
 
 
+def tensor_prefix(name: str) -> str:
+    """A component's name as the names of its tensors hold it: as it is, or, when it cannot be
+    UTF-8 (a file name's undecodable bytes, kept as surrogates), escaped as JSON escapes it. The
+    metadata's component list (JSON) holds the name itself, so nothing is lost."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(name)[1:-1]
+    return name
+
+
 def save_counts(path: Path, saved: SavedCounts) -> None:
-    """Write ``saved`` to ``path`` atomically."""
+    """Write ``saved`` to ``path`` atomically. Counts of vectors that no shard record names (a
+    training loop's metric) are recorded as counted in memory, so a merge can tell them apart."""
     tensors: dict[str, np.ndarray] = {}
+    prefixes: dict[str, str] = {}
     for c in saved.activity.components.values():
+        prefix = tensor_prefix(c.name)
+        if prefix in prefixes:
+            raise BadOutput(path, f"cannot write: components {prefixes[prefix]!r} and {c.name!r} share tensor names")
+        prefixes[prefix] = c.name
         for name, values in c.states.items():
-            tensors[f"{c.name}/{name}"] = np.ascontiguousarray(values, dtype=state.BY_NAME[name].dtype)
-        tensors[f"{c.name}/num_vectors"] = np.array([c.num_vectors], np.int64)
+            tensors[f"{prefix}/{name}"] = np.ascontiguousarray(values, dtype=state.BY_NAME[name].dtype)
+        tensors[f"{prefix}/num_vectors"] = np.array([c.num_vectors], np.int64)
+    shards = saved.shards
+    if not shards and any(c.num_vectors for c in saved.activity.components.values()):
+        shards = [ShardRecord.in_memory()]
     metadata = {
         "format": FORMAT_NAME,
         "schema_version": str(SCHEMA_VERSION),
         "nact_version": __version__,
         "fire_above": str(saved.activity.fire_above),
         "components": json.dumps(list(saved.activity.components)),
-        "shards": json.dumps([{k: v for k, v in asdict(s).items() if k != "tag" or v} for s in saved.shards]),
+        "shards": json.dumps([{k: v for k, v in asdict(s).items() if k != "tag" or v} for s in shards]),
         "order": "shards in the order counted (natural path order), rows in file order",
     }
     if saved.part is not None:
@@ -142,10 +174,10 @@ JsonKind = TypeVar("JsonKind", list[Any], dict[str, Any])
 
 def _json(path: Path, metadata: dict[str, str], key: str, kind: type[JsonKind]) -> JsonKind:
     try:
-        value = json.loads(metadata[key])
+        value = parse_json(metadata[key], path)
     except KeyError:
         raise BadInput(path, f"corrupt counts file: no {key!r} in its metadata") from None
-    except (ValueError, RecursionError):
+    except BadInput:
         raise BadInput(path, f"corrupt counts file: {key!r} is not valid JSON") from None
     if not isinstance(value, kind):
         raise BadInput(path, f"corrupt counts file: {key!r} is not a JSON {kind.__name__}")
@@ -154,12 +186,6 @@ def _json(path: Path, metadata: dict[str, str], key: str, kind: type[JsonKind]) 
 
 def _check_states(path: Path, name: str, states: dict[str, np.ndarray], num_vectors: int) -> None:
     """Counts that could not have come from a scan are refused, naming what is wrong."""
-    width = len(states["fire_counts"])
-    for field_name, values in states.items():
-        if values.ndim != 1 or len(values) != width:
-            raise BadInput(
-                path, f"corrupt counts file: {name}/{field_name} has shape {list(values.shape)}, not [{width}]"
-            )
     problems = {
         "fire_counts": (states["fire_counts"] < 0) | (states["fire_counts"] > num_vectors),
         "nan_counts": (states["nan_counts"] < 0) | (states["nan_counts"] > num_vectors),
@@ -175,13 +201,96 @@ def _check_states(path: Path, name: str, states: dict[str, np.ndarray], num_vect
             i = int(np.flatnonzero(bad)[0])
             raise BadInput(
                 path,
-                f"corrupt counts file: {name}/{field_name}[{i}] = {int(states[field_name][i])} "
+                f"corrupt counts file: {name}/{field_name}[{i}] = {states[field_name][i]} "
                 f"cannot be with {num_vectors} vectors",
             )
 
 
+def _check_tensors(path: Path, names: list[str]) -> dict[str, int]:
+    """Each component's width, from the file's header, before any tensor is read: its tensors
+    are there, have one axis of one width, and are stored as a scan stores them (whole counts
+    as int64: never floats, so never 2.7 fires); all of them fit in memory."""
+    entries = {e.key: e for e in read_header(path)}
+    widths: dict[str, int] = {}
+    for name in names:
+        prefix = tensor_prefix(name)
+        for required in ("fire_counts", "nan_counts", "num_vectors"):
+            if f"{prefix}/{required}" not in entries:
+                raise BadInput(path, f"corrupt counts file: component {name!r} has no {required}")
+        vectors = entries[f"{prefix}/num_vectors"]
+        if vectors.shape != (1,) or vectors.dtype != "I64":
+            raise BadInput(path, f"corrupt counts file: {name}/num_vectors is not one count")
+        counts_shape = entries[f"{prefix}/fire_counts"].shape
+        if len(counts_shape) != 1:
+            raise BadInput(
+                path, f"corrupt counts file: {name}/fire_counts has shape {list(counts_shape)}, not one axis"
+            )
+        width = counts_shape[0]
+        for fld in state.FIELDS:
+            entry = entries.get(f"{prefix}/{fld.name}")
+            if entry is None:
+                continue
+            if entry.shape != (width,):
+                raise BadInput(
+                    path, f"corrupt counts file: {name}/{fld.name} has shape {list(entry.shape)}, not [{width}]"
+                )
+            if entry.dtype != SAFETENSORS_DTYPES[fld.dtype]:
+                kind = "whole counts" if fld.dtype == "int64" else "values"
+                raise BadInput(
+                    path,
+                    f"corrupt counts file: {name}/{fld.name} is stored as {entry.dtype}, "
+                    f"not as a scan stores its {kind} ({SAFETENSORS_DTYPES[fld.dtype]})",
+                )
+        widths[name] = width
+    total = sum(widths.values())
+    check_fits(path, f"reading the counts of {total:,} neurons", total * STATE_BYTES_PER_NEURON)
+    return widths
+
+
+def _first_neurons(path: Path, metadata: dict[str, str], widths: dict[str, int]) -> dict[str, int]:
+    """Where each component starts in its layer (a partial delphi module's run): an index that
+    a neuron of a count can have."""
+    if "first_neurons" not in metadata:
+        return {}
+    firsts = _json(path, metadata, "first_neurons", dict)
+    for name, first in firsts.items():
+        if name not in widths or type(first) is not int or first < 0:
+            raise BadInput(path, "corrupt counts file: first_neurons names no component or no index")
+        if first + widths[name] > MAX_COUNT:
+            raise BadInput(path, f"corrupt counts file: first neuron {first} of {name!r} is beyond any layer")
+    return firsts
+
+
+def _part(path: Path, metadata: dict[str, str]) -> PartRecord | None:
+    """The part record: a part of a split scan as ``--shard`` makes them."""
+    if "part" not in metadata:
+        return None
+    record = _json(path, metadata, "part", dict)
+    try:
+        values = {f.name: record[f.name] for f in fields(PartRecord)}
+    except KeyError:
+        raise BadInput(path, "corrupt counts file: the part record is incomplete") from None
+    if not all(type(v) is int for v in values.values()):
+        raise BadInput(path, "corrupt counts file: the part record is not whole numbers")
+    part = PartRecord(**values)
+    if not (
+        1 <= part.of <= MAX_PARTS
+        and 0 <= part.index < part.of
+        and 0 <= part.first_unit
+        and 0 <= part.units
+        and part.first_unit + part.units <= part.total_units <= MAX_COUNT
+    ):
+        raise BadInput(
+            path,
+            f"corrupt counts file: part {part.index}/{part.of} of units {part.first_unit}+{part.units} "
+            f"of {part.total_units} is not a part of a split scan (at most {MAX_PARTS:,} parts)",
+        )
+    return part
+
+
 def load_counts(path: Path) -> SavedCounts:
-    """Read saved counts, or raise BadInput saying what is wrong with the file."""
+    """Read saved counts, or raise BadInput saying what is wrong with the file. Everything the
+    header says is checked before a tensor is read."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(path, "no such file" if not path.exists() else "not a regular file")
@@ -206,50 +315,40 @@ def load_counts(path: Path) -> SavedCounts:
     names = _json(path, metadata, "components", list)
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise BadInput(path, "corrupt counts file: the component list is not a list of distinct names")
-    activity = NeuronActivity(fire_above)
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            keys = set(f.keys())
-            for name in names:
-                if f"{name}/fire_counts" not in keys or f"{name}/num_vectors" not in keys:
-                    raise BadInput(path, f"corrupt counts file: component {name!r} has no fire_counts or num_vectors")
-                vectors = f.get_tensor(f"{name}/num_vectors")
-                if vectors.shape != (1,) or vectors.dtype != np.int64 or int(vectors[0]) < 0:
-                    raise BadInput(path, f"corrupt counts file: {name}/num_vectors is not one count")
-                num_vectors = int(vectors[0])
-                states = {
-                    fld.name: f.get_tensor(f"{name}/{fld.name}").astype(fld.dtype, copy=False)
-                    for fld in state.FIELDS
-                    if f"{name}/{fld.name}" in keys
-                }
-                if "nan_counts" not in states:
-                    raise BadInput(path, f"corrupt counts file: component {name!r} has no nan_counts")
-                _check_states(path, name, states, num_vectors)
-                activity.add_states(name, states, num_vectors)
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise BadInput(path, f"cannot read counts: {e}") from None
-    if "first_neurons" in metadata:
-        for name, first in _json(path, metadata, "first_neurons", dict).items():
-            if name not in activity.components or not isinstance(first, int) or first < 0:
-                raise BadInput(path, "corrupt counts file: first_neurons names no component or no index")
-            activity.components[name].first_neuron = first
-    if "saes" in metadata:
-        for name, described in _json(path, metadata, "saes", dict).items():
-            if name in activity.components and isinstance(described, dict):
-                activity.components[name].sae = described
+    widths = _check_tensors(path, names)
+    firsts = _first_neurons(path, metadata, widths)
     shards = []
     for s in _json(path, metadata, "shards", list):
         try:
             shards.append(ShardRecord(str(s["path"]), int(s["size"]), int(s["mtime_ns"]), str(s.get("tag", ""))))
         except (KeyError, TypeError, ValueError):
             raise BadInput(path, "corrupt counts file: a shard record is not {path, size, mtime_ns}") from None
-    part = None
-    if "part" in metadata:
-        record = _json(path, metadata, "part", dict)
-        try:
-            part = PartRecord(**{f.name: int(record[f.name]) for f in fields(PartRecord)})
-        except (KeyError, TypeError, ValueError):
-            raise BadInput(path, "corrupt counts file: the part record is incomplete") from None
+    part = _part(path, metadata)
+    activity = NeuronActivity(fire_above)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            keys = set(f.keys())
+            for name in names:
+                prefix = tensor_prefix(name)
+                vectors = f.get_tensor(f"{prefix}/num_vectors")
+                if int(vectors[0]) < 0:
+                    raise BadInput(path, f"corrupt counts file: {name}/num_vectors is not one count")
+                num_vectors = int(vectors[0])
+                states = {
+                    fld.name: f.get_tensor(f"{prefix}/{fld.name}")
+                    for fld in state.FIELDS
+                    if f"{prefix}/{fld.name}" in keys
+                }
+                _check_states(path, name, states, num_vectors)
+                activity.add_states(name, states, num_vectors)
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise BadInput(path, f"cannot read counts: {e}") from None
+    for name, first in firsts.items():
+        activity.components[name].first_neuron = first
+    if "saes" in metadata:
+        for name, described in _json(path, metadata, "saes", dict).items():
+            if name in activity.components and isinstance(described, dict):
+                activity.components[name].sae = described
     return SavedCounts(activity, shards, part, metadata.get("kernel"), metadata.get("device"))
 
 
@@ -295,7 +394,16 @@ def merge_counts(parts: list[tuple[Path, SavedCounts]], *, union: bool = False) 
     first_path, first = ordered[0]
     merged = SavedCounts(NeuronActivity(first.activity.fire_above), [])
     seen: dict[str, Path] = {}
+    vectors: dict[str, int] = {}
     for path, part in ordered:
+        _check_recorded(path, part, len(ordered))
+        for c in part.activity.components.values():
+            vectors[c.name] = vectors.get(c.name, 0) + c.num_vectors
+            if vectors[c.name] > MAX_COUNT:
+                raise CountsMismatch(
+                    f"{path}: component {c.name!r} would count {vectors[c.name]:,} vectors in all, more than a "
+                    f"count holds (2^63 - 1)"
+                )
         if part.activity.fire_above != first.activity.fire_above:
             raise CountsMismatch(
                 f"{path}: counted with fire above {decimal_text(part.activity.fire_above)}, {first_path} with "
@@ -313,6 +421,16 @@ def merge_counts(parts: list[tuple[Path, SavedCounts]], *, union: bool = False) 
             raise CountsMismatch(f"{path}: {e}") from None
         merged.shards += part.shards
     return merged, notes
+
+
+def _check_recorded(path: Path, part: SavedCounts, files: int) -> None:
+    """Counts merged with others say what they counted: without shard records nact cannot tell
+    whether they are in the others already (a file merged twice, or a merge of its own parts)."""
+    if files > 1 and not part.shards and any(c.num_vectors for c in part.activity.components.values()):
+        raise CountsMismatch(
+            f"{path}: records no shards, so nact cannot tell whether its counts are in the others already: "
+            "merge only counts saved with their shards"
+        )
 
 
 class ComponentsDiffer(CountsMismatch):

@@ -54,6 +54,12 @@ class Changes:
         }
 
 
+def _listed(names: list[str], most: int = 5) -> str:
+    if not names:
+        return "none"
+    return ", ".join(map(repr, names[:most])) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def compare(old: NeuronActivity, new: NeuronActivity, threshold: Threshold) -> list[ComponentChange]:
     """Per component present in both: neurons that died, revived and stayed dead at ``threshold``.
 
@@ -65,7 +71,10 @@ def compare(old: NeuronActivity, new: NeuronActivity, threshold: Threshold) -> l
         )
     common = [name for name in new.components if name in old.components]
     if not common:
-        raise NactError("the two counts have no component in common")
+        raise CountsMismatch(
+            f"the two counts have no component in common: before only {_listed(list(old.components))}; "
+            f"after only {_listed(list(new.components))}"
+        )
     changes = []
     for name in common:
         a, b = old.components[name], new.components[name]
