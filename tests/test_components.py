@@ -417,3 +417,16 @@ def test_one_note_for_every_flattened_transformerlens_hook(tmp_path: Path) -> No
         "'blocks.2.hook_resid_post', 'blocks.3.hook_resid_post', ...) read as a TransformerLens hook's [batch, "
         "position, d] layout: positions flattened into vectors (pick a component axis to count per position)\n"
     )
+
+
+def test_a_component_keeps_its_name_whatever_else_is_scanned(tmp_path: Path) -> None:
+    """A folder is part of a name only where the same key is in several folders: scanning b/
+    beside a/ leaves a/'s names as they were (jq selectors, cron comparisons, diff)."""
+    write_shard(tmp_path / "a" / "0.safetensors", {"blocks.3.hook_resid_post": torch.ones(2, 3)})
+    write_shard(tmp_path / "b" / "0.safetensors", {"blocks.4.hook_resid_post": torch.ones(2, 3)})
+    write_shard(tmp_path / "c" / "0.safetensors", {"blocks.3.hook_resid_post": torch.zeros(2, 3)})
+    alone = list(counts_of(tmp_path / "a"))
+    assert alone == ["blocks.3.hook_resid_post"]
+    assert list(counts_of([tmp_path / "a", tmp_path / "b"])) == ["blocks.3.hook_resid_post", "blocks.4.hook_resid_post"]
+    both = counts_of([tmp_path / "a", tmp_path / "c"])  # the same key in two folders: told apart by them
+    assert both == {"a/blocks.3.hook_resid_post": ([2, 2, 2], 2), "c/blocks.3.hook_resid_post": ([0, 0, 0], 2)}

@@ -2,9 +2,11 @@
 
 ``auto`` (the default):
 
-- Files in different folders are different components, named by their folder (relative to the
-  folder all inputs share), unless the folders are themselves numbered shards (``0/``,
-  ``shard_3/``, ``part-0001/``): such folder names are not part of the component's name.
+- Files in different folders are different components. A component is named by its key alone
+  unless the same key is in several folders: only then is its folder (relative to the folder
+  all inputs share) part of its name, so a component keeps its name whatever else is scanned
+  with it. Folders that are themselves numbered shards (``0/``, ``shard_3/``, ``part-0001/``)
+  are never part of a name.
 - Within a folder, the same key in several files is one component (its shards).
 - A generic key (``activations``, a bare array's ``arr_0``, a file named only by a number) takes
   its folder's name.
@@ -116,9 +118,24 @@ def scope(file: ShardPath, root: ShardPath, grouping: Grouping) -> str:
     return "/".join(parts)
 
 
+def component_names(found: list[tuple[str, ShardPath, bool]], grouping: Grouping) -> list[str]:
+    """The names of the components of ``found``'s (key, file, whole_file) entries: under
+    ``auto`` a key's folder only where the same key is in several folders."""
+    root = common_folder([file for _, file, _ in found])
+    folders: dict[str, set[str]] = {}
+    for key, file, _ in found:
+        folders.setdefault(key, set()).add(scope(file, root, grouping))
+    return [
+        key
+        if grouping == "auto" and key not in GENERIC_KEYS and len(folders[key]) == 1
+        else component_name(key, file, root, grouping, whole_file)
+        for key, file, whole_file in found
+    ]
+
+
 def component_name(key: str, file: ShardPath, root: ShardPath, grouping: Grouping, whole_file: bool) -> str:
-    """The name of the component that ``key`` in ``file`` belongs to. ``whole_file``: the key
-    was made from the file's name (a single-array file)."""
+    """The name of the component that ``key`` in ``file`` belongs to, its folder part of it.
+    ``whole_file``: the key was made from the file's name (a single-array file)."""
     if grouping == "file":
         try:
             rel = file.absolute().relative_to(root)

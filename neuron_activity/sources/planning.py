@@ -215,15 +215,16 @@ def plan_scan(
     groups: dict[str, ComponentGroup] = {}
     group_files: dict[str, dict[ShardPath, None]] = {}  # stream -> its files, once each, in order
     slabs: list[TensorSlab] = []
-    root = grouping.common_folder([e.path for e in entries])  # a delphi module's path is its folder
+    keys_of = []  # each entry's component key: a single-array file's from its name
     for entry in entries:
-        key, file = entry.key, entry.path
+        key = entry.key
         if entry.from_file:
             stem = grouping.stem_key(key, group_by)
             key = stem.key
             if stem.ambiguous:
-                ambiguous.setdefault(str(file.parent / re.sub(r"\d+$", "*", entry.key)), []).append(file)
-        name = grouping.component_name(key, file, root, group_by, entry.from_file)
+                ambiguous.setdefault(str(entry.path.parent / re.sub(r"\d+$", "*", entry.key)), []).append(entry.path)
+        keys_of.append((key, entry.path, entry.from_file))  # a delphi module's path is its folder
+    for entry, name in zip(entries, grouping.component_names(keys_of, group_by)):
         seen_keys.add(entry.key)
         hits = _matches(patterns, entry.key, name)
         if patterns and not hits:
