@@ -135,8 +135,8 @@ FailAbove = Annotated[
     str | None,
     typer.Option(
         "--fail-above",
-        metavar="FRACTION",
-        help="Exit 1 when any dead_fraction shown is above FRACTION.",
+        metavar="P",
+        help="Exit 1 when any dead_fraction shown is above P: 0.05 or 5%.",
         rich_help_panel=AUDIT,
     ),
 ]

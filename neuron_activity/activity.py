@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
 from . import state
-from .decimals import decimal_text, parse_decimal
+from .decimals import Portion, as_portion, decimal_text
 from .errors import BadThreshold, CountsMismatch, NotTracked, NoVectors, ShapeMismatch
 
 DEFAULT_THRESHOLDS = ("0", "1e-5", "1e-6")
@@ -25,18 +26,38 @@ class Threshold:
     @classmethod
     def parse(cls, text: str) -> Threshold:
         """A portion as typed: a decimal (``1e-6``, ``0.01``) or a percentage (``1%``)."""
-        stripped = text.strip()
-        if stripped.endswith("%"):
-            value = parse_decimal(stripped[:-1], "threshold") / 100
-        else:
-            value = parse_decimal(text, "threshold")
+        return cls.of(text)
+
+    @classmethod
+    def of(cls, threshold: ThresholdLike) -> Threshold:
+        """A threshold as the library takes one: a Threshold, text as typed (``"1e-6"``,
+        ``"0.0001%"``) or a number (a float as the decimal it prints as: ``1e-6`` is exactly
+        one millionth), as ``-t`` takes it.
+
+        >>> Threshold.of(1e-6).value == Threshold.of("0.0001%").value == Fraction(1, 1_000_000)
+        True
+        """
+        if isinstance(threshold, Threshold):
+            return threshold
+        value = as_portion(threshold, "threshold")
+        text = threshold.strip() if isinstance(threshold, str) else _number_text(threshold, value)
         if not 0 <= value <= 1:
             raise BadThreshold("threshold", text, "is not a portion of vectors between 0 and 1")
-        return cls(text.strip(), value)
+        return cls(text, value)
 
     def max_dead_fires(self, num_vectors: int) -> int:
         """The largest fire count that is still dead: ``floor(threshold * num_vectors)``."""
         return math.floor(self.value * num_vectors)
+
+
+ThresholdLike = Threshold | Portion  # what every call that takes a dead threshold accepts
+
+
+def _number_text(number: Portion, value: Fraction) -> str:
+    """How a threshold given as a number is shown: a float as it prints, others as a decimal."""
+    if isinstance(number, float | np.floating):
+        return str(number) if isinstance(number, np.floating) else repr(float(number))
+    return decimal_text(value)
 
 
 class ComponentActivity:
@@ -82,9 +103,10 @@ class ComponentActivity:
     def nan_count(self) -> int:
         return int(self.nan_counts.sum())
 
-    def dead(self, threshold: Threshold) -> np.ndarray:
-        """Boolean mask of dead neurons: ``fire_count <= threshold * num_vectors`` (inclusive)."""
-        return self.fire_counts <= threshold.max_dead_fires(self.num_vectors)
+    def dead(self, threshold: ThresholdLike) -> np.ndarray:
+        """Boolean mask of dead neurons: ``fire_count <= threshold * num_vectors`` (inclusive);
+        ``threshold`` as ``Threshold.of`` takes it (``0.0``, ``"1e-6"``, ``"0.1%"``)."""
+        return self.fire_counts <= Threshold.of(threshold).max_dead_fires(self.num_vectors)
 
     @property
     def vectors_since_fired(self) -> np.ndarray | None:
@@ -202,15 +224,17 @@ class NeuronActivity:
             self.components[c.name].sae = self.components[c.name].sae or c.sae
         return self
 
-    def rows(self, thresholds: list[Threshold]) -> list[ActivityRow]:
-        """One row per (component, threshold): components in order first seen, thresholds as given."""
+    def rows(self, thresholds: Sequence[ThresholdLike]) -> list[ActivityRow]:
+        """One row per (component, threshold): components in order first seen, thresholds as given
+        (each as ``Threshold.of`` takes it: ``[1e-6, "0", "0.1%"]``)."""
+        checked = [Threshold.of(t) for t in thresholds]
         counted = [c for c in self.components.values() if c.num_vectors]
         if not counted:
             names = ", ".join(repr(name) for name in self.components) or "none"
             raise NoVectors(f"no vectors were counted (components: {names}): every tensor read is empty")
         rows = []
         for c in counted:
-            for t in thresholds:
+            for t in checked:
                 dead = int(c.dead(t).sum())
                 rows.append(
                     ActivityRow(

@@ -8,6 +8,8 @@ import re
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
+import numpy as np
+
 from .errors import BadThreshold
 
 
@@ -29,6 +31,29 @@ def decimal_text(value: Fraction) -> str:
 def as_fraction(value: str | Fraction | int, what: str) -> Fraction:
     """``value`` exactly: a decimal string as typed, or a number."""
     return parse_decimal(value, what) if isinstance(value, str) else Fraction(value)
+
+
+Portion = str | float | int | Fraction  # a portion as the library takes one (see as_portion)
+
+
+def as_portion(value: Portion, what: str) -> Fraction:
+    """A portion (a dead threshold, a ``fail_above`` limit) exactly as given, as the CLI takes it:
+    text as typed (``1e-6``, ``1/3``, or a percentage ``0.1%``), a float as the decimal it prints
+    as (``1e-5`` is exactly 1/100000, not the binary float nearest to it), an int or a Fraction.
+    ``what`` is the option's library name, for the error; the range is the caller's to check."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.endswith("%"):
+            return parse_decimal(stripped[:-1], what) / 100
+        return parse_decimal(value, what)
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise BadThreshold(what, repr(value), "is not a number: give a float or text such as 1e-6 or 0.1%")
+    if isinstance(value, (int, np.integer)):
+        return Fraction(int(value))
+    # str(), not repr(): a numpy float prints as the shortest decimal of its own precision
+    return parse_decimal(str(value) if isinstance(value, np.floating) else repr(float(value)), what)
 
 
 _DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")

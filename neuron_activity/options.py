@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, cast, get_args
 
 from . import native
 from .activity import DEFAULT_THRESHOLDS, Threshold
-from .decimals import as_fraction, decimal_text, parse_decimal
+from .decimals import as_fraction, as_portion, decimal_text, parse_decimal
 from .devices import check_device_name
 from .errors import BadOption, Conflict, NeedsOption
 from .sources.base import ShardPath, to_path
@@ -177,6 +177,7 @@ class ReportOptions:
     fail_above: Fraction | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", tuple(Threshold.of(t) for t in self.thresholds))
         unique = {t.value: t for t in reversed(self.thresholds)}
         object.__setattr__(self, "thresholds", tuple(t for t in self.thresholds if unique[t.value] is t))
         if not self.thresholds:
@@ -188,9 +189,11 @@ class ReportOptions:
             _density(name, value)
             object.__setattr__(self, name, value)
         if self.fail_above is not None:
-            limit = as_fraction(self.fail_above, "fail_above")
+            given = self.fail_above  # a portion as as_portion takes it: 0.05, "0.05", "5%"
+            limit = as_portion(given, "fail_above")
             if not 0 <= limit <= 1:
-                raise BadOption("fail_above", decimal_text(limit), "is not a portion between 0 and 1")
+                shown = given.strip() if isinstance(given, str) else decimal_text(limit)
+                raise BadOption("fail_above", shown, "is not a portion between 0 and 1")
             object.__setattr__(self, "fail_above", limit)
 
     @classmethod
@@ -208,7 +211,7 @@ class ReportOptions:
             thresholds=tuple(Threshold.parse(t) for t in (thresholds or DEFAULT_THRESHOLDS)),
             dense_above=parse_decimal(dense_above, "dense_above"),
             ultralow_below=parse_decimal(ultralow_below, "ultralow_below"),
-            fail_above=None if fail_above is None else parse_decimal(fail_above, "fail_above"),
+            fail_above=fail_above,  # type: ignore[arg-type]  # text as typed: __post_init__ reads it as a portion
             **rest,
         )
 
