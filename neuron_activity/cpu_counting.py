@@ -98,6 +98,49 @@ class NumpyCounter:
         return states(fire_counts, self._nan_counts.copy(), last)
 
 
+def native_count(
+    rule: FireRule,
+    bits: np.ndarray,
+    fire_counts: np.ndarray,
+    nan_counts: np.ndarray,
+    last_fired: np.ndarray | None = None,
+    first_vector: int = 0,
+) -> None:
+    """Add the counts of ``bits`` (C-contiguous ``[rows, width]`` of the rule's uint type) into
+    the int64 ``[width]`` arrays, with the C kernel: one pass, no temporaries, the GIL released.
+    ``last_fired`` (when given) is raised to the stream index, from ``first_vector``, of each
+    column's last fire."""
+    if kernels is None:
+        raise BadOption("kernel", "native", f"is not available: the C kernel is {NATIVE_PROBLEM}")
+    has_nan = rule.nan_above is not None
+    kernels.count(
+        bits,
+        bits.shape[0],
+        bits.shape[1],
+        bits.itemsize,
+        list(rule.fire_ranges),
+        rule.magnitude_mask if has_nan else 0,
+        rule.nan_above or 0,
+        fire_counts,
+        nan_counts,
+        last_fired,
+        first_vector,
+    )
+
+
+def add_counts(rule: FireRule, bits: np.ndarray, fire_counts: np.ndarray, nan_counts: np.ndarray, kernel: str) -> None:
+    """Add the fire and NaN counts of ``bits`` (as ``native_count`` takes them) into the int64
+    arrays, with ``kernel``: native (the C kernel) or numpy."""
+    if kernel == "native":
+        native_count(rule, bits, fire_counts, nan_counts)
+        return
+    counter = NumpyCounter(rule, bits.shape[1])
+    counter.update(bits)
+    counted = counter.result()
+    fire_counts += counted["fire_counts"]
+    nan_counts += counted["nan_counts"]
+
+
 class NativeCounter:
     """Counts on the CPU with the C kernel: one pass over the data, no temporaries, GIL released."""
 
@@ -106,33 +149,16 @@ class NativeCounter:
     def __init__(self, rule: FireRule, width: int, track_last: bool = False) -> None:
         if kernels is None:
             raise BadOption("kernel", "native", f"is not available: the C kernel is {NATIVE_PROBLEM}")
-        self.kernels = kernels
+        self.rule = rule
         self.width = width
-        self.itemsize = np.dtype(rule.unsigned).itemsize
-        self.unsigned = rule.unsigned
-        self.ranges = list(rule.fire_ranges)
-        has_nan = rule.nan_above is not None
-        self.nan_mask = rule.magnitude_mask if has_nan else 0
-        self.nan_above = rule.nan_above if has_nan else 0
         self._fire_counts = np.zeros(width, np.int64)
         self._nan_counts = np.zeros(width, np.int64)
         self._last = np.full(width, -1, np.int64) if track_last else None
 
     def update(self, bits: np.ndarray, first_vector: int = 0) -> None:
-        check_rows(bits, self.width, self.unsigned)
-        bits = np.ascontiguousarray(bits)
-        self.kernels.count(
-            bits,
-            bits.shape[0],
-            self.width,
-            self.itemsize,
-            self.ranges,
-            self.nan_mask,
-            self.nan_above,
-            self._fire_counts,
-            self._nan_counts,
-            self._last,
-            first_vector,
+        check_rows(bits, self.width, self.rule.unsigned)
+        native_count(
+            self.rule, np.ascontiguousarray(bits), self._fire_counts, self._nan_counts, self._last, first_vector
         )
 
     def result(self) -> States:

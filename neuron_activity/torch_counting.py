@@ -7,6 +7,7 @@ module is imported by every scan, and by the SAE package on CPU scans, which nev
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .counters import States, check_rows, states
-from .dtypes import TORCH_SIGNED, FireRule
+from .dtypes import FLOAT_FORMATS, TORCH_SIGNED, FireRule
 from .errors import DeviceUnavailable
 
 if TYPE_CHECKING:
@@ -37,6 +38,52 @@ def nan_mask(bits: torch.Tensor, rule: FireRule) -> torch.Tensor | None:
     if rule.nan_above is None:
         return None
     return (bits & rule.magnitude_mask) > rule.nan_above
+
+
+COMPARED = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # torch compares these
+
+
+@functools.lru_cache(maxsize=256)
+def compared_bound(rule: FireRule) -> float | None:
+    """For a float format torch compares natively, the value ``v`` of the format with
+    ``x > v`` exactly where the rule fires: the largest value ``<= fire_above``, read off the
+    rule's ranges. ``v`` is one of the format's own values, so the comparison is exact however
+    the device compares (in the format or in float32). None: the rule has no such bound (fp8,
+    integers, nothing fires), and its bit ranges are tested instead."""
+    if rule.dtype not in COMPARED or not rule.fire_ranges:
+        return None
+    f = FLOAT_FORMATS[rule.dtype]
+    if rule.fire_above >= 0:  # ((r + 1, max_bits),): v = value(r)
+        return float(f.value(rule.fire_ranges[0][0] - 1))
+    # ((0, max_bits), (sign, sign + s - 1)): negatives fire above -value(s)
+    return -float(f.value(rule.fire_ranges[1][1] - f.sign_bit + 1))
+
+
+def masks(bits: torch.Tensor, rule: FireRule) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Where rows of raw bits (signed integers of the rule's width, on any device) fire and
+    where they hold NaN (None: nothing can). A fixed few kernels, nothing read back: for F64,
+    F32, F16 and BF16 one comparison of the values and one NaN test, which read the data once
+    each; for the other types, the bit ranges."""
+    import torch  # seconds to import: only counting on a device needs it (see the docstring)
+
+    bound = compared_bound(rule)
+    if bound is None:
+        return fire_mask(bits, rule.signed_fire_ranges()), nan_mask(bits, rule)
+    values = bits.view(getattr(torch, COMPARED[rule.dtype]))
+    return torch.gt(values, bound), torch.isnan(values)
+
+
+def add_counts(bits: torch.Tensor, rule: FireRule, fire_counts: torch.Tensor, nan_counts: torch.Tensor) -> None:
+    """Add the fire and NaN counts of ``bits`` (``[rows, ...]`` raw bits as signed integers),
+    summed over the rows, into int64 tensors of shape ``bits.shape[1:]`` on the same device: at
+    most six kernels (test, sum and add for fires and for NaNs), no host sync."""
+    import torch  # seconds to import: only counting on a device needs it (see the docstring)
+
+    fires, nans = masks(bits, rule)
+    if fires is not None:
+        fire_counts += fires.sum(dim=0, dtype=torch.int64)
+    if nans is not None:
+        nan_counts += nans.sum(dim=0, dtype=torch.int64)
 
 
 class CudaStager:
@@ -111,7 +158,6 @@ class TorchCounter:
         self.device = torch.device(device)
         self._fire_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
         self._nan_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
-        self._ranges = rule.signed_fire_ranges()
         self._last = torch.full((width,), -1, dtype=torch.int64, device=self.device) if track_last else None
         self._stager = CudaStager.for_device(self.device) if self.device.type == "cuda" else None
 
@@ -146,7 +192,7 @@ class TorchCounter:
         nothing can), for a caller that sums what fired."""
         import torch  # seconds to import: only counting on a device needs it (see the docstring)
 
-        fires = fire_mask(x, self._ranges)
+        fires, nans = masks(x, self.rule)
         if fires is not None:
             self._fire_counts += fires.sum(dim=0, dtype=torch.int64)
             if self._last is not None and fires.shape[0]:
@@ -154,7 +200,6 @@ class TorchCounter:
                 last_in_chunk = first_vector + rows - 1 - fires.flip(0).to(torch.uint8).argmax(dim=0)
                 candidate = torch.where(fires.any(dim=0), last_in_chunk, -1)
                 torch.maximum(self._last, candidate, out=self._last)
-        nans = nan_mask(x, self.rule)
         if nans is not None:
             self._nan_counts += nans.sum(dim=0, dtype=torch.int64)
         return fires
