@@ -430,3 +430,31 @@ def test_a_component_keeps_its_name_whatever_else_is_scanned(tmp_path: Path) -> 
     assert list(counts_of([tmp_path / "a", tmp_path / "b"])) == ["blocks.3.hook_resid_post", "blocks.4.hook_resid_post"]
     both = counts_of([tmp_path / "a", tmp_path / "c"])  # the same key in two folders: told apart by them
     assert both == {"a/blocks.3.hook_resid_post": ([2, 2, 2], 2), "c/blocks.3.hook_resid_post": ([0, 0, 0], 2)}
+
+
+def test_a_transformerlens_cache_with_attention_hooks(tmp_path: Path) -> None:
+    """The 4-D hooks of a whole TransformerLens cache are known layouts: q, k, v, z give a
+    component per head (positions flattened), attention patterns are skipped (not neurons,
+    counted only when named); one note per layout, one warning for the skipped."""
+    rng = np.random.default_rng(10)
+    z = relu(rng, (2, 5, 3, 4))  # [batch, position, head, d_head]
+    tensors = {
+        "blocks.0.hook_resid_post": torch.from_numpy(relu(rng, (2, 5, 6))),
+        "blocks.0.attn.hook_z": torch.from_numpy(z),
+        "blocks.0.attn.hook_pattern": torch.rand(2, 3, 5, 5),
+        "blocks.1.attn.hook_pattern": torch.rand(2, 3, 5, 5),
+    }
+    write_shard(tmp_path / "cache.safetensors", tensors)
+    result = nact("scan", tmp_path, "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "Warning: skipped 2 tensors ('blocks.0.attn.hook_pattern', 'blocks.1.attn.hook_pattern'): a TransformerLens "
+        "attention pattern [batch, head, query, key] is not neuron activations (name it to count it)",
+        "Warning: component 'blocks.0.attn.hook_z': [2, 5, 3, 4] read as a TransformerLens attention hook's [batch, "
+        "position, head, d_head] layout (a component per head): 5 positions flattened into 10 vectors (pick a "
+        "component axis to count per position)",
+        "Warning: component 'blocks.0.hook_resid_post': [2, 5, 6] read as a TransformerLens hook's [batch, position, "
+        "d] layout: 5 positions flattened into 10 vectors (pick a component axis to count per position)",
+    ]
+    got = counts_of(tmp_path, keys=["blocks.0.attn.hook_z"])
+    assert got == {f"blocks.0.attn.hook_z[{h}]": expect(z[:, :, h, :]) for h in range(3)}

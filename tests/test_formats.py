@@ -485,15 +485,20 @@ def test_broken_delphi_caches(tmp_path: Path) -> None:
 # --- format detection --------------------------------------------------------------------------
 
 
-def test_mixed_formats_are_refused_unless_one_is_picked(tmp_path: Path) -> None:
+def test_files_of_several_formats_are_each_read_as_their_own(tmp_path: Path) -> None:
+    """A folder of .npy and .safetensors files, or the files named one by one: each through its
+    own reader (scan and inspect alike); --input-format still picks one."""
     np.save(tmp_path / "a.npy", np.ones((3, 2), np.float32))
     write_shard(tmp_path / "b.safetensors", {"acts": torch.ones(4, 5)})
-    result = nact("scan", tmp_path)
-    assert result.exit_code == 2
-    assert (
-        result.stderr
-        == "Error: the inputs mix shard formats (1 npy, 1 safetensors files): pick one with --input-format\n"
+    result = nact("scan", tmp_path, "-f", "json")
+    assert result.exit_code == 0 and result.stderr == (
+        f"Warning: {tmp_path}: holds files of several formats (1 npy, 1 safetensors): each is read as its own\n"
     )
+    assert counts(tmp_path) == {"a": ([3, 3], 3), "acts": ([4] * 5, 4)}
+    assert counts([tmp_path / "a.npy", tmp_path / "b.safetensors"]) == {"a": ([3, 3], 3), "acts": ([4] * 5, 4)}
+    shown = nact("inspect", tmp_path / "a.npy", tmp_path / "b.safetensors", "-f", "json")
+    assert shown.exit_code == 0, shown.stderr
+    assert sorted(t["key"] for t in json.loads(shown.stdout)["tensors"]) == ["a", "acts"]
     assert counts(tmp_path, input_format="npy") == {"a": ([3, 3], 3)}
     assert counts(tmp_path, input_format="safetensors") == {"acts": ([4] * 5, 4)}
     with pytest.raises(NactError, match="input format 'hdf5' is not a format: use safetensors, npy"):

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import BadInput, MixedFormats
+from ..errors import BadInput
 from ..remote.objects import RemotePath, current, prefetch_heads, session
 from . import arrow_files
 from .base import ShardPath, natural_key
@@ -65,8 +65,9 @@ def discover(paths: list[ShardPath], input_format: InputFormat | None = None) ->
     Directories are searched recursively for files nact can read; hidden files and folders
     (dot names) are skipped, and so are saved counts (an audit's state), both with a note. A
     saved ``datasets`` folder gives only the files its ``state.json`` lists. An SAE checkpoint
-    is refused. Files of several formats are refused unless ``input_format`` picks one (files
-    named on the command line are then read as that format).
+    is refused. Files of several formats are each read by their own (a folder's with a note);
+    ``input_format`` picks one (files named on the command line are then read as that format).
+    A delphi run's folder gives its ``latents/``.
     """
     found: dict[ShardPath, str] = {}
     notes: list[str] = []
@@ -92,6 +93,8 @@ def discover(paths: list[ShardPath], input_format: InputFormat | None = None) ->
             if not formats:
                 wanted = f"{input_format} " if input_format else ""
                 raise BadInput(path, f"no {wanted}shards found ({', '.join(sorted(SUFFIX_FORMATS))} files)")
+            formats, note = _one_run(path, formats)
+            notes += [note] if note else []
             found.update(formats)
             notes += _skipped(path, hidden, "file(s) or folder(s)", counts, "file(s)")
         elif path.is_file():
@@ -106,10 +109,24 @@ def discover(paths: list[ShardPath], input_format: InputFormat | None = None) ->
             raise BadInput(path, "not a regular file or directory")
         else:
             raise BadInput(path, "no such file or directory")
-    kinds = sorted(set(found.values()))
-    if len(kinds) > 1:
-        raise MixedFormats({k: sum(1 for f in found.values() if f == k) for k in kinds})
     return Shards({p: found[p] for p in sorted(found, key=natural_key)}, notes, named)
+
+
+def _one_run(folder: Path, formats: dict[ShardPath, str]) -> tuple[dict[ShardPath, str], str | None]:
+    """A folder's files to read, and what to say of them: a delphi run's folder (its ``latents/``
+    beside ``log/`` and the like) gives its latents; files of several formats are each read as
+    their own, and said so."""
+    latents = folder / "latents"
+    kinds = set(formats.values())
+    if "delphi" in kinds and len(kinds) > 1 and latents.is_dir():
+        kept = {p: f for p, f in formats.items() if latents in Path(p).parents}
+        if kept and set(kept.values()) == {"delphi"}:
+            left = len(formats) - len(kept)
+            return kept, f"{folder}: a delphi run: read its latents/ ({left} other file(s) left out)"
+    if len(kinds) < 2:
+        return formats, None
+    listed = ", ".join(f"{sum(1 for f in formats.values() if f == k)} {k}" for k in sorted(kinds))
+    return formats, f"{folder}: holds files of several formats ({listed}): each is read as its own"
 
 
 def _discover_remote(

@@ -24,9 +24,18 @@ class Layout:
     positions: int | None = None  # vectors are sequences of this many positions, when known
 
 
+HEAD_HOOKS = frozenset({"hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k"})
+PATTERN_HOOKS = frozenset({"hook_pattern", "hook_attn_scores"})  # [batch, head, query, key]: not neurons
+
+
+def last_part(key: str) -> str:
+    """A key's last dotted (or slashed) part: a TransformerLens hook's name."""
+    return key.rsplit(".", 1)[-1].rsplit("/", 1)[-1]
+
+
 def _looks_like_positions(key: str, shape: tuple[int, ...]) -> str | None:
     """Why the axis before the features of ``key`` holds positions, or None."""
-    last = key.rsplit(".", 1)[-1].rsplit("/", 1)[-1]
+    last = last_part(key)
     if len(shape) == 3 and last.startswith("hook_"):
         return "a TransformerLens hook's [batch, position, d] layout"
     if len(shape) == 3 and last == "states":
@@ -67,6 +76,10 @@ def layout_of(
     positions = _looks_like_positions(key, shape)
     if positions:
         return Layout((name,), math.prod(shape[:-1]), features, note=positions, positions=count)
+    if ndim == 4 and last_part(key) in HEAD_HOOKS:  # a component per head, its positions flattened
+        note = "a TransformerLens attention hook's [batch, position, head, d_head] layout (a component per head)"
+        names = tuple(f"{name}[{i}]" for i in range(count))
+        return Layout(names, math.prod(shape[:-2]), features, note=note, positions=shape[1])
     if ndim > 3 and math.prod(shape[1:-1]) > 1:  # [layer, batch, pos, d], [batch, pos, heads, d_head], ...
         raise AxisProblem(
             name,

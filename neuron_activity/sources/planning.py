@@ -29,7 +29,7 @@ from .base import (
 )
 from .discovery import Shards
 from .grouping import Grouping
-from .layout import heads_merged, layout_of
+from .layout import PATTERN_HOOKS, heads_merged, last_part, layout_of
 from .registry import entries_of
 
 if TYPE_CHECKING:
@@ -208,7 +208,9 @@ def plan_scan(
     seen_keys: set[str] = set()
     skipped: dict[str, tuple[str, str, int]] = {}  # key -> (dtype, why, shard count)
     notes: dict[str, str] = {}
-    read_as: dict[str, dict[str, tuple[tuple[int, ...], int]]] = {}  # a layout read -> component -> shape, vectors
+    read_as: dict[
+        str, dict[str, tuple[tuple[int, ...], int, int | None]]
+    ] = {}  # layout -> name -> shape, vectors, positions
     ambiguous: dict[str, list[ShardPath]] = {}
     empty: dict[str, None] = {}
     empty_units: list[ShardPath] = []
@@ -251,7 +253,7 @@ def plan_scan(
             e.path = str(entry.path)
             raise
         if layout.note:
-            read_as.setdefault(layout.note, {})[name] = (entry.shape, layout.num_rows)
+            read_as.setdefault(layout.note, {})[name] = (entry.shape, layout.num_rows, layout.positions)
         if entry.storage == SPARSE:
             notes.setdefault(name, f"component {name!r}: {entry.note}")
         if layout.first_axis and entry.storage not in (MAPPED, LOADED):
@@ -279,8 +281,16 @@ def plan_scan(
     missing = [p for p in patterns if p not in used]
     if missing:
         raise KeyNotFound(missing, sorted(seen_keys))
+    by_reason: dict[str, list[tuple[str, str, int]]] = {}
     for key, (dtype, why, count) in skipped.items():
-        warnings.append(f"skipped tensor {key!r} ({dtype}) in {count} shard(s): {why}")
+        by_reason.setdefault(why, []).append((key, dtype, count))
+    for why, found in by_reason.items():  # one line per reason
+        (key, dtype, count), *others = found
+        if not others:
+            warnings.append(f"skipped tensor {key!r} ({dtype}) in {count} shard(s): {why}")
+            continue
+        listed = ", ".join(repr(k) for k, _, _ in found[:4]) + (", ..." if len(found) > 4 else "")
+        warnings.append(f"skipped {len(found)} tensors ({listed}): {why}")
     for pattern, files in ambiguous.items():
         if len(files) > 1:
             warnings.append(
@@ -323,12 +333,12 @@ def _refuse_sae_weights(entries: Sequence[TensorEntry]) -> None:
             )
 
 
-def _read_as(layout: str, found: dict[str, tuple[tuple[int, ...], int]]) -> str:
+def _read_as(layout: str, found: dict[str, tuple[tuple[int, ...], int, int | None]]) -> str:
     """One note for every component whose axes were read as ``layout`` (the first few named)."""
-    (name, (shape, rows)), *others = found.items()
+    (name, (shape, rows, positions)), *others = found.items()
     if not others:
         return (
-            f"component {name!r}: {list(shape)} read as {layout}: {shape[-2]} positions flattened into {rows} vectors "
+            f"component {name!r}: {list(shape)} read as {layout}: {positions} positions flattened into {rows} vectors "
             "(pick a component axis to count per position)"
         )
     listed = ", ".join(repr(n) for n in list(found)[1:4]) + (", ..." if len(others) > 3 else "")
@@ -422,4 +432,6 @@ def why_not_counted(entry: TensorEntry, explicitly_named: bool) -> str | None:
         return f"shape {list(entry.shape)} has no batch axis: activations need [N, F] or [..., C, F]"
     if entry.shape[-1] == 0 or (len(entry.shape) > 2 and entry.shape[-2] == 0):
         return f"shape {list(entry.shape)} has no features"
+    if len(entry.shape) == 4 and last_part(entry.key) in PATTERN_HOOKS and not explicitly_named:
+        return "a TransformerLens attention pattern [batch, head, query, key] is not neuron activations (name it to count it)"
     return None
