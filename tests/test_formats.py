@@ -472,6 +472,21 @@ def test_delphi_sparse_cache(tmp_path: Path) -> None:
     assert lower.fire_counts[6] == c.fire_counts[6] + 1
 
 
+def test_a_delphi_run_folder_reads_its_latents(tmp_path: Path) -> None:
+    """``nact scan RUN/`` of a delphi run (latents/ beside log/): its latents, and a note."""
+    rng = np.random.default_rng(11)
+    dense = np.maximum(rng.standard_normal((4, 8, 20)) - 1.0, 0).astype(np.float16)
+    write_delphi_module(tmp_path / "run" / "latents" / "layers.3.mlp", dense, [(0, 9), (10, 19)])
+    (tmp_path / "run" / "log").mkdir()
+    torch.save({"layers.3.mlp": torch.ones(20, dtype=torch.int64)}, tmp_path / "run" / "log" / "firing_counts.pt")
+    result = nact("scan", tmp_path / "run", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines()[0] == (
+        f"Warning: {tmp_path / 'run'}: a delphi run: read its latents/ (1 other file(s) left out)"
+    )
+    assert counts(tmp_path / "run") == counts(tmp_path / "run" / "latents")
+
+
 def test_broken_delphi_caches(tmp_path: Path) -> None:
     dense = np.ones((2, 3, 8), np.float16)
     write_delphi_module(tmp_path / "no_tokens", dense, [(0, 7)], tokens=False)
