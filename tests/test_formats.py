@@ -485,6 +485,10 @@ def test_a_delphi_run_folder_reads_its_latents(tmp_path: Path) -> None:
         f"Warning: {tmp_path / 'run'}: a delphi run: read its latents/ (1 other file(s) left out)"
     )
     assert counts(tmp_path / "run") == counts(tmp_path / "run" / "latents")
+    told = "its width, 20 latents, is taken from its split names (no config.json)"
+    assert told in result.stderr  # nothing says how wide the module is but the names of its splits
+    (tmp_path / "run" / "latents" / "layers.3.mlp" / "config.json").write_text('{"n_splits": 2}')
+    assert told not in nact("scan", tmp_path / "run").stderr
 
 
 def test_broken_delphi_caches(tmp_path: Path) -> None:

@@ -176,7 +176,9 @@ def entries(
                 first, last = run[0].start, run[-1].end
                 out.append(_entry(unit, f"{name}:{first}-{last}", dtype, vectors, run, first, last, positions))
         else:
-            out.append(_entry(unit, name, dtype, vectors, splits, 0, width - 1, positions))
+            told = num_latents is not None or expected is not None or not SPLIT_NAME.match(files[0].stem)
+            note = None if told else f"its width, {width} latents, is taken from its split names (no config.json)"
+            out.append(_entry(unit, name, dtype, vectors, splits, 0, width - 1, positions, note))
     return out
 
 
@@ -189,6 +191,7 @@ def _entry(
     first: int,
     last: int,
     positions: int | None,
+    note: str | None = None,
 ) -> TensorEntry:
     return TensorEntry(
         unit,
@@ -199,7 +202,7 @@ def _entry(
         member=str(first),  # the first latent this entry counts
         files=tuple(s.path for s in splits),
         file_bytes=tuple(s.tensors["activations"].nbytes + s.tensors["locations"].nbytes for s in splits),
-        note=NOTE,
+        note=NOTE if note is None else f"{NOTE}; {note}",
         storage=SPARSE,
         positions=positions or None,  # from 'tokens' [batch, position]
     )
