@@ -29,8 +29,13 @@ from neuron_activity.errors import BadOption
 from neuron_activity.metric import TensorActivity, count_tensor
 from neuron_activity.native import kernels
 
-torchmetrics = pytest.importorskip("torchmetrics")
-from neuron_activity.metric import NeuronActivityMetric  # noqa: E402
+try:
+    import torchmetrics
+
+    from neuron_activity.metric import NeuronActivityMetric
+except ImportError:  # an optional extra: the tests of the plain counters run without it
+    torchmetrics = None
+needs_torchmetrics = pytest.mark.skipif(torchmetrics is None, reason="torchmetrics is not installed")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 KERNELS = (["native"] if kernels is not None else []) + ["numpy", "torch"]
@@ -69,6 +74,7 @@ def reference_counts(x: torch.Tensor, fire_above: Fraction) -> tuple[np.ndarray,
     return greater_than(values, fire_above).sum(axis=0).astype(np.int64), np.isnan(values).sum(axis=0)
 
 
+@needs_torchmetrics
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [*TORCH_DTYPES, *INTEGER_DTYPES])
@@ -146,6 +152,7 @@ class Dispatched(TorchDispatchMode):
 HOST_SYNCS = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "_to_copy", "copy_")
 
 
+@needs_torchmetrics
 @pytest.mark.parametrize("dtype", [*TORCH_DTYPES, "I8"])
 def test_a_device_update_runs_the_same_few_kernels_whatever_the_batch(dtype: str) -> None:
     """On the device path (run on the cpu device), every batch of a dtype runs the same short
@@ -173,24 +180,33 @@ def test_a_device_update_runs_the_same_few_kernels_whatever_the_batch(dtype: str
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
-def test_a_cuda_update_and_mask_never_wait_for_the_gpu() -> None:
+@pytest.mark.parametrize("dtype", ["F32", "BF16", "F8_E4M3"])
+def test_a_cuda_update_and_mask_never_wait_for_the_gpu(dtype: str) -> None:
     rng = np.random.default_rng(9)
-    metric = NeuronActivityMetric(64, 2, "1e-6").to("cuda")
-    batches = [activations(rng, (rows, 2, 64), "BF16").to("cuda") for rows in (10, 1000)]
+    counters: list[Any] = [TensorActivity(64, 2)]
+    if torchmetrics is not None:
+        counters.append(NeuronActivityMetric(64, 2, "1e-6").to("cuda"))
+    batches = [activations(rng, (rows, 2, 64), dtype).to("cuda") for rows in (10, 1000)]
+    counters[0].update(batches[0][:0])  # its counts are made on the device of the first batch
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
     try:
-        for b in batches:
-            metric.update(b)
-        mask, density = metric.dead_mask(), metric.density()
+        for counter in counters:
+            for b in batches:
+                counter.update(b)
+        masks = [(c.dead_mask(), c.dead_mask("0.1%"), c.density()) for c in counters]
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    fires, _ = reference_counts(torch.cat([b.cpu() for b in batches]), Fraction(0))
-    assert metric.fire_counts.cpu().numpy().tolist() == fires.tolist()
-    assert mask.device.type == density.device.type == "cuda"
-    assert mask.cpu().numpy().tolist() == (fires <= 1010 // 1_000_000).tolist()
+    fires, nans = reference_counts(torch.cat([b.cpu() for b in batches]), Fraction(0))
+    for counter, (dead, dead_at_01, density) in zip(counters, masks):
+        assert counter.fire_counts.cpu().numpy().tolist() == fires.tolist()
+        assert counter.nan_counts.cpu().numpy().tolist() == nans.tolist()
+        assert dead.device.type == dead_at_01.device.type == density.device.type == "cuda"
+        assert dead.cpu().numpy().tolist() == (fires == 0).tolist()
+        assert dead_at_01.cpu().numpy().tolist() == (fires <= 1).tolist()  # 0.1% of 1010 is 1.01
 
 
+@needs_torchmetrics
 @pytest.mark.parametrize("device", DEVICES)
 def test_dead_mask_is_exact_on_the_device(device: str) -> None:
     """At N = 16,999,999, 1e-6 x N is 16.999999: 16 fires are dead, 17 alive (float32 says 17.0)."""
@@ -219,6 +235,7 @@ def _exact(threshold: object) -> Fraction:
     return Fraction(text[:-1]) / 100 if text.endswith("%") else Fraction(text)
 
 
+@needs_torchmetrics
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_counts_stay_exact_past_float32_and_int32(kernel: str) -> None:
     """2^24 + 1 fires: float32 counts (the reference's) stop at 2^24; int64 counts go on, past 2^31 too."""
@@ -235,6 +252,7 @@ def test_counts_stay_exact_past_float32_and_int32(kernel: str) -> None:
     assert metric.fire_counts.tolist() == [(1 << 24) + (1 << 31) + 3]
 
 
+@needs_torchmetrics
 def test_a_collection_shares_one_count_between_thresholds() -> None:
     rng = np.random.default_rng(10)
     thresholds = ["0", "1e-2", "0.5"]
@@ -255,6 +273,7 @@ def test_a_collection_shares_one_count_between_thresholds() -> None:
         assert metric.fire_counts.tolist() == fires.tolist()
 
 
+@needs_torchmetrics
 def test_state_dict_reset_clone_and_pickle(tmp_path: Path) -> None:
     rng = np.random.default_rng(11)
     a, b = activations(rng, (40, 2, 6), "BF16"), activations(rng, (25, 2, 6), "BF16")
@@ -301,6 +320,7 @@ def test_state_dict_reset_clone_and_pickle(tmp_path: Path) -> None:
     assert metric.state_dict() == {}
 
 
+@needs_torchmetrics
 @pytest.mark.parametrize("device", DEVICES)
 def test_moved_metrics_count_where_their_states_are(device: str) -> None:
     rng = np.random.default_rng(12)
@@ -317,6 +337,7 @@ def test_moved_metrics_count_where_their_states_are(device: str) -> None:
             NeuronActivityMetric(5).update(x.to("meta"))
 
 
+@needs_torchmetrics
 def test_tensor_activity_gives_the_same_masks_and_densities() -> None:
     rng = np.random.default_rng(13)
     x = activations(rng, (200, 3, 7), "F32")
