@@ -54,9 +54,29 @@ def density(
     plot: Annotated[
         Path | None,
         typer.Option(
-            "--plot", metavar="FILE", help="Also draw the figure to FILE (.png or .svg).", rich_help_panel=OUTPUT
+            "--plot", metavar="FILE", help="Also draw the figure to FILE (.png, .svg or .pdf).", rich_help_panel=OUTPUT
         ),
     ] = None,
+    figsize: Annotated[
+        str | None,
+        typer.Option(
+            "--figsize",
+            metavar="W,H",
+            help="Each panel's width and height in inches.",
+            show_default="9,2.6",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    font_size: Annotated[
+        float,
+        typer.Option("--font-size", metavar="PT", help="The figure's label size in points.", rich_help_panel=OUTPUT),
+    ] = 9.5,
+    columns: Annotated[
+        int,
+        typer.Option(
+            "--columns", metavar="N", help="Draw N panels side by side (several SAEs, say).", rich_help_panel=OUTPUT
+        ),
+    ] = 1,
     dpi: Annotated[
         int,
         typer.Option("--dpi", metavar="N", help="Resolution of a .png figure (dots per inch).", rich_help_panel=OUTPUT),
@@ -68,12 +88,13 @@ def density(
         ),
     ] = False,
     compare: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--compare",
-            metavar="OTHER",
+            metavar="[COMPONENT=]OTHER",
             rich_help_panel=OUTPUT,
-            help="Also draw OTHER (counts or activations) in the same panels, e.g. a later checkpoint.",
+            help="Also draw OTHER (counts or activations) in the same panels, e.g. a later checkpoint; COMPONENT= "
+            "binds the one component of OTHER (a sparsity file away from its SAE) to a component of PATH.",
         ),
     ] = None,
     fmt: TableOrJson = "table",
@@ -91,6 +112,8 @@ def density(
       nact density step-1000.safetensors --compare step-2000.safetensors --plot compare.png
 
       nact density cache/ --sae sae/ --compare sae/sparsity.safetensors   # nact's counts against SAELens' own
+
+      nact density cache/ --sae a/ --sae b/ --plot saes.pdf --columns 2 --figsize 6,3   # two SAEs side by side
     """
     check_format(fmt, ("table", "json"))
     # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
@@ -99,7 +122,11 @@ def density(
 
     marks = ReportOptions.parse(threshold or ["1e-5", "1e-6"], dense_above=dense_above, ultralow_below=ultralow_below)
     options = CountOptions.parse(**inputs.settings(), fire_above=fire_above, device=device)
-    figure = Figure(plot, dpi, log_y) if plot is not None else None
+    figure = (
+        Figure.parse(plot, figsize, dpi=dpi, log_y=log_y, font_size=font_size, columns=columns)
+        if plot is not None
+        else None
+    )
     labels = (", ".join(map(str, paths)), str(compare))
     with progress_hooks() as hooks:
         report = density_report(

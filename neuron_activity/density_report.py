@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .activity import NeuronActivity
 from .counts_file import load_merged
@@ -14,7 +15,7 @@ from .density import DensityHistogram, DensitySummary, histogram, summarize
 from .errors import BadOption
 from .files import check_outputs
 from .options import CountOptions, ReportOptions, check_bins_per_decade
-from .plot import check_plot_path, plot_histograms
+from .plot import FONT_SIZE, PANEL_INCHES, check_plot_path, plot_histograms
 from .remote.objects import RemotePath
 from .report import JSON_SCHEMA_VERSION
 from .scan import ProgressCallback, scan
@@ -24,20 +25,45 @@ from .sources.safetensors_files import is_counts_file
 from .sparsity import is_sparsity_file, load_sparsity
 
 DPI_RANGE = (10, 1200)
+INCHES_RANGE = (1.0, 40.0)  # a panel's width and height
+FONT_RANGE = (4.0, 40.0)
+COLUMNS_RANGE = (1, 16)
 
 
 @dataclass(frozen=True)
 class Figure:
-    """Where and how to draw the histograms: a .png, .svg file; dots per inch; a log y axis."""
+    """Where and how to draw the histograms: a .png, .svg or .pdf file; dots per inch; a log y
+    axis; each panel's size in inches, the font size of its labels, how many panels side by side."""
 
     path: Path
     dpi: int = 200
     log_y: bool = False
+    panel: tuple[float, float] = PANEL_INCHES
+    font_size: float = FONT_SIZE
+    columns: int = 1
 
     def __post_init__(self) -> None:
         check_plot_path(self.path)
         if not DPI_RANGE[0] <= self.dpi <= DPI_RANGE[1]:
             raise BadOption("dpi", self.dpi, f"must be from {DPI_RANGE[0]} to {DPI_RANGE[1]}")
+        if len(self.panel) != 2 or not all(INCHES_RANGE[0] <= x <= INCHES_RANGE[1] for x in self.panel):
+            shown = ",".join(f"{x:g}" for x in self.panel)
+            raise BadOption("figsize", shown, f"must be WIDTH,HEIGHT inches, each from {INCHES_RANGE[0]:g} to 40")
+        if not FONT_RANGE[0] <= self.font_size <= FONT_RANGE[1]:
+            raise BadOption("font_size", f"{self.font_size:g}", "must be from 4 to 40 points")
+        if not COLUMNS_RANGE[0] <= self.columns <= COLUMNS_RANGE[1]:
+            raise BadOption("columns", self.columns, f"must be from {COLUMNS_RANGE[0]} to {COLUMNS_RANGE[1]}")
+
+    @classmethod
+    def parse(cls, path: Path, figsize: str | None = None, **settings: Any) -> Figure:
+        """A figure whose panel size is given as text, ``WIDTH,HEIGHT`` in inches."""
+        if figsize is None:
+            return cls(path, **settings)
+        try:
+            width, height = (float(x) for x in figsize.split(","))
+        except ValueError:
+            raise BadOption("figsize", figsize, "must be WIDTH,HEIGHT in inches, such as 9,2.6") from None
+        return cls(path, panel=(width, height), **settings)
 
 
 @dataclass(frozen=True)
@@ -114,14 +140,15 @@ def density_report(
     marks: ReportOptions,
     *,
     bins_per_decade: int = 4,
-    compare: Path | None = None,
+    compare: Path | str | None = None,
     figure: Figure | None = None,
     labels: tuple[str, str] | None = None,
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> DensityReport:
     """The density report of ``paths`` (see ``load_activity``), beside ``compare``'s counts of the
-    same components, drawn to ``figure`` (``labels`` name the two sides in its legend)."""
+    same components (``COMPONENT=PATH``: of one component, bound to COMPONENT), drawn to
+    ``figure`` (``labels`` name the two sides in its legend)."""
     check_bins_per_decade(bins_per_decade)
     if figure is not None:
         check_outputs([figure.path])
@@ -133,12 +160,20 @@ def density_report(
     summaries = [summarize(c, marks.dense_above, marks.ultralow_below) for c in components]
     compared: list[DensityHistogram] = []
     if compare is not None:
-        other, more = load_activity([compare], options, on_plan, on_progress)
+        source, bound = _compared(compare)
+        other, more = load_activity([source], options, on_plan, on_progress)
         warnings += more
+        if bound is not None:
+            other = _bound(other, bound, str(compare))
         shared = [c.name for c in components if c.name in other.components and other.components[c.name].num_vectors]
         if not shared:
             names = ", ".join(c.name for c in components)
-            raise BadOption("compare", str(compare), f"has no component of {names}")
+            theirs = ", ".join(other.components) or "none"
+            raise BadOption(
+                "compare",
+                str(compare),
+                f"has no component of {names} (it has {theirs}): name the component it is of, COMPONENT=PATH",
+            )
         histograms = [h for h in histograms if h.component in shared]
         summaries = [s for s in summaries if s.component in shared]
         compared = [histogram(other.components[name], bins_per_decade) for name in shared]
@@ -154,5 +189,33 @@ def density_report(
             log_y=figure.log_y,
             compare=compared or None,
             labels=labels if compared else None,
+            panel=figure.panel,
+            font_size=figure.font_size,
+            columns=figure.columns,
         )
     return report
+
+
+def _compared(compare: Path | str) -> tuple[ShardPath, str | None]:
+    """What ``--compare`` reads and the component it is bound to: ``COMPONENT=PATH`` (a path that
+    exists as given is a path)."""
+    text = str(compare)
+    component, equals, path = text.rpartition("=")
+    if not equals or to_path(text) is not None and Path(text).exists():
+        return to_path(text), None
+    if not component or not path:
+        raise BadOption("compare", text, "names no component or no path: use COMPONENT=PATH or PATH")
+    return to_path(path), component
+
+
+def _bound(activity: NeuronActivity, component: str, given: str) -> NeuronActivity:
+    """Counts of one component, renamed to ``component``."""
+    if len(activity.components) != 1:
+        names = ", ".join(activity.components)
+        raise BadOption(
+            "compare", given, f"holds {len(activity.components)} components ({names}): COMPONENT=PATH binds one"
+        )
+    (counts,) = activity.components.values()
+    bound = NeuronActivity(activity.fire_above)
+    bound.add_states(component, counts.states, counts.num_vectors)
+    return bound

@@ -1,5 +1,6 @@
-"""A log10 feature-density figure: one panel per component, dead neurons as their own bar,
-thresholds marked. Needs matplotlib (``pip install matplotlib``)."""
+"""A log10 feature-density figure: one panel per component (in rows, or side by side in
+columns), dead neurons as their own bar, thresholds marked; PNG, SVG or PDF. Needs matplotlib
+(``pip install matplotlib``)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from .files import write_atomic
 
 PANEL_INCHES = (9.0, 2.6)  # the legend stands right of the plot, clear of the bars
 DPI = 200  # print quality by default: 1800 x 520 pixels per panel
-FONT = {"title": 10, "label": 9.5, "tick": 8.5, "legend": 8.5}
+FONT_SIZE = 9.5  # the axis labels'; titles are a little larger, ticks and legends a little smaller
+FONT = {"title": 10 / FONT_SIZE, "label": 1.0, "tick": 8.5 / FONT_SIZE, "legend": 8.5 / FONT_SIZE}  # relative
 COLORS = ("#4c72b0", "#dd8452")
+SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def check_plot_path(path: Path) -> str:
-    """The suffix of a figure file nact can draw (.png or .svg), or BadOutput."""
+    """The suffix of a figure file nact can draw (.png, .svg or .pdf), or BadOutput."""
     suffix = Path(path).suffix.lower()
-    if suffix not in (".png", ".svg"):
-        raise BadOutput(path, "a figure is written as a .png or .svg file")
+    if suffix not in SUFFIXES:
+        raise BadOutput(path, "a figure is written as a .png, .svg or .pdf file")
     return suffix
 
 
@@ -35,11 +38,16 @@ def plot_histograms(
     log_y: bool = False,
     compare: list[DensityHistogram] | None = None,
     labels: tuple[str, str] | None = None,
+    panel: tuple[float, float] = PANEL_INCHES,
+    font_size: float = FONT_SIZE,
+    columns: int = 1,
 ) -> None:
-    """Write the figure to ``path`` (.png or .svg), atomically: one panel per component, alive
-    neurons per log10-density bin, never-fired neurons as a bar of their own, thresholds dashed,
-    the dense bound dotted, the ultralow band shaded. ``compare``: histograms of the same
-    components from other counts, drawn as outlines in the same panels (``labels`` names both)."""
+    """Write the figure to ``path`` (.png, .svg or .pdf), atomically: one panel per component
+    (``panel`` inches each, ``columns`` of them side by side), alive neurons per log10-density
+    bin, never-fired neurons as a bar of their own, thresholds dashed, the dense bound dotted,
+    the ultralow band shaded; ``font_size`` points for the axis labels. ``compare``: histograms
+    of the same components from other counts, drawn as outlines in the same panels (``labels``
+    names both)."""
     suffix = check_plot_path(path)
     try:
         import matplotlib  # optional (the plot extra), and ~0.5 s with pyplot: only --plot needs it
@@ -49,14 +57,20 @@ def plot_histograms(
     except ImportError:
         raise NactError("drawing a figure needs matplotlib: pip install matplotlib") from None
 
-    width, height = PANEL_INCHES
-    fig, axes = plt.subplots(len(histograms), 1, figsize=(width, height * len(histograms)), dpi=dpi, squeeze=False)
+    font = {part: size * font_size for part, size in FONT.items()}
+    width, height = panel
+    columns = max(1, min(columns, len(histograms)))
+    rows = math.ceil(len(histograms) / columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(width * columns, height * rows), dpi=dpi, squeeze=False)
+    axes = grid.reshape(-1)
+    for unused in axes[len(histograms) :]:
+        unused.set_visible(False)
     everything = histograms + list(compare or [])
     lowest = min(h.edges[0] for h in everything)
     step = min(h.edges[1] - h.edges[0] for h in everything)
     dead_x = lowest - 3 * step  # the dead bar stands apart, left of every density bin
     names = labels or ("", "")
-    for i, (ax, h) in enumerate(zip(axes[:, 0], histograms)):
+    for i, (ax, h) in enumerate(zip(axes, histograms)):
         widths = h.edges[1:] - h.edges[:-1]
         first = f"{names[0]}: " if compare else ""
         ax.bar(
@@ -91,7 +105,7 @@ def plot_histograms(
                     1.0,
                     f" {t:g}",
                     transform=ax.get_xaxis_transform(),
-                    fontsize=FONT["tick"],
+                    fontsize=font["tick"],
                     va="top",
                     color="#555555",
                 )
@@ -107,10 +121,10 @@ def plot_histograms(
         )
         ax.set_title(
             f"{h.component}  ({h.num_vectors:,} vectors, {int(h.counts.sum()) + h.dead:,} neurons)",
-            fontsize=FONT["title"],
+            fontsize=font["title"],
             loc="left",
         )
-        ax.set_ylabel("neurons", fontsize=FONT["label"])
+        ax.set_ylabel("neurons", fontsize=font["label"])
         if log_y:
             ax.set_yscale("symlog", linthresh=1)
             ax.set_ylim(bottom=0)
@@ -119,11 +133,12 @@ def plot_histograms(
         ax.set_xlim(dead_x - step, 0.2)
         ticks = list(range(math.ceil(lowest), 1))
         ax.set_xticks([dead_x] + ticks)
-        ax.set_xticklabels(["dead"] + [f"1e{t}" if t else "1" for t in ticks], fontsize=FONT["tick"])
-        ax.tick_params(axis="y", labelsize=FONT["tick"])
-        ax.legend(fontsize=FONT["legend"], loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.set_xticklabels(["dead"] + [f"1e{t}" if t else "1" for t in ticks], fontsize=font["tick"])
+        ax.tick_params(axis="y", labelsize=font["tick"])
+        ax.legend(fontsize=font["legend"], loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
-    axes[-1, 0].set_xlabel("feature density (fraction of vectors a neuron fires on), log scale", fontsize=FONT["label"])
+        if i >= len(histograms) - columns:  # the bottom panel of its column
+            ax.set_xlabel("feature density (fraction of vectors a neuron fires on), log scale", fontsize=font["label"])
     fig.tight_layout()
     try:
         write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format=suffix[1:], dpi=dpi))

@@ -122,8 +122,34 @@ def test_plot_png_and_svg(tmp_path: Path) -> None:
     bad = nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "d.gif")
     assert (
         bad.exit_code == 2
-        and bad.stderr == f"Error: {tmp_path / 'd.gif'}: a figure is written as a .png or .svg file\n"
+        and bad.stderr == f"Error: {tmp_path / 'd.gif'}: a figure is written as a .png, .svg or .pdf file\n"
     )
+
+
+def test_a_figure_as_pdf_of_its_size_and_fonts_with_panels_side_by_side(tmp_path: Path) -> None:
+    activity = NeuronActivity()
+    for i, name in enumerate("abc"):
+        activity.add(name, synthetic(seed=10 + i), 1_000_000)
+    save_counts(tmp_path / "c.safetensors", SavedCounts(activity, []))
+    drawn = nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "d.pdf")
+    assert drawn.exit_code == 0, drawn.stderr
+    assert (tmp_path / "d.pdf").read_bytes()[:5] == b"%PDF-"
+    args = ("--figsize", "6,3", "--font-size", "14", "--dpi", "100")
+    side = nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "s.png", "--columns", "2", *args)
+    assert side.exit_code == 0, side.stderr
+    assert png_size(tmp_path / "s.png") == (1200, 600)  # 2 columns of 6 x 3 inches, 2 rows, at 100 dpi
+    row = nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "r.png", "--columns", "3", *args)
+    assert png_size(tmp_path / "r.png") == (1800, 300) and row.exit_code == 0
+    for bad, message in (
+        (("--figsize", "6"), "--figsize '6' must be WIDTH,HEIGHT in inches, such as 9,2.6"),
+        (("--figsize", "60,3"), "--figsize '60,3' must be WIDTH,HEIGHT inches, each from 1 to 40"),
+        (("--figsize", "a,b"), "--figsize 'a,b' must be WIDTH,HEIGHT in inches, such as 9,2.6"),
+        (("--font-size", "100"), "--font-size '100' must be from 4 to 40 points"),
+        (("--columns", "0"), "--columns 0 must be from 1 to 16"),
+    ):
+        refused = nact("density", tmp_path / "c.safetensors", "--plot", tmp_path / "x.png", *bad)
+        assert refused.exit_code == 2 and refused.stderr == f"Error: {message}\n", refused.stderr
+        assert not (tmp_path / "x.png").exists()
 
 
 def test_plot_without_matplotlib_says_which_extra(tmp_path: Path) -> None:
@@ -205,6 +231,35 @@ def test_compare_two_checkpoints_in_one_figure(tmp_path: Path) -> None:
     assert doc["compare"][0]["alive_per_bin"] == expected.counts.tolist()
     assert doc["compare"][0]["never_fired"] == expected.dead
     assert png_size(tmp_path / "c.png") == (1800, 520)
+
+
+def test_compare_binds_a_sparsity_file_away_from_its_sae_by_name(tmp_path: Path) -> None:
+    """A sparsity file without the SAE's cfg.json beside it is named by its file: --compare
+    says how to bind it, and COMPONENT=FILE does."""
+    from neuron_activity.sparsity import save_sparsity
+
+    ours, theirs = NeuronActivity(), NeuronActivity()
+    ours.add("blocks.0.hook_resid_post:sae", synthetic(seed=9), 1_000_000)
+    theirs.add("x", synthetic(seed=9), 1_000_000)
+    save_counts(tmp_path / "ours.safetensors", SavedCounts(ours, []))
+    save_sparsity(tmp_path / "sparsity.safetensors", theirs)
+    unbound = nact("density", tmp_path / "ours.safetensors", "--compare", tmp_path / "sparsity.safetensors")
+    assert unbound.exit_code == 2 and unbound.stderr == (
+        f"Error: --compare '{tmp_path / 'sparsity.safetensors'}' has no component of blocks.0.hook_resid_post:sae "
+        "(it has sparsity): name the component it is of, COMPONENT=PATH\n"
+    )
+    bound = nact(
+        "density",
+        tmp_path / "ours.safetensors",
+        "--compare",
+        f"blocks.0.hook_resid_post:sae={tmp_path / 'sparsity.safetensors'}",
+        "-f",
+        "json",
+    )
+    assert bound.exit_code == 0, bound.stderr
+    doc = json.loads(bound.stdout)
+    assert doc["compare"][0]["component"] == "blocks.0.hook_resid_post:sae"
+    assert doc["compare"][0]["never_fired"] == doc["components"][0]["never_fired"]
 
 
 def test_text_histogram_starts_at_one_fire_and_notes_low_thresholds() -> None:
