@@ -154,8 +154,9 @@ metric.update(x[:half] if rank == 0 else x[half:])
 dead = metric.compute().tolist()
 with metric.sync_context():  # the states summed over both ranks, as compute saw them
     counts, vectors = metric.fire_counts.tolist(), int(metric.num_vectors)
+    mask = metric.dead_mask("1%").tolist()
 if rank == 0:
-    json.dump({"dead": dead, "counts": counts, "vectors": vectors}, open(out, "w"))
+    json.dump({"dead": dead, "counts": counts, "vectors": vectors, "mask": mask}, open(out, "w"))
 dist.destroy_process_group()
 """
 
@@ -184,7 +185,8 @@ def test_ddp_over_two_gloo_processes(tmp_path: Path) -> None:
     assert [p.wait(timeout=180) for p in procs] == [0, 0]
     got = json.loads((tmp_path / "out.json").read_text())
     counts = fire_counts(as_float64(x))
-    assert got == {"dead": dead_count(counts, 301, "0.01"), "counts": counts.tolist(), "vectors": 301}
+    mask = (counts <= 3).tolist()  # 1% of 301 vectors: 3.01
+    assert got == {"dead": dead_count(counts, 301, "0.01"), "counts": counts.tolist(), "vectors": 301, "mask": mask}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
