@@ -81,6 +81,8 @@ def add_counts(
     nothing is read back to the host."""
     x = activations.detach()
     rule = rule_for(x.dtype, fire_above)
+    if fire_counts.dtype != torch.int64 or nan_counts.dtype != torch.int64:
+        raise BadOption("counts", f"of dtype {fire_counts.dtype}", "cannot hold exact counts: they are int64")
     if fire_counts.device != x.device or nan_counts.device != x.device:
         raise BadOption(
             "activations",
@@ -294,14 +296,11 @@ def _metric_class() -> type:
             """Count a batch ``[batch, features]`` or ``[batch, components, features]``; other
             keyword arguments are ignored (as the reference's, for use in a collection)."""
             self.shape.check(learned_activations)
-            counts = []
-            for name in ("fire_counts", "nan_counts"):
+            for name in self._defaults:  # every state: int64 and contiguous, to be counted in place
                 value = getattr(self, name)
-                if not value.is_contiguous():  # as a state dict may have loaded it: counted in place below
-                    value = value.contiguous()
-                    setattr(self, name, value)
-                counts.append(value)
-            add_counts(learned_activations, self.fire_above, counts[0], counts[1], self.kernel)
+                if value.dtype != torch.int64 or not value.is_contiguous():  # as set_dtype or a state dict left it
+                    setattr(self, name, value.to(torch.int64).contiguous())
+            add_counts(learned_activations, self.fire_above, self.fire_counts, self.nan_counts, self.kernel)
             self.num_vectors += learned_activations.shape[0]
 
         def compute(self) -> torch.Tensor:

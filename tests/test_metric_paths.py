@@ -318,6 +318,10 @@ def test_state_dict_reset_clone_and_pickle(tmp_path: Path) -> None:
 
     metric.persistent(False)
     assert metric.state_dict() == {}
+    metric.set_dtype(torch.float64)  # torchmetrics' cast of every state: counting goes on in int64
+    metric.update(b)
+    assert metric.fire_counts.dtype == metric.num_vectors.dtype == torch.int64
+    assert metric.fire_counts.tolist() == whole.fire_counts.tolist() and int(metric.num_vectors) == 65
 
 
 @needs_torchmetrics
