@@ -8,8 +8,8 @@ torchmetrics``) with the same constructor and ``compute``, made exact. Both save
 ``dead_mask``, ``fire_counts``, ``num_vectors`` and ``density()``.
 
 A CPU tensor is counted in place by the C kernel that counts scans (its memory viewed, not
-copied; the GIL released); a tensor on a GPU by a fixed few torch kernels that never wait for
-the host.
+copied; the GIL released); a tensor on a GPU by a fixed few torch kernels, queued without the
+host ever waiting for them.
 
 >>> import torch
 >>> metric = TensorActivity(num_learned_features=3)
@@ -26,7 +26,7 @@ import functools
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,8 +62,7 @@ def rule_for(dtype: torch.dtype, fire_above: Fraction) -> FireRule:
 def cpu_kernel(kernel: Kernel | None) -> Kernel:
     """The kernel that counts CPU tensors, chosen as a scan chooses it (``kernel``, else
     ``$NACT_KERNEL``, else the C kernel when it was built); torch counts as it does on a GPU."""
-    chosen: Kernel = kernel_for("cpu", CountOptions(kernel=kernel).kernel)  # type: ignore[assignment]  # one of KERNELS
-    return chosen
+    return cast(Kernel, kernel_for("cpu", CountOptions(kernel=kernel).kernel))  # one of KERNELS
 
 
 def add_counts(
@@ -111,8 +110,8 @@ def count_tensor(
 def dead_bound(num_vectors: int | torch.Tensor, portion: Fraction) -> int | torch.Tensor:
     """``floor(portion * num_vectors)``, exactly: the largest fire count that is dead. For a
     tensor, computed on its device without reading it back while the portion's terms are small
-    (``a / b`` with ``a * b < 2^62``, as 1e-6, 0.1% and every float's shortest decimal of up to
-    9 digits are); past that, ``num_vectors`` is read once."""
+    (``a / b`` in lowest terms with ``a * b < 2^62``, as 1e-6, 0.1% and 0.123456789 are); past
+    that, ``num_vectors`` is read once."""
     if not isinstance(num_vectors, torch.Tensor):
         return math.floor(portion * int(num_vectors))
     a, b = portion.numerator, portion.denominator
