@@ -23,6 +23,7 @@ except ImportError:  # older typer uses click itself
     import click  # type: ignore[no-redef]  # the same module, under its own name
 
 from .output import (
+    EXIT_BREACH,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -68,6 +69,10 @@ class NactCommand(TyperCommand):
     the library, runs, and words a library error (bad input or usage) with the command's own
     flags, for ``NactGroup.main`` to say in one line with exit code 2.
 
+    Whatever the command writes is put in place only once it has ended well (or with a breach
+    of a limit, exit 1), after its result reached stdout: a run that fails, even to print,
+    writes nothing (``files.staged``).
+
     The first command of a process loads the library with the cyclic collector off (numpy and
     the library make hundreds of thousands of objects that live until exit), then freezes them
     out of its passes and turns it back on for the work: 8-13 ms of a 250 ms run
@@ -85,11 +90,18 @@ class NactCommand(TyperCommand):
                 gc.freeze()
                 gc.enable()
         from neuron_activity.errors import NactError  # the library: loaded just above
+        from neuron_activity.files import staged
 
         from .wording import word  # it imports the library: loaded here, after --help has exited
 
         try:
-            return super().invoke(ctx)
+            with staged() as outputs:  # files are put in place after the result reached stdout
+                try:
+                    return super().invoke(ctx)
+                except typer.Exit as e:
+                    if e.exit_code in (EXIT_OK, EXIT_BREACH):  # an outcome: what it wrote stands
+                        outputs.commit()
+                    raise
         except NactError as e:
             raise click.ClickException(word(e, self)) from None
 

@@ -66,7 +66,7 @@ def _run(
     request: ScanRequest, on_plan: Callable[[ScanPlan], None] | None, on_progress: ProgressCallback | None
 ) -> ScanOutcome:
     outputs = _outputs(request)
-    check_outputs(outputs)
+    check_outputs(outputs, read_back=[request.state] if request.state is not None else [])
     device = None if request.distributed else device_for(request.count)  # ranks pick their own
     shards = discover(list(request.paths), request.count.input_format)
     check_not_inputs(outputs, list(shards))

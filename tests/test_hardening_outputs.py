@@ -1,0 +1,168 @@
+"""Hardening of what nact writes and how it ends: outputs that are devices or FIFOs, results that
+cannot reach stdout, temporary files, names shown on a terminal, output formats, interrupts.
+
+Never point a test at the real /dev/null as an output: a bug would replace it. A replica device
+(the same major and minor numbers) in a scratch folder behaves the same and costs nothing."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_DATA
+from test_end_to_end import nact_executable
+from test_hardening import assert_one_line_error, nact
+
+KEY = "blocks.0.hook_sae_acts"
+
+
+@pytest.fixture(scope="module")
+def counts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("counts") / "c.safetensors"
+    assert nact("scan", SAMPLE_DATA, "-k", KEY, "--save-counts", path, "-q").exit_code == 0
+    return path
+
+
+def replica_null(path: Path) -> Path:
+    """A character device like /dev/null (1, 3), made in a scratch folder."""
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root here")
+    return path
+
+
+class FifoReader:
+    """A FIFO and a thread that reads it to the end (every writer gone), as a pipe's reader does."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path, self.data = path, b""
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        with open(self.path, "rb") as f:
+            self.data = f.read()
+
+    def received(self) -> bytes:
+        self.thread.join(30)
+        return self.data
+
+
+def output_runs(counts: Path) -> Iterator[tuple[str, Callable[[Path], list[object]], bytes]]:
+    """Every output flag, as (name, the arguments that write to a path, how its content starts)."""
+    yield "scan -o", lambda p: ["scan", SAMPLE_DATA, "-f", "csv", "-o", p], b"component,"
+    yield "scan --save-counts", lambda p: ["scan", SAMPLE_DATA, "-q", "--save-counts", p], b""
+    yield "scan --save-sparsity", lambda p: ["scan", SAMPLE_DATA, "-k", KEY, "-q", "--save-sparsity", p], b""
+    yield "report -o", lambda p: ["report", counts, "-f", "json", "-o", p], b"{"
+    yield "report --save-sparsity", lambda p: ["report", counts, "-q", "--save-sparsity", p], b""
+    yield "merge -o", lambda p: ["merge", counts, "-o", p], b""
+    yield "density --plot", lambda p: ["density", SAMPLE_DATA, "--plot", p], b"\x89PNG"
+
+
+@pytest.mark.parametrize("which", [name for name, _, _ in output_runs(Path())])
+def test_an_output_that_is_a_device_or_fifo_is_written_in_place(tmp_path: Path, counts: Path, which: str) -> None:
+    """A regular file is written to a temporary and renamed; a device or FIFO is written where
+    it is, never replaced by a regular file."""
+    if which == "density --plot":
+        pytest.importorskip("matplotlib")
+    args, starts = next((a, s) for n, a, s in output_runs(counts) if n == which)
+    device = replica_null(tmp_path / "null.png")
+    done = nact(*args(device))
+    assert done.exit_code == 0, done.stderr
+    assert stat.S_ISCHR(device.stat().st_mode) and device.stat().st_rdev == os.makedev(1, 3)
+    fifo = FifoReader(tmp_path / "fifo.png")
+    done = nact(*args(fifo.path))
+    assert done.exit_code == 0, done.stderr
+    data = fifo.received()
+    assert stat.S_ISFIFO(fifo.path.stat().st_mode)
+    assert len(data) > 0 and data.startswith(starts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.png", "null.png"]  # no temporary left
+
+
+def test_a_state_that_is_a_device_is_refused(tmp_path: Path) -> None:
+    device = replica_null(tmp_path / "state")
+    assert_one_line_error(
+        nact("scan", SAMPLE_DATA, "--state", device),
+        f"{device}: is not a regular file (a device or FIFO): a state is read back and replaced",
+    )
+    assert stat.S_ISCHR(device.stat().st_mode)
+
+
+def run(args: list[object], stdout: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [nact_executable(), *map(str, args)], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120
+    )
+
+
+def test_a_result_that_cannot_reach_stdout_writes_nothing(tmp_path: Path) -> None:
+    """stdout first, then the files (an audit's state last): a run that fails to print (stdout
+    full, closed, or a pipe whose reader left) exits 2 and writes and advances nothing."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with open("/dev/full", "w") as full:
+        for args in (
+            ["scan", SAMPLE_DATA, "--save-counts", out / "c.safetensors"],
+            ["scan", SAMPLE_DATA, "--state", out / "state.safetensors"],
+            ["density", SAMPLE_DATA, "--plot", out / "figure.png"],
+        ):
+            done = run(args, full)
+            assert (done.returncode, done.stderr) == (2, "Error: stdout: cannot write: No space left on device\n")
+    closed = subprocess.run(
+        f"{nact_executable()} scan {SAMPLE_DATA} --state {out / 'state.safetensors'} >&-",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert closed.returncode == 2 and "stdout: is closed" in closed.stderr
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        gone = run(["scan", SAMPLE_DATA, "--save-counts", out / "c.safetensors", "-o", "/dev/stdout"], write_end)
+    finally:
+        os.close(write_end)
+    assert (gone.returncode, gone.stderr) == (2, "Error: /dev/stdout: cannot write: Broken pipe\n")
+    assert [p.name for p in out.iterdir() if not p.name.endswith(".lock")] == []
+
+    assert nact("scan", SAMPLE_DATA, "--state", out / "state.safetensors", "-q").exit_code == 0
+    before = (out / "state.safetensors").read_bytes()
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "x.safetensors").write_bytes((SAMPLE_DATA / "shard_000.safetensors").read_bytes())
+    with open("/dev/full", "w") as full:
+        done = run(["scan", SAMPLE_DATA, tmp_path / "more", "--state", out / "state.safetensors"], full)
+    assert done.returncode == 2
+    assert (out / "state.safetensors").read_bytes() == before  # the audit did not advance
+    done = nact("scan", SAMPLE_DATA, "--save-counts", out / "c.safetensors", "--fail-above", "0.01", "-q")
+    assert done.exit_code == 1 and (out / "c.safetensors").is_file()  # a breach is an outcome: files stand
+
+
+def dead_pid() -> int:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid
+
+
+def test_temporary_files_of_killed_runs_are_removed(tmp_path: Path) -> None:
+    """Temporaries are named .NAME.nact-PID-XXXXXXXX.tmp and locked while they live: a later
+    write in the same folder removes those of processes that are gone, and only those."""
+    import fcntl
+
+    stale = tmp_path / f".c.safetensors.nact-{dead_pid()}-abcd1234.tmp"
+    stale.write_bytes(b"x" * 4096)  # what a SIGKILLed audit leaves behind
+    living = tmp_path / f".c.safetensors.nact-{os.getppid()}-abcd1234.tmp"  # a process that runs
+    living.write_bytes(b"")
+    held = tmp_path / f".other.nact-{dead_pid()}-zzzz9999.tmp"  # locked: its writer lives elsewhere
+    held.write_bytes(b"")
+    mine = tmp_path / "c.safetensors.nact-1-abcd1234.tmp"  # not a name nact gives its temporaries
+    mine.write_bytes(b"")
+    with open(held, "rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert nact("scan", SAMPLE_DATA, "--save-counts", tmp_path / "c.safetensors", "-q").exit_code == 0
+    assert not stale.exists()
+    assert living.exists() and held.exists() and mine.exists()
