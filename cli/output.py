@@ -8,6 +8,7 @@ Exit codes: 0 ok; 1 a --fail-above or --fail-on-new-dead limit was breached (not
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -18,9 +19,23 @@ EXIT_OK, EXIT_BREACH, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 DEBUG_VARIABLE = "NACT_DEBUG"
 
 
+# C0 and C1 control characters, DEL, line and paragraph separators, and the bidirectional
+# overrides and isolates: what lets a name move the cursor, retitle or recolour a terminal, or
+# show its text in another order than it has.
+CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: str) -> str:
+    """``text`` as nact shows it on a terminal or in a text file: control characters escaped
+    (``\\x1b``, ``\\u202e``), so a file or key name shows what it is and does nothing. Every
+    line on stderr and every table, CSV and Markdown cell go through it; JSON escapes them itself."""
+    return CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def say(line: str) -> None:
-    """One line on stderr: warnings, errors, breaches. stdout carries only the result."""
-    print(line, file=sys.stderr, flush=True)
+    """One line on stderr: warnings, errors, breaches, names escaped (``shown``). stdout carries
+    only the result."""
+    print(shown(line), file=sys.stderr, flush=True)
 
 
 def on_terminal(stream: TextIO | None) -> bool:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from .options import FORMATS
-from .output import EXIT_BREACH, console_width, emit, on_terminal, say, use_color
+from .output import EXIT_BREACH, console_width, emit, on_terminal, say, shown, use_color
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -97,7 +97,8 @@ def render_csv(report: Report) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=report.columns(), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(report.row_dict(r, flat=True) for r in report.rows)
+    for r in report.rows:
+        writer.writerow({k: shown(v) if isinstance(v, str) else v for k, v in report.row_dict(r, flat=True).items()})
     return out.getvalue()
 
 
@@ -133,7 +134,7 @@ def render_markdown(report: Report) -> str:
     names = headers(report)
     lines = [dead_title(report), ""]
     lines += ["| " + " | ".join(names) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(names) - 1)) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(report, r)) + " |" for r in report.rows]
+    lines += ["| " + " | ".join(shown(c).replace("|", "\\|") for c in cells(report, r)) + " |" for r in report.rows]
     if report.density:
         lines += [
             "",
@@ -142,10 +143,12 @@ def render_markdown(report: Report) -> str:
             "| " + " | ".join(DENSITY_HEADERS) + " |",
             "|" + "|".join([" --- "] + [" ---: "] * 5) + "|",
         ]
-        lines += ["| " + " | ".join(density_cells(d)) + " |" for d in report.density]
+        lines += [
+            "| " + " | ".join(shown(c).replace("|", "\\|") for c in density_cells(d)) + " |" for d in report.density
+        ]
     extra = grouping_lines(report) + dead_lines(report) + top_lines(report)
     if extra:
-        lines += [""] + extra
+        lines += [""] + [shown(line) for line in extra]
     return "\n".join(lines) + "\n"
 
 
@@ -186,11 +189,16 @@ def table(title: str) -> Table:
 
 
 def to_text(draw: Callable[[Console], None], width: int, color: bool = False) -> str:
-    """What ``draw`` prints on a console ``width`` columns wide (colour only if ``color``), as text."""
+    """What ``draw`` prints on a console ``width`` columns wide (colour only if ``color``), as text.
+    Every text it prints (titles, cells, lines) shows names as ``shown`` escapes them."""
     from rich.console import Console  # as in table()
 
+    class Shown(Console):
+        def render_str(self, text: str, **kwargs: Any) -> Any:
+            return super().render_str(shown(text), **kwargs)
+
     buffer = io.StringIO()
-    draw(Console(file=buffer, width=width, color_system="standard" if color else None, highlight=False))
+    draw(Shown(file=buffer, width=width, color_system="standard" if color else None, highlight=False))
     return buffer.getvalue()
 
 

@@ -6,6 +6,7 @@ Never point a test at the real /dev/null as an output: a bug would replace it. A
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -13,8 +14,10 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import SAMPLE_DATA
+from safetensors.numpy import save_file
 from test_end_to_end import nact_executable
 from test_hardening import assert_one_line_error, nact
 
@@ -166,3 +169,22 @@ def test_temporary_files_of_killed_runs_are_removed(tmp_path: Path) -> None:
         assert nact("scan", SAMPLE_DATA, "--save-counts", tmp_path / "c.safetensors", "-q").exit_code == 0
     assert not stale.exists()
     assert living.exists() and held.exists() and mine.exists()
+
+
+def test_names_are_shown_with_control_characters_escaped(tmp_path: Path) -> None:
+    """File and key names are shown escaped in tables, CSV, Markdown and every stderr line;
+    JSON keeps them exact (it escapes them itself)."""
+    name = "a\x1b[2J\x1b]0;owned\x07\u202e"
+    np.save(tmp_path / f"{name}.npy", np.eye(3, dtype=np.float32))
+    save_file({"k\x1b[31m": np.eye(2, dtype=np.float32)}, str(tmp_path / "b.safetensors"))
+    shown = "a\\x1b[2J\\x1b]0;owned\\x07\\u202e"
+    for fmt in ("table", "csv", "markdown"):
+        done = nact("scan", tmp_path, "-f", fmt)
+        assert done.exit_code == 0
+        assert "\x1b" not in done.stdout and "\u202e" not in done.stdout
+        assert shown in done.stdout and "k\\x1b[31m" in done.stdout
+    document = json.loads(nact("scan", tmp_path, "-f", "json").stdout)
+    assert {c["component"] for c in document["components"]} == {name, "k\x1b[31m"}
+    missing = nact("scan", tmp_path / "gone\x1b[31m")
+    assert_one_line_error(missing, "gone\\x1b[31m")
+    assert "\x1b" not in missing.stderr
