@@ -51,12 +51,12 @@ def report(
 
       nact report part-*.safetensors --format json --fail-above 0.05
     """
-    fmt = check_format(fmt, output=output)
     # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
     from neuron_activity import saved
     from neuron_activity.options import ReportOptions
 
     options = ReportOptions.parse(**reporting.settings())
+    fmt = check_format(fmt, output=output)  # after the options' own checks, before anything is read
     reported = saved.report(files, options, union=union, sparsity=save_sparsity, output=output)
     for note in reported.notes:
         say(f"Note: {note}")

@@ -24,16 +24,30 @@ if TYPE_CHECKING:
     from neuron_activity.density import DensitySummary
     from neuron_activity.report import Report
 
-SUFFIX_FORMATS = {".json": "json", ".csv": "csv", ".md": "markdown", ".markdown": "markdown"}
+# What an output file's extension says its format is (.txt: text, a table unless --format says
+# otherwise); a file without an extension (a device, a FIFO) takes --format, else a table.
+SUFFIX_FORMATS = {".json": "json", ".csv": "csv", ".md": "markdown", ".markdown": "markdown", ".txt": "table"}
 
 
 def check_format(fmt: str | None, formats: tuple[str, ...] = FORMATS, output: Path | None = None) -> str:
-    """The output format: as given, else from the output file's extension, else a table."""
-    if fmt is None:
-        fmt = SUFFIX_FORMATS.get(output.suffix.lower(), "table") if output is not None else "table"
-    if fmt not in formats:
+    """The output format: as given, else from the output file's extension, else a table. An
+    extension nact does not know (``out.xlsx``) without --format, or one that says another
+    format than --format (``-o x.json -f csv``), is a usage error: checked before anything is read."""
+    if fmt is not None and fmt not in formats:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(formats)}", param_hint="'--format'")
-    return fmt
+    suffix = output.suffix.lower() if output is not None else ""
+    implied = SUFFIX_FORMATS.get(suffix)
+    if output is not None and suffix and implied is None and fmt is None:
+        known = ", ".join(SUFFIX_FORMATS)
+        raise typer.BadParameter(
+            f"{output}: nact does not know the format of a {suffix} file: name it {known}, or give --format",
+            param_hint="'--output'",
+        )
+    if fmt is not None and implied is not None and implied != fmt and suffix != ".txt":
+        raise typer.BadParameter(
+            f"{output}: its extension {suffix} says {implied}, --format says {fmt}", param_hint="'--output'"
+        )
+    return fmt or implied or "table"
 
 
 def finish(report: Report, fmt: str, output: Path | None, quiet: bool) -> None:

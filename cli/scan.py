@@ -72,7 +72,6 @@ def scan(
 
       nact scan s3://bucket/acts/   # a cache in an object store, by range requests (the remote extra)
     """
-    fmt = check_format(fmt, output=output)
     # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
     from neuron_activity.distributed import launched
     from neuron_activity.options import CountOptions, ReportOptions, ScanRequest
@@ -99,6 +98,7 @@ def scan(
         output=output,
         distributed=distributed,
     )
+    fmt = check_format(fmt, output=output)  # after the options' own checks, before anything is read
     with progress_hooks(not quiet and not distributed) as hooks:
         outcome = run_scan(request, **hooks)
     for note in outcome.notes:

@@ -188,3 +188,38 @@ def test_names_are_shown_with_control_characters_escaped(tmp_path: Path) -> None
     missing = nact("scan", tmp_path / "gone\x1b[31m")
     assert_one_line_error(missing, "gone\\x1b[31m")
     assert "\x1b" not in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["-o", "{tmp}/out.xlsx"], "nact does not know the format of a .xlsx file"),
+        (["-o", "{tmp}/x.json", "-f", "csv"], "its extension .json says json, --format says csv"),
+        (["-o", "{tmp}/x.md", "-f", "table"], "its extension .md says markdown, --format says table"),
+    ],
+)
+def test_an_output_extension_that_is_unknown_or_contradicts_the_format(tmp_path: Path, args, error) -> None:
+    """Checked before anything is read: the input here does not even exist."""
+    args = [a.format(tmp=tmp_path) for a in args]
+    for command in (["scan", tmp_path / "missing"], ["report", tmp_path / "missing.safetensors"]):
+        assert_one_line_error(nact(*command, *args), error)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "starts"),
+    [
+        (["-o", "x.csv"], "component,"),
+        (["-o", "x.json"], "{"),
+        (["-o", "x.md"], "Dead neurons"),
+        (["-o", "x.txt"], "Dead neurons"),
+        (["-o", "x.txt", "-f", "csv"], "component,"),
+        (["-o", "x.xlsx", "-f", "csv"], "component,"),  # --format says what it is
+        (["-o", "x", "-f", "json"], "{"),
+        (["-o", "x"], "Dead neurons"),
+    ],
+)
+def test_output_extensions_that_agree(tmp_path: Path, args: list[str], starts: str) -> None:
+    args[1] = str(tmp_path / args[1])
+    assert nact("scan", SAMPLE_DATA, *args).exit_code == 0
+    assert Path(args[1]).read_text().startswith(starts)
