@@ -25,7 +25,7 @@ from .dtypes import FireRule, fire_rule
 from .errors import BadInput
 from .options import CountOptions
 from .remote.objects import IO_THREADS, WINDOW_BYTES, RemotePath, current, in_this_context, read_range
-from .sources.base import MAPPED, SPARSE, ShardPath, TensorSlab
+from .sources.base import FORTRAN, MAPPED, SPARSE, SWAPPED, ShardPath, TensorSlab
 from .sources.planning import ScanPlan
 from .sources.registry import DENSE_READERS, SPARSE_READERS
 
@@ -189,16 +189,21 @@ def count_slabs(
                     _count_chunk(slab, start, end, counter, first_vector, read_ahead, keep)
                     progress(slab.path, (end - start) * slab.row_bytes)
                     continue
+                _check_size(slab)
                 row = 0
-                for bits in DENSE_READERS[slab.entry.format].chunks(slab, _chunk_rows(slab, options.chunk_rows)):
-                    nbytes, row = bits.nbytes, row + bits.shape[0]
-                    if kept:
-                        bits = bits[kept.mask(row - bits.shape[0], row)]
-                    counter.update(bits, first_vector)
-                    first_vector += bits.shape[0]
-                    progress(slab.path, nbytes)
-                    if stop.is_set():
-                        break
+                try:
+                    for bits in DENSE_READERS[slab.entry.format].chunks(slab, _chunk_rows(slab, options.chunk_rows)):
+                        nbytes, row = bits.nbytes, row + bits.shape[0]
+                        if kept:
+                            bits = bits[kept.mask(row - bits.shape[0], row)]
+                        counter.update(bits, first_vector)
+                        first_vector += bits.shape[0]
+                        progress(slab.path, nbytes)
+                        if stop.is_set():
+                            break
+                except (OSError, ValueError):  # numpy's memmap of a file that shrank: "mmap length is greater ..."
+                    _check_size(slab)
+                    raise
         except BaseException:
             stop.set()
             raise
@@ -261,6 +266,20 @@ def _run_threads(worker: Callable[[], Result], threads: int, stop: threading.Eve
     if errors:
         raise errors[0]
     return [results[i] for i in range(threads)]
+
+
+def _check_size(slab: TensorSlab) -> None:
+    """A local entry its reader maps as it lies in the file (byte-swapped, Fortran order) must
+    still fit in the file: one that shrank since it was planned changed during the scan."""
+    if slab.entry.storage not in (SWAPPED, FORTRAN) or isinstance(slab.path, RemotePath):
+        return
+    needed = (slab.entry.offset or 0) + slab.entry.nbytes  # Fortran order: no offset kept, the data at least
+    try:
+        size = os.stat(slab.path).st_size
+    except OSError as e:
+        raise BadInput(slab.path, f"changed during the scan: {e.strerror or e}") from None
+    if size < needed:
+        raise BadInput(slab.path, f"changed during the scan: now {size} bytes, tensor {slab.key!r} needs {needed}")
 
 
 def _count_chunk(

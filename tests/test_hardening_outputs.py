@@ -223,3 +223,16 @@ def test_output_extensions_that_agree(tmp_path: Path, args: list[str], starts: s
     args[1] = str(tmp_path / args[1])
     assert nact("scan", SAMPLE_DATA, *args).exit_code == 0
     assert Path(args[1]).read_text().startswith(starts)
+
+
+def test_a_shard_truncated_between_planning_and_reading(tmp_path: Path) -> None:
+    """Byte-swapped and Fortran-ordered arrays, which their reader maps itself: changed during
+    the scan (it was an internal error: mmap length is greater than file size)."""
+    from neuron_activity import BadInput, scan
+
+    x = np.random.default_rng(0).random((4096, 64)).astype(np.float32)
+    for name, array in (("swapped", x.astype(">f4")), ("fortran", np.asfortranarray(x))):
+        path = tmp_path / f"{name}.npy"
+        np.save(path, array)
+        with pytest.raises(BadInput, match="changed during the scan: now 2000 bytes"):
+            scan([path], on_plan=lambda plan, path=path: os.truncate(path, 2000), chunk_rows=100, threads=1)
