@@ -12,6 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -157,6 +158,7 @@ def count_slabs(
 
     def worker() -> dict[tuple[str, str], Counted]:
         counters: dict[tuple[str, str], Counter] = {}
+        steps: dict[tuple[str, str], int] = {}  # rows an SAE encodes at a time: a stop is seen between them
         sparse: dict[tuple[str, str], _Sum] = {}  # states of sparse caches, which their readers count
         try:
             while (item := next_item()) is not None:
@@ -176,9 +178,10 @@ def count_slabs(
                     from .sae import sae_counter  # only scans with SAEs load their code (~6 ms)
 
                     saes = [b.sae for b in plan.saes[slab.key]]
-                    counters[key] = sae_counter(
+                    made = sae_counter(
                         slab.dtype, saes, device, options.kernel, track_last, options.fire_above, options.sae_dtype
                     )
+                    counters[key], steps[key] = made, made.step
                 elif key not in counters:
                     rule = rule_for(slab.dtype)
                     counters[key] = make_counter(rule, slab.width, device, options.kernel, track_last)
@@ -186,7 +189,7 @@ def count_slabs(
                 kept = _positions(slab, skip)
                 if slab.entry.storage == MAPPED:
                     keep = kept.mask(start, end) if kept else None
-                    _count_chunk(slab, start, end, counter, first_vector, read_ahead, keep)
+                    _count_chunk(slab, start, end, counter, first_vector, read_ahead, keep, steps.get(key), stop)
                     progress(slab.path, (end - start) * slab.row_bytes)
                     continue
                 _check_size(slab)
@@ -231,41 +234,75 @@ def count_slabs(
 Result = TypeVar("Result")
 
 
+STOP_WAIT_SECONDS = 10.0  # after a stop, how long the counting threads may take to finish their item
+THREAD_PREFIX = "nact-count-"
+
+
 def _run_threads(worker: Callable[[], Result], threads: int, stop: threading.Event) -> list[Result]:
     """``worker()`` on ``threads`` threads; their results, or the first error raised in one (the
-    others stop at their next item). Plain threads: concurrent.futures costs start-up (logging)."""
+    others stop at their next item). Plain threads: concurrent.futures costs start-up (logging).
+
+    Each thread sets its own completion event when it ends, and the caller waits on those, never
+    on ``Thread.join``: a Ctrl-C (or SIGTERM) raised inside ``join(timeout)`` can leave Python 3.11
+    taking a running thread for stopped, and an interpreter that shuts down under a thread still
+    inside a BLAS product hangs or crashes. After a stop the threads get ``STOP_WAIT_SECONDS`` to
+    finish their item; ``counting_threads_alive`` tells the caller whether one did not."""
     results: dict[int, Result] = {}
     errors: list[BaseException] = []
+    done = [threading.Event() for _ in range(threads)]
 
     def run(i: int) -> None:
         try:
             results[i] = worker()
         except BaseException as e:
             errors.append(e)
+        finally:
+            done[i].set()
 
     pool = [
         threading.Thread(
             target=in_this_context(run),
             args=(i,),
-            name=f"nact-count-{i}",
+            name=f"{THREAD_PREFIX}{i}",
             daemon=True,  # in the scan's session
         )
         for i in range(threads)
     ]
-    for t in pool:
-        t.start()
+    started = 0
     try:
         for t in pool:
-            while t.is_alive():
-                t.join(0.2)  # a join with a timeout lets Ctrl-C through
+            t.start()
+            started += 1
+        for event in done:
+            while not event.wait(0.2):  # a wait with a timeout lets Ctrl-C through
+                pass
     except BaseException:
         stop.set()
-        for t in pool:
-            t.join()
+        for event in done[started:]:  # never started: nothing to wait for
+            event.set()
+        _wait_stopped(done)
         raise
     if errors:
         raise errors[0]
     return [results[i] for i in range(threads)]
+
+
+def _wait_stopped(done: list[threading.Event]) -> None:
+    """Wait (at most ``STOP_WAIT_SECONDS`` in all) for stopped threads to finish their item; a
+    second Ctrl-C or SIGTERM meanwhile does not cut the wait short."""
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    for event in done:
+        while not event.is_set() and time.monotonic() < deadline:
+            try:
+                event.wait(min(0.2, max(deadline - time.monotonic(), 0)))
+            except KeyboardInterrupt:
+                continue
+
+
+def counting_threads_alive() -> bool:
+    """Whether a counting thread is still running (it did not stop within ``STOP_WAIT_SECONDS``):
+    the process must then end without shutting the interpreter down under it (``os._exit``)."""
+    return any(t.name.startswith(THREAD_PREFIX) and t.is_alive() for t in threading.enumerate())
 
 
 def _check_size(slab: TensorSlab) -> None:
@@ -290,16 +327,20 @@ def _count_chunk(
     first_vector: int,
     read_ahead: bool = False,
     keep: np.ndarray | None = None,
+    step: int | None = None,
+    stopped: threading.Event | None = None,
 ) -> None:
     """Map rows ``[start, end)`` of ``slab`` read-only and count them (those ``keep`` marks, if
     given); the mapping is dropped after. ``read_ahead``: ask the kernel to start reading the
-    next window while this one is counted."""
+    next window while this one is counted. ``step``: hand the counter that many rows at a time
+    (an SAE's batch: the counter would split the window so itself), and stop between them once
+    ``stopped`` is set."""
     rule_view = np.dtype(f"u{slab.row_bytes // slab.width}") if slab.width else np.dtype(np.uint8)
     begin, stop = slab.byte_range(start, end)
     if isinstance(slab.path, RemotePath):  # one range request; the counting threads keep several in flight
         data = read_range(slab.path, begin, stop)  # (the same range as _fetch_ahead's)
         rows = np.frombuffer(data, dtype=rule_view).reshape(end - start, slab.width)
-        counter.update(rows if keep is None else rows[keep], first_vector)
+        _update(counter, rows if keep is None else rows[keep], first_vector, step, stopped)
         return
     base = begin - begin % mmap.ALLOCATIONGRANULARITY
     try:
@@ -320,7 +361,7 @@ def _count_chunk(
         rows = np.frombuffer(mapped, dtype=rule_view, count=(end - start) * slab.width, offset=begin - base)
         rows = rows.reshape(end - start, slab.width)
         try:
-            counter.update(rows if keep is None else rows[keep], first_vector)
+            _update(counter, rows if keep is None else rows[keep], first_vector, step, stopped)
         except BufferError:  # the C kernel caught a SIGBUS: the file shrank under the mapping
             faulted = True
         del rows
@@ -328,3 +369,14 @@ def _count_chunk(
         mapped.close()
     if faulted:
         raise BadInput(slab.path, "changed during the scan: it was truncated while being counted")
+
+
+def _update(
+    counter: Counter, rows: np.ndarray, first_vector: int, step: int | None, stop: threading.Event | None
+) -> None:
+    """``counter.update`` with ``rows``, ``step`` rows at a time (all at once without a step)."""
+    step = step or max(rows.shape[0], 1)
+    for at in range(0, rows.shape[0], step):
+        if at and stop is not None and stop.is_set():
+            return
+        counter.update(rows[at : at + step], first_vector + at)

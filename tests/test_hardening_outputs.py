@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -236,3 +239,87 @@ def test_a_shard_truncated_between_planning_and_reading(tmp_path: Path) -> None:
         np.save(path, array)
         with pytest.raises(BadInput, match="changed during the scan: now 2000 bytes"):
             scan([path], on_plan=lambda plan, path=path: os.truncate(path, 2000), chunk_rows=100, threads=1)
+
+
+# --- interrupts ----------------------------------------------------------------------------------
+
+
+def wide_sae_scan(folder: Path) -> tuple[Path, Path]:
+    """A SAELens checkpoint of 16,384 latents over 512 inputs and a cache to encode: seconds of
+    matrix products (BLAS threads busy) to interrupt."""
+    rng = np.random.default_rng(0)
+    d_in, d_sae, rows = 512, 16384, 32768
+    sae = folder / "sae"
+    sae.mkdir(parents=True)
+    weights = {
+        "W_enc": (rng.standard_normal((d_in, d_sae)) * 0.05).astype(np.float32),
+        "b_enc": np.zeros(d_sae, np.float32),
+        "W_dec": (rng.standard_normal((d_sae, d_in)) * 0.05).astype(np.float32),
+        "b_dec": np.zeros(d_in, np.float32),
+    }
+    save_file(weights, str(sae / "sae_weights.safetensors"))
+    cfg = {
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "dtype": "float32",
+        "apply_b_dec_to_input": True,
+        "architecture": "standard",
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {"hook_name": "blocks.6.hook_resid_pre", "sae_lens_version": "6.5.1"},
+    }
+    (sae / "cfg.json").write_text(json.dumps(cfg))
+    (folder / "cache").mkdir()
+    acts = rng.standard_normal((rows, d_in)).astype(np.float32)
+    save_file({"blocks.6.hook_resid_pre": acts}, str(folder / "cache" / "a.safetensors"))
+    return folder / "cache", sae
+
+
+def test_a_signal_during_an_sae_encode_ends_in_130(tmp_path: Path) -> None:
+    """A Ctrl-C or SIGTERM while the counting thread is inside a BLAS product: always one line
+    and exit 130, never a hang in OpenBLAS's exit handler or a crash, and no temporary file.
+    Signals land at different moments (loading, planning, encoding); a run that hangs is
+    killed by the timeout and fails the test."""
+    cache, sae = wide_sae_scan(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "NO_COLOR": "1"}
+    for i in range(10):
+        proc = subprocess.Popen(
+            [nact_executable(), "scan", str(cache), "--sae", str(sae), "--save-counts", str(out / "c.safetensors")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        time.sleep(0.2 + 0.13 * i)
+        proc.send_signal(signal.SIGINT if i % 2 else signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"run {i}: still running 30 s after the signal")
+        if proc.returncode == 0:
+            continue  # it ended before the signal
+        assert (proc.returncode, stderr) == (130, b"Error: interrupted\n"), i
+        assert list(out.iterdir()) == []
+
+
+def test_a_ctrl_c_at_start_up_is_one_line(tmp_path: Path) -> None:
+    """However early it comes, no traceback from nact's code: one line and 130 (or, before
+    Python has started handling signals, the process ends by the signal itself, as any program
+    does). Python's own start-up (its site module, a venv's .pth files) and the console script's
+    line that imports nact's entry module come before any code of nact's runs: out of its hands.
+    The entry module installs its handlers as its first statements."""
+    for delay in (0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.15):
+        proc = subprocess.Popen(
+            [nact_executable(), "scan", str(SAMPLE_DATA)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        frames = re.findall(rb'File "([^"]+)"', stderr)
+        if frames and not any(re.search(rb"/(cli|nact_cli|neuron_activity)/", f) for f in frames):
+            continue  # interrupted before nact's first statement
+        assert b"Traceback" not in stderr, (delay, stderr)
+        assert (proc.returncode, stderr) in ((130, b"Error: interrupted\n"), (-signal.SIGINT, b""), (0, b"")), delay
