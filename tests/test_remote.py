@@ -46,10 +46,13 @@ def s3():
         env.setenv("AWS_DEFAULT_REGION", "us-east-1")
         env.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
         import fsspec
+        import s3fs
 
+        s3fs.S3FileSystem.clear_instance_cache()  # nact's filesystems find this server, not an earlier one's
         fs = fsspec.filesystem("s3", skip_instance_cache=True)
         fsspec.filesystem("s3").invalidate_cache()
         yield fs
+        s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
 
 

@@ -1,18 +1,19 @@
 """Objects in a store, as paths, and what one scan learns of them.
 
 A URL becomes a ``RemotePath``: a path whose name, suffix, parent and natural order work as a
-file's do (so components group as for files), whose ``str()`` is the URL, and which no local
-file call can open. What a listing or a HEAD request said of each object (size, ETag, last
-modified), each object's first block, and the windows fetched ahead belong to a ``Session``:
-one per scan (``session()``, entered by every public call that reads objects: ``discover``,
-``read_entries``, ``plan_for``, ``count``, ``scan``, ``run_scan``, ``inspect``, ``audit``; a call
-inside another takes the session already open), so that planning reads no object twice, an
-audit records what it counted, and a long-lived process never sees what an earlier scan
-learned. Outside a session, ``info`` and ``read_range`` ask the store afresh; what lives as long
+file's do (so components group as for files), whose ``str()`` is the URL as nact shows and
+records it (credentials, and an http(s) query, left out: see ``urls``; only requests use the
+whole URL), and which no local file call can open. What a listing or a HEAD request said of
+each object (size, ETag, last modified), each object's first block, and the windows fetched
+ahead belong to a ``Session``: one per scan (``session()``, entered by every public call that
+reads objects: ``discover``, ``read_entries``, ``plan_for``, ``count``, ``scan``, ``run_scan``,
+``inspect``, ``audit``; a call inside another takes the session already open), so that planning
+reads no object twice, an audit records what it counted, and a long-lived process never sees
+what an earlier scan learned. Outside a session, ``info`` and ``read_range`` ask the store afresh; what lives as long
 as a session (fetches begun ahead, the check that no object changed) refuses to run outside one.
 
 Credentials and endpoints come the standard way: the AWS environment and config files
-(``AWS_ENDPOINT_URL`` for S3-compatible stores), ``HF_TOKEN`` for the Hub.
+(``AWS_ENDPOINT_URL`` for S3-compatible stores), ``HF_TOKEN`` for the Hub; or in the URL.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import io
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from ..errors import BadInput
+from . import urls
 from .requests import filesystem, key_of, protocol, retrying
 
 if TYPE_CHECKING:
@@ -48,8 +51,24 @@ def is_url(text: str) -> bool:
     return _URL.match(text) is not None
 
 
+def _shown(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(urls.shown(a) if isinstance(a, str) else a for a in args)
+
+
 class RemotePath(PurePosixPath):
-    """An object's URL, as a path. ``str()`` gives the URL back; ``os.fspath()`` refuses it."""
+    """An object's URL, as a path. ``str()`` gives the URL as shown (``urls``: no credentials,
+    no http(s) query), which is all the path holds; ``os.fspath()`` refuses it."""
+
+    # what the URL hides is taken out before the path is made of it (kept by ``urls`` for requests)
+    if sys.version_info >= (3, 12):
+
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*_shown(args))
+
+    else:
+
+        def __new__(cls, *args: Any) -> RemotePath:
+            return super().__new__(cls, *_shown(args))
 
     def __str__(self) -> str:
         text = super().__str__()  # PurePosixPath folds "s3://b/k" into "s3:/b/k"

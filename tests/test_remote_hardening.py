@@ -1,0 +1,154 @@
+"""Remote stores that misbehave, and URLs that carry secrets: nothing printed or recorded holds a
+credential, retries end by a deadline, a server that ignores ranges is not read whole, a window
+of another version of an object is never counted, a stop ends requests that hang, and a TLS
+failure says so. Local servers only: moto's S3, and HTTP(S) servers made here."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import os
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+pytest.importorskip("fsspec")
+pytest.importorskip("s3fs")
+pytest.importorskip("aiohttp")
+pytest.importorskip("moto.server")
+
+import test_remote as base
+
+from neuron_activity import remote, scan
+from neuron_activity.remote import urls
+
+s3, bucket, web, _fast_retries = base.s3, base.bucket, base.web, base._fast_retries  # the same servers
+nact, upload, activations, fire_counts = base.nact, base.upload, base.activations, base.fire_counts
+REPO = Path(__file__).resolve().parents[1]
+
+
+def serve(handler: type[http.server.BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def run_nact(*args: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """nact's console entry in a process of its own (signals go to it alone)."""
+    code = "import sys; from nact_cli.entry import main; main()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+
+def test_the_shown_form_of_a_url_holds_no_secret() -> None:
+    given = "https://alice:pa55word@host:8443/acts/shard.safetensors?X-Amz-Signature=c0ffee99&token=t0k3n#frag"
+    path = remote.RemotePath(given)
+    assert str(path) == "https://***@host:8443/acts/shard.safetensors"
+    assert path.name == "shard.safetensors" and path.suffix == ".safetensors"
+    assert str(path.parent) == "https://***@host:8443/acts" and "pa55word" not in repr(path)
+    assert all("pa55word" not in part and "t0k3n" not in part for part in path.parts)
+    assert remote.RemotePath(str(path)) == path  # the shown form of a shown URL is itself
+    assert urls.real(str(path)) == given  # requests use all of it
+    assert urls.real(str(path), userinfo=False) == given.replace("alice:pa55word@", "")
+    s3_path = remote.as_path("s3://AKIDEXAMPLE:wJalrXUtnFEMI@bucket/a?b.npy")
+    assert str(s3_path) == "s3://***@bucket/a?b.npy"  # in a key "?" is a character: kept
+    assert urls.credentials(str(s3_path)) == ("AKIDEXAMPLE", "wJalrXUtnFEMI")
+    said = "ClientResponseError: 401, url='https://alice:pa55word@host:8443/a?token=t0k3n' (pa55word, c0ffee99)"
+    assert urls.redact(said) == "ClientResponseError: 401, url='https://***@host:8443/a' (***, ***)"
+    assert str(remote.RemotePath("https://host/a.npy")) == "https://host/a.npy"  # nothing to hide
+
+
+class AuthHandler(base.RangeHandler):
+    """Files behind HTTP basic authentication and a token in the query string."""
+
+    user = "reader:s3cr3t-pw"
+    token = "tok-123456"
+
+    def _serve(self, body: bool) -> None:
+        path, _, query = self.path.partition("?")
+        wanted = "Basic " + base64.b64encode(self.user.encode()).decode()
+        if self.headers.get("Authorization") != wanted or f"token={self.token}" not in query:
+            self.requests.append(f"{self.command} {self.path} refused")
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.path = path
+        super()._serve(body)
+
+
+def test_credentials_in_a_url_are_never_printed_or_stored(tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    root.mkdir()
+    x = activations(np.random.default_rng(21), 300, 16)
+    save_file({"acts": x}, str(root / "shard.safetensors"))
+    handler = type("Auth", (AuthHandler,), {"root": root, "failures": {}, "requests": []})
+    server = serve(handler)
+    host = f"127.0.0.1:{server.server_address[1]}"
+    url = f"http://{AuthHandler.user}@{host}/shard.safetensors?X-Amz-Signature=sig-777777&token={AuthHandler.token}"
+    secrets = ("s3cr3t-pw", AuthHandler.token, "sig-777777")
+    counts, state = tmp_path / "counts.safetensors", tmp_path / "state.safetensors"
+    try:
+        outputs = []
+        done = nact("scan", url, "-f", "json", "--neurons", "--save-counts", counts)
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.stdout)["rows"] and "refused" not in "".join(handler.requests)  # all of it was sent
+        outputs += [done.stdout, done.stderr, counts.read_bytes().decode("latin-1")]
+        for _ in range(2):  # an audit, and the audit again: the object is known by its shown URL
+            done = nact("scan", url, "--state", state, "-f", "json")
+            assert done.exit_code == 0, done.output
+            outputs += [done.stdout, done.stderr, state.read_bytes().decode("latin-1")]
+        from neuron_activity.counts_file import load_counts
+
+        assert [s.path for s in load_counts(state).shards] == [f"http://***@{host}/shard.safetensors"]
+        assert load_counts(state).activity.components["acts"].fire_counts.tolist() == fire_counts(x)
+        for wrong in (  # failures, whose messages quote the URL
+            url.replace("shard.safetensors", "gone.safetensors"),
+            url.replace("s3cr3t-pw", "s3cr3t-no"),
+            url.replace(host, "127.0.0.1:1"),  # nothing listens: tried again, then one line
+        ):
+            done = nact("scan", wrong, "-o", tmp_path / "out.json")
+            assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.output
+            outputs += [done.stdout, done.stderr]
+        assert "access denied" in outputs[-3] and f"http://***@{host}/shard.safetensors" in outputs[-3]
+        library = scan([url]).plan
+        outputs += [repr(library.shards), str(library.objects)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    for text in outputs:
+        assert not any(secret in text for secret in secrets), text
+
+
+def test_s3_credentials_in_a_url_are_used_and_never_shown(s3, bucket: str, tmp_path: Path) -> None:
+    x = activations(np.random.default_rng(22), 200, 8)
+    save_file({"acts": x}, str(tmp_path / "shard.safetensors"))
+    upload(s3, tmp_path, bucket, "keyed")
+    url = f"s3://AKIAKEYINURL:very-secret-key@{bucket}/keyed/"
+    counts = tmp_path / "counts.safetensors"
+    done = nact("scan", url, "-f", "json", "--save-counts", counts)
+    assert done.exit_code == 0, done.output
+    for text in (done.stdout, done.stderr, counts.read_bytes().decode("latin-1")):
+        assert "very-secret-key" not in text and "AKIAKEYINURL" not in text
+    assert f"s3://***@{bucket}/keyed/shard.safetensors" in done.stdout
+    done = nact("scan", f"s3://AKIAKEYINURL:very-secret-key@{bucket}/nothing/")
+    assert done.exit_code == 2 and "very-secret-key" not in done.stderr and "no such object" in done.stderr
