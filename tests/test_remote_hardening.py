@@ -26,7 +26,7 @@ pytest.importorskip("moto.server")
 
 import test_remote as base
 
-from neuron_activity import remote, scan
+from neuron_activity import BadInput, remote, scan
 from neuron_activity.remote import urls
 
 s3, bucket, web, _fast_retries = base.s3, base.bucket, base.web, base._fast_retries  # the same servers
@@ -152,3 +152,83 @@ def test_s3_credentials_in_a_url_are_used_and_never_shown(s3, bucket: str, tmp_p
     assert f"s3://***@{bucket}/keyed/shard.safetensors" in done.stdout
     done = nact("scan", f"s3://AKIAKEYINURL:very-secret-key@{bucket}/nothing/")
     assert done.exit_code == 2 and "very-secret-key" not in done.stderr and "no such object" in done.stderr
+
+
+# --- bounded time -------------------------------------------------------------------------------
+
+
+class DownHandler(http.server.BaseHTTPRequestHandler):
+    """A store that answers 503 SlowDown to every request, and counts them."""
+
+    seen: list[str]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.seen.append(self.command)
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD
+
+
+def test_retries_end_by_the_deadline_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    handler = type("Down", (DownHandler,), {"seen": []})
+    server = serve(handler)
+    url = f"http://127.0.0.1:{server.server_address[1]}/shard.safetensors?token=abcdefgh"
+    monkeypatch.setattr(remote.requests, "TRIES", 10**9)  # only the deadline ends it
+    monkeypatch.setenv("NACT_REMOTE_DEADLINE", "0.5")
+    try:
+        done = nact("scan", url, "-o", tmp_path / "out.json")
+        assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.output
+        assert done.stderr.startswith(f"Error: http://127.0.0.1:{server.server_address[1]}/shard.safetensors: ")
+        assert "no answer within 0.5 s (NACT_REMOTE_DEADLINE)" in done.stderr and "abcdefgh" not in done.stderr
+        assert len(handler.seen) > 2 and not (tmp_path / "out.json").exists()
+        monkeypatch.setenv("NACT_REMOTE_DEADLINE", "soon")
+        done = nact("scan", url)
+        assert done.exit_code == 2 and "NACT_REMOTE_DEADLINE='soon' is not a number of seconds" in done.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class HangingHandler(base.RangeHandler):
+    """Answers HEAD and the header's range; any other GET is accepted and never answered (until
+    ``release``), or every GET if ``header_hangs``."""
+
+    release: threading.Event
+    asked: threading.Event
+    header_hangs = False
+
+    def do_GET(self) -> None:
+        if not self.header_hangs and self.headers.get("Range", "").startswith("bytes=0-"):
+            return super().do_GET()
+        self.asked.set()
+        self.release.wait(120)
+
+
+@pytest.fixture
+def hanging(tmp_path: Path):
+    root = tmp_path / "www"
+    root.mkdir()
+    save_file({"acts": activations(np.random.default_rng(23), 4000, 64)}, str(root / "shard.safetensors"))
+    handler = type(
+        "Hang",
+        (HangingHandler,),
+        {"root": root, "requests": [], "release": threading.Event(), "asked": threading.Event()},
+    )
+    server = serve(handler)
+    yield f"http://127.0.0.1:{server.server_address[1]}/shard.safetensors", handler
+    handler.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_request_that_hangs_ends_by_the_deadline(hanging, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, handler = hanging
+    monkeypatch.setenv("NACT_REMOTE_DEADLINE", "1")
+    with pytest.raises(BadInput, match=r"no answer within 1 s \(NACT_REMOTE_DEADLINE\), after 1 tries"):
+        scan([url])
+    assert handler.asked.is_set()

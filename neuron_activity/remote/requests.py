@@ -3,6 +3,12 @@ request tried again after transient failures (timeouts, 5xx, throttling) with ba
 permanent answer (no such object, access denied) becoming one line that names the URL (as
 ``urls`` shows it: no credentials).
 
+Bounds. Only nact tries a request again: s3fs's and botocore's own retries are turned off, so
+``TRIES`` is the number of requests one read makes at most. All the tries of one request end
+within ``NACT_REMOTE_DEADLINE`` seconds (default ``DEADLINE_S``) of its first, whatever the
+store does; each try connects within ``CONNECT_TIMEOUT_S`` and gets bytes at least every
+``READ_TIMEOUT_S`` (both at most the deadline).
+
 fsspec and its filesystems (s3fs for ``s3://``, aiohttp for ``https://``) are the optional extra
 ``nact[remote]``, imported only when a URL is read.
 """
@@ -10,10 +16,11 @@ fsspec and its filesystems (s3fs for ``s3://``, aiohttp for ``https://``) are th
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections.abc import Callable
 from pathlib import PurePath
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import BadInput, first_line
 from . import urls
@@ -21,17 +28,34 @@ from . import urls
 TRIES = 6  # a transient failure (timeout, 5xx, throttling) is tried again, up to this many tries
 BACKOFF_S = 0.25  # the first wait; each next one doubles, up to MAX_BACKOFF_S
 MAX_BACKOFF_S = 8.0
-
-T = TypeVar("T")
+DEADLINE_VARIABLE = "NACT_REMOTE_DEADLINE"
+DEADLINE_S = 120.0  # all the tries of one request: a 16 MiB window at 150 kB/s still arrives
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 30.0  # the longest wait for the next bytes of an answer
 
 
 def protocol(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
+def deadline_s(path: PurePath) -> float:
+    """Seconds all the tries of one request may take: ``NACT_REMOTE_DEADLINE``, else ``DEADLINE_S``."""
+    text = os.environ.get(DEADLINE_VARIABLE, "").strip()
+    if not text:
+        return DEADLINE_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise BadInput(path, f"{DEADLINE_VARIABLE}={text!r} is not a number of seconds above 0")
+    return seconds
+
+
 def filesystem(path: PurePath) -> Any:
-    """The fsspec filesystem of ``path``'s protocol; ``s3://`` credentials given in the URL are
-    its key and secret. A missing extra is a one-line error."""
+    """The fsspec filesystem of ``path``'s protocol, with the timeouts above and its own retries
+    off; ``s3://`` credentials given in the URL are its key and secret. A missing extra is a
+    one-line error."""
     name = protocol(str(path))
     try:
         import fsspec  # the remote extra: only URLs need it
@@ -39,14 +63,32 @@ def filesystem(path: PurePath) -> Any:
         raise BadInput(
             path, "reading remote caches needs fsspec: pip install fsspec s3fs aiohttp (nact's remote extra)"
         ) from None
+    limit = deadline_s(path)
+    connect, read = min(CONNECT_TIMEOUT_S, limit), min(READ_TIMEOUT_S, limit)
     options: dict[str, Any] = {}
-    given = urls.credentials(str(path))
-    if name in ("s3", "s3a") and given is not None:
-        options["key"], options["secret"] = given
+    if name in ("s3", "s3a"):
+        options["config_kwargs"] = {
+            "retries": {"total_max_attempts": 1, "mode": "standard"},  # botocore: one attempt per call
+            "connect_timeout": connect,
+            "read_timeout": read,
+        }
+        given = urls.credentials(str(path))
+        if given is not None:
+            options["key"], options["secret"] = given
+    elif name in ("http", "https"):
+        try:
+            import aiohttp  # fsspec's HTTP filesystem needs it too
+
+            options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(sock_connect=connect, sock_read=read)}
+        except ImportError:
+            pass  # fsspec says so below, in its own words
     try:
-        return fsspec.filesystem(name, **options)
+        fs = fsspec.filesystem(name, **options)
     except (ImportError, ValueError) as e:
         raise BadInput(path, f"cannot read {name}:// URLs: {urls.redact(first_line(e))}") from None
+    if name in ("s3", "s3a"):
+        fs.retries = 1  # s3fs tries each call 5 times itself (150 requests for one read, with botocore's)
+    return fs
 
 
 def key_of(fs: Any, path: PurePath) -> str:
@@ -115,11 +157,13 @@ def describe(path: PurePath, error: BaseException) -> BadInput:
     return BadInput(path, f"cannot read: {type(answer).__name__}: {urls.redact(first_line(answer))}")
 
 
-def retrying(path: PurePath, call: Callable[[], T], tries: int | None = None) -> T:
+def retrying(path: PurePath, call: Callable[[], Any], tries: int | None = None) -> Any:
     """``call()``, tried again after transient failures with exponential backoff, at most
-    ``tries`` (default ``TRIES``) times; a permanent failure, or the last transient one, is a
-    ``BadInput`` naming ``path``."""
+    ``tries`` (default ``TRIES``) times and within the deadline. A permanent failure, the last
+    transient one or the deadline is a ``BadInput`` naming ``path``."""
     tries = tries or TRIES
+    limit = deadline_s(path)
+    until = time.monotonic() + limit
     wait = BACKOFF_S
     for attempt in range(1, tries + 1):
         try:
@@ -129,10 +173,14 @@ def retrying(path: PurePath, call: Callable[[], T], tries: int | None = None) ->
         except Exception as e:
             if not transient(e):
                 raise describe(path, e) from None
+            what = _answer(e)
+            last = f"{type(what).__name__}: {urls.redact(first_line(what))}"
             if attempt == tries:
-                what = _answer(e)
-                last = f"{type(what).__name__}: {urls.redact(first_line(what))}"
                 raise BadInput(path, f"cannot read after {tries} tries: {last}") from None
+            if time.monotonic() + wait >= until:
+                raise BadInput(
+                    path, f"no answer within {limit:g} s ({DEADLINE_VARIABLE}), after {attempt} tries: {last}"
+                ) from None
             time.sleep(wait)
             wait = min(wait * 2, MAX_BACKOFF_S)
     raise AssertionError("unreachable")
