@@ -105,7 +105,8 @@ Top = Annotated[
 Format = Annotated[
     str | None,
     format_option(
-        f"One of {', '.join(FORMATS)}.", show_default="from the -o file's extension (.json, .csv, .md), else table"
+        f"One of {', '.join(FORMATS)}.",
+        show_default="from the -o file's extension (.json, .csv, .md; .txt: table), else table; an extension that says otherwise is refused",
     ),
 ]
 TableOrJson = Annotated[str, format_option("table or json.")]

@@ -34,7 +34,7 @@ import torch
 from . import cpu_counting, state
 from .activity import NeuronActivity, Threshold, ThresholdLike
 from .counting import kernel_for
-from .counts_file import SavedCounts, save_counts
+from .counts_file import SavedCounts, ShardRecord, save_counts
 from .decimals import as_fraction
 from .dtypes import TORCH_NAMES, FireRule, fire_rule, signed_bits
 from .errors import BadOption, ShapeMismatch
@@ -131,9 +131,12 @@ def density_of(fire_counts: torch.Tensor, num_vectors: int | torch.Tensor) -> to
     return fire_counts.to(torch.float64) / num_vectors
 
 
-def saved(activity: NeuronActivity, kernel: Kernel, device: torch.device) -> SavedCounts:
-    """Counts to save, with the kernel that counted them on ``device`` (torch off the CPU)."""
-    return SavedCounts(activity, kernel=kernel if device.type == "cpu" else "torch", device=str(device))
+def saved(activity: NeuronActivity, kernel: Kernel, device: torch.device, record: ShardRecord) -> SavedCounts:
+    """Counts to save, with the kernel that counted them on ``device`` (torch off the CPU) and the
+    record of what they count (``record``: the counting's own, from its start or last reset, so
+    that two saves of the same running counts cannot be merged into each other)."""
+    kernel_name = kernel if device.type == "cpu" else "torch"
+    return SavedCounts(activity, shards=[record], kernel=kernel_name, device=str(device))
 
 
 class _Shape:
@@ -193,6 +196,7 @@ class TensorActivity:
         self.kernel = cpu_kernel(kernel)
         self.states: dict[str, torch.Tensor] | None = None
         self.num_vectors = 0
+        self.record = ShardRecord.in_memory()  # what its saved counts say they count
 
     def update(self, activations: torch.Tensor) -> None:
         self.shape.check(activations)
@@ -234,7 +238,7 @@ class TensorActivity:
         return activity_of(self.shape, self._states(), self.num_vectors, self.fire_above, self.name)
 
     def save_counts(self, path: Path | str) -> None:
-        save_counts(Path(path), saved(self.activity(), self.kernel, self.fire_counts.device))
+        save_counts(Path(path), saved(self.activity(), self.kernel, self.fire_counts.device, self.record))
 
 
 def _metric_class() -> type:
@@ -290,6 +294,12 @@ def _metric_class() -> type:
             self.add_state(
                 "num_vectors", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum", persistent=True
             )
+            self.record = ShardRecord.in_memory()  # what its saved counts say they count, until a reset
+
+        def reset(self) -> None:
+            """Start counting anew: counts saved from now on can be merged with those saved before."""
+            super().reset()
+            self.record = ShardRecord.in_memory()
 
         def update(self, learned_activations: torch.Tensor, **kwargs: Any) -> None:
             """Count a batch ``[batch, features]`` or ``[batch, components, features]``; other
@@ -322,7 +332,7 @@ def _metric_class() -> type:
             return activity_of(self.shape, states, int(self.num_vectors), self.fire_above, self.name)
 
         def save_counts(self, path: Path | str) -> None:
-            save_counts(Path(path), saved(self.activity(), self.kernel, self.fire_counts.device))
+            save_counts(Path(path), saved(self.activity(), self.kernel, self.fire_counts.device, self.record))
 
     NeuronActivityMetric.__qualname__ = "NeuronActivityMetric"  # pickled by name: this module's __getattr__ makes it
     return NeuronActivityMetric

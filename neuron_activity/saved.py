@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .activity import Threshold
+from .activity import Threshold, ThresholdLike
 from .counts_file import load_counts, load_merged, save_counts
 from .diff import Changes, compare
 from .files import check_not_inputs, check_outputs
@@ -54,6 +54,8 @@ def merge(files: list[Path], output: Path, *, union: bool = False) -> list[str]:
     return notes
 
 
-def diff(old: Path, new: Path, threshold: Threshold) -> Changes:
-    """Which neurons died, revived and stayed dead at ``threshold`` from ``old`` to ``new``."""
-    return Changes(threshold, compare(load_counts(old).activity, load_counts(new).activity, threshold))
+def diff(old: Path | str, new: Path | str, threshold: ThresholdLike) -> Changes:
+    """Which neurons died, revived and stayed dead at ``threshold`` (``Threshold.of`` takes it:
+    ``1e-6``, ``"0.1%"``) from ``old`` to ``new``."""
+    checked = Threshold.of(threshold)
+    return Changes(checked, compare(load_counts(Path(old)).activity, load_counts(Path(new)).activity, checked))

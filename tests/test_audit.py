@@ -354,3 +354,18 @@ def test_state_kept_beside_the_shards_is_not_a_shard(tmp_path: Path) -> None:
         2,
         f"Error: {state}: saved counts, not activations: read it with nact report or nact density\n",
     )
+
+
+def test_the_library_diff_takes_a_plain_threshold(tmp_path: Path) -> None:
+    from neuron_activity import saved
+    from neuron_activity.activity import NeuronActivity
+
+    old, new = NeuronActivity(), NeuronActivity()
+    old.add("a", np.array([5, 1, 0]), 1_000_000)
+    new.add("a", np.array([5, 0, 0]), 1_000_000)
+    save_counts(tmp_path / "old.safetensors", SavedCounts(old, []))
+    save_counts(tmp_path / "new.safetensors", SavedCounts(new, []))
+    for threshold in (1e-6, "1e-6", "0.0001%"):  # one fire in a million vectors: dead at it
+        changes = saved.diff(tmp_path / "old.safetensors", tmp_path / "new.safetensors", threshold)
+        assert changes.threshold.value == Fraction(1, 10**6)
+    assert saved.diff(tmp_path / "old.safetensors", tmp_path / "new.safetensors", 0.0).died == 1  # neuron 1

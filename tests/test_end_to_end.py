@@ -253,8 +253,9 @@ def test_output_format_from_the_extension(tmp_path: Path) -> None:
         out = tmp_path / f"dead{suffix}"
         assert run("scan", str(SAMPLE_DATA), "-o", str(out)).returncode == 0
         assert check(out.read_text()), suffix
-    assert run("scan", str(SAMPLE_DATA), "-o", str(tmp_path / "x.csv"), "-f", "json").returncode == 0
-    assert json.loads((tmp_path / "x.csv").read_text())["rows"]  # --format wins over the extension
+    refused = run("scan", str(SAMPLE_DATA), "-o", str(tmp_path / "x.csv"), "-f", "json")
+    assert refused.returncode == 2 and "its extension .csv says csv, --format says json" in refused.stderr
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_usage_line_and_examples() -> None:

@@ -128,6 +128,38 @@ def test_saved_counts_meet_the_cli(tmp_path: Path) -> None:
     assert [c["died"] for c in json.loads(diff.stdout)["components"]] == [0, 0]
 
 
+def test_two_saves_of_the_same_running_counts_are_not_merged(tmp_path: Path) -> None:
+    """Checkpoints of a training run save cumulative counts: merging step 1000 into step 2000
+    would count the first 1000 steps twice. A reset starts counts that merge with the old."""
+    metric = NeuronActivityMetric(3, name="sae")
+    metric.update(torch.tensor([[1.0, 0.0, 0.0]]))
+    metric.save_counts(tmp_path / "step1.safetensors")
+    metric.update(torch.tensor([[0.0, 1.0, 0.0]]))
+    metric.save_counts(tmp_path / "step2.safetensors")
+    steps = [str(tmp_path / "step1.safetensors"), str(tmp_path / "step2.safetensors")]
+    twice = runner.invoke(app, ["merge", *steps, "-o", str(tmp_path / "twice.safetensors")])
+    assert twice.exit_code == 2 and "counted in memory" in twice.stderr, twice.stderr
+    assert not (tmp_path / "twice.safetensors").exists()
+    metric.reset()
+    metric.update(torch.tensor([[0.0, 0.0, 1.0]]))
+    metric.save_counts(tmp_path / "after.safetensors")
+    merged = runner.invoke(
+        app,
+        [
+            "merge",
+            str(tmp_path / "step2.safetensors"),
+            str(tmp_path / "after.safetensors"),
+            "-o",
+            str(tmp_path / "m.safetensors"),
+        ],
+    )
+    assert merged.exit_code == 0, merged.stderr
+    report = runner.invoke(app, ["report", str(tmp_path / "m.safetensors"), "-t", "0", "-f", "json"])
+    assert (
+        json.loads(report.stdout)["rows"][0]["dead"] == 0 and json.loads(report.stdout)["rows"][0]["num_vectors"] == 3
+    )
+
+
 def test_tensor_activity_without_torchmetrics() -> None:
     rng = np.random.default_rng(3)
     x = random_activations(rng, (64, 6), "F16")

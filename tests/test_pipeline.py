@@ -82,15 +82,15 @@ def test_outputs_never_overwrite_an_input_shard(tmp_path: Path) -> None:
     make_shards(data, [10, 10])
     shard = data / "shard_001.safetensors"
     before = snapshot(data)
-    for option in ("-o", "--save-counts"):
-        result = nact("scan", data, option, shard)
+    for option in (("-o", shard, "-f", "json"), ("--save-counts", shard)):
+        result = nact("scan", data, *option)
         assert (result.exit_code, result.stderr) == (
             2,
             f"Error: {shard}: is one of the inputs: nact never writes over its input\n",
         )
     link = tmp_path / "link.safetensors"
     link.symlink_to(shard)
-    result = nact("scan", data, "-o", link)
+    result = nact("scan", data, "-o", link, "-f", "json")
     assert result.exit_code == 2 and "is one of the inputs" in result.stderr
     assert snapshot(data) == before
 
@@ -100,7 +100,7 @@ def test_merge_and_report_refuse_to_overwrite_their_input(tmp_path: Path) -> Non
     before = (tmp_path / "a.safetensors").read_bytes()
     result = nact("merge", tmp_path / "a.safetensors", "-o", tmp_path / "a.safetensors")
     assert result.exit_code == 2 and "is one of the inputs" in result.stderr
-    result = nact("report", tmp_path / "a.safetensors", "-o", tmp_path / "a.safetensors")
+    result = nact("report", tmp_path / "a.safetensors", "-o", tmp_path / "a.safetensors", "-f", "json")
     assert result.exit_code == 2 and "is one of the inputs" in result.stderr
     assert (tmp_path / "a.safetensors").read_bytes() == before
 

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInput
-from .files import Tensors, TorchWeights, flag, read_json, text, top_k, weights, whole
+from ..json_files import read_json
+from .files import Tensors, TorchWeights, flag, text, top_k, weights, whole
 from .model import Sae
 
 WEIGHTS = "ae.pt"

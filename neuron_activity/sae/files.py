@@ -14,7 +14,6 @@ import numpy as np
 
 from ..dtypes import FLOAT_INPUTS, INTEGER_FORMATS, ITEMSIZE, UNSIGNED_VIEW, to_float32
 from ..errors import BadInput, first_line
-from ..json_files import read_json as read_json  # the "x as x" imports: moved to json_files, still importable here
 from ..memory import check_fits
 from ..sources import torch_zip
 from ..sources.base import TensorEntry

@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput, first_line
+from ..json_files import read_json
 from ..memory import check_fits
-from .files import SafetensorsWeights, Tensors, read_json, weights
+from .files import SafetensorsWeights, Tensors, weights
 from .model import Reshape, Sae
 
 WEIGHTS = "params.npz"

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInput
-from .files import SafetensorsWeights, flag, read_json, text, weights, whole
+from ..json_files import read_json
+from .files import SafetensorsWeights, flag, text, weights, whole
 from .model import Sae
 
 WEIGHTS = "checkpoints/final.safetensors"

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInput
-from .files import SafetensorsWeights, Tensors, flag, read_json, text, top_k, weights, whole
+from ..json_files import read_json
+from .files import SafetensorsWeights, Tensors, flag, text, top_k, weights, whole
 from .model import Sae
 
 WEIGHTS = "sae_weights.safetensors"

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BadInput
-from .files import SafetensorsWeights, flag, read_json, top_k, weights, whole
+from ..json_files import read_json
+from .files import SafetensorsWeights, flag, top_k, weights, whole
 from .model import Sae
 
 WEIGHTS = "sae.safetensors"
