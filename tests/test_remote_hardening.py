@@ -9,10 +9,12 @@ import base64
 import http.server
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +234,29 @@ def test_a_request_that_hangs_ends_by_the_deadline(hanging, monkeypatch: pytest.
     with pytest.raises(BadInput, match=r"no answer within 1 s \(NACT_REMOTE_DEADLINE\), after 1 tries"):
         scan([url])
     assert handler.asked.is_set()
+
+
+# --- interrupts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sent, threads, header_hangs",
+    [
+        (signal.SIGTERM, "4", False),  # windows on the counting threads
+        (signal.SIGINT, "4", False),
+        (signal.SIGTERM, "1", False),  # windows fetched ahead
+        (signal.SIGTERM, "4", True),  # the header, on the main thread
+    ],
+)
+def test_a_stop_ends_requests_that_hang_with_exit_130(hanging, sent: int, threads: str, header_hangs: bool) -> None:
+    url, handler = hanging
+    handler.header_hangs = header_hangs
+    process = run_nact("scan", url, "--threads", threads, "--io-threads", threads, "--chunk-rows", "100")
+    try:
+        assert handler.asked.wait(60), "nact never asked for the object"
+        time.sleep(0.3)  # every thread waiting on its request
+        process.send_signal(sent)
+        out, err = process.communicate(timeout=20)  # not 120 s later: the requests saw the stop
+    finally:
+        process.kill()
+    assert process.returncode == 130 and err == "Error: interrupted\n" and out == ""

@@ -11,6 +11,8 @@ reads objects: ``discover``, ``read_entries``, ``plan_for``, ``count``, ``scan``
 reads no object twice, an audit records what it counted, and a long-lived process never sees
 what an earlier scan learned. Outside a session, ``info`` and ``read_range`` ask the store afresh; what lives as long
 as a session (fetches begun ahead, the check that no object changed) refuses to run outside one.
+A session opened on the main thread is stopped by SIGINT and SIGTERM (which then do what they
+did): the requests in flight on every thread end at once.
 
 Credentials and endpoints come the standard way: the AWS environment and config files
 (``AWS_ENDPOINT_URL`` for S3-compatible stores), ``HF_TOKEN`` for the Hub; or in the URL.
@@ -34,7 +36,7 @@ import numpy as np
 
 from ..errors import BadInput
 from . import urls
-from .requests import filesystem, key_of, protocol, retrying
+from .requests import ask, filesystem, key_of, protocol, retrying, stop_on_signals
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -166,6 +168,7 @@ class Session:
     plans: dict[str, object] = field(default_factory=dict)  # by URL: what a reader planned of it (see ``planned``)
     ahead: dict[tuple[str, int, int], Future[bytes]] = field(default_factory=dict)  # ranges fetched early
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stopped: threading.Event = field(default_factory=threading.Event)  # set: requests in flight end at once
     _pool: ThreadPoolExecutor | None = None
 
     def info(self, path: RemotePath, refresh: bool = False) -> ObjectInfo:
@@ -178,7 +181,7 @@ class Session:
         key = key_of(fs, path)
         if refresh:
             fs.invalidate_cache(key)
-        detail = retrying(path, lambda: fs.info(key))
+        detail = ask(path, fs, "info", key, stop=self.stopped)
         if detail.get("type") == "directory":
             raise BadInput(path, "is a folder (a prefix), not an object")
         found = _info_of(detail)
@@ -197,7 +200,7 @@ class Session:
         key = key_of(fs, path).rstrip("/")
         missing: BadInput | None = None
         try:
-            detail = retrying(path, lambda: fs.info(key))
+            detail = ask(path, fs, "info", key, stop=self.stopped)
         except BadInput as e:
             if path.protocol in ("http", "https"):
                 raise
@@ -205,7 +208,7 @@ class Session:
         if detail is not None and detail.get("type") != "directory":
             self._remember(path, detail)
             return [path], 0
-        found = retrying(path, lambda: fs.find(key, detail=True, withdirs=False))
+        found = ask(path, fs, "find", key, detail=True, withdirs=False, stop=self.stopped)
         if not found:
             raise missing if missing is not None else BadInput(path, "no objects under this prefix")
         objects, hidden = [], 0
@@ -258,7 +261,7 @@ class Session:
             early = self.ahead.pop((str(path), start, stop), None)
         if early is not None:
             return early.result()
-        return fetch(path, start, stop)
+        return fetch(path, start, stop, self.stopped)
 
     def planned(self, path: RemotePath, kind: type[Plan]) -> Plan | None:
         """What a reader planned of the object ``path`` (a ``kind``), if one has in this session."""
@@ -282,7 +285,7 @@ class Session:
                 from concurrent.futures import ThreadPoolExecutor  # 3 ms of every scan's start-up
 
                 self._pool = ThreadPoolExecutor(threads, thread_name_prefix="nact-ahead")
-            self.ahead[(str(path), start, stop)] = self._pool.submit(fetch, path, start, stop)
+            self.ahead[(str(path), start, stop)] = self._pool.submit(fetch, path, start, stop, self.stopped)
 
     def check_unchanged(self, planned: Mapping[RemotePath, ObjectInfo], threads: int = IO_THREADS) -> None:
         """Each object still has the size and version tag ``planned`` says it had when it was
@@ -309,7 +312,9 @@ class Session:
             raise RuntimeError(f"Session.{what} outside its session: call it inside `with session():`")
 
     def close(self) -> None:
-        """Cancel what was fetched ahead and not taken; stop the fetching threads."""
+        """Cancel what was fetched ahead and not taken; end the requests in flight; stop the
+        fetching threads."""
+        self.stopped.set()
         with self.lock:
             pending, self.ahead = list(self.ahead.values()), {}
             pool, self._pool = self._pool, None
@@ -332,9 +337,11 @@ def session() -> Iterator[Session]:
         return
     made = Session()
     token = _active.set(made)
+    restore = stop_on_signals(made.stopped)
     try:
         yield made
     finally:
+        restore()
         _active.reset(token)
         made.close()
 
@@ -366,14 +373,18 @@ def each(paths: list[RemotePath], call: Callable[[RemotePath], object], threads:
             future.result()
 
 
-def fetch(path: RemotePath, start: int, stop: int) -> bytes:
+def fetch(path: RemotePath, start: int, stop: int, stopped: threading.Event | None = None) -> bytes:
     """Bytes ``[start, stop)`` of an object by one range request (tried again after transient
-    failures); fewer than asked is an error."""
+    failures, ended by ``stopped``); fewer than asked is an error."""
     if stop <= start:
         return b""  # fsspec reads a whole object for an empty range
     fs = filesystem(path)
     key = key_of(fs, path)
-    data: bytes = retrying(path, lambda: fs.cat_file(key, start=start, end=stop))
+    data: bytes
+    if getattr(fs, "async_impl", False):  # on the filesystem's event loop: a stop ends the request
+        data = retrying(path, lambda: fs._cat_file(key, start=start, end=stop), loop=fs.loop, stop=stopped)
+    else:
+        data = retrying(path, lambda: fs.cat_file(key, start=start, end=stop), stop=stopped)
     if len(data) != stop - start:
         raise BadInput(
             path,

@@ -7,7 +7,9 @@ Bounds. Only nact tries a request again: s3fs's and botocore's own retries are t
 ``TRIES`` is the number of requests one read makes at most. All the tries of one request end
 within ``NACT_REMOTE_DEADLINE`` seconds (default ``DEADLINE_S``) of its first, whatever the
 store does; each try connects within ``CONNECT_TIMEOUT_S`` and gets bytes at least every
-``READ_TIMEOUT_S`` (both at most the deadline).
+``READ_TIMEOUT_S`` (both at most the deadline). A request of an asynchronous filesystem (s3://,
+http(s)://) runs on fsspec's event loop while its thread waits, so that a stop (``stop``: the
+session's, set on SIGINT or SIGTERM) or the deadline ends it at once and closes its connection.
 
 fsspec and its filesystems (s3fs for ``s3://``, aiohttp for ``https://``) are the optional extra
 ``nact[remote]``, imported only when a URL is read.
@@ -15,8 +17,11 @@ fsspec and its filesystems (s3fs for ``s3://``, aiohttp for ``https://``) are th
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import PurePath
@@ -32,6 +37,11 @@ DEADLINE_VARIABLE = "NACT_REMOTE_DEADLINE"
 DEADLINE_S = 120.0  # all the tries of one request: a 16 MiB window at 150 kB/s still arrives
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0  # the longest wait for the next bytes of an answer
+POLL_S = 0.05  # how often a thread waiting on a request looks for a stop
+
+
+class _Deadline(Exception):
+    """The deadline passed while a request was in flight."""
 
 
 def protocol(url: str) -> str:
@@ -157,19 +167,51 @@ def describe(path: PurePath, error: BaseException) -> BadInput:
     return BadInput(path, f"cannot read: {type(answer).__name__}: {urls.redact(first_line(answer))}")
 
 
-def retrying(path: PurePath, call: Callable[[], Any], tries: int | None = None) -> Any:
+def awaiting(coroutine: Any, loop: asyncio.AbstractEventLoop, stop: threading.Event | None, until: float) -> Any:
+    """The result of ``coroutine``, run on ``loop`` while this thread waits; a ``stop`` (raised
+    here as KeyboardInterrupt) or the monotonic time ``until`` cancels it, which closes its
+    connection."""
+    from concurrent.futures import wait  # loaded with the filesystems' event loop already
+
+    future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+    try:
+        while not future.done():
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
+            left = until - time.monotonic()
+            if left <= 0:
+                raise _Deadline
+            wait([future], timeout=min(POLL_S, left))
+        return future.result()
+    finally:
+        future.cancel()  # nothing if it is done
+
+
+def retrying(
+    path: PurePath,
+    call: Callable[[], Any],
+    tries: int | None = None,
+    *,
+    loop: asyncio.AbstractEventLoop | None = None,
+    stop: threading.Event | None = None,
+) -> Any:
     """``call()``, tried again after transient failures with exponential backoff, at most
-    ``tries`` (default ``TRIES``) times and within the deadline. A permanent failure, the last
-    transient one or the deadline is a ``BadInput`` naming ``path``."""
+    ``tries`` (default ``TRIES``) times and within the deadline; with ``loop``, ``call()`` gives
+    a coroutine to run there (see ``awaiting``). A permanent failure, the last transient one or
+    the deadline is a ``BadInput`` naming ``path``; a ``stop`` ends it as KeyboardInterrupt."""
     tries = tries or TRIES
     limit = deadline_s(path)
     until = time.monotonic() + limit
     wait = BACKOFF_S
     for attempt in range(1, tries + 1):
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
         try:
-            return call()
+            return awaiting(call(), loop, stop, until) if loop is not None else call()
         except BadInput:
             raise
+        except _Deadline:
+            last = "no answer yet"
         except Exception as e:
             if not transient(e):
                 raise describe(path, e) from None
@@ -177,10 +219,50 @@ def retrying(path: PurePath, call: Callable[[], Any], tries: int | None = None) 
             last = f"{type(what).__name__}: {urls.redact(first_line(what))}"
             if attempt == tries:
                 raise BadInput(path, f"cannot read after {tries} tries: {last}") from None
-            if time.monotonic() + wait >= until:
-                raise BadInput(
-                    path, f"no answer within {limit:g} s ({DEADLINE_VARIABLE}), after {attempt} tries: {last}"
-                ) from None
-            time.sleep(wait)
-            wait = min(wait * 2, MAX_BACKOFF_S)
+            if time.monotonic() + wait < until:
+                if stop is None:
+                    time.sleep(wait)
+                elif stop.wait(wait):
+                    raise KeyboardInterrupt from None
+                wait = min(wait * 2, MAX_BACKOFF_S)
+                continue
+        raise BadInput(
+            path, f"no answer within {limit:g} s ({DEADLINE_VARIABLE}), after {attempt} tries: {last}"
+        ) from None
     raise AssertionError("unreachable")
+
+
+def ask(path: PurePath, fs: Any, method: str, *args: Any, stop: threading.Event | None = None, **kwargs: Any) -> Any:
+    """``fs.<method>(*args, **kwargs)`` (``info``, ``find``) tried as ``retrying`` does: on the
+    filesystem's event loop when it is asynchronous."""
+    if getattr(fs, "async_impl", False) and hasattr(fs, f"_{method}"):
+        call = getattr(fs, f"_{method}")
+        return retrying(path, lambda: call(*args, **kwargs), loop=fs.loop, stop=stop)
+    call = getattr(fs, method)
+    return retrying(path, lambda: call(*args, **kwargs), stop=stop)
+
+
+def stop_on_signals(stopped: threading.Event) -> Callable[[], None]:
+    """On the main thread: until the returned call, SIGINT and SIGTERM set ``stopped`` before
+    doing what they did (Python handlers only: a signal that kills the process needs nothing),
+    so that threads waiting on requests end too."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    chained: dict[int, tuple[Callable[[int, Any], Any], Any]] = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        before = signal.getsignal(number)
+        if callable(before):
+
+            def handler(signum: int, frame: Any, before: Callable[[int, Any], Any] = before) -> Any:
+                stopped.set()
+                return before(signum, frame)
+
+            signal.signal(number, handler)
+            chained[number] = (handler, before)
+
+    def restore() -> None:
+        for number, (handler, before) in chained.items():
+            if signal.getsignal(number) is handler:  # not replaced since
+                signal.signal(number, before)
+
+    return restore
