@@ -9,6 +9,7 @@ import base64
 import http.server
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -260,3 +261,49 @@ def test_a_stop_ends_requests_that_hang_with_exit_130(hanging, sent: int, thread
     finally:
         process.kill()
     assert process.returncode == 130 and err == "Error: interrupted\n" and out == ""
+
+
+# --- misleading messages ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"openssl cannot make a test certificate: {made.stderr.decode()[:200]}")
+    return cert, key
+
+
+def test_a_certificate_that_cannot_be_verified_says_so(
+    self_signed: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed
+    root = tmp_path / "www"
+    root.mkdir()
+    x = activations(np.random.default_rng(26), 100, 8)
+    save_file({"acts": x}, str(root / "shard.safetensors"))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server = serve(type("Tls", (base.RangeHandler,), {"root": root, "failures": {}, "requests": []}), tls)
+    url = f"https://127.0.0.1:{server.server_address[1]}/shard.safetensors"
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    try:
+        done = nact("scan", url)
+        assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.output
+        assert done.stderr.startswith(f"Error: {url}: the server's TLS certificate could not be verified (")
+        assert "self-signed certificate" in done.stderr and "SSL_CERT_FILE" in done.stderr
+        assert "no such object" not in done.stderr
+        process = run_nact("scan", url, "-f", "json", env={"SSL_CERT_FILE": str(cert)})  # as the line says
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert json.loads(out)["rows"][0]["num_vectors"] == 100
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,7 +1,7 @@
 """Requests to a store and how they fail: the fsspec filesystem of a URL's protocol, and every
 request tried again after transient failures (timeouts, 5xx, throttling) with backoff, a
-permanent answer (no such object, access denied) becoming one line that names the URL (as
-``urls`` shows it: no credentials).
+permanent answer (no such object, access denied, a certificate that cannot be verified) becoming
+one line that names the URL (as ``urls`` shows it: no credentials).
 
 Bounds. Only nact tries a request again: s3fs's and botocore's own retries are turned off, so
 ``TRIES`` is the number of requests one read makes at most. All the tries of one request end
@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import PurePath
 from typing import Any
 
@@ -111,6 +112,31 @@ def key_of(fs: Any, path: PurePath) -> str:
 _BUSY = (errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE)
 
 
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the errors it was raised from or during, each once."""
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        yield found
+        found = found.__cause__ or found.__context__
+
+
+def untrusted_certificate(error: BaseException) -> str | None:
+    """Why the server's TLS certificate could not be verified, if that is what ``error`` is."""
+    import ssl  # loaded by every HTTPS client already
+
+    for e in _chain(error):
+        for found in (getattr(e, "certificate_error", None), e):  # aiohttp keeps the ssl error there
+            said = getattr(found, "verify_message", None) or getattr(found, "reason", None)
+            if isinstance(found, ssl.SSLCertVerificationError) and said:
+                return str(said)
+        said = re.search(r"CERTIFICATE_VERIFY_FAILED\]? *(?:certificate verify failed:?)? *([^()\]'\"]*)", str(e))
+        if said:
+            return said.group(1).strip() or "certificate verify failed"
+    return None
+
+
 def _answer(error: BaseException) -> BaseException:
     """What a failure was: fsspec's HTTP info says "not found" for any failure, from its cause."""
     cause = error.__cause__
@@ -126,7 +152,10 @@ def _status(error: BaseException) -> int | None:
 
 def transient(error: BaseException) -> bool:
     """Whether a failed request may succeed when tried again (timeouts, 5xx, throttling), as
-    opposed to a permanent answer (no such object, access denied, a bad request)."""
+    opposed to a permanent answer (no such object, access denied, a bad request, a certificate
+    that cannot be verified)."""
+    if untrusted_certificate(error) is not None:
+        return False
     if _answer(error) is not error:
         return transient(_answer(error))
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
@@ -158,6 +187,13 @@ def transient(error: BaseException) -> bool:
 
 def describe(path: PurePath, error: BaseException) -> BadInput:
     """A permanent failure as one line naming the URL, with no secret of it."""
+    reason = untrusted_certificate(error)
+    if reason is not None:
+        return BadInput(
+            path,
+            f"the server's TLS certificate could not be verified ({urls.redact(reason)}): "
+            "if it is signed by your own authority, name its certificate in SSL_CERT_FILE (AWS_CA_BUNDLE for s3://)",
+        )
     answer = _answer(error)
     status = _status(answer)
     if isinstance(answer, PermissionError) or status in (401, 403):
