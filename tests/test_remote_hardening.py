@@ -263,6 +263,58 @@ def test_a_stop_ends_requests_that_hang_with_exit_130(hanging, sent: int, thread
     assert process.returncode == 130 and err == "Error: interrupted\n" and out == ""
 
 
+# --- bounded memory -----------------------------------------------------------------------------
+
+
+class WholeBodyHandler(http.server.BaseHTTPRequestHandler):
+    """A server that ignores Range: every GET is answered with all of a 384 MiB object, made as
+    it is sent (nothing that large is held); ``sent`` counts what went out before the client left."""
+
+    size = 384 << 20
+    sent: list[int]
+    done: threading.Event
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _start(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.size))
+        self.send_header("ETag", '"whole"')
+        self.end_headers()
+
+    def do_HEAD(self) -> None:
+        self._start()
+
+    def do_GET(self) -> None:
+        self._start()
+        block, sent = b"\0" * (1 << 20), 0
+        try:
+            while sent < self.size:
+                self.wfile.write(block)
+                sent += len(block)
+        except OSError:
+            pass
+        finally:
+            self.sent.append(sent)
+            self.done.set()
+
+
+def test_a_server_that_ignores_ranges_is_refused_unread(tmp_path: Path) -> None:
+    handler = type("Whole", (WholeBodyHandler,), {"sent": [], "done": threading.Event()})
+    server = serve(handler)
+    url = f"http://127.0.0.1:{server.server_address[1]}/big.safetensors"
+    try:
+        done = nact("scan", url, "-o", tmp_path / "out.json")
+        assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.output
+        assert done.stderr.startswith(f"Error: {url}: the server ignores range requests (bytes 0-65535 were answered")
+        assert handler.done.wait(30)
+        assert handler.sent[0] < 32 << 20  # what the sockets' buffers took: the body was never read
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # --- misleading messages ------------------------------------------------------------------------
 
 

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from ..errors import BadInput
-from . import urls
-from .requests import ask, filesystem, key_of, protocol, retrying, stop_on_signals
+from . import ranges, urls
+from .requests import ask, filesystem, key_of, protocol, stop_on_signals
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -375,16 +375,11 @@ def each(paths: list[RemotePath], call: Callable[[RemotePath], object], threads:
 
 def fetch(path: RemotePath, start: int, stop: int, stopped: threading.Event | None = None) -> bytes:
     """Bytes ``[start, stop)`` of an object by one range request (tried again after transient
-    failures, ended by ``stopped``); fewer than asked is an error."""
+    failures, ended by ``stopped``: see ``ranges``); fewer than asked is an error."""
     if stop <= start:
         return b""  # fsspec reads a whole object for an empty range
     fs = filesystem(path)
-    key = key_of(fs, path)
-    data: bytes
-    if getattr(fs, "async_impl", False):  # on the filesystem's event loop: a stop ends the request
-        data = retrying(path, lambda: fs._cat_file(key, start=start, end=stop), loop=fs.loop, stop=stopped)
-    else:
-        data = retrying(path, lambda: fs.cat_file(key, start=start, end=stop), stop=stopped)
+    data = ranges.get(path, fs, key_of(fs, path), start, stop, stopped)
     if len(data) != stop - start:
         raise BadInput(
             path,
