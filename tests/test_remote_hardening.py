@@ -6,6 +6,7 @@ failure says so. Local servers only: moto's S3, and HTTP(S) servers made here.""
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.server
 import json
 import os
@@ -313,6 +314,82 @@ def test_a_server_that_ignores_ranges_is_refused_unread(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- wrong answers ------------------------------------------------------------------------------
+
+
+def test_an_object_replaced_and_restored_during_the_scan_is_an_error(
+    s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = activations(np.random.default_rng(24), 1000, 16)
+    (tmp_path / "acts").mkdir()
+    save_file({"acts": x}, str(tmp_path / "acts" / "shard.safetensors"))
+    save_file({"acts": -x}, str(tmp_path / "other.safetensors"))  # the same size: only the ETag tells
+    upload(s3, tmp_path / "acts", bucket, "swap")
+    key = f"{bucket}/swap/shard.safetensors"
+    fetch, windows = remote.objects.fetch, []
+
+    def swapping(path, start, stop, *args):
+        if start > 0:  # a window of rows, not the header
+            windows.append(start)
+        if len(windows) == 2 and start == windows[-1]:  # replaced for this window's request only
+            s3.put_file(str(tmp_path / "other.safetensors"), key)
+            try:
+                return fetch(path, start, stop, *args)
+            finally:
+                s3.put_file(str(tmp_path / "acts" / "shard.safetensors"), key)  # its first ETag again
+        return fetch(path, start, stop, *args)
+
+    monkeypatch.setattr(remote.objects, "fetch", swapping)
+    out = tmp_path / "out.json"
+    done = nact("scan", f"s3://{bucket}/swap/", "--chunk-rows", "100", "--threads", "1", "--io-threads", "1", "-o", out)
+    assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.output
+    assert f"s3://{bucket}/swap/shard.safetensors: changed during the scan (its ETag is no longer" in done.stderr
+    assert not out.exists()
+    windows.clear()  # the same, without the swap: every window of the one version
+    monkeypatch.setattr(remote.objects, "fetch", fetch)
+    result = scan([f"s3://{bucket}/swap/"], chunk_rows=100, threads=1, io_threads=1)
+    assert result.activity.components["acts"].fire_counts.tolist() == fire_counts(x)
+
+
+def test_an_answer_of_another_version_is_not_counted(web) -> None:
+    """A web server that does not honour If-Match: the answer's own ETag tells."""
+    root, url, handler = web
+    x = activations(np.random.default_rng(25), 1000, 16)
+    save_file({"acts": x}, str(root / "shard.safetensors"))
+    fetch, windows = remote.objects.fetch, []
+
+    def swapping(path, start, stop, *args):
+        windows.append(start)
+        if len(windows) == 3:
+            save_file({"acts": -x}, str(root / "shard.safetensors"))
+        return fetch(path, start, stop, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(remote.objects, "fetch", swapping)
+        with pytest.raises(BadInput, match=r"changed during the scan \(ETag \"\w+\" -> \"\w+\"\)"):
+            scan([f"{url}/shard.safetensors"], chunk_rows=100, threads=1, io_threads=1)
+    assert len(windows) < 8  # of 11: the answer was refused, not found out after the scan
+
+
+def test_each_request_of_an_object_is_conditional_on_its_etag(web) -> None:
+    root, url, handler = web
+    x = activations(np.random.default_rng(27), 500, 8)
+    save_file({"acts": x}, str(root / "shard.safetensors"))
+    etag = '"' + hashlib.md5((root / "shard.safetensors").read_bytes()).hexdigest() + '"'
+    sent: list[str | None] = []
+    serve_ = handler._serve
+
+    def recording(self, body: bool) -> None:
+        if self.command == "GET":
+            sent.append(self.headers.get("If-Match"))
+        serve_(self, body)
+
+    handler._serve = recording
+    result = scan([f"{url}/shard.safetensors"], chunk_rows=50)
+    assert result.activity.components["acts"].fire_counts.tolist() == fire_counts(x)
+    assert len(sent) >= 10 and set(sent) == {etag}
 
 
 # --- misleading messages ------------------------------------------------------------------------

@@ -128,12 +128,14 @@ def as_path(text: str) -> Path | RemotePath:
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    """What the store said of an object: its size, its version tag (ETag or last modified) and
-    its modification time in ns (0 if the store gives none)."""
+    """What the store said of an object: its size, its version tag (ETag or last modified), its
+    modification time in ns (0 if the store gives none) and its ETag ("" if it gives none), on
+    which every range request of the scan is conditional."""
 
     size: int
     tag: str
     modified_ns: int
+    etag: str = ""
 
 
 def _info_of(detail: dict[str, Any]) -> ObjectInfo:
@@ -156,7 +158,8 @@ def _info_of(detail: dict[str, Any]) -> ObjectInfo:
     if not tag and isinstance(modified, str):
         tag = modified
     size = detail.get("size")
-    return ObjectInfo(int(size) if size is not None else -1, str(tag), ns)
+    etag = detail.get("ETag") or detail.get("etag") or ""
+    return ObjectInfo(int(size) if size is not None else -1, str(tag), ns, str(etag))
 
 
 @dataclass
@@ -261,7 +264,11 @@ class Session:
             early = self.ahead.pop((str(path), start, stop), None)
         if early is not None:
             return early.result()
-        return fetch(path, start, stop, self.stopped)
+        return fetch(path, start, stop, self._etag(path), self.stopped)
+
+    def _etag(self, path: RemotePath) -> str:
+        """The ETag a range request of ``path`` is conditional on: as planned in this session."""
+        return self.info(path).etag
 
     def planned(self, path: RemotePath, kind: type[Plan]) -> Plan | None:
         """What a reader planned of the object ``path`` (a ``kind``), if one has in this session."""
@@ -278,6 +285,7 @@ class Session:
         """Begin fetching bytes ``[start, stop)`` in the background; ``read_range`` of the same range
         takes them (for a scan that counts on one thread: the next windows arrive meanwhile)."""
         self._check_running("fetch_ahead")
+        etag = self._etag(path)
         with self.lock:
             if (str(path), start, stop) in self.ahead:
                 return
@@ -285,7 +293,7 @@ class Session:
                 from concurrent.futures import ThreadPoolExecutor  # 3 ms of every scan's start-up
 
                 self._pool = ThreadPoolExecutor(threads, thread_name_prefix="nact-ahead")
-            self.ahead[(str(path), start, stop)] = self._pool.submit(fetch, path, start, stop, self.stopped)
+            self.ahead[(str(path), start, stop)] = self._pool.submit(fetch, path, start, stop, etag, self.stopped)
 
     def check_unchanged(self, planned: Mapping[RemotePath, ObjectInfo], threads: int = IO_THREADS) -> None:
         """Each object still has the size and version tag ``planned`` says it had when it was
@@ -373,13 +381,14 @@ def each(paths: list[RemotePath], call: Callable[[RemotePath], object], threads:
             future.result()
 
 
-def fetch(path: RemotePath, start: int, stop: int, stopped: threading.Event | None = None) -> bytes:
-    """Bytes ``[start, stop)`` of an object by one range request (tried again after transient
-    failures, ended by ``stopped``: see ``ranges``); fewer than asked is an error."""
+def fetch(path: RemotePath, start: int, stop: int, etag: str = "", stopped: threading.Event | None = None) -> bytes:
+    """Bytes ``[start, stop)`` of an object by one range request conditional on ``etag`` (tried
+    again after transient failures, ended by ``stopped``: see ``ranges``); fewer than asked is
+    an error."""
     if stop <= start:
         return b""  # fsspec reads a whole object for an empty range
     fs = filesystem(path)
-    data = ranges.get(path, fs, key_of(fs, path), start, stop, stopped)
+    data = ranges.get(path, fs, key_of(fs, path), start, stop, etag, stopped)
     if len(data) != stop - start:
         raise BadInput(
             path,

@@ -1,6 +1,9 @@
-"""One range request of an object, as a scan asks it: bytes ``[start, stop)``, and never more
-than those in memory.
+"""One range request of an object, as a scan asks it: bytes ``[start, stop)`` of the version
+of the object that was planned, and never more than those in memory.
 
+- Conditional: a request carries the ETag the listing (or HEAD) gave, as ``If-Match``, and
+  the ETag of each answer is compared with it, so that a window of another version (the object
+  replaced, even if restored before the scan ends) is an error, not counted.
 - Bounded: an answer that is not the range asked (a server that ignores ``Range`` answers
   with the whole object) is refused from its headers, its body never read; the one exception
   is an answer of exactly the bytes asked, from byte 0.
@@ -17,7 +20,13 @@ import threading
 from typing import Any
 
 from ..errors import BadInput
-from .requests import protocol, retrying
+from .requests import precondition_failed, protocol, retrying
+
+
+def changed(etag: str, now: str | None = None) -> str:
+    """The problem of an object whose ETag moved during the scan."""
+    moved = f"ETag {etag} -> {now}" if now else f"its ETag is no longer {etag}"
+    return f"changed during the scan ({moved}): scan it again"
 
 
 def _ignores_ranges(start: int, stop: int) -> str:
@@ -27,14 +36,23 @@ def _ignores_ranges(start: int, stop: int) -> str:
     )
 
 
-async def _http(fs: Any, url: str, path: Any, start: int, stop: int) -> bytes:
+def _check_tag(path: Any, etag: str, answered: str | None) -> None:
+    if etag and answered and answered != etag:
+        raise BadInput(path, changed(etag, answered))
+
+
+async def _http(fs: Any, url: str, path: Any, start: int, stop: int, etag: str) -> bytes:
     import asyncio  # loaded with the filesystem's event loop already
 
     options = dict(fs.kwargs)
     headers = {**options.pop("headers", {}), "Range": f"bytes={start}-{stop - 1}", "Accept-Encoding": "identity"}
+    if etag and not etag.startswith("W/"):  # a weak ETag never matches If-Match (RFC 9110)
+        headers["If-Match"] = etag
     session = await fs.set_session()
     encode = getattr(fs, "encode_url", None)  # fsspec >= 2023.12; older ones give aiohttp the text
     async with session.get(encode(url) if encode else url, headers=headers, **options) as answer:
+        if answer.status == 412:
+            raise BadInput(path, changed(etag))
         if answer.status == 404:
             raise FileNotFoundError(url)
         answer.raise_for_status()
@@ -44,6 +62,7 @@ async def _http(fs: Any, url: str, path: Any, start: int, stop: int) -> bytes:
         if not (ranged or whole):
             answer.close()  # its body unread: the connection goes, with what is in flight
             raise BadInput(path, _ignores_ranges(start, stop))
+        _check_tag(path, etag, answer.headers.get("ETag"))
         try:
             data: bytes = await answer.content.readexactly(stop - start)
         except asyncio.IncompleteReadError as e:
@@ -52,12 +71,22 @@ async def _http(fs: Any, url: str, path: Any, start: int, stop: int) -> bytes:
         return data
 
 
-async def _s3(fs: Any, key: str, path: Any, start: int, stop: int) -> bytes:
+async def _s3(fs: Any, key: str, path: Any, start: int, stop: int, etag: str) -> bytes:
     bucket, name, version = fs.split_path(key)
-    condition = {"VersionId": version} if version else {}
-    answer = await fs._call_s3("get_object", Bucket=bucket, Key=name, Range=f"bytes={start}-{stop - 1}", **condition)
+    condition = {"IfMatch": etag} if etag else {}
+    if version:
+        condition["VersionId"] = version
+    try:
+        answer = await fs._call_s3(
+            "get_object", Bucket=bucket, Key=name, Range=f"bytes={start}-{stop - 1}", **condition
+        )
+    except Exception as e:
+        if precondition_failed(e):
+            raise BadInput(path, changed(etag)) from None
+        raise
     body = answer["Body"]
     try:
+        _check_tag(path, etag, answer.get("ETag"))
         if answer.get("ContentLength") not in (None, stop - start):
             raise BadInput(path, _ignores_ranges(start, stop))
         data: bytes = await body.read()
@@ -66,14 +95,15 @@ async def _s3(fs: Any, key: str, path: Any, start: int, stop: int) -> bytes:
         body.close()
 
 
-def get(path: Any, fs: Any, key: str, start: int, stop: int, stopped: threading.Event | None) -> bytes:
-    """Bytes ``[start, stop)`` of the object ``key`` of ``fs`` (``path`` names it in messages)."""
+def get(path: Any, fs: Any, key: str, start: int, stop: int, etag: str, stopped: threading.Event | None) -> bytes:
+    """Bytes ``[start, stop)`` of the object ``key`` of ``fs`` (``path`` names it in messages),
+    of the version whose ETag is ``etag`` ("" if the store gives none)."""
     kind = protocol(str(path))
     data: bytes
     if kind in ("http", "https"):
-        data = retrying(path, lambda: _http(fs, key, path, start, stop), loop=fs.loop, stop=stopped)
+        data = retrying(path, lambda: _http(fs, key, path, start, stop, etag), loop=fs.loop, stop=stopped)
     elif kind in ("s3", "s3a") and hasattr(fs, "_call_s3"):
-        data = retrying(path, lambda: _s3(fs, key, path, start, stop), loop=fs.loop, stop=stopped)
+        data = retrying(path, lambda: _s3(fs, key, path, start, stop, etag), loop=fs.loop, stop=stopped)
     elif getattr(fs, "async_impl", False):  # another asynchronous store (gcsfs): as fsspec reads it
         data = retrying(path, lambda: fs._cat_file(key, start=start, end=stop), loop=fs.loop, stop=stopped)
     else:

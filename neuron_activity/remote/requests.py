@@ -137,6 +137,20 @@ def untrusted_certificate(error: BaseException) -> str | None:
     return None
 
 
+def precondition_failed(error: BaseException) -> bool:
+    """Whether ``error`` is a store's 412 answer to a request conditional on an ETag."""
+    for e in _chain(error):
+        answer = getattr(e, "response", None)
+        if isinstance(answer, dict):
+            if answer.get("Error", {}).get("Code") == "PreconditionFailed":
+                return True
+            if answer.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412:
+                return True
+        if getattr(e, "status", None) == 412 or "PreconditionFailed" in str(e):
+            return True
+    return False
+
+
 def _answer(error: BaseException) -> BaseException:
     """What a failure was: fsspec's HTTP info says "not found" for any failure, from its cause."""
     cause = error.__cause__
@@ -153,8 +167,8 @@ def _status(error: BaseException) -> int | None:
 def transient(error: BaseException) -> bool:
     """Whether a failed request may succeed when tried again (timeouts, 5xx, throttling), as
     opposed to a permanent answer (no such object, access denied, a bad request, a certificate
-    that cannot be verified)."""
-    if untrusted_certificate(error) is not None:
+    that cannot be verified, an object that changed)."""
+    if untrusted_certificate(error) is not None or precondition_failed(error):
         return False
     if _answer(error) is not error:
         return transient(_answer(error))
@@ -194,6 +208,8 @@ def describe(path: PurePath, error: BaseException) -> BadInput:
             f"the server's TLS certificate could not be verified ({urls.redact(reason)}): "
             "if it is signed by your own authority, name its certificate in SSL_CERT_FILE (AWS_CA_BUNDLE for s3://)",
         )
+    if precondition_failed(error):
+        return BadInput(path, "changed during the scan (its ETag no longer matches the one planned): scan it again")
     answer = _answer(error)
     status = _status(answer)
     if isinstance(answer, PermissionError) or status in (401, 403):
