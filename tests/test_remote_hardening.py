@@ -78,6 +78,7 @@ def test_the_shown_form_of_a_url_holds_no_secret() -> None:
     assert urls.credentials(str(s3_path)) == ("AKIDEXAMPLE", "wJalrXUtnFEMI")
     said = "ClientResponseError: 401, url='https://alice:pa55word@host:8443/a?token=t0k3n' (pa55word, c0ffee99)"
     assert urls.redact(said) == "ClientResponseError: 401, url='https://***@host:8443/a' (***, ***)"
+    assert urls.redact("alice's reader") == "alice's reader"  # a user name with a password is no secret in text
     assert str(remote.RemotePath("https://host/a.npy")) == "https://host/a.npy"  # nothing to hide
 
 

@@ -26,7 +26,7 @@ HIDDEN = "***"
 
 _PARTS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)$", re.DOTALL)
 _IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{},]+")
-_SHORTEST_SECRET = 4  # shorter pieces are too common to take out of a message word by word
+_SHORTEST_PIECE = 6  # a password or a query value shorter than this is too like a word to take out of messages
 
 _lock = threading.Lock()
 _userinfo: dict[str, str] = {}  # "scheme://***@host" -> the userinfo given
@@ -54,11 +54,12 @@ def _origin(scheme: str, host: str) -> str:
     return f"{scheme.lower()}://{HIDDEN}@{host.lower()}"
 
 
-def _hide(pieces: list[str]) -> None:
-    """Remember secret pieces (and their decoded forms) to take out of messages."""
-    for piece in pieces:
+def _hide(whole: str, pieces: list[str]) -> None:
+    """Remember a secret (a userinfo, a query), and its pieces that are not too short, with their
+    decoded forms, to take out of messages."""
+    for piece in (whole, *(p for p in pieces if len(p) >= _SHORTEST_PIECE)):
         for form in (piece, unquote(piece)):
-            if len(form) >= _SHORTEST_SECRET:
+            if form:
                 _secrets.add(form)
 
 
@@ -77,12 +78,13 @@ def shown(url: str, remember: bool = True) -> str:
         with _lock:
             if userinfo and userinfo != HIDDEN:
                 _userinfo[_origin(scheme, host)] = userinfo
-                _hide([userinfo, *userinfo.split(":", 1)])
+                user, has_password, password = userinfo.partition(":")
+                _hide(userinfo, [password] if has_password else [user])  # a user name alone is a token
             if query:
                 _queries[text] = query
                 query_part, _, fragment = query.partition("#")
                 values = [pair.partition("=")[2] for pair in re.split(r"[&;]", query_part.lstrip("?"))]
-                _hide([query, query_part, fragment, *values])
+                _hide(query, [query_part, fragment, *values])
     return text
 
 
