@@ -135,6 +135,8 @@ def test_credentials_in_a_url_are_never_printed_or_stored(tmp_path: Path) -> Non
             assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.output
             outputs += [done.stdout, done.stderr]
         assert "access denied" in outputs[-3] and f"http://***@{host}/shard.safetensors" in outputs[-3]
+        unreachable = ": cannot read: ClientConnectorError: Cannot connect to host 127.0.0.1:1"
+        assert unreachable in outputs[-1]  # not "no such object"
         library = scan([url]).plan
         outputs += [repr(library.shards), str(library.objects)]
     finally:

@@ -160,7 +160,11 @@ def _answer(error: BaseException) -> BaseException:
 
 
 def _status(error: BaseException) -> int | None:
+    """The HTTP status a failure came with (aiohttp's, requests', botocore's), if any."""
     status = getattr(error, "status", None) or getattr(error, "status_code", None)
+    answer = getattr(error, "response", None)
+    if status is None and isinstance(answer, dict):
+        status = answer.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return status if isinstance(status, int) else None
 
 
@@ -214,7 +218,7 @@ def describe(path: PurePath, error: BaseException) -> BadInput:
     status = _status(answer)
     if isinstance(answer, PermissionError) or status in (401, 403):
         return BadInput(path, f"access denied: {urls.redact(first_line(answer))}")
-    if isinstance(error, FileNotFoundError) and status in (None, 404) or status == 404:
+    if isinstance(answer, FileNotFoundError) or status == 404:  # not a failure to connect, say
         return BadInput(path, "no such object")
     return BadInput(path, f"cannot read: {type(answer).__name__}: {urls.redact(first_line(answer))}")
 
