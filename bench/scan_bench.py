@@ -5,6 +5,7 @@
     python bench/scan_bench.py --device cuda --device cpu
     python bench/scan_bench.py --sizes 2 --dtypes f32 --no-naive --cold   # also from disk
     python bench/scan_bench.py --startup-only --baseline-nact /path/to/other/venv/bin/nact
+    python bench/scan_bench.py --sizes 2 --dtypes f32 --no-naive --audit   # an audit's digests, warm and cold
 
 Generates its own shards in a temporary folder (or --folder), reads each once so it sits in the
 page cache, then times in alternation, several runs each: ``cat FILE > /dev/null``, the naive
@@ -132,6 +133,44 @@ def bench_file(path: Path, devices: list[str], runs: int, naive: bool, extra: li
         print(line)
 
 
+def bench_audit(path: Path, runs: int, extra: list[str]) -> None:
+    """An audit (``--state``: content digests recorded as the shard is counted) against the same
+    scan saving its counts (``--save-counts``), warm and evicted, net of start-up (a 16-byte scan)."""
+    exe = shutil.which("nact") or str(Path(sys.executable).parent / "nact")
+    out = path.parent / "bench-counts.safetensors"
+    tiny = path.parent / "tiny" / "t.safetensors"
+    tiny.parent.mkdir(exist_ok=True)
+    from safetensors.numpy import save_file
+
+    save_file({"a": np.ones((2, 2), np.float32)}, str(tiny))
+
+    def run(target: Path, mode: str, cold: bool) -> float:
+        out.unlink(missing_ok=True)
+        if cold:
+            evict(target)
+        return timed([exe, "scan", str(target), mode, str(out), "-q", *extra])[0]
+
+    size = path.stat().st_size
+    for cold in (False, True):
+        subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
+        times: dict[str, list[float]] = {}
+        for _ in range(runs):
+            for mode in ("--save-counts", "--state"):
+                times.setdefault(mode, []).append(run(path, mode, cold))
+            times.setdefault("start-up", []).append(run(tiny, "--save-counts", False))
+        med = {m: statistics.median(t) for m, t in times.items()}
+        net = {m: med[m] - med["start-up"] for m in ("--save-counts", "--state")}
+        print(f"\n{path.name} ({'evicted' if cold else 'cached'}), {runs} runs: median wall time")
+        for m in ("--save-counts", "--state", "start-up"):
+            print(f"  {m:14s} {med[m]:7.3f} s")
+        print(
+            f"  net of start-up: --save-counts {size / net['--save-counts'] / 1e9:.2f} GB/s, "
+            f"--state {size / net['--state'] / 1e9:.2f} GB/s: the audit takes {net['--state'] / net['--save-counts']:.2f}x"
+        )
+    out.unlink(missing_ok=True)
+    shutil.rmtree(tiny.parent)
+
+
 def evict(path: Path) -> None:
     """Drop ``path``'s pages from the page cache (clean pages; no root needed)."""
     fd = os.open(path, os.O_RDONLY)
@@ -227,6 +266,7 @@ def main() -> None:
     parser.add_argument("--startup-only", action="store_true", help="time start-up only")
     parser.add_argument("--baseline-nact", help="another install's nact executable, timed beside this one's")
     parser.add_argument("--cold", action="store_true", help="also time each f32 file evicted from the page cache")
+    parser.add_argument("--audit", action="store_true", help="also time an audit (--state) against --save-counts")
     args = parser.parse_args()
     folder = args.folder or Path(tempfile.mkdtemp(prefix="nact-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -241,6 +281,8 @@ def main() -> None:
                 bench_file(path, args.device or ["cpu"], args.runs, not args.no_naive, args.nact_args.split())
                 if args.cold and dtype == "f32":
                     bench_cold(path, args.runs, args.nact_args.split())
+                if args.audit:
+                    bench_audit(path, args.runs, args.nact_args.split())
                 if args.folder is None:
                     path.unlink()
     finally:

@@ -153,6 +153,14 @@ State = Annotated[
 Rescan = Annotated[
     bool, typer.Option("--rescan", help="With --state: count every shard again, from scratch.", rich_help_panel=AUDIT)
 ]
+FailOnMissing = Annotated[
+    bool,
+    typer.Option(
+        "--fail-on-missing",
+        help="With --state: exit 1 when shards it counted before are gone (their counts stay).",
+        rich_help_panel=AUDIT,
+    ),
+]
 Shard = Annotated[
     str | None,
     typer.Option(

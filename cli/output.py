@@ -1,6 +1,6 @@
 """The CLI's edge: one line on stderr for every failure, the exit codes, and writing results.
 
-Exit codes: 0 ok; 1 a --fail-above or --fail-on-new-dead limit was breached (nothing else);
+Exit codes: 0 ok; 1 a --fail-above, --fail-on-missing or --fail-on-new-dead limit was breached (nothing else);
 2 bad usage or bad input; 3 an internal error (a bug; the traceback with NACT_DEBUG=1);
 130 interrupted (SIGINT or SIGTERM). A reader of stdout that goes away ends the run quietly.
 """

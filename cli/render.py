@@ -50,8 +50,9 @@ def check_format(fmt: str | None, formats: tuple[str, ...] = FORMATS, output: Pa
     return fmt or implied or "table"
 
 
-def finish(report: Report, fmt: str, output: Path | None, quiet: bool) -> None:
-    """Print (or write) the report and its warnings; exit 1 when a --fail-above limit is breached."""
+def finish(report: Report, fmt: str, output: Path | None, quiet: bool, missing: Sequence[str] = ()) -> None:
+    """Print (or write) the report and its warnings; exit 1 when a --fail-above limit is breached,
+    or shards an audit counted are gone (``missing``: with --fail-on-missing)."""
     if not quiet:
         for warning in report.warnings:
             say(f"Warning: {warning}")
@@ -65,7 +66,9 @@ def finish(report: Report, fmt: str, output: Path | None, quiet: bool) -> None:
             f"Dead neurons above limit: {r.component} at threshold {r.threshold.text}: "
             f"{r.dead}/{r.num_features} dead ({r.dead_fraction:.2%} > {float(limit or 0):.2%})"
         )
-    if breaches:
+    for path in missing:
+        say(f"Counted shard gone: {path}")
+    if breaches or missing:
         raise typer.Exit(EXIT_BREACH)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .options import (
     ChunkRows,
     Device,
+    FailOnMissing,
     FireAbove,
     Format,
     Inputs,
@@ -44,6 +45,7 @@ def scan(
     save_sparsity: SaveSparsity = None,
     state: State = None,
     rescan: Rescan = False,
+    fail_on_missing: FailOnMissing = False,
     shard: Shard = None,
     io_threads: IoThreads = None,
     device: Device = "auto",
@@ -93,6 +95,7 @@ def scan(
         shard=shard,
         state=state,
         rescan=rescan,
+        fail_on_missing=fail_on_missing,
         save_counts=save_counts,
         save_sparsity=save_sparsity,
         output=output,
@@ -104,4 +107,4 @@ def scan(
     for note in outcome.notes:
         say(f"Note: {note}")
     if outcome.report is not None:
-        finish(outcome.report, fmt, output, quiet)
+        finish(outcome.report, fmt, output, quiet, missing=outcome.missing if fail_on_missing else [])

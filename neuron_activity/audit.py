@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .counts_file import SavedCounts, ShardRecord, load_counts, merge_counts, save_counts
 from .decimals import decimal_text
+from .digests import Blocks, digest, digests
 from .errors import ShardChanged, StateMismatch
 from .files import locked
 from .options import CountOptions
-from .remote.objects import session
+from .remote.objects import RemotePath, session
 from .scan import ProgressCallback, ScanResult, count, device_for, plan_for
 from .sources import ScanPlan, discover
 from .sources.base import ShardPath, to_path
@@ -24,6 +26,12 @@ class AuditResult:
     saved: SavedCounts  # everything counted so far, as now saved
     scan: ScanResult | None  # the scan of the new shards (None when there were none)
     new_shards: list[ShardPath]
+    missing: list[str] = field(default_factory=list)  # shards counted before that are gone
+
+
+def when(ns: int) -> str:
+    """A modification time as a date (UTC, to the second)."""
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def what_changed(before: ShardRecord, now: ShardRecord) -> str:
@@ -32,15 +40,26 @@ def what_changed(before: ShardRecord, now: ShardRecord) -> str:
         return f"size {before.size} -> {now.size} bytes"
     if before.tag != now.tag:
         return f"ETag {before.tag} -> {now.tag}"
-    return f"same size, modification time {before.mtime_ns} -> {now.mtime_ns} ns"
+    moved = f"modified {when(before.mtime_ns)} -> {when(now.mtime_ns)}"
+    return f"same size, {moved}, other bytes" if before.digest and now.digest else f"same size, {moved}"
 
 
 def _same(before: ShardRecord, now: ShardRecord) -> bool:
-    """Whether a shard is as it was counted: an object of a store by its size and ETag (the same
-    bytes uploaded again are the same object), a file by its size and modification time."""
+    """Whether a shard's record says it is as it was counted: an object of a store by its size and
+    ETag (the same bytes uploaded again are the same object), a file by its size and modification
+    time (and, when those moved, by its content digest: see ``_as_counted``)."""
     if before.tag and now.tag:
         return (before.path, before.size, before.tag) == (now.path, now.size, now.tag)
-    return before == now
+    return (before.path, before.size, before.mtime_ns) == (now.path, now.size, now.mtime_ns)
+
+
+def _with_digest(unit: ShardPath, before: ShardRecord, now: ShardRecord) -> ShardRecord:
+    """The record of a file whose time moved, with its digest now (a file of the same size whose
+    record has a digest: ``touch``, ``cp`` without ``-p`` or a re-sync left its bytes as they were
+    when they are the same; anything else is a change, as it was)."""
+    if not before.digest or before.size != now.size or isinstance(unit, RemotePath):
+        return now
+    return replace(now, digest=digest(Path(unit)))
 
 
 def _check_same_saes(state: Path, previous: SavedCounts, plan: ScanPlan) -> None:
@@ -67,8 +86,10 @@ def audit(
 ) -> AuditResult:
     """Count the shards under ``paths`` that ``state`` has not counted yet, add them, save.
 
-    A shard counted before that has changed (size or modification time) is an error, unless
-    ``rescan`` starts the state over. The state (symlinks resolved) is locked for the whole
+    A shard counted before that has changed is an error, unless ``rescan`` starts the state
+    over: a file by its size and, when its modification time moved, its content digest
+    (recorded when it was counted); an object of a store by its size and ETag. A shard counted
+    before that is gone is listed in ``missing`` (its counts stay). The state (symlinks resolved) is locked for the whole
     audit and replaced atomically at the end, after ``check(saved, scan)`` (which may raise to
     leave it as it was): an interrupted or refused audit leaves the previous state as it was.
     ``shards`` are the discovered shards and ``device`` the resolved device, when the caller has
@@ -89,18 +110,30 @@ def audit(
             _check_same_saes(state, previous, plan)
         new_units: list[ShardPath] = []
         new_records: list[ShardRecord] = []
+        refreshed: dict[str, ShardRecord] = {}  # counted before, touched since: their records as now
+        seen: set[str] = set()
         for unit in plan.units():
             record = ShardRecord.of(unit)
+            seen.add(record.path)
             before = known.get(record.path)
             if before is None:
                 new_units.append(unit)
                 new_records.append(record)
             elif not _same(before, record):
-                raise ShardChanged(unit, state, what_changed(before, record))
+                record = _with_digest(unit, before, record)
+                if not record.digest or record.digest != before.digest:
+                    raise ShardChanged(unit, state, what_changed(before, record))
+                refreshed[record.path] = record
+        missing = [path for path in known if path not in seen and not _exists(path)]
         plan = plan.restricted(new_units)
         if on_plan is not None:
             on_plan(plan)
-        result = count(plan, settings, device, on_progress)
+        blocks = Blocks()  # the new shards' block digests, hashed as they are counted
+        result = count(plan, settings, device, on_progress, blocks)
+        local = [i for i, unit in enumerate(new_units) if not isinstance(unit, RemotePath)]
+        hashed = digests([Path(new_units[i]) for i in local], blocks, settings.threads or 2)
+        for i, d in zip(local, hashed):
+            new_records[i] = replace(new_records[i], digest=d)
         fresh = SavedCounts(result.activity, new_records, kernel=result.kernel, device=device)
         if previous is None or rescan:
             saved = fresh
@@ -108,8 +141,16 @@ def audit(
             saved, _ = merge_counts([(state, previous), (Path("new shards"), fresh)], union=True)
         else:
             saved = previous
+        if refreshed:
+            saved = replace(saved, shards=[refreshed.get(s.path, s) for s in saved.shards])
         if check is not None:
             check(saved, result if new_units else None)
-        if new_units or rescan or previous is None:
+        if new_units or rescan or previous is None or refreshed:
             save_counts(state, saved)
-        return AuditResult(saved, result if new_units else None, new_units)
+        return AuditResult(saved, result if new_units else None, new_units, missing)
+
+
+def _exists(path: str) -> bool:
+    """Whether a recorded shard is still there (an object of a store is taken to be: a listing
+    does not say why an object is not in it)."""
+    return "://" in path or Path(path).exists()

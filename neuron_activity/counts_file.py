@@ -68,6 +68,7 @@ class ShardRecord:
     size: int
     mtime_ns: int
     tag: str = ""  # a remote object's version tag (its ETag); "" for files
+    digest: str = ""  # a file's content digest (``digests``), where an audit recorded one
 
     @classmethod
     def of(cls, path: ShardPath) -> ShardRecord:
@@ -152,7 +153,7 @@ def save_counts(path: Path, saved: SavedCounts) -> None:
         "nact_version": __version__,
         "fire_above": str(saved.activity.fire_above),
         "components": json.dumps(list(saved.activity.components)),
-        "shards": json.dumps([{k: v for k, v in asdict(s).items() if k != "tag" or v} for s in shards]),
+        "shards": json.dumps([{k: v for k, v in asdict(s).items() if k not in ("tag", "digest") or v} for s in shards]),
         "order": "shards in the order counted (natural path order), rows in file order",
     }
     if saved.part is not None:
@@ -320,7 +321,11 @@ def load_counts(path: Path) -> SavedCounts:
     shards = []
     for s in _json(path, metadata, "shards", list):
         try:
-            shards.append(ShardRecord(str(s["path"]), int(s["size"]), int(s["mtime_ns"]), str(s.get("tag", ""))))
+            shards.append(
+                ShardRecord(
+                    str(s["path"]), int(s["size"]), int(s["mtime_ns"]), str(s.get("tag", "")), str(s.get("digest", ""))
+                )
+            )
         except (KeyError, TypeError, ValueError):
             raise BadInput(path, "corrupt counts file: a shard record is not {path, size, mtime_ns}") from None
     part = _part(path, metadata)

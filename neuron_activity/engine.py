@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from .remote.objects import IO_THREADS, WINDOW_BYTES, RemotePath, current, in_th
 from .sources.base import FORTRAN, MAPPED, SPARSE, SWAPPED, ShardPath, TensorSlab
 from .sources.planning import ScanPlan
 from .sources.registry import DENSE_READERS, SPARSE_READERS
+
+if TYPE_CHECKING:
+    from .digests import Blocks  # an audit's: it passes one in
 
 CHUNK_BYTES = 32 * 1024 * 1024  # default window mapped at a time, per thread
 STATE_BYTES = 512 * 1024 * 1024  # per-neuron state of all threads: wide layers count with fewer threads
@@ -126,9 +129,14 @@ class _Sum:
 
 
 def count_slabs(
-    plan: ScanPlan, options: CountOptions, device: str, on_progress: ProgressCallback | None
+    plan: ScanPlan,
+    options: CountOptions,
+    device: str,
+    on_progress: ProgressCallback | None,
+    blocks: Blocks | None = None,
 ) -> tuple[Totals, str]:
-    """Per key: the states over its whole width and its number of vectors; and the kernel."""
+    """Per key: the states over its whole width and its number of vectors; and the kernel.
+    ``blocks``: where the block digests of the local files' counted bytes go (an audit's)."""
     threads = 1 if device == "mps" else options.threads or min(os.cpu_count() or 1, 8)  # mps: one queue
     remote = any(isinstance(p, RemotePath) for p in plan.shards)
     if remote:  # each thread waits on its range request, then counts
@@ -189,7 +197,9 @@ def count_slabs(
                 kept = _positions(slab, skip)
                 if slab.entry.storage == MAPPED:
                     keep = kept.mask(start, end) if kept else None
-                    _count_chunk(slab, start, end, counter, first_vector, read_ahead, keep, steps.get(key), stop)
+                    _count_chunk(
+                        slab, start, end, counter, first_vector, read_ahead, keep, steps.get(key), stop, blocks
+                    )
                     progress(slab.path, (end - start) * slab.row_bytes)
                     continue
                 _check_size(slab)
@@ -329,12 +339,13 @@ def _count_chunk(
     keep: np.ndarray | None = None,
     step: int | None = None,
     stopped: threading.Event | None = None,
+    blocks: Blocks | None = None,
 ) -> None:
     """Map rows ``[start, end)`` of ``slab`` read-only and count them (those ``keep`` marks, if
     given); the mapping is dropped after. ``read_ahead``: ask the kernel to start reading the
     next window while this one is counted. ``step``: hand the counter that many rows at a time
     (an SAE's batch: the counter would split the window so itself), and stop between them once
-    ``stopped`` is set."""
+    ``stopped`` is set. ``blocks``: hash the file's blocks the window covers as it is counted."""
     rule_view = np.dtype(f"u{slab.row_bytes // slab.width}") if slab.width else np.dtype(np.uint8)
     begin, stop = slab.byte_range(start, end)
     if isinstance(slab.path, RemotePath):  # one range request; the counting threads keep several in flight
@@ -360,10 +371,23 @@ def _count_chunk(
     try:
         rows = np.frombuffer(mapped, dtype=rule_view, count=(end - start) * slab.width, offset=begin - base)
         rows = rows.reshape(end - start, slab.width)
+
+        def count(a: int, b: int, rows: np.ndarray = rows) -> None:
+            part, before = (rows[a:b], a) if keep is None else (rows[a:b][keep[a:b]], int(keep[:a].sum()))
+            _update(counter, part, first_vector + before, step, stopped)
+
         try:
-            _update(counter, rows if keep is None else rows[keep], first_vector, step, stopped)
+            if blocks is None:
+                count(0, end - start)
+            else:
+                window = memoryview(mapped)[begin - base : stop - base]
+                try:
+                    blocks.count_and_hash(str(slab.path), window, begin, slab.row_bytes, count)
+                finally:
+                    window.release()
         except BufferError:  # the C kernel caught a SIGBUS: the file shrank under the mapping
             faulted = True
+        del count  # its default holds the rows: the mapping closes only once nothing views it
         del rows
     finally:
         mapped.close()

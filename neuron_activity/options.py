@@ -271,6 +271,7 @@ class ScanRequest:
     part: Part | None = None
     state: Path | None = None
     rescan: bool = False
+    fail_on_missing: bool = False  # an audit whose counted shards are gone is a breach (exit 1)
     save_counts: Path | None = None
     output: Path | None = None
     distributed: bool = False
@@ -286,6 +287,8 @@ class ScanRequest:
             raise Conflict(("state", "shard"), "an audit counts every new shard; save parts with save_counts instead")
         if self.rescan and self.state is None:
             raise NeedsOption("rescan", "state")
+        if self.fail_on_missing and self.state is None:
+            raise NeedsOption("fail_on_missing", "state")
         if self.distributed and self.state is not None:
             raise Conflict(
                 ("torchrun", "state"),

@@ -45,6 +45,7 @@ class ScanOutcome:
     report: Report | None
     saved: SavedCounts | None = None
     notes: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # an audit's counted shards that are gone
 
 
 def _outputs(request: ScanRequest) -> list[Path]:
@@ -151,7 +152,7 @@ def _audit(
     reports: list[Report] = []
 
     def check(saved: SavedCounts, scanned: ScanResult | None) -> None:
-        warnings = scanned.warnings if scanned else []
+        warnings = list(scanned.warnings) if scanned else []
         device = scanned.device if scanned else None
         kernel = scanned.kernel if scanned else None
         shard_paths = [s.path for s in saved.shards]
@@ -169,7 +170,11 @@ def _audit(
         on_progress=on_progress,
         device=device,
     )
-    return ScanOutcome(reports[0], audited.saved)
+    if audited.missing:
+        listed = ", ".join(audited.missing[:3]) + (", ..." if len(audited.missing) > 3 else "")
+        gone = f"{len(audited.missing)} shard(s) counted before are gone ({listed}): their counts stay in {state}"
+        reports[0].warnings.append(gone)
+    return ScanOutcome(reports[0], audited.saved, missing=audited.missing)
 
 
 RankResult = tuple[ScanResult, list[ShardPath], PartRecord | None, list[str], dict[str, list[str]]]

@@ -23,6 +23,7 @@ from .sources.discovery import discover
 from .sources.planning import ScanPlan, plan_scan
 
 if TYPE_CHECKING:
+    from .digests import Blocks  # an audit's: it passes one in
     from .sae import Sae
 
 __all__ = ["ProgressCallback", "ScanResult", "count", "device_for", "plan_for", "scan"]
@@ -125,13 +126,17 @@ def _check_positions(plan: ScanPlan, skip: tuple[int, ...]) -> None:
 
 
 def count(
-    plan: ScanPlan, options: CountOptions, device: str, on_progress: ProgressCallback | None = None
+    plan: ScanPlan,
+    options: CountOptions,
+    device: str,
+    on_progress: ProgressCallback | None = None,
+    blocks: Blocks | None = None,
 ) -> ScanResult:
     """Count the slabs of ``plan`` on ``device`` (already resolved); ``on_progress(path, nbytes)``
-    is called from the counting threads. An object of a store that changed since it was planned
-    is an error."""
+    is called from the counting threads; ``blocks`` collects the digests of the files' blocks
+    as they are counted. An object of a store that changed since it was planned is an error."""
     with session() as remote:
-        totals, kernel = count_slabs(plan, options, device, on_progress)
+        totals, kernel = count_slabs(plan, options, device, on_progress, blocks)
         if plan.objects:
             remote.check_unchanged(plan.objects)
     activity = NeuronActivity(options.fire_above)

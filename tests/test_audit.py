@@ -369,3 +369,68 @@ def test_the_library_diff_takes_a_plain_threshold(tmp_path: Path) -> None:
         changes = saved.diff(tmp_path / "old.safetensors", tmp_path / "new.safetensors", threshold)
         assert changes.threshold.value == Fraction(1, 10**6)
     assert saved.diff(tmp_path / "old.safetensors", tmp_path / "new.safetensors", 0.0).died == 1  # neuron 1
+
+
+def test_an_audit_survives_a_touch_and_says_when_a_shard_is_gone(tmp_path: Path) -> None:
+    """A counted shard whose time moved but whose bytes did not (touch, cp without -p) is as it
+    was counted: the audit goes on and refreshes its record. One that is gone is named, its
+    counts kept; --fail-on-missing makes that exit 1 for cron."""
+    data, state = tmp_path / "data", tmp_path / "state.safetensors"
+    rng = np.random.default_rng(12)
+    for i in range(3):
+        write_shard(data / f"{i}.safetensors", {"acts": random_activations(rng, (40, 5), "F32")})
+    first = runner.invoke(app, ["scan", str(data), "--state", str(state), "-f", "json"])
+    assert first.exit_code == 0, first.stderr
+    digests = {s.path: s.digest for s in load_counts(state).shards}
+    assert all(d.startswith("xxh3-128/4MiB:") and len(d) == 14 + 32 for d in digests.values())
+    os.utime(data / "1.safetensors", ns=(10**18, 10**18))
+    shutil.copy(data / "2.safetensors", tmp_path / "copy")
+    shutil.copy(tmp_path / "copy", data / "2.safetensors")  # cp without -p: a new time, the same bytes
+    again = runner.invoke(app, ["scan", str(data), "--state", str(state), "-f", "json"])
+    assert again.exit_code == 0 and again.stderr == "", again.stderr
+    assert json.loads(again.stdout)["rows"] == json.loads(first.stdout)["rows"]
+    records = {s.path: s for s in load_counts(state).shards}
+    assert records[str((data / "1.safetensors").resolve())].mtime_ns == 10**18  # refreshed, not counted again
+    assert {p: r.digest for p, r in records.items()} == digests
+    (data / "0.safetensors").unlink()
+    gone = runner.invoke(app, ["scan", str(data), "--state", str(state), "-f", "json"])
+    assert gone.exit_code == 0 and gone.stderr == (
+        f"Warning: 1 shard(s) counted before are gone ({(data / '0.safetensors').resolve()}): their counts stay "
+        f"in {state.resolve()}\n"
+    )
+    assert json.loads(gone.stdout)["rows"] == json.loads(first.stdout)["rows"]
+    failed = runner.invoke(app, ["scan", str(data), "--state", str(state), "--fail-on-missing", "-q"])
+    assert failed.exit_code == 1 and failed.stderr == f"Counted shard gone: {(data / '0.safetensors').resolve()}\n"
+    refused = runner.invoke(app, ["scan", str(data), "--fail-on-missing"])
+    assert refused.exit_code == 2 and refused.stderr == "Error: --fail-on-missing goes with --state\n"
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 977, 100_000])
+def test_digests_hashed_while_counting_are_those_of_the_whole_file(tmp_path: Path, chunk_rows: int | None) -> None:
+    """Blocks hashed as windows are counted (their edges anywhere, a header and a tensor not
+    counted left to read afterwards) give the digest of the file read whole, XXH3-128 of the
+    XXH3-128 of its 4 MiB blocks; one byte changed anywhere changes it."""
+    import xxhash
+
+    from neuron_activity.digests import BLOCK, Blocks, digest
+    from neuron_activity.options import CountOptions
+    from neuron_activity.scan import count, plan_for
+    from neuron_activity.sources import discover
+
+    rng = np.random.default_rng(13)
+    path = tmp_path / "big.safetensors"
+    values = torch.from_numpy(rng.standard_normal((9000, 1200)).astype(np.float32))  # 43.2 MB: ten blocks and a bit
+    write_shard(path, {"a": values, "ids": torch.zeros(1000, dtype=torch.int64)})
+    blocks = Blocks()
+    options = CountOptions(device="cpu", chunk_rows=chunk_rows)
+    count(plan_for(discover([path]), options), options, "cpu", blocks=blocks)
+    data = path.read_bytes()
+    whole = xxhash.xxh3_128(
+        b"".join(xxhash.xxh3_128(data[i : i + BLOCK]).digest() for i in range(0, len(data), BLOCK))
+    ).hexdigest()
+    assert blocks.hashed(path) >= (1 if chunk_rows == 977 else 8)  # the blocks no window edge cut
+    assert blocks.digest(path) == digest(path) == f"xxh3-128/4MiB:{whole}"
+    changed = bytearray(data)
+    changed[len(data) // 2] ^= 1
+    path.write_bytes(bytes(changed))
+    assert digest(path) != f"xxh3-128/4MiB:{whole}"
