@@ -1,6 +1,8 @@
 """Caches where they live: objects in S3-compatible stores, on web servers or any fsspec
 filesystem, read by range requests (never downloaded whole). ``objects``: URLs as paths and
-what a scan learns of them; ``requests``: the filesystem of a URL and requests tried again."""
+what a scan learns of them; ``urls``: what a URL shows and what it keeps for requests;
+``requests``: the filesystem of a URL and requests tried again, within a deadline, ended by a
+stop; ``ranges``: one range request, conditional on the ETag planned and bounded to its bytes."""
 
 from .objects import (
     HEADER_BLOCK,
