@@ -32,10 +32,25 @@ def shown(text: str) -> str:
     return CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
+# a URL's userinfo, and an http(s) URL's query (also as a path folds them: https:/u:p@h)
+USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*:/{1,2})[^/@\s]+@")
+HTTP_QUERY = re.compile(r"\b(https?:/{1,2}[^\s?#]*)[?#][^\s:]*")
+
+
+def redacted(line: str) -> str:
+    """``line`` with no credentials of a URL in it: as the library's ``remote.urls`` shows URLs
+    (it also knows the secrets of the URLs it was given), and a URL's userinfo and an http(s)
+    query left out wherever the library has not seen them."""
+    urls = sys.modules.get("neuron_activity.remote.urls")  # loaded with the library; --help never loads it
+    if urls is not None:
+        line = urls.redact(line)
+    return HTTP_QUERY.sub(r"\1", USERINFO.sub(r"\1***@", line))
+
+
 def say(line: str) -> None:
-    """One line on stderr: warnings, errors, breaches, names escaped (``shown``). stdout carries
-    only the result."""
-    print(shown(line), file=sys.stderr, flush=True)
+    """One line on stderr: warnings, errors, breaches, with no URL credentials (``redacted``) and
+    names escaped (``shown``). stdout carries only the result."""
+    print(shown(redacted(line)), file=sys.stderr, flush=True)
 
 
 def on_terminal(stream: TextIO | None) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,12 +30,17 @@ if TYPE_CHECKING:
 SUFFIX_FORMATS = {".json": "json", ".csv": "csv", ".md": "markdown", ".markdown": "markdown", ".txt": "table"}
 
 
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://... as a path folds it: s3:/...
+
+
 def check_format(fmt: str | None, formats: tuple[str, ...] = FORMATS, output: Path | None = None) -> str:
     """The output format: as given, else from the output file's extension, else a table. An
     extension nact does not know (``out.xlsx``) without --format, or one that says another
     format than --format (``-o x.json -f csv``), is a usage error: checked before anything is read."""
     if fmt is not None and fmt not in formats:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(formats)}", param_hint="'--format'")
+    if output is not None and URL.match(str(output)):  # the library refuses it: outputs are local files
+        return fmt or "table"
     suffix = output.suffix.lower() if output is not None else ""
     implied = SUFFIX_FORMATS.get(suffix)
     if output is not None and suffix and implied is None and fmt is None:

@@ -31,6 +31,7 @@ if sys.platform != "win32":  # Windows has no advisory locks
 
 from .errors import BadOutput, NactError, StateLocked, first_line
 from .remote.objects import RemotePath
+from .remote.urls import shown
 
 Writer = Callable[[Path], object]  # writes an output's content to the path it is given
 
@@ -56,10 +57,9 @@ def check_outputs(outputs: list[Path], read_back: Sequence[Path] = ()) -> None:
     seen: dict[tuple[int, int] | str, Path] = {}
     regular_only = {os.path.realpath(p) for p in read_back}
     for path in outputs:
-        if isinstance(path, RemotePath) or re.match(
-            r"[A-Za-z][A-Za-z0-9+.-]*:/", str(path)
-        ):  # s3://... folds to s3:/...
-            raise BadOutput(path, "outputs are local files: nact does not write to a URL")
+        if isinstance(path, RemotePath) or re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(path)):
+            url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*):/(?!/)", r"\1://", str(path))  # s3://... folds to s3:/...
+            raise BadOutput(shown(url, remember=False), "outputs are local files: nact does not write to a URL")
         if _in_place(path):
             mode = os.stat(path).st_mode
             if stat.S_ISSOCK(mode):

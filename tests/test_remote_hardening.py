@@ -439,3 +439,22 @@ def test_a_certificate_that_cannot_be_verified_says_so(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("extra", [[], ["-f", "json"], ["--save-counts"]])
+def test_an_output_given_as_a_url_never_shows_its_credentials(extra: list[str]) -> None:
+    """-o (or --save-counts) naming a URL is refused, in one line that shows no secret of it."""
+    from conftest import SAMPLE_DATA
+    from typer.testing import CliRunner
+
+    from nact_cli.main import app
+
+    url = "https://someone:hunter2pass@host.example/x.json?token=s3cr3tvalue"
+    args = ["scan", str(SAMPLE_DATA), *(extra or ["-o"])]
+    args += [url] if extra == ["--save-counts"] else (["-o", url] if extra else [url])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and result.stderr == (
+        "Error: https://***@host.example/x.json: outputs are local files: nact does not write to a URL\n"
+    )
+    for secret in ("someone", "hunter2pass", "s3cr3tvalue", "token"):
+        assert secret not in result.stderr + result.stdout
