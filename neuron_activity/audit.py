@@ -27,6 +27,7 @@ class AuditResult:
     scan: ScanResult | None  # the scan of the new shards (None when there were none)
     new_shards: list[ShardPath]
     missing: list[str] = field(default_factory=list)  # shards counted before that are gone
+    moved: list[tuple[str, str]] = field(default_factory=list)  # (was, now): counted before, elsewhere now
 
 
 def when(ns: int) -> str:
@@ -89,7 +90,8 @@ def audit(
     A shard counted before that has changed is an error, unless ``rescan`` starts the state
     over: a file by its size and, when its modification time moved, its content digest
     (recorded when it was counted); an object of a store by its size and ETag. A shard counted
-    before that is gone is listed in ``missing`` (its counts stay). The state (symlinks resolved) is locked for the whole
+    before that is gone is listed in ``missing`` (its counts stay), unless a new file holds its
+    bytes: then it moved (``moved``), and is not counted again. The state (symlinks resolved) is locked for the whole
     audit and replaced atomically at the end, after ``check(saved, scan)`` (which may raise to
     leave it as it was): an interrupted or refused audit leaves the previous state as it was.
     ``shards`` are the discovered shards and ``device`` the resolved device, when the caller has
@@ -125,6 +127,12 @@ def audit(
                     raise ShardChanged(unit, state, what_changed(before, record))
                 refreshed[record.path] = record
         missing = [path for path in known if path not in seen and not _exists(path)]
+        moved = _moved(new_units, new_records, [known[path] for path in missing])
+        if moved:  # counted before under another path: recognised by their bytes, not counted again
+            kept = [i for i, r in enumerate(new_records) if r.path not in {m.path for m in moved.values()}]
+            new_units, new_records = [new_units[i] for i in kept], [new_records[i] for i in kept]
+            missing = [path for path in missing if path not in moved]
+            refreshed.update(moved)  # their records, under their new paths
         plan = plan.restricted(new_units)
         if on_plan is not None:
             on_plan(plan)
@@ -147,7 +155,23 @@ def audit(
             check(saved, result if new_units else None)
         if new_units or rescan or previous is None or refreshed:
             save_counts(state, saved)
-        return AuditResult(saved, result if new_units else None, new_units, missing)
+        moves = [(old, record.path) for old, record in moved.items()]
+        return AuditResult(saved, result if new_units else None, new_units, missing, moves)
+
+
+def _moved(units: list[ShardPath], records: list[ShardRecord], gone: list[ShardRecord]) -> dict[str, ShardRecord]:
+    """New files that are shards counted before under a path that is gone (a folder moved or
+    renamed): by their size, then their digest. The old path -> the new record, with its digest."""
+    sizes = {r.size for r in gone if r.digest}
+    by_digest = {r.digest: r for r in gone if r.digest}
+    moved = {}
+    for unit, record in zip(units, records):
+        if record.size in sizes and not isinstance(unit, RemotePath):
+            found = digest(Path(unit))
+            before = by_digest.pop(found, None)
+            if before is not None:
+                moved[before.path] = replace(record, digest=found)
+    return moved
 
 
 def _exists(path: str) -> bool:

@@ -170,7 +170,9 @@ def _audit(
         on_progress=on_progress,
         device=device,
     )
-    if audited.missing:
+    for was, now in audited.moved:
+        reports[0].warnings.append(f"{was} moved to {now} (the same bytes): counted before, not counted again")
+    if audited.missing and not request.fail_on_missing:  # else each is named as a breach
         listed = ", ".join(audited.missing[:3]) + (", ..." if len(audited.missing) > 3 else "")
         gone = f"{len(audited.missing)} shard(s) counted before are gone ({listed}): their counts stay in {state}"
         reports[0].warnings.append(gone)

@@ -434,3 +434,29 @@ def test_digests_hashed_while_counting_are_those_of_the_whole_file(tmp_path: Pat
     changed[len(data) // 2] ^= 1
     path.write_bytes(bytes(changed))
     assert digest(path) != f"xxh3-128/4MiB:{whole}"
+
+
+def test_a_folder_moved_under_an_audit_is_not_counted_twice(tmp_path: Path) -> None:
+    """Shards counted before, found under new paths with the same bytes (a folder renamed or
+    moved): recognised by their digests, their records moved, nothing counted again."""
+    data, state = tmp_path / "data", tmp_path / "state.safetensors"
+    rng = np.random.default_rng(14)
+    for i in range(3):
+        write_shard(data / f"{i}.safetensors", {"acts": random_activations(rng, (50, 4), "F32")})
+    first = runner.invoke(app, ["scan", str(data), "--state", str(state), "-f", "json"])
+    assert first.exit_code == 0, first.stderr
+    data.rename(tmp_path / "moved")
+    write_shard(tmp_path / "moved" / "3.safetensors", {"acts": random_activations(rng, (50, 4), "F32")})
+    again = runner.invoke(app, ["scan", str(tmp_path / "moved"), "--state", str(state), "-f", "json"])
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["rows"][0]["num_vectors"] == 200  # three moved, one new: 4 x 50
+    assert again.stderr.splitlines() == [
+        f"Warning: {(data / f'{i}.safetensors')} moved to {(tmp_path / 'moved' / f'{i}.safetensors').resolve()} "
+        "(the same bytes): counted before, not counted again"
+        for i in range(3)
+    ]
+    assert sorted(s.path for s in load_counts(state).shards) == sorted(
+        str((tmp_path / "moved" / f"{i}.safetensors").resolve()) for i in range(4)
+    )
+    third = runner.invoke(app, ["scan", str(tmp_path / "moved"), "--state", str(state), "-f", "json"])
+    assert third.exit_code == 0 and third.stderr == "" and json.loads(third.stdout)["rows"][0]["num_vectors"] == 200
