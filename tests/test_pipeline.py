@@ -473,5 +473,5 @@ def test_an_output_url_is_refused_before_any_work(tmp_path: Path) -> None:
     done = nact("scan", SAMPLE_DATA, "-o", "s3://bucket/out.json")
     assert (
         done.exit_code == 2
-        and done.stderr == "Error: s3:/bucket/out.json: outputs are local files: nact does not write to a URL\n"
+        and done.stderr == "Error: s3://bucket/out.json: outputs are local files: nact does not write to a URL\n"
     )
