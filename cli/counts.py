@@ -88,7 +88,9 @@ def merge(
 def diff(
     old: Annotated[Path, typer.Argument(metavar="OLD", help="Saved counts before.", show_default=False)],
     new: Annotated[Path, typer.Argument(metavar="NEW", help="Saved counts after.", show_default=False)],
-    threshold: Annotated[str, threshold_option("Dead threshold.", panel=None)] = "0",
+    threshold: Annotated[
+        list[str] | None, threshold_option("Dead threshold (one).", panel=None, show_default="0")
+    ] = None,
     neurons: Annotated[bool, neurons_option("List which neurons died, revived and stayed dead.", panel=None)] = False,
     fail_on_new_dead: Annotated[bool, typer.Option("--fail-on-new-dead", help="Exit 1 when any neuron died.")] = False,
     fmt: TableOrJson = "table",
@@ -107,19 +109,22 @@ def diff(
     # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
     from neuron_activity import Threshold, saved
 
-    changes = saved.diff(old, new, Threshold.parse(threshold))
+    given = threshold or ["0"]
+    if len(given) > 1:
+        raise typer.BadParameter(f"{', '.join(given)}: diff compares at one threshold", param_hint="'--threshold'")
+    changes = saved.diff(old, new, Threshold.parse(given[0]))
     if fmt == "json":
         emit(json.dumps(changes.to_json(neurons), indent=2) + "\n", None)
     else:
-        emit(_diff_table(changes.components, neurons), None)
+        emit(_diff_table(changes.components, neurons, changes.threshold.text), None)
     if fail_on_new_dead and changes.died:
         listed = ", ".join(f"{c.component}: {len(c.died)}" for c in changes.components if c.died)
         say(f"Newly dead neurons: {changes.died} ({listed})")
         raise typer.Exit(EXIT_BREACH)
 
 
-def _diff_table(changes: list[Any], neurons: bool) -> str:
-    rows = table("Dead neurons, old -> new")
+def _diff_table(changes: list[Any], neurons: bool, threshold: str) -> str:
+    rows = table(f"Dead neurons at threshold {threshold}, old -> new")
     for name in ("component", "died", "revived", "stayed_dead", "dead_old", "dead_new"):
         rows.add_column(name, justify="left" if name == "component" else "right", overflow="fold")
     for c in changes:
@@ -136,7 +141,7 @@ def _diff_table(changes: list[Any], neurons: bool) -> str:
         console.print(rows)
         if neurons:
             for c in changes:
-                for label, items in (("died", c.died), ("revived", c.revived)):
+                for label, items in (("died", c.died), ("revived", c.revived), ("stayed dead", c.stayed_dead)):
                     if items:
                         console.print(f"{c.component} {label}: {' '.join(map(str, items))}", markup=False)
 

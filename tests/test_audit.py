@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE_DATA
 from reference import as_float64, fire_counts, greater_than, random_activations, write_shard
 from typer.testing import CliRunner
 
@@ -460,3 +461,12 @@ def test_a_folder_moved_under_an_audit_is_not_counted_twice(tmp_path: Path) -> N
     )
     third = runner.invoke(app, ["scan", str(tmp_path / "moved"), "--state", str(state), "-f", "json"])
     assert third.exit_code == 0 and third.stderr == "" and json.loads(third.stdout)["rows"][0]["num_vectors"] == 200
+
+
+def test_diff_compares_at_one_threshold_and_says_which(tmp_path: Path) -> None:
+    nact("scan", SAMPLE_DATA, "--save-counts", tmp_path / "a.safetensors", "-q")
+    twice = nact("diff", tmp_path / "a.safetensors", tmp_path / "a.safetensors", "-t", "1e-4", "-t", "1e-2")
+    assert twice.exit_code == 2 and "1e-4, 1e-2: diff compares at one threshold" in twice.stderr
+    shown = nact("diff", tmp_path / "a.safetensors", tmp_path / "a.safetensors", "-t", "1e-5", "--neurons")
+    assert shown.exit_code == 0 and shown.stdout.startswith("Dead neurons at threshold 1e-5, old -> new")
+    assert "blocks.0.hook_sae_acts stayed dead: 0 1 2" in shown.stdout  # as sample_data/ makes them
