@@ -413,9 +413,9 @@ def test_one_note_for_every_flattened_transformerlens_hook(tmp_path: Path) -> No
     result = nact("scan", tmp_path, "-f", "json")
     assert result.exit_code == 0
     assert result.stderr == (
-        "Warning: 6 components ('blocks.0.hook_resid_post': [2, 5, 4], 'blocks.1.hook_resid_post', "
-        "'blocks.2.hook_resid_post', 'blocks.3.hook_resid_post', ...) read as a TransformerLens hook's [batch, "
-        "position, d] layout: positions flattened into vectors (pick a component axis to count per position)\n"
+        "Warning: 6 components (blocks.0.hook_resid_post, blocks.1.hook_resid_post, blocks.2.hook_resid_post, "
+        "blocks.3.hook_resid_post, ...) read as a TransformerLens hook's [batch, position, d] layout: their positions "
+        "flattened into vectors (--component-axis -2 counts per position, --flatten reads them so without this note)\n"
     )
 
 
@@ -451,10 +451,11 @@ def test_a_transformerlens_cache_with_attention_hooks(tmp_path: Path) -> None:
         "Warning: skipped 2 tensors ('blocks.0.attn.hook_pattern', 'blocks.1.attn.hook_pattern'): a TransformerLens "
         "attention pattern [batch, head, query, key] is not neuron activations (name it to count it)",
         "Warning: component 'blocks.0.attn.hook_z': [2, 5, 3, 4] read as a TransformerLens attention hook's [batch, "
-        "position, head, d_head] layout (a component per head): 5 positions flattened into 10 vectors (pick a "
-        "component axis to count per position)",
+        "position, head, d_head] layout (a component per head): 5 positions flattened into 10 vectors (--flatten "
+        "would count the heads as one component)",
         "Warning: component 'blocks.0.hook_resid_post': [2, 5, 6] read as a TransformerLens hook's [batch, position, "
-        "d] layout: 5 positions flattened into 10 vectors (pick a component axis to count per position)",
+        "d] layout: 5 positions flattened into 10 vectors (--component-axis -2 counts per position, --flatten reads "
+        "them so without this note)",
     ]
     got = counts_of(tmp_path, keys=["blocks.0.attn.hook_z"])
     assert got == {f"blocks.0.attn.hook_z[{h}]": expect(z[:, :, h, :]) for h in range(3)}

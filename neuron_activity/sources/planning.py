@@ -336,16 +336,18 @@ def _refuse_sae_weights(entries: Sequence[TensorEntry]) -> None:
 def _read_as(layout: str, found: dict[str, tuple[tuple[int, ...], int, int | None]]) -> str:
     """One note for every component whose axes were read as ``layout`` (the first few named)."""
     (name, (shape, rows, positions)), *others = found.items()
+    how = (
+        "--component-axis -2 counts per position, --flatten reads them so without this note"
+        if "component per head" not in layout
+        else "--flatten would count the heads as one component"
+    )
     if not others:
         return (
             f"component {name!r}: {list(shape)} read as {layout}: {positions} positions flattened into {rows} vectors "
-            "(pick a component axis to count per position)"
+            f"({how})"
         )
-    listed = ", ".join(repr(n) for n in list(found)[1:4]) + (", ..." if len(others) > 3 else "")
-    return (
-        f"{len(found)} components ({name!r}: {list(shape)}, {listed}) read as {layout}: positions flattened into "
-        "vectors (pick a component axis to count per position)"
-    )
+    listed = ", ".join(list(found)[:4]) + (", ..." if len(others) > 3 else "")
+    return f"{len(found)} components ({listed}) read as {layout}: their positions flattened into vectors ({how})"
 
 
 def _hooks(asked: str | None, sae: Sae) -> tuple[str, ...]:
