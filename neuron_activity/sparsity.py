@@ -70,7 +70,7 @@ def load_sparsity(path: Path, num_vectors: int | None = None) -> tuple[NeuronAct
     counts = np.where(alive, np.maximum(np.rint(density * chosen), 1), 0).astype(np.int64)
     activity = NeuronActivity(Fraction(0))
     activity.add(name, counts, chosen)
-    how = "given" if num_vectors else "give the number of vectors it was measured on to change it"
+    how = "given" if num_vectors else "--num-vectors gives the number it was measured on"
     note = (
         f"{path}: a SAELens sparsity file holds log10 densities, not counts: read as {chosen:,} vectors ({how}), "
         f"fire counts rounded from its densities"

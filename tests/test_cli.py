@@ -235,7 +235,7 @@ def bad_inputs(tmp_path: Path) -> list[tuple[Path, str]]:
         (
             ints,
             "Error: nothing to count in 1 shard(s): skipped tensor 'tokens' (I64) in 1 shard(s): "
-            "integer and bool tensors are counted only when their key is named",
+            "integer and bool tensors are counted only when --key names them",
         ),
         (empty_rows, "Error: no vectors were counted (components: 'acts'): every tensor read is empty"),
     ]

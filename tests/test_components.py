@@ -77,7 +77,7 @@ def test_unpadded_numbers_are_layers_and_the_scan_says_so(tmp_path: Path) -> Non
     assert [c["component"] for c in doc["components"]] == ["acts_0", "acts_1", "acts_2"]
     assert result.stderr == (
         f"Warning: 3 files {tmp_path}/acts_* were counted as 3 components: a number that is not zero-padded "
-        "is taken as a layer (group by key to count them as shards of one component)\n"
+        "is taken as a layer (--group-by key counts them as shards of one component)\n"
     )
     merged = json.loads(nact("scan", tmp_path, "-f", "json", "--group-by", "key").stdout)
     assert [(c["component"], c["num_vectors"]) for c in merged["components"]] == [("acts", 12)]
@@ -449,7 +449,7 @@ def test_a_transformerlens_cache_with_attention_hooks(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert result.stderr.splitlines() == [
         "Warning: skipped 2 tensors ('blocks.0.attn.hook_pattern', 'blocks.1.attn.hook_pattern'): a TransformerLens "
-        "attention pattern [batch, head, query, key] is not neuron activations (name it to count it)",
+        "attention pattern [batch, head, query, key] is not neuron activations (--key names it to count it)",
         "Warning: component 'blocks.0.attn.hook_z': [2, 5, 3, 4] read as a TransformerLens attention hook's [batch, "
         "position, head, d_head] layout (a component per head): 5 positions flattened into 10 vectors (--flatten "
         "would count the heads as one component)",

@@ -212,7 +212,7 @@ def test_truncated_file(tmp_path: Path) -> None:
 
 def test_integer_tensors_need_key(tmp_path: Path) -> None:
     write_shard(tmp_path / "a.safetensors", {"tokens": torch.ones(3, 4, dtype=torch.int64)})
-    with pytest.raises(NoVectors, match="integer and bool tensors are counted only when their key is named"):
+    with pytest.raises(NoVectors, match="integer and bool tensors are counted only when --key names them"):
         scan([tmp_path])
     assert scan([tmp_path], keys=["tokens"]).activity.components["tokens"].fire_counts.tolist() == [3] * 4
 
@@ -222,7 +222,7 @@ def test_integer_tensor_beside_floats_is_skipped_with_a_warning(tmp_path: Path) 
     result = scan([tmp_path])
     assert list(result.activity.components) == ["acts"]
     assert result.warnings == [
-        "skipped tensor 'tokens' (I32) in 1 shard(s): integer and bool tensors are counted only when their key is named"
+        "skipped tensor 'tokens' (I32) in 1 shard(s): integer and bool tensors are counted only when --key names them"
     ]
 
 

@@ -157,7 +157,9 @@ def entries(
             if b.start <= a.end:
                 raise BadInput(b.path, f"latents overlap those of {a.path.name}")
         if vectors is None:
-            raise BadInput(unit, "no split has a 'tokens' tensor, so the number of vectors is unknown; give it")
+            raise BadInput(
+                unit, "no split has a 'tokens' tensor, so the number of vectors is unknown; give it with --num-vectors"
+            )
         runs = _runs(splits)
         expected = _config_splits(unit) if unit.is_dir() else None
         name = unit.name if unit.is_dir() else unit.stem

@@ -295,7 +295,7 @@ def plan_scan(
         if len(files) > 1:
             warnings.append(
                 f"{len(files)} files {pattern} were counted as {len(files)} components: a number that is not "
-                "zero-padded is taken as a layer (group by key to count them as shards of one component)"
+                "zero-padded is taken as a layer (--group-by key counts them as shards of one component)"
             )
     warnings += [_read_as(layout, found) for layout, found in read_as.items()] + list(notes.values())
     if not groups and empty:
@@ -427,7 +427,7 @@ def _bind(plan: ScanPlan, saes: Sequence[tuple[str | None, Sae, str]]) -> ScanPl
 def why_not_counted(entry: TensorEntry, explicitly_named: bool) -> str | None:
     """Why an entry is not counted (None when it is)."""
     if entry.dtype in INTEGER_FORMATS and not explicitly_named:
-        return "integer and bool tensors are counted only when their key is named"
+        return "integer and bool tensors are counted only when --key names them"
     if entry.dtype not in FLOAT_FORMATS and entry.dtype not in INTEGER_FORMATS:
         return f"dtype {entry.dtype} is not supported (supported: {', '.join(ITEMSIZE)})"
     if len(entry.shape) < 2:
@@ -435,5 +435,5 @@ def why_not_counted(entry: TensorEntry, explicitly_named: bool) -> str | None:
     if entry.shape[-1] == 0 or (len(entry.shape) > 2 and entry.shape[-2] == 0):
         return f"shape {list(entry.shape)} has no features"
     if len(entry.shape) == 4 and last_part(entry.key) in PATTERN_HOOKS and not explicitly_named:
-        return "a TransformerLens attention pattern [batch, head, query, key] is not neuron activations (name it to count it)"
+        return "a TransformerLens attention pattern [batch, head, query, key] is not neuron activations (--key names it to count it)"
     return None
