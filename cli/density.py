@@ -101,7 +101,7 @@ def density(
 ) -> None:
     """Show the log10 feature-density histogram of every component: dead neurons apart, thresholds marked.
 
-    Density is the fraction of vectors on which a neuron fires. PATH may be activations (like nact scan), counts saved with --save-counts, or a SAELens sparsity.safetensors (log10 densities; --num-vectors says over how many vectors). --plot needs matplotlib: pip install matplotlib.
+    Density is the fraction of vectors on which a neuron fires. PATH may be activations (like nact scan), counts saved with --save-counts, or a SAELens sparsity.safetensors (log10 densities; --num-vectors says over how many vectors). --plot needs matplotlib: pip install 'nact\\[plot]'.
 
     Examples:
 

@@ -242,5 +242,5 @@ def main_callback(
 ) -> None:
     """Which of my neurons are dead? Exact per-neuron fire counts over saved activations.
 
-    Exit codes: 0 ok, 1 a --fail-above limit was breached, 2 bad usage or bad input, 3 an internal error, 130 interrupted.
+    Exit codes: 0 ok, 1 a limit was breached (--fail-above, --fail-on-missing, diff --fail-on-new-dead), 2 bad usage or bad input, 3 an internal error, 130 interrupted.
     """

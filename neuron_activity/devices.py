@@ -54,7 +54,7 @@ def resolve_device(requested: str) -> str:
             return "mps"
         return "cpu"
     if not torch_installed():
-        raise DeviceUnavailable(f"device {requested!r} needs PyTorch, which is not installed (pip install torch)")
+        raise DeviceUnavailable(f"device {requested!r} needs PyTorch, which is not installed (pip install 'nact[torch]')")
     import torch  # seconds to import: only a GPU asked for by name gets here
 
     kind, _, index = requested.partition(":")
@@ -74,5 +74,5 @@ def resolve_device(requested: str) -> str:
 def describe_devices() -> str:
     """One line on the devices nact could count on, found without importing torch."""
     gpu = "an NVIDIA driver is present" if nvidia_present() else "no NVIDIA driver found"
-    torch = "PyTorch is installed" if torch_installed() else "PyTorch is not installed (pip install torch)"
+    torch = "PyTorch is installed" if torch_installed() else "PyTorch is not installed (pip install 'nact[torch]')"
     return f"devices: cpu; cuda: {gpu}, {torch}"

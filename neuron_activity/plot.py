@@ -55,7 +55,7 @@ def plot_histograms(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise NactError("drawing a figure needs matplotlib: pip install matplotlib") from None
+        raise NactError("drawing a figure needs matplotlib: pip install 'nact[plot]'") from None
 
     font = {part: size * font_size for part, size in FONT.items()}
     width, height = panel

@@ -154,7 +154,7 @@ def test_a_figure_as_pdf_of_its_size_and_fonts_with_panels_side_by_side(tmp_path
 
 def test_plot_without_matplotlib_says_which_extra(tmp_path: Path) -> None:
     code, stderr = invoke_without("matplotlib", ["density", str(SAMPLE_DATA), "--plot", str(tmp_path / "x.png")])
-    assert (code, stderr) == (2, "Error: drawing a figure needs matplotlib: pip install matplotlib\n")
+    assert (code, stderr) == (2, "Error: drawing a figure needs matplotlib: pip install 'nact[plot]'\n")
 
 
 def test_density_of_counts_equals_density_of_activations(tmp_path: Path) -> None:

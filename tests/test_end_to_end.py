@@ -99,7 +99,7 @@ def test_a_url_without_the_remote_extra_is_one_line() -> None:
 
     code, stderr = invoke_without("fsspec", ["scan", "s3://bucket/acts/"])
     assert code == 2 and stderr == (
-        "Error: s3://bucket/acts: reading remote caches needs fsspec: pip install fsspec s3fs aiohttp (nact's remote extra)\n"
+        "Error: s3://bucket/acts: reading remote caches needs fsspec: pip install 'nact[remote]'\n"
     )
 
 
@@ -262,4 +262,4 @@ def test_usage_line_and_examples() -> None:
     done = run("scan", "--help")
     assert "Usage: nact scan [OPTIONS] PATH..." in done.stdout
     done = run("density", "--help")
-    assert "pip install matplotlib" in done.stdout
+    assert "pip install 'nact[plot]'" in done.stdout

@@ -409,7 +409,7 @@ def test_compressed_arrow_is_read_batch_by_batch(tmp_path: Path) -> None:
 def test_arrow_without_pyarrow_says_which_extra(tmp_path: Path) -> None:
     write_saelens_cache(tmp_path / "cache", {"h": np.ones((2, 3, 4), np.float32)}, batch_rows=2, files=1)
     code, stderr = invoke_without("pyarrow", ["scan", str(tmp_path / "cache")])
-    assert (code, stderr) == (2, "Error: reading Arrow caches (SAELens) needs pyarrow: pip install pyarrow\n")
+    assert (code, stderr) == (2, "Error: reading Arrow caches (SAELens) needs pyarrow: pip install 'nact[arrow]'\n")
 
 
 def test_broken_arrow_file(tmp_path: Path) -> None:

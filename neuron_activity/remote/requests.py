@@ -72,7 +72,7 @@ def filesystem(path: PurePath) -> Any:
         import fsspec  # the remote extra: only URLs need it
     except ImportError:
         raise BadInput(
-            path, "reading remote caches needs fsspec: pip install fsspec s3fs aiohttp (nact's remote extra)"
+            path, "reading remote caches needs fsspec: pip install 'nact[remote]'"
         ) from None
     limit = deadline_s(path)
     connect, read = min(CONNECT_TIMEOUT_S, limit), min(READ_TIMEOUT_S, limit)

@@ -38,7 +38,7 @@ def _pyarrow() -> Any:
         import pyarrow  # optional (the arrow extra), and ~50 ms: only Arrow caches need it
         import pyarrow.ipc
     except ImportError:
-        raise NactError("reading Arrow caches (SAELens) needs pyarrow: pip install pyarrow") from None
+        raise NactError("reading Arrow caches (SAELens) needs pyarrow: pip install 'nact[arrow]'") from None
     return pyarrow
 
 

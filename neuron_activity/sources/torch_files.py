@@ -43,7 +43,7 @@ def load(path: Path) -> object:
     try:
         import torch  # seconds to import, and optional: only files torch_zip cannot map need it
     except ImportError:
-        raise NactError(f"{path}: reading .pt files needs PyTorch: pip install torch") from None
+        raise NactError(f"{path}: reading .pt files needs PyTorch: pip install 'nact[torch]'") from None
     import pickle  # loaded by torch already (zipfile ~4 ms otherwise): kept off other formats' scans
     import zipfile
 
