@@ -245,7 +245,9 @@ def _metric_class() -> type:
     try:
         from torchmetrics import Metric  # optional (pip install torchmetrics), and ~2 s: loaded on first use
     except ImportError:
-        raise BadOption("metric", "NeuronActivityMetric", "needs torchmetrics: pip install torchmetrics") from None
+        raise BadOption(
+            "metric", "NeuronActivityMetric", "needs torchmetrics: pip install 'nact[torchmetrics]'"
+        ) from None
 
     class NeuronActivityMetric(Metric):
         """A drop-in for ``sparse_autoencoder``'s ``NeuronActivityMetric``, exact: int64 fire

@@ -35,7 +35,8 @@ def reference(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return latents, margin
 
 
-def _rule(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _prepared(arch: dict, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``x' @ W`` (float64: the input after the steps before the rule) and the weights."""
     x = x.astype(np.float64)
     w = {k: np.asarray(v, np.float64) for k, v in arch["weights"].items()}
     if arch.get("scale") is not None:
@@ -50,16 +51,49 @@ def _rule(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = (x - mean) @ matrix
     if arch.get("center") is not None:
         x = x - w[arch["center"]]
-    pre = x @ w["W"]
+    return x @ w["W"], w
+
+
+def _h(arch: dict, pre: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    """The pre-activation the rule reads: ``x' @ W + b``, times the decoder norms where asked."""
+    h = pre + w["b"]
+    if arch.get("decoder_norm"):  # SAELens' rescale_acts_by_decoder_norm: before the rule
+        h = h * np.linalg.norm(w["W_dec"], axis=1)
+    return h
+
+
+def reach(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per latent (float64), its largest pre-activation and its smallest margin to firing (the
+    boundary minus the pre-activation), as ``sae.encode`` defines them for each rule."""
+    pre, w = _prepared(arch, x)
+    rule = arch["rule"]
+    if rule == "gated":
+        p = pre + w["b_gate"]
+        return p.max(axis=0), (0 - p).min(axis=0)
+    h = _h(arch, pre, w)
+    if rule in ("relu", "tanh-relu"):
+        bound = np.zeros((1, h.shape[1]))
+    elif rule in ("jumprelu", "threshold"):
+        bound = np.maximum(np.broadcast_to(w["threshold"], (1, h.shape[1])), 0)
+    elif rule in ("topk", "abstopk"):  # the k-th largest of each vector (of |h| for abstopk), at least 0
+        p = np.abs(h) if rule == "abstopk" else h
+        bound = np.maximum(np.sort(p, axis=1)[:, -arch["k"]], 0)[:, None]
+        return p.max(axis=0), (bound - p).min(axis=0)
+    else:  # groupmax: the largest relu(h) of the latent's group
+        groups = h.reshape(len(h), arch["k"], -1)
+        bound = np.repeat(np.maximum(groups.max(axis=2), 0), groups.shape[2], axis=1)
+    return h.max(axis=0), (bound - h).min(axis=0)
+
+
+def _rule(arch: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pre, w = _prepared(arch, x)
     rule = arch["rule"]
     if rule == "gated":
         gate = pre + w["b_gate"]
         mag = pre * np.exp(w["r_mag"]) + w["b_mag"]
         latents = np.where(gate > 0, np.maximum(mag, 0), 0)
         return latents, np.minimum(np.abs(gate), np.abs(mag))
-    h = pre + w["b"]
-    if arch.get("decoder_norm"):  # SAELens' rescale_acts_by_decoder_norm: before the rule
-        h = h * np.linalg.norm(w["W_dec"], axis=1)
+    h = _h(arch, pre, w)
     if rule in ("relu", "tanh-relu"):
         latents = np.maximum(h, 0)
         return (np.tanh(latents) if rule == "tanh-relu" else latents), np.abs(h)

@@ -465,7 +465,8 @@ def test_shapes_of_state_files_are_int64_per_field(tmp_path: Path) -> None:
 
     tensors = load_file(str(tmp_path / "c.safetensors"))
     names = {k.split("/")[1] for k in tensors}
-    assert names == {f.name for f in state.FIELDS if f.dtype == "int64"} | {"num_vectors"}  # the others: SAE latents
+    kept = {f.name for f in state.FIELDS if f.dtype == "int64" and f.name not in state.MOMENTS}  # MOMENTS: --stats
+    assert names == kept | {"num_vectors"}  # the others: SAE latents
     assert all(v.dtype == np.int64 for v in tensors.values())
 
 
