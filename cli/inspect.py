@@ -64,11 +64,14 @@ def _table(result: Any, width: int) -> str:
     ):
         numeric = name in ("components", "num_vectors", "num_features", "bytes")
         rows.add_column(name, justify="right" if numeric else "left", overflow="fold")
+    below = []  # why a tensor is not read, and what is said of one that is: under the table, whole
     for t in result.tensors:
         e = t.entry
-        status = "yes" if t.skipped is None else f"no: {t.skipped}"
+        status = "yes" if t.skipped is None else "no"
+        if t.skipped is not None:
+            below.append(f"Not read: {e.key} in {e.path}: {t.skipped}")
         if e.note:
-            status += f" ({e.note})"
+            below.append(f"Note: {e.key} in {e.path}: {e.note}")
         rows.add_row(
             str(e.path),
             e.key,
@@ -84,6 +87,8 @@ def _table(result: Any, width: int) -> str:
 
     def draw(console: Console) -> None:
         console.print(rows)
+        for line in dict.fromkeys(below):
+            console.print(line, markup=False, overflow="ignore", crop=False)
         if result.groups:
             console.print("Components, as a scan would count them:", markup=False)
             for g in result.groups:
