@@ -14,6 +14,13 @@
  * are treated as one row of k * width columns. The last row that fired is tracked the same way,
  * as a row number within the block (0: none) blended in lane by lane. The GIL is released.
  *
+ * count(..., first_vector, kind, value_counts, means, m2)
+ *   also the moments of the chunk's values, in the same pass: kind says how the bits are read
+ *   (d: F64, f: F32, h: F16, b: BF16; its size is itemsize); value_counts (int64[width]: values
+ *   that are not NaN), means and m2 (float64[width]: the mean and the sum of squared deviations
+ *   from it) are the running moments of each column, into which the chunk's are merged with
+ *   Chan's formula (see "Moments" below).
+ *
  * The module's SOURCE_SHA256 is the hash of this file as built (setup.py passes it): the tests
  * check that a build is current, and --version names it.
  *
@@ -72,17 +79,160 @@ typedef struct {
     int64_t first_vector;
 } Job;
 
+/* Moments (count() with a kind): per column, each element as a double, shifted by the column's
+ * first finite value K (so that the sums do not cancel when the mean is far from 0), summed as
+ * sum(x - K) and sum((x - K)^2) in double over tiles of rows while the tile is in cache from the
+ * fire count, then merged into the column's running (n, mean, M2) with Chan's formula. A column
+ * whose sums are not finite (a NaN or an infinity in the chunk) is summed again alone, NaNs left
+ * out. The columns are those of the folded rows; the folds are added up at the end. */
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__APPLE__)
+#define MOMENT_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define MOMENT_MULTIVERSION
+#endif
+#define MOMENT_TILE_BYTES (512 * 1024) /* rows counted, then summed while they are in L2 */
+#define MOMENT_BLOCK 512                 /* columns summed at a time: their sums stay in L1 */
+
+static inline double f64_value(uint64_t v) { double d; memcpy(&d, &v, 8); return d; }
+static inline double f32_value(uint32_t v) { float f; memcpy(&f, &v, 4); return (double)f; }
+static inline double bf16_value(uint16_t v) { return f32_value((uint32_t)v << 16); }
+static inline float f32_of(uint32_t v) { float f; memcpy(&f, &v, 4); return f; }
+static inline uint32_t bits_of(float f) { uint32_t v; memcpy(&v, &f, 4); return v; }
+static inline double f16_value(uint16_t v)
+{
+    /* exact, branch-free in 32-bit lanes so that it vectorizes: normals by rebiasing the
+     * exponent into a float's, infinities and NaNs with an all-ones exponent, subnormals as
+     * em * 2^-24 (every pattern is checked against a conversion in the tests) */
+    const uint32_t em = v & 0x7fffu, sign = (uint32_t)(v & 0x8000u) << 16;
+    const uint32_t special = 0u - (uint32_t)(em >= 0x7c00u), subnormal = 0u - (uint32_t)(em < 0x400u);
+    const uint32_t normal = (em << 13) + ((uint32_t)(127 - 15) << 23), inf_nan = (em << 13) | 0x7f800000u;
+    uint32_t bits = (normal & ~special) | (inf_nan & special);
+    bits = (bits & ~subnormal) | (bits_of((float)(int32_t)em * 0x1p-24f) & subnormal);
+    return (double)f32_of(bits | sign);
+}
+
+typedef double (*ValueFn)(const void *x, Py_ssize_t i);
+typedef void (*SumsFn)(const void *x, Py_ssize_t rows, Py_ssize_t wide, Py_ssize_t lo, Py_ssize_t hi,
+                       const double *k, double *s1, double *s2);
+
+typedef struct {
+    ValueFn value;                /* element i as a double */
+    SumsFn sums;                  /* adds the shifted sums of rows x columns [lo, hi) */
+    int64_t *counts;              /* running non-NaN values per column */
+    double *means, *m2;           /* running means and sums of squared deviations */
+    double *k, *s1, *s2;          /* per folded column: shift, sums (the caller allocates) */
+} Moments;
+
+#define DEFINE_SUMS(S, T, VALUE)                                                                  \
+    static double value_##S(const void *x, Py_ssize_t i) { return VALUE(((const T *)x)[i]); }      \
+    MOMENT_MULTIVERSION static void sums_##S(const void *data, Py_ssize_t rows, Py_ssize_t wide,  \
+                                             Py_ssize_t lo, Py_ssize_t hi, const double *restrict k, \
+                                             double *restrict s1, double *restrict s2)            \
+    {                                                                                            \
+        const T *restrict x = data;                                                              \
+        Py_ssize_t r = 0;                                                                        \
+        for (; r + 3 < rows; r += 4) { /* four rows per load and store of the sums */           \
+            const T *restrict a = x + r * wide, *restrict b = a + wide;                          \
+            const T *restrict c = b + wide, *restrict e = c + wide;                              \
+            for (Py_ssize_t j = lo; j < hi; j++) {                                               \
+                const double da = VALUE(a[j]) - k[j], db = VALUE(b[j]) - k[j];                   \
+                const double dc = VALUE(c[j]) - k[j], de = VALUE(e[j]) - k[j];                   \
+                s1[j] += (da + db) + (dc + de);                                                  \
+                s2[j] += (da * da + db * db) + (dc * dc + de * de);                              \
+            }                                                                                    \
+        }                                                                                        \
+        for (; r < rows; r++) {                                                                  \
+            const T *restrict a = x + r * wide;                                                  \
+            for (Py_ssize_t j = lo; j < hi; j++) {                                               \
+                const double d = VALUE(a[j]) - k[j];                                             \
+                s1[j] += d;                                                                      \
+                s2[j] += d * d;                                                                  \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+DEFINE_SUMS(f64, uint64_t, f64_value)
+DEFINE_SUMS(f32, uint32_t, f32_value)
+DEFINE_SUMS(f16, uint16_t, f16_value)
+DEFINE_SUMS(bf16, uint16_t, bf16_value)
+
+/* K: each column's first finite value (0 if none), repeated over the folds. */
+static void moments_shift(const Moments *m, const void *x, Py_ssize_t rows, Py_ssize_t width, Py_ssize_t wide)
+{
+    for (Py_ssize_t j = 0; j < width; j++) {
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            const double v = m->value(x, r * width + j);
+            if (v - v == 0) {
+                m->k[j] = v;
+                break;
+            }
+        }
+    }
+    for (Py_ssize_t i = width; i < wide; i++)
+        m->k[i] = m->k[i % width];
+}
+
+static void moments_rows(const Moments *m, const void *x, Py_ssize_t rows, Py_ssize_t wide)
+{
+    for (Py_ssize_t lo = 0; lo < wide; lo += MOMENT_BLOCK)
+        m->sums(x, rows, wide, lo, lo + MOMENT_BLOCK < wide ? lo + MOMENT_BLOCK : wide, m->k, m->s1, m->s2);
+}
+
+/* Chan et al.: a chunk's (n, mean, M2) added to a column's running ones. */
+static void chan_merge(int64_t *n_a, double *mean_a, double *m2_a, int64_t n_b, double mean_b, double m2_b)
+{
+    if (n_b <= 0)
+        return;
+    if (*n_a <= 0) {
+        *n_a = n_b, *mean_a = mean_b, *m2_a = m2_b;
+        return;
+    }
+    const double n = (double)*n_a + (double)n_b, delta = mean_b - *mean_a;
+    *mean_a += delta * ((double)n_b / n);
+    *m2_a += m2_b + delta * delta * ((double)*n_a * (double)n_b / n);
+    *n_a += n_b;
+}
+
+static void moments_finish(const Moments *m, const void *x, Py_ssize_t rows, Py_ssize_t width, Py_ssize_t wide)
+{
+    double *k = m->k, *s1 = m->s1, *s2 = m->s2;
+    for (Py_ssize_t i = width; i < wide; i++) {
+        s1[i % width] += s1[i];
+        s2[i % width] += s2[i];
+    }
+    for (Py_ssize_t j = 0; j < width; j++) {
+        int64_t n = (int64_t)rows;
+        double a = s1[j], b = s2[j];
+        if (!(a - a == 0 && b - b == 0)) { /* a NaN or an infinity: summed again, NaNs left out */
+            n = 0, a = 0, b = 0;
+            for (Py_ssize_t r = 0; r < rows; r++) {
+                const double v = m->value(x, r * width + j);
+                if (v == v) {
+                    a += v - k[j];
+                    b += (v - k[j]) * (v - k[j]);
+                    n++;
+                }
+            }
+        }
+        if (n > 0) {
+            const double spread = b - a * (a / (double)n); /* rounding can take it just below 0 */
+            chan_merge(m->counts + j, m->means + j, m->m2 + j, n, k[j] + a / (double)n, spread < 0 ? 0.0 : spread);
+        }
+    }
+}
+
 /* One flush block: at most max(T) rows of `wide` columns. A single range is passed twice. */
 #define DEFINE_KERNEL(S, T)                                                                      \
     MULTIVERSION static void rows_##S(const T *restrict x, Py_ssize_t rows, Py_ssize_t wide,      \
-                                      int nranges, T a0, T d0, T a1, T d1, T nan_mask,            \
-                                      T nan_above, T *restrict fire_acc, T *restrict nan_acc,     \
-                                      T *restrict last_acc)                                       \
+                                      Py_ssize_t first, int nranges, T a0, T d0, T a1, T d1,      \
+                                      T nan_mask, T nan_above, T *restrict fire_acc,              \
+                                      T *restrict nan_acc, T *restrict last_acc)                  \
     {                                                                                            \
         for (Py_ssize_t r = 0; r < rows; r++) {                                                  \
             const T *restrict row = x + r * wide;                                                \
             T any_nan = 0; /* an OR-reduction is nearly free; NaNs are counted per column rarely */ \
-            const T stamp = (T)(r + 1);                                                          \
+            const T stamp = (T)(first + r + 1); /* rows from the flush block's first */           \
             if (nranges && last_acc) {                                                           \
                 for (Py_ssize_t j = 0; j < wide; j++) {                                          \
                     const T v = row[j];                                                          \
@@ -128,7 +278,7 @@ typedef struct {
     }                                                                                            \
                                                                                                  \
     static int count_##S(const Job *job, const T *x, Py_ssize_t rows, const unsigned long long *r, \
-                         T nan_mask, T nan_above)                                                \
+                         T nan_mask, T nan_above, const Moments *mom)                            \
     {                                                                                            \
         const Py_ssize_t width = job->width, fold = job->fold, wide = fold * width;              \
         const int n = job->nranges;                                                              \
@@ -150,19 +300,32 @@ typedef struct {
         T *fire_acc = acc, *nan_acc = acc + wide, *last_acc = acc + 2 * wide;                    \
         T *track = job->last ? last_acc : NULL;                                                  \
         const Py_ssize_t groups = rows / fold;                                                   \
+        Py_ssize_t tile = mom ? MOMENT_TILE_BYTES / (wide * (Py_ssize_t)sizeof(T)) : PY_SSIZE_T_MAX; \
+        tile = tile < 1 ? 1 : tile;                                                              \
+        if (mom)                                                                                 \
+            moments_shift(mom, x, rows, width, wide);                                            \
         for (Py_ssize_t g = 0; g < groups; g += limit) {                                         \
             Py_ssize_t k = groups - g < limit ? groups - g : limit;                              \
-            rows_##S(x + g * wide, k, wide, n, a0, d0, a1, d1, nan_mask, nan_above, fire_acc,    \
-                     nan_acc, track);                                                            \
+            for (Py_ssize_t t = 0; t < k; t += tile) { /* with moments, summed while in cache */ \
+                const Py_ssize_t m = k - t < tile ? k - t : tile;                                \
+                rows_##S(x + (g + t) * wide, m, wide, t, n, a0, d0, a1, d1, nan_mask, nan_above, \
+                         fire_acc, nan_acc, track);                                              \
+                if (mom)                                                                         \
+                    moments_rows(mom, x + (g + t) * wide, m, wide);                              \
+            }                                                                                    \
             flush_##S(job, wide, fold, (int64_t)g * fold, fire_acc, nan_acc, last_acc);          \
         }                                                                                        \
         for (Py_ssize_t done = groups * fold; done < rows;) { /* the last rows % fold, unfolded */ \
             Py_ssize_t k = rows - done < limit ? rows - done : limit;                            \
-            rows_##S(x + done * width, k, width, n, a0, d0, a1, d1, nan_mask, nan_above,         \
+            rows_##S(x + done * width, k, width, 0, n, a0, d0, a1, d1, nan_mask, nan_above,      \
                      fire_acc, nan_acc, track);                                                  \
+            if (mom)                                                                             \
+                mom->sums(x + done * width, k, width, 0, width, mom->k, mom->s1, mom->s2);       \
             flush_##S(job, width, 1, (int64_t)done, fire_acc, nan_acc, last_acc);                \
             done += k;                                                                           \
         }                                                                                        \
+        if (mom)                                                                                 \
+            moments_finish(mom, x, rows, width, wide);                                           \
         fault_jump = NULL;                                                                       \
         free(acc);                                                                               \
         return 0;                                                                                \
@@ -197,14 +360,16 @@ static int parse_ranges(PyObject *list, unsigned long long *ranges, int *nranges
 static PyObject *count(PyObject *self, PyObject *args)
 {
     (void)self;
-    Py_buffer data, fires, nans, last = {0};
+    Py_buffer data, fires, nans, last = {0}, vcounts = {0}, means = {0}, m2 = {0};
     Py_ssize_t rows, width;
-    int itemsize;
-    PyObject *range_list, *last_obj;
+    int itemsize, kind = 0;
+    PyObject *range_list, *last_obj, *counts_obj = Py_None, *means_obj = Py_None, *m2_obj = Py_None;
     unsigned long long nan_mask, nan_above;
     long long first_vector;
-    if (!PyArg_ParseTuple(args, "y*nniOKKw*w*OL", &data, &rows, &width, &itemsize, &range_list, &nan_mask,
-                          &nan_above, &fires, &nans, &last_obj, &first_vector))
+    double *moment_buf = NULL;
+    if (!PyArg_ParseTuple(args, "y*nniOKKw*w*OL|COOO", &data, &rows, &width, &itemsize, &range_list, &nan_mask,
+                          &nan_above, &fires, &nans, &last_obj, &first_vector, &kind, &counts_obj, &means_obj,
+                          &m2_obj))
         return NULL;
     unsigned long long ranges[4] = {0, 0, 0, 0};
     int nranges = 0, rc = -2;
@@ -220,31 +385,67 @@ static PyObject *count(PyObject *self, PyObject *args)
     }
     Job job = {width, width >= FOLD_COLUMNS ? 1 : (FOLD_COLUMNS + width - 1) / width, nranges,
                fires.buf, nans.buf, last.buf, first_vector};
+    Moments moments = {0}, *mom = NULL;
+    if (kind) {
+        const int size = kind == 'd' ? 8 : kind == 'f' ? 4 : kind == 'h' || kind == 'b' ? 2 : 0;
+        if (size != itemsize) {
+            PyErr_SetString(PyExc_ValueError, "kind is d (F64), f (F32), h (F16) or b (BF16), of the data's itemsize");
+            goto done;
+        }
+        if (PyObject_GetBuffer(counts_obj, &vcounts, PyBUF_WRITABLE) < 0 ||
+            PyObject_GetBuffer(means_obj, &means, PyBUF_WRITABLE) < 0 ||
+            PyObject_GetBuffer(m2_obj, &m2, PyBUF_WRITABLE) < 0)
+            goto done;
+        if (vcounts.len < width * 8 || means.len < width * 8 || m2.len < width * 8) {
+            PyErr_SetString(PyExc_ValueError, "moment buffer sizes do not match width");
+            goto done;
+        }
+        moment_buf = calloc((size_t)(job.fold * width) * 3, sizeof(double));
+        if (!moment_buf) {
+            rc = -1;
+            goto failed;
+        }
+        ValueFn values[] = {value_f64, value_f32, value_f16, value_bf16};
+        SumsFn sums[] = {sums_f64, sums_f32, sums_f16, sums_bf16};
+        const int at = kind == 'd' ? 0 : kind == 'f' ? 1 : kind == 'h' ? 2 : 3;
+        const Py_ssize_t wide = job.fold * width;
+        moments = (Moments){values[at], sums[at], vcounts.buf, means.buf, m2.buf, moment_buf, moment_buf + wide,
+                            moment_buf + 2 * wide};
+        mom = rows > 0 ? &moments : NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
     switch (itemsize) {
     case 1:
-        rc = count_u8(&job, data.buf, rows, ranges, (uint8_t)nan_mask, (uint8_t)nan_above);
+        rc = count_u8(&job, data.buf, rows, ranges, (uint8_t)nan_mask, (uint8_t)nan_above, NULL);
         break;
     case 2:
-        rc = count_u16(&job, data.buf, rows, ranges, (uint16_t)nan_mask, (uint16_t)nan_above);
+        rc = count_u16(&job, data.buf, rows, ranges, (uint16_t)nan_mask, (uint16_t)nan_above, mom);
         break;
     case 4:
-        rc = count_u32(&job, data.buf, rows, ranges, (uint32_t)nan_mask, (uint32_t)nan_above);
+        rc = count_u32(&job, data.buf, rows, ranges, (uint32_t)nan_mask, (uint32_t)nan_above, mom);
         break;
     default:
-        rc = count_u64(&job, data.buf, rows, ranges, (uint64_t)nan_mask, (uint64_t)nan_above);
+        rc = count_u64(&job, data.buf, rows, ranges, (uint64_t)nan_mask, (uint64_t)nan_above, mom);
     }
     Py_END_ALLOW_THREADS
+failed:
     if (rc == -1)
         PyErr_NoMemory();
     if (rc == -3)
         PyErr_SetString(PyExc_BufferError, "the data went away while it was counted (a mapped file was truncated)");
 done:
+    free(moment_buf);
     PyBuffer_Release(&data);
     PyBuffer_Release(&fires);
     PyBuffer_Release(&nans);
     if (last.buf)
         PyBuffer_Release(&last);
+    if (vcounts.buf)
+        PyBuffer_Release(&vcounts);
+    if (means.buf)
+        PyBuffer_Release(&means);
+    if (m2.buf)
+        PyBuffer_Release(&m2);
     if (rc)
         return NULL;
     Py_RETURN_NONE;

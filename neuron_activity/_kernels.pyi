@@ -15,6 +15,10 @@ def count(
     nan_counts: Buffer,
     last_fired: Buffer | None,
     first_vector: int,
+    kind: str = ...,
+    value_counts: Buffer | None = ...,
+    value_means: Buffer | None = ...,
+    value_m2: Buffer | None = ...,
     /,
 ) -> None: ...
 def count_sparse(

@@ -12,6 +12,7 @@ import numpy as np
 from . import state
 from .decimals import Portion, as_portion, decimal_text
 from .errors import BadThreshold, CountsMismatch, NotTracked, NoVectors, ShapeMismatch
+from .stats import ActivationStats, summarize
 
 DEFAULT_THRESHOLDS = ("0", "1e-5", "1e-6")
 
@@ -85,6 +86,25 @@ class ComponentActivity:
     @property
     def fire_counts(self) -> np.ndarray:
         return self.states["fire_counts"]
+
+    @property
+    def mean_l0(self) -> Fraction:
+        """The mean number of neurons that fire per vector: the sum of the fire counts over
+        ``num_vectors``, exactly (0 when there are no vectors)."""
+        counts = self.fire_counts
+        if self.num_vectors * len(counts) < 2**63:  # each count <= num_vectors: the int64 sum is exact
+            total = int(counts.sum())
+        else:
+            total = sum(int(c) for c in counts.tolist())
+        return Fraction(total, self.num_vectors) if self.num_vectors else Fraction(0)
+
+    def activation_stats(self) -> ActivationStats | None:
+        """What the moments of the values say (``stats.summarize``); None where they were not
+        kept (counts made without stats, a sparse cache, SAE latents)."""
+        if not all(name in self.states for name in state.MOMENTS):
+            return None
+        counts, means, m2 = (self.states[name] for name in state.MOMENTS)
+        return summarize(counts, means, m2, self.first_neuron)
 
     @property
     def nan_counts(self) -> np.ndarray:

@@ -9,6 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .stats import Moments
+
 States = dict[str, np.ndarray]  # per-column states by field name (see state.FIELDS)
 
 
@@ -23,16 +25,22 @@ class Counted(Protocol):
 class Counter(Counted, Protocol):
     """Counts chunks of one layout. ``update`` numbers the chunk's rows from ``first_vector``
     (their index in the component's stream); ``result`` gives the states (``last_fired`` in
-    that numbering, -1 where a column never fired, present only when tracked)."""
+    that numbering, -1 where a column never fired, present only when tracked; the moments of
+    the values, ``state.MOMENTS``, when asked for)."""
 
     def update(self, bits: np.ndarray, first_vector: int = 0) -> None: ...
 
 
-def states(fire_counts: np.ndarray, nan_counts: np.ndarray, last_fired: np.ndarray | None) -> States:
-    """A counter's result: the required states, and ``last_fired`` when it was tracked."""
+def states(
+    fire_counts: np.ndarray, nan_counts: np.ndarray, last_fired: np.ndarray | None, moments: Moments | None = None
+) -> States:
+    """A counter's result: the required states, ``last_fired`` when it was tracked, and the
+    moments of the values when they were kept."""
     out = {"fire_counts": fire_counts, "nan_counts": nan_counts}
     if last_fired is not None:
         out["last_fired"] = last_fired
+    if moments is not None:
+        out.update(moments.states())
     return out
 
 

@@ -26,12 +26,18 @@ def kernel_for(device: str, kernel: str | None = None) -> str:
 
 
 def make_counter(
-    rule: FireRule, width: int, device: str, kernel: str | None = None, track_last: bool = False
+    rule: FireRule,
+    width: int,
+    device: str,
+    kernel: str | None = None,
+    track_last: bool = False,
+    stats: bool = False,
 ) -> Counter:
-    """A counter for ``device`` with the kernel ``kernel_for(device, kernel)``."""
+    """A counter for ``device`` with the kernel ``kernel_for(device, kernel)``; ``stats``: it
+    also keeps the moments of the values (``state.MOMENTS``)."""
     chosen = kernel_for(device, kernel)
     if chosen == "torch":
-        return TorchCounter(rule, width, device, track_last)
+        return TorchCounter(rule, width, device, track_last, stats)
     if chosen == "native":
-        return NativeCounter(rule, width, track_last)
-    return NumpyCounter(rule, width, track_last)
+        return NativeCounter(rule, width, track_last, stats)
+    return NumpyCounter(rule, width, track_last, stats)

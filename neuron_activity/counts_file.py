@@ -3,8 +3,10 @@ safetensors file.
 
 Tensors are ``{component}/{field}`` for every field of ``state.FIELDS`` that was kept (int64
 ``fire_counts``, ``nan_counts`` and, when tracked, ``last_fired``: the stream index of the last
-vector each neuron fired on, -1: never; for SAE latents float64 ``act_sums`` and ``act_max``)
-and ``{component}/num_vectors`` (one value). ``saes`` in the metadata describes the SAE of
+vector each neuron fired on, -1: never; for SAE latents float64 ``act_sums`` and ``act_max``;
+with stats, ``value_counts``, ``value_means`` and ``value_m2`` of stored activations, and
+``pre_max`` and ``margins`` of SAE latents) and ``{component}/num_vectors`` (one value). Files
+without the optional ones load as they are. ``saes`` in the metadata describes the SAE of
 each latent component. The
 metadata holds the schema version, nact's version, ``fire_above`` as an exact fraction, the
 component order, the shards counted (path, size, modification time), and, for a part of a
@@ -191,9 +193,13 @@ def _check_states(path: Path, name: str, states: dict[str, np.ndarray], num_vect
         "fire_counts": (states["fire_counts"] < 0) | (states["fire_counts"] > num_vectors),
         "nan_counts": (states["nan_counts"] < 0) | (states["nan_counts"] > num_vectors),
     }
-    for stat in ("act_sums", "act_max"):  # kept for SAE latents
+    for stat in ("act_sums", "act_max", "pre_max", "margins"):  # kept for SAE latents
         if stat in states:
             problems[stat] = np.isnan(states[stat])
+    if "value_counts" in states:  # kept with stats
+        problems["value_counts"] = (states["value_counts"] < 0) | (states["value_counts"] > num_vectors)
+    if "value_m2" in states:
+        problems["value_m2"] = states["value_m2"] < 0
     if "last_fired" in states:
         last = states["last_fired"]
         problems["last_fired"] = (last < -1) | (last >= num_vectors) | ((last >= 0) != (states["fire_counts"] > 0))

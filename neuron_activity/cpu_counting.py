@@ -1,5 +1,7 @@
 """Counting on the CPU: the numpy kernel (cache-sized blocks, nothing converted) and the C
-kernel (one pass, no temporaries, the GIL released)."""
+kernel (one pass, no temporaries, the GIL released). With ``stats`` each also keeps the
+moments of the values (``stats.Moments``): the C kernel in the same pass for F64, F32, F16 and
+BF16, numpy for the rest."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import math
 import numpy as np
 
 from .counters import States, check_rows, states
-from .dtypes import FireRule
+from .dtypes import MOMENT_KINDS, FireRule
 from .errors import BadOption
 from .native import NATIVE_PROBLEM, kernels
+from .stats import Moments
 
 # Block shape for the numpy kernel, measured on 2-core x86 machines: the comparison output of a
 # block stays in L2, and counts are summed in uint8 over at most 255 rows, so they cannot wrap.
@@ -42,9 +45,10 @@ class NumpyCounter:
 
     name = "numpy"
 
-    def __init__(self, rule: FireRule, width: int, track_last: bool = False) -> None:
+    def __init__(self, rule: FireRule, width: int, track_last: bool = False, stats: bool = False) -> None:
         self.rule = rule
         self.width = width
+        self.moments = Moments(width) if stats else None
         itemsize = np.dtype(rule.unsigned).itemsize
         self.fold = max(1, math.ceil(FOLD_WIDTH / max(width, 1)))
         folded_bytes = self.fold * width * itemsize
@@ -69,6 +73,8 @@ class NumpyCounter:
             self._count_block(bits[start : start + step], self.fold, first_vector + start)
         for start in range(full, rows, MAX_UINT8_ROWS):
             self._count_block(bits[start : start + MAX_UINT8_ROWS], 1, first_vector + start)
+        if self.moments is not None:
+            self.moments.add(bits, self.rule.dtype)
 
     def _count_block(self, block: np.ndarray, fold: int, first_vector: int) -> None:
         n = block.shape[0]
@@ -95,7 +101,7 @@ class NumpyCounter:
     def result(self) -> States:
         fire_counts = self._fire_acc.reshape(self.fold, self.width).sum(axis=0)
         last = None if self._last is None else self._last.copy()
-        return states(fire_counts, self._nan_counts.copy(), last)
+        return states(fire_counts, self._nan_counts.copy(), last, self.moments)
 
 
 def native_count(
@@ -105,15 +111,17 @@ def native_count(
     nan_counts: np.ndarray,
     last_fired: np.ndarray | None = None,
     first_vector: int = 0,
+    moments: Moments | None = None,
 ) -> None:
     """Add the counts of ``bits`` (C-contiguous ``[rows, width]`` of the rule's uint type) into
     the int64 ``[width]`` arrays, with the C kernel: one pass, no temporaries, the GIL released.
     ``last_fired`` (when given) is raised to the stream index, from ``first_vector``, of each
-    column's last fire."""
+    column's last fire; ``moments`` (when given) take in the values, in the same pass for the
+    formats the kernel reads (``MOMENT_KINDS``)."""
     if kernels is None:
         raise BadOption("kernel", "native", f"is not available: the C kernel is {NATIVE_PROBLEM}")
     has_nan = rule.nan_above is not None
-    kernels.count(
+    args = [
         bits,
         bits.shape[0],
         bits.shape[1],
@@ -125,7 +133,14 @@ def native_count(
         nan_counts,
         last_fired,
         first_vector,
-    )
+    ]
+    kind = MOMENT_KINDS.get(rule.dtype)
+    if moments is not None and kind is not None:
+        kernels.count(*args, kind, moments.counts, moments.means, moments.m2)
+        return
+    kernels.count(*args)
+    if moments is not None:
+        moments.add(bits, rule.dtype)
 
 
 def add_counts(rule: FireRule, bits: np.ndarray, fire_counts: np.ndarray, nan_counts: np.ndarray, kernel: str) -> None:
@@ -146,7 +161,7 @@ class NativeCounter:
 
     name = "native"
 
-    def __init__(self, rule: FireRule, width: int, track_last: bool = False) -> None:
+    def __init__(self, rule: FireRule, width: int, track_last: bool = False, stats: bool = False) -> None:
         if kernels is None:
             raise BadOption("kernel", "native", f"is not available: the C kernel is {NATIVE_PROBLEM}")
         self.rule = rule
@@ -154,13 +169,20 @@ class NativeCounter:
         self._fire_counts = np.zeros(width, np.int64)
         self._nan_counts = np.zeros(width, np.int64)
         self._last = np.full(width, -1, np.int64) if track_last else None
+        self.moments = Moments(width) if stats else None
 
     def update(self, bits: np.ndarray, first_vector: int = 0) -> None:
         check_rows(bits, self.width, self.rule.unsigned)
         native_count(
-            self.rule, np.ascontiguousarray(bits), self._fire_counts, self._nan_counts, self._last, first_vector
+            self.rule,
+            np.ascontiguousarray(bits),
+            self._fire_counts,
+            self._nan_counts,
+            self._last,
+            first_vector,
+            self.moments,
         )
 
     def result(self) -> States:
         last = None if self._last is None else self._last.copy()
-        return states(self._fire_counts.copy(), self._nan_counts.copy(), last)
+        return states(self._fire_counts.copy(), self._nan_counts.copy(), last, self.moments)

@@ -60,7 +60,9 @@ def run_on_ranks(device: str, work: Callable[[int, int, str], tuple[NeuronActivi
 
 def all_reduce(activity: NeuronActivity, rank: int, world: int, device: Any) -> None:
     """Reduce every component's states across ranks as ``state.FIELDS`` declare, one collective
-    per field; stream indices become global (the ranks' shares are in stream order)."""
+    per field; stream indices become global (the ranks' shares are in stream order). Moments
+    (MEAN, M2 and the counts they are over) are gathered from every rank and combined in rank
+    order with Chan's formula, as ``state.combine`` combines parts."""
     import torch  # as in run_on_ranks: loaded already there
     import torch.distributed as dist
 
@@ -70,17 +72,43 @@ def all_reduce(activity: NeuronActivity, rank: int, world: int, device: Any) -> 
     dist.all_gather(per_rank, vectors)
     gathered = torch.stack(per_rank).cpu().numpy()
     before, totals = gathered[:rank].sum(axis=0), gathered.sum(axis=0)
-    ops = {state.SUM: dist.ReduceOp.SUM, state.MAX: dist.ReduceOp.MAX, state.LAST: dist.ReduceOp.MAX}
-    for field in state.FIELDS:
-        if not components or field.name not in components[0].states:
-            continue
+    ops = {
+        state.SUM: dist.ReduceOp.SUM,
+        state.MAX: dist.ReduceOp.MAX,
+        state.MIN: dist.ReduceOp.MIN,
+        state.LAST: dist.ReduceOp.MAX,
+    }
+    kept = [f for f in state.FIELDS if components and f.name in components[0].states]
+    moments = {f.name for f in kept if f.reduce in (state.MEAN, state.M2)}
+    moments |= {f.over for f in kept if f.reduce == state.MEAN}
+
+    def buffer_of(field: state.Field) -> torch.Tensor:
         parts = [state.shifted(field, c.states[field.name], int(first)) for c, first in zip(components, before)]
-        buffer = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts))).to(device)
-        dist.all_reduce(buffer, op=ops[field.reduce])
-        reduced = buffer.cpu().numpy()
+        return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts))).to(device)
+
+    def put_back(name: str, reduced: np.ndarray) -> None:
         at = 0
         for c in components:
-            c.states[field.name] = reduced[at : at + c.num_features].copy()
+            c.states[name] = reduced[at : at + c.num_features].copy()
             at += c.num_features
+
+    if moments:
+        ranks: list[dict[str, np.ndarray]] = [{} for _ in range(world)]
+        for field in (f for f in kept if f.name in moments):
+            mine = buffer_of(field)
+            everyone = [torch.zeros_like(mine) for _ in range(world)]
+            dist.all_gather(everyone, mine)
+            for r, theirs in enumerate(everyone):
+                ranks[r][field.name] = theirs.cpu().numpy()
+        for r in range(1, world):
+            state.combine(ranks[0], ranks[r], 0)
+        for name, combined in ranks[0].items():
+            put_back(name, combined)
+    for field in kept:
+        if field.name in moments:
+            continue
+        buffer = buffer_of(field)
+        dist.all_reduce(buffer, op=ops[field.reduce])
+        put_back(field.name, buffer.cpu().numpy())
     for c, n in zip(components, totals):
         c.num_vectors = int(n)

@@ -9,6 +9,7 @@ the format that is ``<= t``; negative values and NaNs have larger patterns and f
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -241,3 +242,26 @@ def to_float32(bits: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "F64":
         return bits.view(np.float64).astype(np.float32)
     raise KeyError(dtype)
+
+
+MOMENT_KINDS = {"F64": "d", "F32": "f", "F16": "h", "BF16": "b"}  # the formats the C kernel sums (see _kernels.c)
+
+
+@functools.lru_cache(maxsize=8)
+def _byte_values(f: FloatFormat) -> np.ndarray:
+    """The float64 value of every pattern of a one-byte float format (NaN where it is NaN)."""
+    magnitude = np.arange(256) & 0x7F
+    values = np.array([float(f.value(b)) if b <= f.max_bits else math.nan for b in magnitude.tolist()])
+    return np.where(np.arange(256) >= 0x80, -values, values)
+
+
+def to_float64(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """Rows of raw bits (the dtype's unsigned view) as float64, exactly: every format nact reads."""
+    if dtype in ("F32", "BF16", "F16"):
+        return to_float32(bits, dtype).astype(np.float64)
+    if dtype == "F64":
+        return bits.view(np.float64)
+    if dtype in FLOAT_FORMATS:  # one-byte floats: a table of their 256 values
+        values: np.ndarray = _byte_values(FLOAT_FORMATS[dtype])[bits]
+        return values
+    return bits.view(np.uint8 if dtype == "BOOL" else INTEGER_FORMATS[dtype]).astype(np.float64)

@@ -142,7 +142,8 @@ def count_slabs(
     if remote:  # each thread waits on its range request, then counts
         threads = options.io_threads or IO_THREADS
     widest = max((s.width for s in plan.slabs), default=1)
-    threads = max(1, min(threads, STATE_BYTES // (widest * 8 * (2 + options.track_last)) or 1))
+    fields = 2 + options.track_last + 3 * options.stats  # int64 or float64 states per neuron and thread
+    threads = max(1, min(threads, STATE_BYTES // (widest * 8 * fields) or 1))
     read_ahead = bool(plan.saes)  # encoding is the slow part: the next window is read meanwhile
     if plan.saes:
         threads = 1  # the matrix products use every core already (BLAS threads, or the device)
@@ -187,12 +188,19 @@ def count_slabs(
 
                     saes = [b.sae for b in plan.saes[slab.key]]
                     made = sae_counter(
-                        slab.dtype, saes, device, options.kernel, track_last, options.fire_above, options.sae_dtype
+                        slab.dtype,
+                        saes,
+                        device,
+                        options.kernel,
+                        track_last,
+                        options.fire_above,
+                        options.sae_dtype,
+                        options.stats,
                     )
                     counters[key], steps[key] = made, made.step
                 elif key not in counters:
                     rule = rule_for(slab.dtype)
-                    counters[key] = make_counter(rule, slab.width, device, options.kernel, track_last)
+                    counters[key] = make_counter(rule, slab.width, device, options.kernel, track_last, options.stats)
                 counter = counters[key]
                 kept = _positions(slab, skip)
                 if slab.entry.storage == MAPPED:
@@ -224,8 +232,14 @@ def count_slabs(
 
     results = _run_threads(worker, threads, stop)
     optional = state.TRACK_LAST if track_last else ()
-    totals = {
-        g.key: (state.empty(g.width, optional + (state.SAE_STATS if g.key in plan.saes else ())), 0)
+    stats = {True: state.MARGINS, False: state.MOMENTS} if options.stats else {True: (), False: ()}
+    totals = {  # a sparse cache's readers keep no moments: combining its states drops them
+        g.key: (
+            state.empty(
+                g.width, optional + (state.SAE_STATS if g.key in plan.saes else ()) + stats[g.key in plan.saes]
+            ),
+            0,
+        )
         for g in plan.groups.values()
     }
     for slab in plan.slabs:

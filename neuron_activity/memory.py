@@ -9,7 +9,8 @@ import os
 from .errors import BadInput
 
 # The most a neuron keeps: fire_counts, nan_counts and last_fired (int64), and for SAE latents
-# act_sums and act_max (float64). See state.FIELDS.
+# act_sums and act_max (float64). See state.FIELDS. Stats keep two more at most (a layer's three
+# moments; an SAE latent's pre_max and margins), which this bound leaves out.
 STATE_BYTES_PER_NEURON = 5 * 8
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
@@ -116,6 +116,7 @@ class CountOptions:
     sae_dtype: SaeDtype = "float32"  # the precision of the SAEs' matrix products (bf16/fp16 on a GPU)
     skip_positions: tuple[int, ...] = ()  # positions of each sequence left out (0: the BOS token)
     io_threads: int | None = None  # remote objects: range requests in flight (None: remote.IO_THREADS)
+    stats: bool = False  # also the moments of stored activations, and how close SAE latents came to firing
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", tuple(self.keys or ()))
@@ -175,6 +176,7 @@ class ReportOptions:
     neurons: bool = False
     top: int | None = None
     fail_above: Fraction | None = None
+    stats: bool = False  # each component's activation statistics (where its counts kept them)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "thresholds", tuple(Threshold.of(t) for t in self.thresholds))
@@ -279,6 +281,8 @@ class ScanRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", tuple(to_path(p) for p in self.paths))
+        if self.count.stats and not self.report.stats:  # what is counted for a report is shown in it
+            object.__setattr__(self, "report", replace(self.report, stats=True))
         if not self.paths:
             raise BadOption("paths", "", "are needed: give at least one file or folder")
         if self.state is not None and self.save_counts is not None:

@@ -18,6 +18,7 @@ import numpy as np
 from .counters import States, check_rows, states
 from .dtypes import FLOAT_FORMATS, TORCH_SIGNED, FireRule
 from .errors import DeviceUnavailable
+from .stats import Moments
 
 if TYPE_CHECKING:
     import torch
@@ -143,14 +144,57 @@ class CudaStager:
             slot["consumed"].record(torch.cuda.current_stream(self.device))
 
 
+FLOAT_VIEWS = {**COMPARED, "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}  # floats torch reads as such
+
+
+class TorchMoments:
+    """``stats.Moments`` with torch on a device: float64 tensors, two passes over each chunk,
+    merged with Chan's formula, nothing read back until ``states``."""
+
+    def __init__(self, width: int, device: torch.device) -> None:
+        import torch  # seconds to import: only counting on a device needs it (see the docstring)
+
+        self.counts = torch.zeros(width, dtype=torch.int64, device=device)
+        self.means = torch.zeros(width, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(width, dtype=torch.float64, device=device)
+
+    def add(self, values: torch.Tensor) -> None:
+        """Merge in the values of rows ``[rows, width]`` (any float dtype, on the device)."""
+        import torch  # seconds to import: only counting on a device needs it (see the docstring)
+
+        v = values.double()
+        nan = torch.isnan(v)
+        n_b = (~nan).sum(dim=0)
+        mean_b = torch.where(nan, 0.0, v).sum(dim=0) / n_b.clamp(min=1)
+        deviations = torch.where(nan, 0.0, v - mean_b)
+        m2_b = (deviations * deviations).sum(dim=0)
+        a, b = self.counts.double(), n_b.double()
+        share = torch.where(a + b > 0, b / (a + b).clamp(min=1), 0.0)
+        delta = mean_b - self.means
+        merged_mean = self.means + delta * share
+        merged_m2 = self.m2 + m2_b + delta * delta * (a * share)
+        self.means = torch.where(a == 0, mean_b, torch.where(b == 0, self.means, merged_mean))
+        self.m2 = torch.where(a == 0, m2_b, torch.where(b == 0, self.m2, merged_m2))
+        self.counts += n_b
+
+    def states(self) -> dict[str, np.ndarray]:
+        return {
+            "value_counts": self.counts.cpu().numpy(),
+            "value_means": self.means.cpu().numpy(),
+            "value_m2": self.m2.cpu().numpy(),
+        }
+
+
 class TorchCounter:
     """Counts with torch on a device; totals stay on the device and come back in one transfer
     at the end. Follows ``counters.Counter``; ``on_device`` and ``count_bits`` let an encoder
-    count what it computed on the device without a trip to the host."""
+    count what it computed on the device without a trip to the host. With ``stats`` the moments
+    of float values are kept on the device too (on mps, which has no float64, and for integers,
+    on the host with numpy)."""
 
     name = "torch"
 
-    def __init__(self, rule: FireRule, width: int, device: str, track_last: bool = False) -> None:
+    def __init__(self, rule: FireRule, width: int, device: str, track_last: bool = False, stats: bool = False) -> None:
         import torch  # seconds to import: only counting on a device needs it (see the docstring)
 
         self.rule = rule
@@ -160,6 +204,9 @@ class TorchCounter:
         self._nan_counts = torch.zeros(width, dtype=torch.int64, device=self.device)
         self._last = torch.full((width,), -1, dtype=torch.int64, device=self.device) if track_last else None
         self._stager = CudaStager.for_device(self.device) if self.device.type == "cuda" else None
+        on_device = stats and rule.dtype in FLOAT_VIEWS and self.device.type != "mps"
+        self._moments = TorchMoments(width, self.device) if on_device else None
+        self._host_moments = Moments(width) if stats and not on_device else None
 
     @contextmanager
     def on_device(self, bits: np.ndarray) -> Iterator[torch.Tensor]:
@@ -175,10 +222,16 @@ class TorchCounter:
             yield torch.from_numpy(signed.copy()).to(self.device)
 
     def update(self, bits: np.ndarray, first_vector: int = 0) -> None:
+        import torch  # seconds to import: only counting on a device needs it (see the docstring)
+
         check_rows(bits, self.width, self.rule.unsigned)
         try:
             with self.on_device(bits) as x:
                 self.count_bits(x, first_vector)
+                if self._moments is not None:
+                    self._moments.add(x.view(getattr(torch, FLOAT_VIEWS[self.rule.dtype])))
+            if self._host_moments is not None:
+                self._host_moments.add(bits, self.rule.dtype)
         except (RuntimeError, TypeError) as e:
             if self.device.type != "mps":
                 raise
@@ -206,4 +259,7 @@ class TorchCounter:
 
     def result(self) -> States:
         last = None if self._last is None else self._last.cpu().numpy()
-        return states(self._fire_counts.cpu().numpy(), self._nan_counts.cpu().numpy(), last)
+        out = states(self._fire_counts.cpu().numpy(), self._nan_counts.cpu().numpy(), last, self._host_moments)
+        if self._moments is not None:
+            out.update(self._moments.states())
+        return out

@@ -65,3 +65,17 @@ def random_activations(rng: np.random.Generator, shape: tuple[int, ...], dtype: 
 
 def floor_bound(threshold: str, num_vectors: int) -> int:
     return math.floor(Fraction(threshold) * num_vectors)
+
+
+def assert_moments(states: dict[str, np.ndarray], values: np.ndarray, rtol: float = 1e-9) -> None:
+    """Kept moments (``value_counts``, ``value_means``, ``value_m2``) equal float64 numpy's over
+    ``values`` ``[N, F]`` with NaNs left out: the standard deviation to ``rtol``, the mean to
+    ``rtol`` of its size plus its spread (a mean near 0 is known only that well)."""
+    counts = (~np.isnan(values)).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), 0.0)
+        std = np.sqrt(np.where(counts > 0, np.nansum((values - mean) ** 2, axis=0) / np.maximum(counts, 1), 0.0))
+        got_std = np.sqrt(states["value_m2"] / np.maximum(counts, 1))
+    assert states["value_counts"].tolist() == counts.tolist()
+    assert (np.abs(states["value_means"] - mean) <= rtol * (np.abs(mean) + std)).all(), (states["value_means"], mean)
+    assert (np.abs(got_std - std) <= rtol * std).all(), (got_std, std)

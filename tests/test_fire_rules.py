@@ -5,7 +5,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from reference import TORCH_DTYPES, greater_than
+from reference import TORCH_DTYPES, assert_moments, greater_than
 
 from neuron_activity import count_array
 from neuron_activity.counting import make_counter
@@ -110,3 +110,70 @@ def test_counts_past_the_width_of_the_accumulators(kernel: str, dtype: str, widt
     fire_counts = c.result()["fire_counts"]
     assert fire_counts[0] == rows - len(range(0, rows, 7))
     assert (fire_counts[1:] == rows).all()
+
+
+# --- moments (--stats), kept by the same kernels in the same pass ---------------------------------
+
+
+def stats_counter(kernel: str, rule, width: int, track_last: bool = False):
+    if kernel not in (*CPU_KERNELS, "torch"):
+        pytest.fail("the C kernel is not built: install with a C compiler (pip install -e .)")
+    return make_counter(rule, width, "cpu", kernel, track_last, stats=True)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", ["F16", "BF16"])
+def test_every_half_precision_value_is_read_exactly_for_the_moments(kernel: str, dtype: str) -> None:
+    bits, values = every_pattern(dtype)
+    finite = np.isfinite(values)
+    n = finite.sum() // 8 * 8
+    c = stats_counter(kernel, fire_rule(dtype, Fraction(0)), 8)
+    c.update(np.ascontiguousarray(bits[finite][:n].reshape(-1, 8)))
+    assert_moments(c.result(), values[finite][:n].reshape(-1, 8))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", ["F32", "F64"])
+def test_moments_of_wide_floats_with_nan_and_infinities(kernel: str, dtype: str) -> None:
+    np_dtype = np.float32 if dtype == "F32" else np.float64
+    x = np.random.default_rng(0).standard_normal((300, 6)).astype(np_dtype) * 1e3 + 1e4
+    x[0, 1] = np.nan  # the first value of a column: the shift is the first finite one
+    x[[5, 6], 2] = np.nan
+    x[:, 3] = np.nan
+    x[7, 4], x[8, 5] = np.inf, -np.inf
+    c = stats_counter(kernel, fire_rule(dtype, Fraction(0)), 6)
+    c.update(x.view(f"u{x.itemsize}"))
+    got = c.result()
+    assert got["value_counts"].tolist() == [300, 299, 298, 0, 300, 300]
+    finite = {n: v[:3] for n, v in got.items() if n.startswith("value")}
+    assert_moments(finite, x[:, :3].astype(np.float64))
+    assert not np.isfinite(got["value_means"][4]) and not np.isfinite(got["value_means"][5])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize(
+    ("dtype", "width", "rows"),
+    [
+        ("F32", 1024, 300),  # tiles of 128 rows: the moments summed while each tile is in cache
+        ("F32", 3, 5000),  # folded 342 rows at a time, and the rows left over
+        ("F64", 2000, 70),
+        ("BF16", 1024, 65_545),  # tiles inside a flush of the 16-bit counters
+        ("F16", 1, 3000),
+    ],
+)
+def test_moments_leave_the_counts_and_last_fired_as_they_were(kernel: str, dtype: str, width: int, rows: int) -> None:
+    rng = np.random.default_rng(width)
+    values = (rng.standard_normal((rows, width)) * (rng.random((rows, width)) < 0.3)).astype(np.float32)
+    values[rng.random((rows, width)) < 0.001] = np.nan
+    x = torch.from_numpy(values).to(TORCH_DTYPES[dtype])
+    bits = x.view(getattr(torch, {2: "int16", 4: "int32", 8: "int64"}[x.element_size()])).numpy()
+    bits = bits.view(f"u{x.element_size()}")
+    rule = fire_rule(dtype, Fraction(0))
+    plain = make_counter(rule, width, "cpu", kernel, True)
+    plain.update(bits, 5)
+    both = stats_counter(kernel, rule, width, track_last=True)
+    both.update(bits, 5)
+    a, b = plain.result(), both.result()
+    for name in ("fire_counts", "nan_counts", "last_fired"):
+        assert a[name].tolist() == b[name].tolist(), name
+    assert_moments(b, x.double().numpy())

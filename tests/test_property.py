@@ -1,5 +1,5 @@
 """For random arrays, dtypes, chunk sizes and thresholds, nact's rows (and the last vector each
-neuron fired on) equal a plain numpy count, on every kernel."""
+neuron fired on, and the moments of the values) equal a plain numpy count, on every kernel."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ from pathlib import Path
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import TORCH_DTYPES, as_float64, dead_count, fire_counts, greater_than, random_activations, write_shard
+from reference import (
+    TORCH_DTYPES,
+    as_float64,
+    assert_moments,
+    dead_count,
+    fire_counts,
+    greater_than,
+    random_activations,
+    write_shard,
+)
 
 from neuron_activity import Threshold, scan
 
@@ -40,7 +49,13 @@ def test_rows_equal_numpy_reference(
         for i, x in enumerate(shards):
             write_shard(Path(folder) / f"{i:02d}.safetensors", {"acts": x})
         result = scan(
-            [folder], fire_above=fire_above, chunk_rows=chunk_rows, kernel=kernel, threads=threads, track_last=True
+            [folder],
+            fire_above=fire_above,
+            chunk_rows=chunk_rows,
+            kernel=kernel,
+            threads=threads,
+            track_last=True,
+            stats=True,  # the moments are kept in the same pass: the counts must not change
         )
     rows = result.activity.rows([Threshold.parse(t) for t in chosen])
 
@@ -57,6 +72,7 @@ def test_rows_equal_numpy_reference(
         fires = greater_than(v, Fraction(fire_above))
         last = np.where(fires, np.arange(n)[:, None], -1).max(axis=0, initial=-1)
         assert result.activity.components[name].last_fired.tolist() == last.tolist(), name
+        assert_moments(result.activity.components[name].states, v)
         for t in chosen:
             dead = dead_count(counts, n, t)
             expected.append((name, t, dead, num_features - dead, num_features, n, dead / num_features))

@@ -1,7 +1,8 @@
 """Counting an SAE's latents: each chunk of a component's activations encoded, its latents
 counted by the ordinary counter of the device, and per latent the sum of its activation where
-it fires and its largest activation kept beside the fire counts. ``sae_counter`` makes the CPU
-one (numpy encoders) or the device one (torch encoders, everything on the device)."""
+it fires and its largest activation kept beside the fire counts; with ``stats``, also its
+largest pre-activation and smallest margin to firing (``encode.Reach``). ``sae_counter`` makes
+the CPU one (numpy encoders) or the device one (torch encoders, everything on the device)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..counters import Counter, States
 from ..counting import make_counter
 from ..dtypes import FireRule, fire_rule, to_float32
 from ..torch_counting import TorchCounter
-from .encode import NumpyEncoder, TorchEncoder, batch_rows
+from .encode import NumpyEncoder, Reach, TorchEncoder, TorchReach, batch_rows, given
 from .model import Sae
 
 
@@ -39,7 +40,15 @@ class SaeCounter:
     fires and its largest activation. Follows the ``counters.Counter`` protocol; ``result``
     holds the SAEs' latents one after another."""
 
-    def __init__(self, dtype: str, saes: list[Sae], kernel: str | None, track_last: bool, fire_above: Fraction) -> None:
+    def __init__(
+        self,
+        dtype: str,
+        saes: list[Sae],
+        kernel: str | None,
+        track_last: bool,
+        fire_above: Fraction,
+        stats: bool = False,
+    ) -> None:
         self.dtype = dtype
         self.rule, self.below = _latent_rule(fire_above)
         self.step = min(batch_rows(s) for s in saes)
@@ -47,6 +56,7 @@ class SaeCounter:
         self.counters: list[Counter] = [make_counter(self.rule, s.d_sae, "cpu", kernel, track_last) for s in saes]
         self.sums = [np.zeros(s.d_sae, np.float64) for s in saes]
         self.maxima = [np.full(s.d_sae, -np.inf, np.float64) for s in saes]
+        self.reaches: list[Reach | None] = [Reach(s.d_sae) if stats else None for s in saes]
         self.name = f"sae+{self.counters[0].name}"  # the kernel that counts the latents
 
     def update(self, bits: np.ndarray, first_vector: int = 0) -> None:
@@ -55,8 +65,10 @@ class SaeCounter:
             self._update(x[start : start + self.step], first_vector + start)
 
     def _update(self, x: np.ndarray, first_vector: int) -> None:
-        for encoder, counter, sums, maxima in zip(self.encoders, self.counters, self.sums, self.maxima):
-            latents = encoder.encode(x)
+        for encoder, counter, sums, maxima, reach in zip(
+            self.encoders, self.counters, self.sums, self.maxima, self.reaches
+        ):
+            latents = encoder.encode(x, reach)
             counter.update(latents.view(np.uint32), first_vector)
             if np.isnan(latents[:, 0]).any():  # a vector with a NaN input has NaN latents only
                 latents = latents[~np.isnan(latents[:, 0])]
@@ -70,6 +82,9 @@ class SaeCounter:
         out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         out["act_sums"] = np.concatenate(self.sums)
         out["act_max"] = np.concatenate(self.maxima)
+        if self.reaches[0] is not None:
+            out["pre_max"] = np.concatenate([given(r).pre_max for r in self.reaches])
+            out["margins"] = np.concatenate([given(r).margins for r in self.reaches])
         return out
 
 
@@ -86,6 +101,7 @@ class TorchSaeCounter:
         track_last: bool,
         fire_above: Fraction,
         compute: str = "float32",
+        stats: bool = False,
     ) -> None:
         import torch
 
@@ -97,6 +113,7 @@ class TorchSaeCounter:
         self.encoders = [TorchEncoder(s, where, compute) for s in saes]
         self.sums = [torch.zeros(s.d_sae, dtype=torch.float64, device=where) for s in saes]
         self.maxima = [torch.full((s.d_sae,), -math.inf, dtype=torch.float64, device=where) for s in saes]
+        self.reaches: list[TorchReach | None] = [TorchReach(s.d_sae, where) if stats else None for s in saes]
         self.name = f"sae+{self.counters[0].name}"
 
     def update(self, bits: np.ndarray, first_vector: int = 0) -> None:
@@ -109,8 +126,10 @@ class TorchSaeCounter:
         view = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}[self.dtype]
         with self.counters[0].on_device(bits) as raw:
             x = raw.view(view).float()
-            for encoder, counter, sums, maxima in zip(self.encoders, self.counters, self.sums, self.maxima):
-                latents = encoder.encode(x)
+            for encoder, counter, sums, maxima, reach in zip(
+                self.encoders, self.counters, self.sums, self.maxima, self.reaches
+            ):
+                latents = encoder.encode(x, reach)
                 fires = counter.count_bits(latents.view(torch.int32), first_vector)
                 if fires is not None:
                     sums += torch.where(fires, latents, 0.0).sum(dim=0, dtype=torch.float64)
@@ -121,6 +140,9 @@ class TorchSaeCounter:
         out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         out["act_sums"] = np.concatenate([s.cpu().numpy() for s in self.sums])
         out["act_max"] = np.concatenate([m.cpu().numpy() for m in self.maxima])
+        if self.reaches[0] is not None:
+            out["pre_max"] = np.concatenate([given(r).pre_max.cpu().numpy() for r in self.reaches])
+            out["margins"] = np.concatenate([given(r).margins.cpu().numpy() for r in self.reaches])
         return out
 
 
@@ -132,11 +154,13 @@ def sae_counter(
     track_last: bool,
     fire_above: Fraction,
     compute: str = "float32",
+    stats: bool = False,
 ) -> SaeCounter | TorchSaeCounter:
-    """The counter of ``saes``' latents on ``device`` (kernel torch: the device path, on the cpu)."""
+    """The counter of ``saes``' latents on ``device`` (kernel torch: the device path, on the cpu);
+    ``stats``: also how close each latent came to firing."""
     if device != "cpu" or kernel == "torch":
-        return TorchSaeCounter(dtype, saes, device, track_last, fire_above, compute)
-    return SaeCounter(dtype, saes, kernel, track_last, fire_above)
+        return TorchSaeCounter(dtype, saes, device, track_last, fire_above, compute, stats)
+    return SaeCounter(dtype, saes, kernel, track_last, fire_above, stats)
 
 
 __all__ = ["SaeCounter", "TorchSaeCounter", "sae_counter"]

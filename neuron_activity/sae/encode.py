@@ -1,6 +1,15 @@
 """The encode rules, on the CPU (numpy, BLAS for the matrix product) and with torch on a
 device: the library's own ``encode`` of each architecture, as a formula (see the package's
-docstring), in float32 unless a device is asked to multiply in bf16/fp16."""
+docstring), in float32 unless a device is asked to multiply in bf16/fp16.
+
+Asked for (``--stats``), an encode also says how close each latent came to firing: per latent,
+its largest pre-activation ``p`` and the smallest margin ``boundary - p`` over the batch, where
+``p`` and the boundary (where the latent stops being 0) are, by rule: ``h`` and 0 (relu,
+tanh-relu); ``h`` and ``max(threshold, 0)`` (jumprelu, threshold); the gate's ``h + b_gate`` and
+0 (gated); ``h`` and, on each vector, the larger of 0 and the k-th largest ``h`` of the vector
+(topk); ``abs(h)`` and the k-th largest ``abs(h)`` (abstopk); ``h`` and the largest ``relu(h)``
+of its group (groupmax). ``h`` is after ``pre_scale``. Vectors with a NaN input are left out.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +34,12 @@ class NumpyEncoder:
         self.sae = sae
         self.weight = np.asarray(sae.weight, np.float32)
         self.bias = sae.bias.astype(np.float32)
+        self.boundary = fixed_boundary(sae)
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
+    def encode(self, x: np.ndarray, reach: Reach | None = None) -> np.ndarray:
         """Latents ``[n, d_sae]`` (float32) of inputs ``[n, d_in]``; a vector with a NaN input
-        has NaN latents (none of them fires)."""
+        has NaN latents (none of them fires). ``reach``: where each latent's largest
+        pre-activation and smallest margin (see the module's docstring) are kept, updated."""
         sae = self.sae
         bad = np.isnan(x).any(axis=1)
         if sae.scale is not None:
@@ -44,7 +55,10 @@ class NumpyEncoder:
         rule = sae.rule
         out: np.ndarray
         if rule == "gated":
-            gate = (h + self.bias) > 0
+            gate_pre = h + self.bias
+            if reach is not None:
+                reach.add_fixed(_kept(gate_pre, bad), self.boundary)
+            gate = gate_pre > 0
             h *= given(sae.mag_scale)
             h += given(sae.mag_bias)
             out = np.where(gate, np.maximum(h, 0), np.float32(0))
@@ -52,6 +66,8 @@ class NumpyEncoder:
             h += self.bias
             if sae.pre_scale is not None:
                 h *= sae.pre_scale
+            if reach is not None and rule not in ("topk", "abstopk"):  # those: once ranked
+                reach.add(_kept(h, bad), rule, sae.k or 0, self.boundary)
             if rule in ("relu", "tanh-relu"):
                 out = np.maximum(h, 0, out=h)
                 if rule == "tanh-relu":
@@ -61,10 +77,11 @@ class NumpyEncoder:
             elif rule == "threshold":
                 r = np.maximum(h, 0, out=h)
                 out = np.where(r > given(sae.threshold)[0], r, np.float32(0))
-            elif rule == "topk":
-                out = top_k(h, given(sae.k))
-            elif rule == "abstopk":
-                out = top_k(np.abs(h, out=h), given(sae.k))
+            elif rule in ("topk", "abstopk"):
+                p = h if rule == "topk" else np.abs(h, out=h)
+                out, kth = top_k(p, given(sae.k))
+                if reach is not None:  # abstopk: kth >= 0 already
+                    reach.add_ranked(_kept(p, bad), np.maximum(_kept(kth, bad), 0))
             else:  # groupmax
                 out = group_max(np.maximum(h, 0, out=h), given(sae.k))
         if sae.post_scale is not None:
@@ -77,22 +94,79 @@ class NumpyEncoder:
 Value = TypeVar("Value")
 
 
+def fixed_boundary(sae: Sae) -> np.ndarray | None:
+    """Per latent, the pre-activation above which it fires, for rules where it does not depend on
+    the vector (None for topk, abstopk and groupmax)."""
+    if sae.rule in ("relu", "tanh-relu", "gated"):
+        return np.zeros(sae.d_sae, np.float32)
+    if sae.rule == "jumprelu":
+        return np.asarray(np.maximum(given(sae.threshold), 0), np.float32)
+    if sae.rule == "threshold":
+        return np.full(sae.d_sae, max(float(given(sae.threshold)[0]), 0.0), np.float32)
+    return None
+
+
+def _kept(h: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """The rows of ``h`` whose input had no NaN."""
+    return h[~bad] if bad.any() else h
+
+
+class Reach:
+    """How close each latent came to firing, over the vectors encoded: its largest pre-activation
+    (``pre_max``) and its smallest margin, the boundary minus the pre-activation (``margins``),
+    in float64 (see the module's docstring for each rule's)."""
+
+    def __init__(self, d_sae: int) -> None:
+        self.pre_max = np.full(d_sae, -np.inf)
+        self.margins = np.full(d_sae, np.inf)
+
+    def add_fixed(self, p: np.ndarray, boundary: np.ndarray | None) -> None:
+        """Pre-activations ``[n, d_sae]`` against a boundary that does not change with the vector."""
+        if not len(p):
+            return
+        largest = p.max(axis=0).astype(np.float64)
+        np.fmax(self.pre_max, largest, out=self.pre_max)
+        np.fmin(self.margins, given(boundary) - largest, out=self.margins)
+
+    def add(self, h: np.ndarray, rule: str, k: int, boundary: np.ndarray | None) -> None:
+        """The pre-activations ``h`` (after ``pre_scale``, before the rule) of vectors without
+        NaN, for every rule but topk and abstopk (``add_ranked``)."""
+        if rule != "groupmax":
+            self.add_fixed(h, boundary)
+        elif len(h):  # the boundary of a latent: the largest relu(h) of its group
+            n, width = h.shape
+            groups = h.reshape(n, k, width // k)
+            bound = np.maximum(groups.max(axis=2, keepdims=True), 0)
+            self._add(h, (bound - groups).reshape(n, width))
+
+    def add_ranked(self, p: np.ndarray, bound: np.ndarray) -> None:
+        """Pre-activations ``[n, d_sae]`` against a boundary per vector ``[n]`` (topk, abstopk)."""
+        if len(p):
+            self._add(p, bound[:, None] - p)
+
+    def _add(self, p: np.ndarray, gaps: np.ndarray) -> None:
+        np.fmax(self.pre_max, p.max(axis=0), out=self.pre_max)
+        np.fmin(self.margins, gaps.min(axis=0), out=self.margins)
+
+
 def given(value: Value | None) -> Value:
     """A parameter of the SAE's rule: every checkpoint reader sets those its rule uses."""
     assert value is not None, "an SAE without a parameter its rule uses"
     return value
 
 
-def top_k(h: np.ndarray, k: int) -> np.ndarray:
-    """relu of the k largest per row, zeros elsewhere (ties: any k of them, as torch.topk)."""
+def top_k(h: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """relu of the k largest per row, zeros elsewhere (ties: any k of them, as torch.topk); and
+    each row's k-th largest value."""
     n, width = h.shape
     if k == width:
-        return np.asarray(np.maximum(h, 0))
+        return np.asarray(np.maximum(h, 0)), h.min(axis=1, initial=np.inf)
     chosen = np.argpartition(h, width - k, axis=1)[:, width - k :]
     out = np.zeros_like(h)
     rows = np.arange(n)[:, None]
-    out[rows, chosen] = np.maximum(h[rows, chosen], 0)
-    return out
+    values = h[rows, chosen]
+    out[rows, chosen] = np.maximum(values, 0)
+    return out, values.min(axis=1, initial=np.inf)
 
 
 def group_max(r: np.ndarray, k: int) -> np.ndarray:
@@ -130,9 +204,11 @@ class TorchEncoder:
         self.center, self.threshold = put_given(sae.center), put_given(sae.threshold)
         self.pre_scale, self.post_scale = put_given(sae.pre_scale), put_given(sae.post_scale)
         self.mag_scale, self.mag_bias = put_given(sae.mag_scale), put_given(sae.mag_bias)
+        self.boundary = put_given(fixed_boundary(sae))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """float32 latents ``[n, d_sae]`` of float32 inputs ``[n, d_in]`` on the device."""
+    def encode(self, x: torch.Tensor, reach: TorchReach | None = None) -> torch.Tensor:
+        """float32 latents ``[n, d_sae]`` of float32 inputs ``[n, d_in]`` on the device;
+        ``reach`` as ``NumpyEncoder.encode`` takes it (tensors on the device, nothing read back)."""
         import torch
 
         sae = self.sae
@@ -149,12 +225,16 @@ class TorchEncoder:
         h = (x.to(self.dtype) @ self.weight).float()
         rule = sae.rule
         if rule == "gated":
-            gate = (h + self.bias) > 0
-            out = torch.where(gate, torch.relu(h * given(self.mag_scale) + given(self.mag_bias)), 0.0)
+            gate_pre = h + self.bias
+            if reach is not None:
+                reach.add_fixed(gate_pre, given(self.boundary), bad)
+            out = torch.where(gate_pre > 0, torch.relu(h * given(self.mag_scale) + given(self.mag_bias)), 0.0)
         else:
             h = h + self.bias
             if self.pre_scale is not None:
                 h = h * self.pre_scale
+            if reach is not None and self.boundary is not None:
+                reach.add_fixed(h, self.boundary, bad)
             if rule in ("relu", "tanh-relu"):
                 out = torch.relu(h)
                 if rule == "tanh-relu":
@@ -165,11 +245,18 @@ class TorchEncoder:
                 r = torch.relu(h)
                 out = torch.where(r > given(self.threshold)[0], r, 0.0)
             elif rule in ("topk", "abstopk"):
-                top = torch.topk(h if rule == "topk" else h.abs(), given(sae.k), dim=-1, sorted=False)
+                p = h if rule == "topk" else h.abs()
+                top = torch.topk(p, given(sae.k), dim=-1, sorted=False)
                 out = torch.zeros_like(h).scatter_(-1, top.indices, torch.relu(top.values))
+                if reach is not None:  # the boundary of a vector: its k-th largest, at least 0
+                    reach.add(p, torch.relu(top.values.amin(dim=-1, keepdim=True)) - p, bad)
             else:
                 r = torch.relu(h)
                 k = given(sae.k)
+                if reach is not None:  # the boundary of a latent: the largest relu(h) of its group
+                    groups = h.reshape(h.shape[0], k, -1)
+                    gaps = torch.relu(groups.amax(dim=-1, keepdim=True)) - groups
+                    reach.add(h, gaps.reshape(h.shape), bad)
                 best = r.reshape(*r.shape[:-1], k, -1).max(dim=-1)
                 offsets = torch.arange(0, sae.d_sae, sae.d_sae // k, device=h.device)
                 out = torch.zeros_like(h).scatter_(-1, best.indices + offsets, best.values)
@@ -179,3 +266,28 @@ class TorchEncoder:
             out = out.to(self.dtype).float()
         out[bad] = float("nan")
         return out
+
+
+class TorchReach:
+    """``Reach`` with torch on a device: float64 tensors, updated without a host sync."""
+
+    def __init__(self, d_sae: int, device: torch.device) -> None:
+        import torch
+
+        self.pre_max = torch.full((d_sae,), -math.inf, dtype=torch.float64, device=device)
+        self.margins = torch.full((d_sae,), math.inf, dtype=torch.float64, device=device)
+
+    def add_fixed(self, p: torch.Tensor, boundary: torch.Tensor, bad: torch.Tensor) -> None:
+        """Pre-activations ``[n, d_sae]`` against a boundary per latent; rows ``bad`` left out."""
+        import torch
+
+        largest = torch.where(bad[:, None], -math.inf, p).amax(dim=0).double()
+        torch.fmax(self.pre_max, largest, out=self.pre_max)
+        torch.fmin(self.margins, boundary.double() - largest, out=self.margins)
+
+    def add(self, p: torch.Tensor, gaps: torch.Tensor, bad: torch.Tensor) -> None:
+        """Pre-activations and their gaps to a boundary that depends on the vector."""
+        import torch
+
+        torch.fmax(self.pre_max, torch.where(bad[:, None], -math.inf, p).amax(dim=0).double(), out=self.pre_max)
+        torch.fmin(self.margins, torch.where(bad[:, None], math.inf, gaps).amin(dim=0).double(), out=self.margins)
