@@ -95,7 +95,18 @@ UltralowBelow = Annotated[
         rich_help_panel=COUNT,
     ),
 ]
-Neurons = Annotated[bool, neurons_option("List the dead neurons (indices and fire counts) per threshold.")]
+Neurons = Annotated[
+    bool, neurons_option("List the dead neurons per threshold (with their fire counts in JSON and CSV).")
+]
+Stats = Annotated[
+    bool,
+    typer.Option(
+        "--stats",
+        help="Also per component: mean L0; for stored activations the mean and standard deviation of every "
+        "dimension (gamma, outlier dimensions); for SAE latents how far each stayed from firing (docs/stats.md).",
+        rich_help_panel=COUNT,
+    ),
+]
 Top = Annotated[
     int | None,
     typer.Option(
@@ -112,7 +123,13 @@ Format = Annotated[
 TableOrJson = Annotated[str, format_option("table or json.")]
 Output = Annotated[Path | None, output_option("Write the result to FILE (atomically) instead of stdout.")]
 Quiet = Annotated[
-    bool, typer.Option("--quiet", "-q", help="Print nothing unless --fail-above is breached.", rich_help_panel=OUTPUT)
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Print nothing but the breaches of --fail-above or --fail-on-missing (no warnings).",
+        rich_help_panel=OUTPUT,
+    ),
 ]
 SaveCounts = Annotated[
     Path | None,
@@ -346,6 +363,7 @@ class Reporting:
     neurons: Neurons = False
     top: Top = None
     fail_above: FailAbove = None
+    stats: Stats = False
 
     def settings(self) -> dict[str, Any]:
         """These options as the arguments of ``ReportOptions.parse`` (which refuses a bad value)."""
@@ -357,6 +375,7 @@ class Reporting:
             "neurons": self.neurons,
             "top": self.top,
             "fail_above": self.fail_above,
+            "stats": self.stats,
         }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
     from neuron_activity import ActivityRow
     from neuron_activity.density import DensitySummary
-    from neuron_activity.report import Report
+    from neuron_activity.report import ComponentStats, Report
 
 # What an output file's extension says its format is (.txt: text, a table unless --format says
 # otherwise); a file without an extension (a device, a FIFO) takes --format, else a table.
@@ -169,10 +170,55 @@ def render_markdown(report: Report) -> str:
         lines += [
             "| " + " | ".join(shown(c).replace("|", "\\|") for c in density_cells(d)) + " |" for d in report.density
         ]
-    extra = grouping_lines(report) + dead_lines(report) + top_lines(report)
+    stats = report.stats()
+    if stats:
+        lines += ["", STATS_TITLE, "", "| " + " | ".join(STATS_HEADERS) + " |"]
+        lines += ["|" + "|".join([" --- "] + [" ---: "] * (len(STATS_HEADERS) - 1)) + "|"]
+        lines += ["| " + " | ".join(shown(c).replace("|", "\\|") for c in stats_cells(x)) + " |" for x in stats]
+    extra = grouping_lines(report) + dead_lines(report) + top_lines(report) + centering_lines(report)
     if extra:
         lines += [""] + [shown(line) for line in extra]
     return "\n".join(lines) + "\n"
+
+
+STATS_TITLE = (
+    "Activation statistics (gamma = mean_norm / std_norm; outlier = dim: mean/std of the dimension furthest "
+    "from 0 in standard deviations; never_fired_margin: the median over SAE latents that never fired)"
+)
+STATS_HEADERS = ["component", "mean_l0", "gamma", "mean_norm", "std_norm", "outlier", "never_fired_margin"]
+
+
+def stats_cells(summary: ComponentStats) -> list[str]:
+    """A component's statistics as the table and Markdown show them ('-': not kept)."""
+    a = summary.activations
+    cells = [summary.component, f"{float(summary.mean_l0):.4g}"]
+    if a is None:
+        cells += ["-"] * 4
+    else:
+        top = a.outlier_dims[0] if a.outlier_dims else None
+        outlier = f"{top.dim}: {top.mean:.3g}/{top.std:.3g}" if top is not None else "-"
+        cells += [number(a.gamma, 3), number(a.mean_norm, 4), number(a.std_norm, 4), outlier]
+    margins = summary.never_fired_margins
+    return cells + [number(margins[1], 3) if margins is not None else "-"]
+
+
+def number(value: float, digits: int) -> str:
+    """A float in ``digits`` significant digits; '-' when it is not finite (not known)."""
+    return f"{value:.{digits}g}" if math.isfinite(value) else "-"
+
+
+def centering_lines(report: Report) -> list[str]:
+    """A note for each component whose gamma says its mean outweighs its spread."""
+    # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
+    from neuron_activity.stats import MEAN_CENTERING_GAMMA
+
+    return [
+        f"Note: {s.component}: gamma {s.activations.gamma:.3g} >= {MEAN_CENTERING_GAMMA:g}: its mean outweighs its "
+        "spread, and latents of an SAE trained on it that point away from the mean rarely fire (arXiv 2605.31518): "
+        "consider mean-centering (the cutoff is a heuristic: docs/stats.md)"
+        for s in report.stats()
+        if s.activations is not None and s.activations.consider_centering
+    ]
 
 
 DENSITY_HEADERS = ["component", "never_fired", "dense", "log10_density q05 q50 q95", "ultralow", "ultralow/alive"]
@@ -246,7 +292,15 @@ def render_table(report: Report, color: bool = False, width: int = 100) -> str:
             for d in report.density:
                 density.add_row(*density_cells(d))
             console.print(density)
-        for line in grouping_lines(report) + dead_lines(report) + top_lines(report):
+        stats = report.stats()
+        if stats:
+            drawn = table(STATS_TITLE)
+            for i, name in enumerate(STATS_HEADERS):
+                drawn.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+            for summary in stats:
+                drawn.add_row(*stats_cells(summary))
+            console.print(drawn)
+        for line in grouping_lines(report) + dead_lines(report) + top_lines(report) + centering_lines(report):
             console.print(line, markup=False, overflow="ignore", crop=False)
 
     return to_text(draw, width, color)

@@ -72,6 +72,8 @@ def scan(
 
       nact scan cache/ --sae checkpoints/layer_6   # the SAE's dead latents on a model-activation cache
 
+      nact scan cache/ --stats   # gamma and outlier dimensions (docs/stats.md)
+
       nact scan s3://bucket/acts/   # a cache in an object store, by range requests (the remote extra)
     """
     # the library (and numpy, ~100 ms) loads once a command runs: --help never pays for it
@@ -90,6 +92,7 @@ def scan(
             threads=threads,
             io_threads=io_threads,
             sae_dtype=sae_dtype,
+            stats=reporting.stats,
         ),
         report=ReportOptions.parse(**reporting.settings()),
         shard=shard,
