@@ -4,12 +4,15 @@ matrix-product loop over the same shapes and batch sizes, in one run.
     python bench/sae_bench.py                        # d_in 2304, d_sae 16384, 8192 tokens, cpu
     python bench/sae_bench.py --tokens 32768 --device cuda --runs 5
     python bench/sae_bench.py --d-in 768 --d-sae 4096 --tokens 16384     # a quick one
+    python bench/sae_bench.py --stats     # also nact with --stats (margins to firing) beside it
 
 Writes a random SAELens SAE (standard: ReLU) and a safetensors cache of f32 activations in a
 temporary folder. Times, each the median of --runs, in alternation, in this process (the
 libraries imported and the SAE read once, before timing):
 
 - nact: ``scan([cache], saes=(sae,))``: read, encode, count fires, sums and maxima.
+- nact --stats (with ``--stats``): the same scan with ``stats=True``, which also keeps each
+  latent's largest pre-activation and smallest margin to firing.
 - torch matmul: ``x @ W_enc + b_enc`` per batch of the same rows nact encodes at a time, on
   the same device, nothing else (the floor any encode loop has).
 - numpy matmul: the same with numpy (the BLAS nact's cpu encoder calls).
@@ -35,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 
-def make(folder: Path, d_in: int, d_sae: int, tokens: int) -> tuple[Path, Path]:
+def make(folder: Path, d_in: int, d_sae: int, tokens: int, architecture: str, k: int) -> tuple[Path, Path]:
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(0)
@@ -52,7 +55,8 @@ def make(folder: Path, d_in: int, d_sae: int, tokens: int) -> tuple[Path, Path]:
         str(sae / "sae_weights.safetensors"),
     )
     cfg = {
-        "architecture": "standard",
+        "architecture": architecture,
+        **({"k": k} if architecture == "topk" else {}),
         "d_in": d_in,
         "d_sae": d_sae,
         "apply_b_dec_to_input": True,
@@ -76,6 +80,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--folder", type=Path, default=None, help="where to write (default: a temporary folder)")
+    parser.add_argument("--stats", action="store_true", help="also time nact with stats=True")
+    parser.add_argument("--architecture", default="standard", choices=["standard", "topk"], help="the SAE's")
+    parser.add_argument("--k", type=int, default=64, help="topk: latents kept per token")
     args = parser.parse_args()
 
     import torch
@@ -84,7 +91,7 @@ def main() -> None:
     from neuron_activity.sae import batch_rows, load_sae
 
     folder = Path(tempfile.mkdtemp(prefix="nact-sae-bench-", dir=args.folder))
-    sae_path, cache = make(folder, args.d_in, args.d_sae, args.tokens)
+    sae_path, cache = make(folder, args.d_in, args.d_sae, args.tokens, args.architecture, args.k)
     sae = load_sae(sae_path)
     step = batch_rows(sae)
     device = torch.device(args.device)
@@ -100,6 +107,9 @@ def main() -> None:
 
     def run_nact() -> None:
         scan([cache], saes=(str(sae_path),), device=args.device)
+
+    def run_nact_stats() -> None:
+        scan([cache], saes=(str(sae_path),), device=args.device, stats=True)
 
     def run_torch() -> None:
         for start in range(0, len(x), step):
@@ -120,6 +130,8 @@ def main() -> None:
         sync()
 
     methods = {"nact": run_nact, "torch matmul": run_torch, "user loop": run_user}
+    if args.stats:
+        methods["nact --stats"] = run_nact_stats
     if device.type == "cpu":
         methods["numpy matmul"] = run_numpy
     times: dict[str, list[float]] = {m: [] for m in methods}
@@ -131,12 +143,14 @@ def main() -> None:
             times[name].append(time.perf_counter() - t)
     medians = {m: statistics.median(v) for m, v in times.items()}
     print(
-        f"d_in {args.d_in}, d_sae {args.d_sae}, {args.tokens} tokens, batches of {step} rows, device {args.device}, "
-        f"torch threads {torch.get_num_threads()}, medians of {args.runs}"
+        f"{args.architecture} SAE, d_in {args.d_in}, d_sae {args.d_sae}, {args.tokens} tokens, batches of {step} rows, "
+        f"device {args.device}, torch threads {torch.get_num_threads()}, medians of {args.runs}"
     )
     for name, t in medians.items():
         ratio = medians["torch matmul"] / t
         print(f"  {name:14s} {t:8.3f} s  {args.tokens / t:12,.0f} tokens/s  torch matmul / this: {ratio:.2f}")
+    if args.stats:
+        print(f"  nact --stats / nact: {medians['nact --stats'] / medians['nact']:.3f}x")
 
     fd = os.open(cache, os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

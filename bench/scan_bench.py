@@ -6,6 +6,7 @@
     python bench/scan_bench.py --sizes 2 --dtypes f32 --no-naive --cold   # also from disk
     python bench/scan_bench.py --startup-only --baseline-nact /path/to/other/venv/bin/nact
     python bench/scan_bench.py --sizes 2 --dtypes f32 --no-naive --audit   # an audit's digests, warm and cold
+    python bench/scan_bench.py --sizes 4 --no-naive --stats   # the cost of --stats, whole and net of start-up
 
 Generates its own shards in a temporary folder (or --folder), reads each once so it sits in the
 page cache, then times in alternation, several runs each: ``cat FILE > /dev/null``, the naive
@@ -109,7 +110,7 @@ def median_of(cmd: list[str], runs: int, shell: bool = False) -> tuple[float, in
     return statistics.median(times), max(peaks)
 
 
-def bench_file(path: Path, devices: list[str], runs: int, naive: bool, extra: list[str]) -> None:
+def bench_file(path: Path, devices: list[str], runs: int, naive: bool, extra: list[str], stats: bool = False) -> None:
     size = path.stat().st_size
     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # into the page cache
     results: dict[str, list[tuple[float, int]]] = {}
@@ -118,6 +119,12 @@ def bench_file(path: Path, devices: list[str], runs: int, naive: bool, extra: li
         commands["naive"] = ([sys.executable, "-c", NAIVE, str(path), "4096"], False)
     for d in devices:
         commands[f"nact[{d}]"] = (nact_cmd(path, d, extra), False)
+        if stats:
+            commands[f"nact[{d}] --stats"] = (nact_cmd(path, d, [*extra, "--stats"]), False)
+    if stats:  # start-up: the same scan of a 64 x 32 shard
+        tiny = path.parent / "stats_tiny.safetensors"
+        write_shard(tiny, 64 * 32 * 4, "f32", 32)
+        commands["start-up"] = (nact_cmd(tiny, devices[0], [*extra, "--stats"]), False)
     for _ in range(runs):  # alternate, so drift in the machine hits every contender alike
         for name, (cmd, shell) in commands.items():
             results.setdefault(name, []).append(timed(cmd, shell))
@@ -131,6 +138,14 @@ def bench_file(path: Path, devices: list[str], runs: int, naive: bool, extra: li
         if naive:
             line += f"   nact[{d}]/naive: {med['naive'] / med[f'nact[{d}]']:.2f}x"
         print(line)
+        if stats:
+            plain, with_stats, start = med[f"nact[{d}]"], med[f"nact[{d}] --stats"], med["start-up"]
+            print(
+                f"  nact[{d}] --stats / nact[{d}]: {with_stats / plain:.2f}x whole process, "
+                f"{(with_stats - start) / (plain - start):.2f}x net of start-up ({start:.3f} s)"
+            )
+    if stats:
+        (path.parent / "stats_tiny.safetensors").unlink()
 
 
 def bench_audit(path: Path, runs: int, extra: list[str]) -> None:
@@ -267,6 +282,7 @@ def main() -> None:
     parser.add_argument("--baseline-nact", help="another install's nact executable, timed beside this one's")
     parser.add_argument("--cold", action="store_true", help="also time each f32 file evicted from the page cache")
     parser.add_argument("--audit", action="store_true", help="also time an audit (--state) against --save-counts")
+    parser.add_argument("--stats", action="store_true", help="also time nact scan --stats beside the plain scan")
     args = parser.parse_args()
     folder = args.folder or Path(tempfile.mkdtemp(prefix="nact-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -278,7 +294,9 @@ def main() -> None:
                 path = folder / f"bench_{dtype}_{size:g}gib.safetensors"
                 if not path.exists():
                     write_shard(path, int(size * GIB), dtype, args.features)
-                bench_file(path, args.device or ["cpu"], args.runs, not args.no_naive, args.nact_args.split())
+                bench_file(
+                    path, args.device or ["cpu"], args.runs, not args.no_naive, args.nact_args.split(), args.stats
+                )
                 if args.cold and dtype == "f32":
                     bench_cold(path, args.runs, args.nact_args.split())
                 if args.audit:

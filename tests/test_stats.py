@@ -317,3 +317,22 @@ def test_dead_latents_are_listed_with_their_margins(tmp_path: Path) -> None:
     least = next(iter(top.values()))["least_active"][0]
     assert least["margin"] == pytest.approx(float(margins[least["neuron"]]), rel=1e-4, abs=2e-4)
     assert load_sae(folder).name in component["component"] and HOOK in component["component"]
+
+
+def test_the_worked_example_of_the_docs(tmp_path: Path) -> None:
+    """docs/stats.md's example, as the page shows it: gamma 4.39, and 94 of 512 latents dead
+    without centring, none with."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "stats_example", Path(__file__).parent.parent / "docs" / "stats_example.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(tmp_path)
+    doc = json.loads(nact("scan", tmp_path / "cache", "--stats", "-f", "json").stdout)
+    assert f"{doc['components'][0]['stats']['gamma']:.3g}" == "4.39"
+    saes = ("--sae", tmp_path / "sae_raw", "--sae", tmp_path / "sae_centred")
+    rows = json.loads(nact("scan", tmp_path / "cache", *saes, "--stats", "-t", "0", "-f", "json").stdout)["rows"]
+    assert [r["dead"] for r in rows] == [94, 0]
