@@ -54,7 +54,9 @@ def resolve_device(requested: str) -> str:
             return "mps"
         return "cpu"
     if not torch_installed():
-        raise DeviceUnavailable(f"device {requested!r} needs PyTorch, which is not installed (pip install 'nact[torch]')")
+        raise DeviceUnavailable(
+            f"device {requested!r} needs PyTorch, which is not installed (pip install 'nact[torch]')"
+        )
     import torch  # seconds to import: only a GPU asked for by name gets here
 
     kind, _, index = requested.partition(":")

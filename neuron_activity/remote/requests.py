@@ -71,9 +71,7 @@ def filesystem(path: PurePath) -> Any:
     try:
         import fsspec  # the remote extra: only URLs need it
     except ImportError:
-        raise BadInput(
-            path, "reading remote caches needs fsspec: pip install 'nact[remote]'"
-        ) from None
+        raise BadInput(path, "reading remote caches needs fsspec: pip install 'nact[remote]'") from None
     limit = deadline_s(path)
     connect, read = min(CONNECT_TIMEOUT_S, limit), min(READ_TIMEOUT_S, limit)
     options: dict[str, Any] = {}
