@@ -27,8 +27,10 @@ def count_array(
     device: str = "cpu",
     kernel: Kernel | None = None,
     track_last: bool = False,
+    stats: bool = False,
 ) -> NeuronActivity:
-    """Count fires in an in-memory array (numpy, or torch of any floating dtype).
+    """Count fires in an in-memory array (numpy, or torch of any floating dtype); ``stats``: keep
+    the moments of the values too (``state.MOMENTS``), counted on the host.
 
     >>> import numpy as np
     >>> from neuron_activity import Threshold
@@ -41,8 +43,10 @@ def count_array(
         device=device,
         kernel=kernel,
         track_last=track_last,
+        stats=stats,
     )
-    if is_tensor(array) and array.device.type != "cpu" and array.dim() in (2, 3) and not track_last and not flatten:
+    plain = not track_last and not flatten and not stats  # what the metric counts where the tensor lies
+    if is_tensor(array) and array.device.type != "cpu" and array.dim() in (2, 3) and plain:
         from .metric import TensorActivity  # it imports torch (seconds), loaded already for a tensor on a device
 
         shape = tuple(array.shape)  # counted where it lies: no copy to the host
@@ -56,7 +60,7 @@ def count_array(
     names, num_rows, num_features = component_layout(name, tuple(bits.shape), flatten)
     rows = np.ascontiguousarray(bits).reshape(num_rows, len(names) * num_features)
     rule = fire_rule(dtype, options.fire_above)
-    counter = make_counter(rule, rows.shape[1], resolve_device(options.device), options.kernel, track_last)
+    counter = make_counter(rule, rows.shape[1], resolve_device(options.device), options.kernel, track_last, stats)
     counter.update(rows)
     states = counter.result()
     activity = NeuronActivity(options.fire_above)

@@ -336,3 +336,39 @@ def test_the_worked_example_of_the_docs(tmp_path: Path) -> None:
     saes = ("--sae", tmp_path / "sae_raw", "--sae", tmp_path / "sae_centred")
     rows = json.loads(nact("scan", tmp_path / "cache", *saes, "--stats", "-t", "0", "-f", "json").stdout)["rows"]
     assert [r["dead"] for r in rows] == [94, 0]
+
+
+def test_count_array_keeps_the_moments_of_each_component() -> None:
+    from neuron_activity import count_array
+
+    x = np.random.default_rng(9).standard_normal((500, 3, 7)) + np.arange(7)
+    activity = count_array(x.astype(np.float32), stats=True)
+    for c in range(3):
+        assert_moments(
+            activity.components[f"activations[{c}]"].states, x[:, c, :].astype(np.float32).astype(np.float64)
+        )
+    assert "value_means" not in count_array(x).components["activations[0]"].states
+
+
+def test_a_sparse_cache_keeps_no_moments_and_says_so(tmp_path: Path) -> None:
+    from test_formats import write_delphi_module
+
+    dense = np.maximum(np.random.default_rng(7).standard_normal((6, 16, 40)) - 1.0, 0).astype(np.float16)
+    write_delphi_module(tmp_path / "layers.3.mlp", dense, [(0, 19), (20, 39)])
+    done = nact("scan", tmp_path, "--stats", "-f", "json")
+    stats = json.loads(done.stdout)["components"][0]["stats"]
+    assert stats == {"mean_l0": float(Fraction(int((dense > 0).sum()), 96))}
+    assert "component 'layers.3.mlp': no mean or standard deviation kept" in done.stderr
+
+
+def test_torchrun_ranks_merge_their_moments(tmp_path: Path) -> None:
+    from test_audit import torchrun
+
+    values = write_planted(tmp_path / "data", "BF16", sizes=(40, 300, 7, 128, 61))
+    done = torchrun(
+        "scan", tmp_path / "data", "--stats", "--save-counts", tmp_path / "d.safetensors", "-q", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    saved = load_counts(tmp_path / "d.safetensors").activity.components["acts"]
+    assert_moments(saved.states, values)
+    assert_same(saved, scan([tmp_path / "data"], stats=True).activity.components["acts"])
